@@ -1,0 +1,58 @@
+"""The ``litvit`` command line: thin argument parsing over library functions.
+
+Every sub-command lives in a module that provides ``add_parser(subparsers)`` (registering its
+arguments and ``set_defaults(func=...)``); this file only collects them and turns expected
+failures (bad input, missing files, wrong checkpoints) into one line on stderr and exit code 2.
+
+    litvit demo                     # build LIT-Ti and classify a real photo (shipped by scikit-learn)
+    litvit models                   # list the registered models with their parameter counts
+    litvit <command> --help         # the arguments of each command
+"""
+import argparse
+import importlib
+import sys
+from typing import List, Optional
+
+# (module, attribute) of each sub-command's add_parser; a module that fails to import is skipped
+# only when its optional dependency is missing (the error names it).
+COMMANDS = [
+    ("litvit.tools.info", "add_parsers"),
+]
+
+
+class CLIError(Exception):
+    """An expected failure: printed as one line, exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="litvit", description="LIT vision transformers: models, training, tools.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module, attr in COMMANDS:
+        getattr(importlib.import_module(module), attr)(sub)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        result = args.func(args)
+    except KeyboardInterrupt:
+        print("litvit: interrupted", file=sys.stderr)
+        return 130
+    except (CLIError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError, OSError) as e:
+        msg = str(e) or type(e).__name__
+        if isinstance(e, (FileNotFoundError, NotADirectoryError)) and e.filename and str(e.filename) not in msg:
+            msg = f"{msg}: {e.filename}"
+        print(f"litvit {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,845 @@
+"""LIT: Less attention vIsion Transformer.
+
+*Less is More: Pay Less Attention in Vision Transformers*, Zizheng Pan, Bohan Zhuang, Haoyu He,
+Jing Liu, Jianfei Cai. AAAI 2022. https://arxiv.org/abs/2105.14217
+
+A four-stage hierarchical transformer whose two early stages hold MLP blocks only and whose two
+late stages hold full multi-head self-attention, with deformable token merging (DTM) between
+stages. One class, :class:`LIT`, expresses both released families as configuration:
+
+* LIT-Ti (PVT-S based): learned absolute position embedding per stage, a class token in stage 4,
+  LayerNorm eps 1e-6, classification from the class token.
+* LIT-S/M/B (Swin based): a learned relative position bias over the whole map (a Swin window as
+  large as the map) in the attention stages, LayerNorm eps 1e-5, average-pooled head.
+
+The paper's ablation models (PVT-S with spatial-reduction attention, PVT-S with full MSA in every
+stage, LIT without DTM) are configurations of the same class.
+
+Weights of the official release load through :func:`litvit.models.convert.checkpoint_filter_fn`.
+"""
+import math
+from functools import partial
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+import torch.utils.checkpoint
+from torch import Tensor, nn
+
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import DropPath, Mlp, trunc_normal_
+from timm.models._features import feature_take_indices
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+
+from ..ops.dtm import DTM_IMPLS, DeformableTokenMerging
+from .convert import checkpoint_filter_fn
+
+__all__ = ["LIT", "Attention", "Block", "LITStage", "PatchEmbed", "ConvMerge", "PatchMerging"]
+
+ATTN_TYPES = ("none", "msa", "sra")
+MERGE_TYPES = ("dtm", "conv", "swin")
+POS_EMBED_TYPES = ("abs", "rel", "none")
+
+_int_or_tuple_2 = Union[int, Tuple[int, int]]
+
+
+def _to_2tuple(x: _int_or_tuple_2) -> Tuple[int, int]:
+    return (x, x) if isinstance(x, int) else (int(x[0]), int(x[1]))
+
+
+def resize_abs_pos_embed(
+        pos_embed: Tensor,
+        old_size: Tuple[int, int],
+        new_size: Tuple[int, int],
+        num_prefix_tokens: int = 0,
+) -> Tensor:
+    """Resize a learned absolute position embedding bicubically to another grid.
+
+    Args:
+        pos_embed (Tensor[1, P + H * W, C]): embedding with ``P = num_prefix_tokens`` leading tokens.
+        old_size (Tuple[int, int]): the grid (H, W) it was learned for.
+        new_size (Tuple[int, int]): the target grid (H', W').
+        num_prefix_tokens (int): leading tokens (class token) kept as they are.
+
+    Returns:
+        Tensor[1, P + H' * W', C].
+    """
+    if tuple(old_size) == tuple(new_size):
+        return pos_embed
+    prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
+    C = grid.shape[-1]
+    grid = grid.reshape(1, old_size[0], old_size[1], C).permute(0, 3, 1, 2)  # 1, H*W, C -> 1, C, H, W
+    grid = F.interpolate(grid.float(), size=new_size, mode="bicubic", align_corners=False).to(pos_embed.dtype)
+    grid = grid.flatten(2).transpose(1, 2)  # 1, C, H', W' -> 1, H'*W', C
+    return torch.cat((prefix, grid), dim=1)
+
+
+def resize_rel_pos_table(table: Tensor, old_size: Tuple[int, int], new_size: Tuple[int, int]) -> Tensor:
+    """Resize a relative position bias table bicubically, as a (heads, 2H-1, 2W-1) image.
+
+    Args:
+        table (Tensor[(2H-1)*(2W-1), heads]): table learned for an H x W map.
+        old_size (Tuple[int, int]): (H, W).
+        new_size (Tuple[int, int]): (H', W').
+
+    Returns:
+        Tensor[(2H'-1)*(2W'-1), heads].
+    """
+    if tuple(old_size) == tuple(new_size):
+        return table
+    heads = table.shape[1]
+    src = (2 * old_size[0] - 1, 2 * old_size[1] - 1)
+    dst = (2 * new_size[0] - 1, 2 * new_size[1] - 1)
+    img = table.transpose(0, 1).reshape(1, heads, src[0], src[1])  # L, heads -> 1, heads, 2H-1, 2W-1
+    img = F.interpolate(img.float(), size=dst, mode="bicubic", align_corners=False).to(table.dtype)
+    return img.reshape(heads, dst[0] * dst[1]).transpose(0, 1)  # 1, heads, 2H'-1, 2W'-1 -> L', heads
+
+
+def relative_position_index(H: int, W: int, device: Optional[torch.device] = None) -> Tensor:
+    """Swin's relative position index for a whole H x W map.
+
+    Entry ``[n, m]`` is ``(dy + H - 1) * (2W - 1) + (dx + W - 1)`` for the displacement
+    ``(dy, dx)`` of query token n minus key token m (tokens in row-major order).
+
+    Returns:
+        Tensor[H*W, H*W] (int64).
+    """
+    coords = torch.stack(torch.meshgrid(
+        torch.arange(H, device=device), torch.arange(W, device=device), indexing="ij")).flatten(1)  # 2, N
+    rel = coords[:, :, None] - coords[:, None, :]  # 2, N, N
+    return (rel[0] + H - 1) * (2 * W - 1) + (rel[1] + W - 1)
+
+
+class PatchEmbed(nn.Module):
+    """Image to tokens: Conv2d(k=s=patch_size) then LayerNorm.
+
+    Args:
+        patch_size (int): kernel and stride.
+        in_chans (int): image channels.
+        embed_dim (int): token width.
+        norm_layer (Callable[..., nn.Module]): normalisation over tokens.
+    """
+
+    def __init__(
+            self,
+            patch_size: int = 4,
+            in_chans: int = 3,
+            embed_dim: int = 64,
+            norm_layer: Callable[..., nn.Module] = partial(nn.LayerNorm, eps=1e-5),
+    ):
+        super().__init__()
+        self.patch_size = patch_size
+        self.in_chans = in_chans
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.norm = norm_layer(embed_dim)
+
+    def forward(self, x: Tensor) -> Tuple[Tensor, Tuple[int, int]]:
+        x = self.proj(x)
+        feat_size = (x.shape[2], x.shape[3])
+        x = x.flatten(2).transpose(1, 2)  # B, C, H, W -> B, N, C
+        return self.norm(x), feat_size
+
+
+class DTMDownsample(nn.Module):
+    """Deformable token merging on tokens: (B, H*W, C) -> (B, H/2*W/2, C')."""
+
+    def __init__(self, dim: int, out_dim: int, impl: str = "fast"):
+        super().__init__()
+        self.dtm = DeformableTokenMerging(dim, out_dim, impl=impl)
+
+    def forward(self, x: Tensor, feat_size: Tuple[int, int]) -> Tuple[Tensor, Tuple[int, int]]:
+        H, W = feat_size
+        x = x.transpose(1, 2).reshape(x.shape[0], x.shape[2], H, W)  # B, N, C -> B, C, H, W
+        x = self.dtm(x)
+        feat_size = (x.shape[2], x.shape[3])
+        return x.flatten(2).transpose(1, 2), feat_size  # B, C', H', W' -> B, N', C'
+
+
+class ConvMerge(nn.Module):
+    """Regular patch merging as PVT does it: Conv2d(C, C', 2, stride 2) then LayerNorm."""
+
+    def __init__(self, dim: int, out_dim: int, norm_layer: Callable[..., nn.Module] = partial(nn.LayerNorm, eps=1e-5)):
+        super().__init__()
+        self.proj = nn.Conv2d(dim, out_dim, kernel_size=2, stride=2)
+        self.norm = norm_layer(out_dim)
+
+    def forward(self, x: Tensor, feat_size: Tuple[int, int]) -> Tuple[Tensor, Tuple[int, int]]:
+        H, W = feat_size
+        x = self.proj(x.transpose(1, 2).reshape(x.shape[0], x.shape[2], H, W))  # B, N, C -> B, C, H, W -> B, C', H', W'
+        feat_size = (x.shape[2], x.shape[3])
+        return self.norm(x.flatten(2).transpose(1, 2)), feat_size  # B, C', H', W' -> B, N', C'
+
+
+class PatchMerging(nn.Module):
+    """Regular patch merging as Swin does it: concatenate 2x2 neighbours, LayerNorm(4C), Linear(4C, C')."""
+
+    def __init__(self, dim: int, out_dim: int, norm_layer: Callable[..., nn.Module] = partial(nn.LayerNorm, eps=1e-5)):
+        super().__init__()
+        self.norm = norm_layer(4 * dim)
+        self.reduction = nn.Linear(4 * dim, out_dim, bias=False)
+
+    def forward(self, x: Tensor, feat_size: Tuple[int, int]) -> Tuple[Tensor, Tuple[int, int]]:
+        H, W = feat_size
+        B, _, C = x.shape
+        x = x.reshape(B, H // 2, 2, W // 2, 2, C)  # B, N, C -> B, H/2, 2(i), W/2, 2(j), C
+        x = x.permute(0, 1, 3, 4, 2, 5).flatten(3)  # -> B, H/2, W/2, 4C in Swin's (j, i) order
+        x = self.reduction(self.norm(x))
+        return x.flatten(1, 2), (H // 2, W // 2)  # B, H/2, W/2, C' -> B, N', C'
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over all tokens, with an optional relative position bias or
+    spatial-reduction keys/values.
+
+    Two paths compute the same thing: a fused one (``F.scaled_dot_product_attention``, the relative
+    bias passed as ``attn_mask``) and a plain one (explicit softmax). Attention probabilities of the
+    plain path pass through ``self.attn_probs`` (an identity module) so that forward hooks can read
+    them; visualisation switches the module to the plain path.
+
+    Args:
+        dim (int): token width.
+        num_heads (int): heads; ``dim`` must be divisible by it.
+        qkv_bias (bool): bias in the q, k, v projections.
+        attn_drop (float): dropout on attention probabilities.
+        proj_drop (float): dropout after the output projection.
+        rel_pos_size (Tuple[int, int], optional): learn a relative position bias table for an
+            (H, W) map (Swin style, whole map as the window); resized bicubically for other maps.
+        sr_ratio (int): spatial-reduction ratio of keys/values (PVT's SRA); 1 for full attention.
+        num_prefix_tokens (int): leading non-spatial tokens (class token), only with ``sr_ratio`` 1
+            or kept out of the reduction.
+        fused_attn (bool): use the fused path.
+        norm_layer (Callable[..., nn.Module]): normalisation of the reduced keys/values (SRA).
+    """
+
+    def __init__(
+            self,
+            dim: int,
+            num_heads: int,
+            qkv_bias: bool = True,
+            attn_drop: float = 0.,
+            proj_drop: float = 0.,
+            rel_pos_size: Optional[Tuple[int, int]] = None,
+            sr_ratio: int = 1,
+            num_prefix_tokens: int = 0,
+            fused_attn: bool = True,
+            norm_layer: Callable[..., nn.Module] = partial(nn.LayerNorm, eps=1e-5),
+    ):
+        super().__init__()
+        if dim % num_heads != 0:
+            raise ValueError(f"dim={dim} is not divisible by num_heads={num_heads}")
+        if rel_pos_size is not None and num_prefix_tokens:
+            raise ValueError("a relative position bias cannot be combined with a class token")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.sr_ratio = sr_ratio
+        self.num_prefix_tokens = num_prefix_tokens
+        self.fused_attn = fused_attn
+        if sr_ratio > 1:
+            self.q = nn.Linear(dim, dim, bias=qkv_bias)
+            self.kv = nn.Linear(dim, dim * 2, bias=qkv_bias)
+            self.sr = nn.Conv2d(dim, dim, kernel_size=sr_ratio, stride=sr_ratio)
+            self.norm = norm_layer(dim)
+        else:
+            self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.attn_probs = nn.Identity()
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+        self.rel_pos_size = _to_2tuple(rel_pos_size) if rel_pos_size is not None else None
+        if self.rel_pos_size is not None:
+            H, W = self.rel_pos_size
+            self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * H - 1) * (2 * W - 1), num_heads))
+        else:
+            self.relative_position_bias_table = None
+        self._rel_index_cache: Dict[Tuple[int, int, str], Tensor] = {}
+
+    def _rel_index(self, H: int, W: int, device: torch.device) -> Tensor:
+        key = (H, W, str(device))
+        index = self._rel_index_cache.get(key)
+        if index is None:
+            index = relative_position_index(H, W, device=device).flatten()
+            self._rel_index_cache[key] = index
+        return index
+
+    def rel_pos_bias(self, feat_size: Tuple[int, int]) -> Tensor:
+        """The relative position bias for an H x W map, (heads, N, N)."""
+        H, W = feat_size
+        table = resize_rel_pos_table(self.relative_position_bias_table, self.rel_pos_size, (H, W))
+        N = H * W
+        bias = table[self._rel_index(H, W, table.device)].view(N, N, -1)  # N*N, heads -> N, N, heads
+        return bias.permute(2, 0, 1)  # N, N, heads -> heads, N, N
+
+    def _qkv(self, x: Tensor, feat_size: Tuple[int, int]) -> Tuple[Tensor, Tensor, Tensor]:
+        B, N, C = x.shape
+        if self.sr_ratio > 1:
+            q = self.q(x).reshape(B, N, self.num_heads, self.head_dim).transpose(1, 2)  # B, heads, N, hd
+            p = self.num_prefix_tokens
+            H, W = feat_size
+            x_ = x[:, p:].transpose(1, 2).reshape(B, C, H, W)  # B, N, C -> B, C, H, W
+            x_ = self.sr(x_).flatten(2).transpose(1, 2)  # B, C, H/r, W/r -> B, M, C
+            x_ = self.norm(torch.cat((x[:, :p], x_), dim=1))
+            kv = self.kv(x_).reshape(B, -1, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+            return q, kv[0], kv[1]  # B, heads, M, hd
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        return qkv[0], qkv[1], qkv[2]  # 3, B, heads, N, hd -> B, heads, N, hd each
+
+    def forward(self, x: Tensor, feat_size: Tuple[int, int]) -> Tensor:
+        B, N, C = x.shape
+        q, k, v = self._qkv(x, feat_size)
+        bias = self.rel_pos_bias(feat_size).unsqueeze(0) if self.relative_position_bias_table is not None else None
+        if self.fused_attn:
+            if bias is not None:
+                bias = bias.to(q.dtype)
+            x = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=bias, dropout_p=self.attn_drop.p if self.training else 0.)
+        else:
+            attn = (q * self.scale) @ k.transpose(-2, -1)  # B, heads, N, M
+            if bias is not None:
+                attn = attn + bias
+            attn = self.attn_probs(attn.softmax(dim=-1))
+            x = self.attn_drop(attn) @ v
+        x = x.transpose(1, 2).reshape(B, N, C)  # B, heads, N, hd -> B, N, C
+        return self.proj_drop(self.proj(x))
+
+
+class Block(nn.Module):
+    """An MLP block (``attn_type="none"``) or a transformer block.
+
+    MLP block: ``x + DropPath(MLP(LN(x)))``; its norm is ``norm2`` as in the official checkpoints.
+    Transformer block: ``x + DropPath(MSA(LN1(x)))`` then ``x + DropPath(MLP(LN2(x)))``.
+    """
+
+    def __init__(
+            self,
+            dim: int,
+            num_heads: int,
+            mlp_ratio: float = 4.,
+            attn_type: str = "msa",
+            qkv_bias: bool = True,
+            proj_drop: float = 0.,
+            attn_drop: float = 0.,
+            drop_path: float = 0.,
+            rel_pos_size: Optional[Tuple[int, int]] = None,
+            sr_ratio: int = 1,
+            num_prefix_tokens: int = 0,
+            fused_attn: bool = True,
+            act_layer: Callable[..., nn.Module] = nn.GELU,
+            norm_layer: Callable[..., nn.Module] = partial(nn.LayerNorm, eps=1e-6),
+    ):
+        super().__init__()
+        if attn_type not in ATTN_TYPES:
+            raise ValueError(f"attn_type must be one of {ATTN_TYPES}, got {attn_type!r}")
+        if attn_type == "none":
+            self.norm1 = None
+            self.attn = None
+        else:
+            self.norm1 = norm_layer(dim)
+            self.attn = Attention(
+                dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop,
+                rel_pos_size=rel_pos_size, sr_ratio=sr_ratio if attn_type == "sra" else 1,
+                num_prefix_tokens=num_prefix_tokens, fused_attn=fused_attn)
+        self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+        self.norm2 = norm_layer(dim)
+        self.mlp = Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop)
+        self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+
+    def forward(self, x: Tensor, feat_size: Tuple[int, int]) -> Tensor:
+        if self.attn is not None:
+            x = x + self.drop_path1(self.attn(self.norm1(x), feat_size))
+        x = x + self.drop_path2(self.mlp(self.norm2(x)))
+        return x
+
+
+class LITStage(nn.Module):
+    """One stage: optional token merging from the previous stage, optional absolute position
+    embedding (and class token), then blocks. Works on tokens (B, N, C) with an explicit feat_size.
+    """
+
+    def __init__(
+            self,
+            dim: int,
+            depth: int,
+            num_heads: int,
+            mlp_ratio: float,
+            attn_type: str,
+            downsample: Optional[nn.Module] = None,
+            grid_size: Tuple[int, int] = (14, 14),
+            abs_pos_embed: bool = False,
+            class_token: bool = False,
+            rel_pos: bool = False,
+            sr_ratio: int = 1,
+            qkv_bias: bool = True,
+            proj_drop: float = 0.,
+            attn_drop: float = 0.,
+            drop_path: Sequence[float] = (),
+            fused_attn: bool = True,
+            norm_layer: Callable[..., nn.Module] = partial(nn.LayerNorm, eps=1e-6),
+    ):
+        super().__init__()
+        self.grid_size = tuple(grid_size)
+        self.num_prefix_tokens = 1 if class_token else 0
+        self.downsample = downsample
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if class_token else None
+        if abs_pos_embed:
+            self.pos_embed = nn.Parameter(
+                torch.zeros(1, self.num_prefix_tokens + self.grid_size[0] * self.grid_size[1], dim))
+        else:
+            self.pos_embed = None
+        self.pos_drop = nn.Dropout(proj_drop)
+        self.blocks = nn.ModuleList([
+            Block(
+                dim, num_heads, mlp_ratio=mlp_ratio, attn_type=attn_type, qkv_bias=qkv_bias,
+                proj_drop=proj_drop, attn_drop=attn_drop, drop_path=drop_path[j] if drop_path else 0.,
+                rel_pos_size=self.grid_size if rel_pos and attn_type != "none" else None,
+                sr_ratio=sr_ratio, num_prefix_tokens=self.num_prefix_tokens, fused_attn=fused_attn,
+                norm_layer=norm_layer)
+            for j in range(depth)])
+        self.grad_checkpointing = False
+
+    def _pos_embed(self, feat_size: Tuple[int, int]) -> Tensor:
+        return resize_abs_pos_embed(self.pos_embed, self.grid_size, feat_size, self.num_prefix_tokens)
+
+    def forward(self, x: Tensor, feat_size: Tuple[int, int]) -> Tuple[Tensor, Tuple[int, int]]:
+        if self.downsample is not None:
+            x, feat_size = self.downsample(x, feat_size)
+        if self.cls_token is not None:
+            x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
+        if self.pos_embed is not None:
+            x = self.pos_drop(x + self._pos_embed(feat_size))
+        for blk in self.blocks:
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = torch.utils.checkpoint.checkpoint(blk, x, feat_size, use_reentrant=False)
+            else:
+                x = blk(x, feat_size)
+        return x, feat_size
+
+
+class LIT(nn.Module):
+    """LIT: Less attention vIsion Transformer (both released families and the paper's ablations).
+
+    Args:
+        img_size (int | Tuple[int, int]): the training image size; position embeddings and tables
+            are learned for its grid and resized for other sizes (multiples of 32).
+        patch_size (int): stem patch size (4).
+        in_chans (int): image channels.
+        num_classes (int): classes; 0 for no head.
+        global_pool (str): ``"token"`` (class token) or ``"avg"`` (mean over tokens).
+        embed_dims (Sequence[int]): four stage widths.
+        depths (Sequence[int]): blocks per stage.
+        num_heads (Sequence[int]): heads per stage (ignored for MLP stages).
+        mlp_ratios (Sequence[float]): MLP expansion per stage.
+        attn_types (Sequence[str]): per stage ``"none"`` (MLP blocks), ``"msa"`` (full attention)
+            or ``"sra"`` (PVT's spatial-reduction attention).
+        sr_ratios (Sequence[int]): SRA reduction ratio per stage.
+        merge (str): token merging between stages: ``"dtm"`` (deformable), ``"conv"`` (PVT's
+            conv k2 s2 + LayerNorm) or ``"swin"`` (Swin's patch merging).
+        pos_embed (str): ``"abs"`` (PVT: learned absolute per stage), ``"rel"`` (Swin: relative
+            bias in attention stages) or ``"none"``.
+        class_token (bool): prepend a class token in the last stage (PVT).
+        qkv_bias (bool): bias in qkv projections.
+        drop_rate (float): dropout after position embedding, in MLPs and before the head.
+        attn_drop_rate (float): dropout on attention probabilities.
+        drop_path_rate (float): stochastic depth, increasing linearly over all blocks.
+        norm_eps (float): LayerNorm eps of blocks and the final norm (1e-6 LIT-Ti, 1e-5 LIT-S/M/B).
+        fused_attn (bool): fused ``scaled_dot_product_attention`` (else the plain path).
+        dtm_impl (str): DTM implementation, ``"fast"`` or ``"torchvision"``.
+
+    Examples::
+        >>> m = LIT(img_size=64, embed_dims=(8, 16, 32, 64), depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 4))
+        >>> m(torch.randn(2, 3, 64, 64)).shape
+        torch.Size([2, 1000])
+    """
+
+    def __init__(
+            self,
+            img_size: _int_or_tuple_2 = 224,
+            patch_size: int = 4,
+            in_chans: int = 3,
+            num_classes: int = 1000,
+            global_pool: str = "token",
+            embed_dims: Sequence[int] = (64, 128, 320, 512),
+            depths: Sequence[int] = (3, 4, 6, 3),
+            num_heads: Sequence[int] = (1, 2, 5, 8),
+            mlp_ratios: Sequence[float] = (8, 8, 4, 4),
+            attn_types: Sequence[str] = ("none", "none", "msa", "msa"),
+            sr_ratios: Sequence[int] = (8, 4, 2, 1),
+            merge: str = "dtm",
+            pos_embed: str = "abs",
+            class_token: bool = True,
+            qkv_bias: bool = True,
+            drop_rate: float = 0.,
+            attn_drop_rate: float = 0.,
+            drop_path_rate: float = 0.,
+            norm_eps: float = 1e-6,
+            fused_attn: bool = True,
+            dtm_impl: str = "fast",
+    ):
+        super().__init__()
+        self.img_size = _to_2tuple(img_size)
+        per_stage = dict(embed_dims=embed_dims, depths=depths, num_heads=num_heads, mlp_ratios=mlp_ratios,
+                         attn_types=attn_types, sr_ratios=sr_ratios)
+        for name, value in per_stage.items():
+            if len(value) != 4:
+                raise ValueError(f"{name} must have 4 entries (one per stage), got {tuple(value)}")
+        for i, (d, h, t) in enumerate(zip(embed_dims, num_heads, attn_types)):
+            if t not in ATTN_TYPES:
+                raise ValueError(f"attn_types[{i}]={t!r} is not one of {ATTN_TYPES}")
+            if t != "none" and d % h != 0:
+                raise ValueError(f"embed_dims[{i}]={d} is not divisible by num_heads[{i}]={h}")
+        if merge not in MERGE_TYPES:
+            raise ValueError(f"merge={merge!r} is not one of {MERGE_TYPES}")
+        if pos_embed not in POS_EMBED_TYPES:
+            raise ValueError(f"pos_embed={pos_embed!r} is not one of {POS_EMBED_TYPES}")
+        if global_pool not in ("token", "avg", ""):
+            raise ValueError(f"global_pool={global_pool!r} is not one of ('token', 'avg', '')")
+        if global_pool == "token" and not class_token:
+            raise ValueError("global_pool='token' needs class_token=True")
+        if class_token and pos_embed == "rel":
+            raise ValueError("class_token=True cannot be combined with pos_embed='rel'")
+        if dtm_impl not in DTM_IMPLS:
+            raise ValueError(f"dtm_impl={dtm_impl!r} is not one of {DTM_IMPLS}")
+        stride = patch_size * 2 ** 3
+        if self.img_size[0] % stride or self.img_size[1] % stride:
+            raise ValueError(f"img_size={self.img_size} must be a multiple of {stride} in both dimensions")
+
+        self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.patch_size = patch_size
+        self.in_chans = in_chans
+        self.embed_dims = tuple(embed_dims)
+        self.num_features = self.head_hidden_size = self.embed_dims[-1]
+        self.num_prefix_tokens = 1 if class_token else 0
+        self.reduction = stride
+        norm_layer = partial(nn.LayerNorm, eps=norm_eps)
+
+        self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dims[0])
+        dpr = [x.tolist() for x in torch.linspace(0, drop_path_rate, sum(depths), device="cpu").split(list(depths))]
+        stages = []
+        self.feature_info = []
+        for i in range(4):
+            grid = (self.img_size[0] // (patch_size * 2 ** i), self.img_size[1] // (patch_size * 2 ** i))
+            downsample = None
+            if i > 0:
+                if merge == "dtm":
+                    downsample = DTMDownsample(embed_dims[i - 1], embed_dims[i], impl=dtm_impl)
+                elif merge == "conv":
+                    downsample = ConvMerge(embed_dims[i - 1], embed_dims[i])
+                else:
+                    downsample = PatchMerging(embed_dims[i - 1], embed_dims[i], norm_layer=norm_layer)
+            stages.append(LITStage(
+                dim=embed_dims[i],
+                depth=depths[i],
+                num_heads=num_heads[i],
+                mlp_ratio=mlp_ratios[i],
+                attn_type=attn_types[i],
+                downsample=downsample,
+                grid_size=grid,
+                abs_pos_embed=pos_embed == "abs",
+                class_token=class_token and i == 3,
+                rel_pos=pos_embed == "rel",
+                sr_ratio=sr_ratios[i],
+                qkv_bias=qkv_bias,
+                proj_drop=drop_rate,
+                attn_drop=attn_drop_rate,
+                drop_path=dpr[i],
+                fused_attn=fused_attn,
+                norm_layer=norm_layer,
+            ))
+            self.feature_info.append(dict(num_chs=embed_dims[i], reduction=patch_size * 2 ** i, module=f"stages.{i}"))
+        self.stages = nn.Sequential(*stages)
+        self.norm = norm_layer(self.num_features)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """Initialise as the official code does: trunc-normal(0.02) linears, position embeddings,
+        class token and relative tables; convs as nn.Conv2d; DTM offset predictors at zero."""
+        self.apply(self._init_weights)
+        for stage in self.stages:
+            if stage.pos_embed is not None:
+                trunc_normal_(stage.pos_embed, std=.02)
+            if stage.cls_token is not None:
+                trunc_normal_(stage.cls_token, std=.02)
+            for blk in stage.blocks:
+                if blk.attn is not None and blk.attn.relative_position_bias_table is not None:
+                    trunc_normal_(blk.attn.relative_position_bias_table, std=.02)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            trunc_normal_(m.weight, std=.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    # --- timm model API -------------------------------------------------------------------------
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set:
+        """Position embeddings, class token and relative position tables (1-D params are handled
+        by timm's optimizer factory)."""
+        return {n for n, _ in self.named_parameters()
+                if n.endswith(("pos_embed", "cls_token", "relative_position_bias_table"))}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return dict(
+            stem=r"^patch_embed",
+            blocks=r"^stages\.(\d+)" if coarse else [
+                (r"^stages\.(\d+)\.downsample", (0,)),
+                (r"^stages\.(\d+)\.blocks\.(\d+)", None),
+                (r"^norm", (99999,)),
+            ],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        for stage in self.stages:
+            stage.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        self.num_classes = num_classes
+        if global_pool is not None:
+            if global_pool not in ("token", "avg", ""):
+                raise ValueError(f"global_pool={global_pool!r} is not one of ('token', 'avg', '')")
+            if global_pool == "token" and not self.num_prefix_tokens:
+                raise ValueError("global_pool='token' needs a class token")
+            self.global_pool = global_pool
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def set_fused_attn(self, enable: bool = True) -> None:
+        """Switch every attention module between the fused and the plain path."""
+        for m in self.modules():
+            if isinstance(m, Attention):
+                m.fused_attn = enable
+
+    def set_dtm_impl(self, impl: str) -> None:
+        """Switch every DTM between ``"fast"`` and ``"torchvision"``."""
+        for m in self.modules():
+            if isinstance(m, DeformableTokenMerging):
+                m.impl = impl
+
+    # --- forward --------------------------------------------------------------------------------
+    def _check_input(self, x: Tensor) -> None:
+        if x.dim() != 4:
+            raise ValueError(f"Expected a 4-D image batch (B, {self.in_chans}, H, W), got shape {tuple(x.shape)}")
+        B, C, H, W = x.shape
+        if C != self.in_chans:
+            raise ValueError(f"Expected {self.in_chans} input channels, got {C} (input shape {tuple(x.shape)})")
+        if H % self.reduction or W % self.reduction:
+            raise ValueError(f"Input height ({H}) and width ({W}) must be multiples of {self.reduction}; "
+                             f"pad or resize the image (e.g. to {math.ceil(H / self.reduction) * self.reduction}x"
+                             f"{math.ceil(W / self.reduction) * self.reduction})")
+
+    def _to_map(self, x: Tensor, feat_size: Tuple[int, int], prefix: int) -> Tensor:
+        H, W = feat_size
+        return x[:, prefix:].transpose(1, 2).reshape(x.shape[0], x.shape[2], H, W)  # B, N, C -> B, C, H, W
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Tokens after the final norm: (B, P + H/32 * W/32, C) with P = 1 class token or 0."""
+        self._check_input(x)
+        x, feat_size = self.patch_embed(x)
+        for stage in self.stages:
+            x, feat_size = stage(x, feat_size)
+        return self.norm(x)
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        if self.global_pool == "token":
+            x = x[:, 0]
+        elif self.global_pool == "avg":
+            x = x[:, self.num_prefix_tokens:].mean(dim=1)
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(
+            self,
+            x: Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = "NCHW",
+            intermediates_only: bool = False,
+    ) -> Union[List[Tensor], Tuple[Tensor, List[Tensor]]]:
+        """Stage outputs as (B, C_i, H / 2^(i+2), W / 2^(i+2)) maps, strides 4, 8, 16, 32.
+
+        Args:
+            x (Tensor[B, C, H, W]): images, H and W multiples of 32.
+            indices (int | List[int], optional): last n stages if int, those listed if a list, all if None.
+            norm (bool): apply the final norm to the last stage's output.
+            stop_early (bool): stop after the last requested stage.
+            output_fmt (str): ``"NCHW"`` or ``"NLC"`` (tokens, class token dropped).
+            intermediates_only (bool): return only the list of maps.
+
+        Returns:
+            The list of maps, or (final normed tokens, list of maps).
+        """
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        self._check_input(x)
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        stages = self.stages[:max_index + 1] if stop_early else self.stages
+        intermediates = []
+        x, feat_size = self.patch_embed(x)
+        last = len(self.stages) - 1
+        for i, stage in enumerate(stages):
+            x, feat_size = stage(x, feat_size)
+            if i in take_indices:
+                y = self.norm(x) if norm and i == last else x
+                if output_fmt == "NCHW":
+                    intermediates.append(self._to_map(y, feat_size, stage.num_prefix_tokens))
+                else:
+                    intermediates.append(y[:, stage.num_prefix_tokens:])
+        if intermediates_only:
+            return intermediates
+        return self.norm(x) if len(stages) == len(self.stages) else x, intermediates
+
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, List[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> List[int]:
+        """Drop stages (and norm/head) not needed for the requested intermediates."""
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        self.stages = self.stages[:max_index + 1]
+        if prune_norm or max_index < 3:
+            self.norm = nn.Identity()
+        if prune_head or max_index < 3:
+            self.reset_classifier(0, "" if max_index < 3 else None)
+        return take_indices
+
+
+# --- builders ---------------------------------------------------------------------------------------
+
+def _create_lit(variant: str, pretrained: bool = False, **kwargs) -> LIT:
+    out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
+    return build_model_with_cfg(
+        LIT, variant, pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
+        **kwargs,
+    )
+
+
+_RELEASE = "https://github.com/ziplab/LIT/releases/download/v1.0/"
+
+
+def _cfg(url: str = "", **kwargs) -> dict:
+    return {
+        "url": url,
+        "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (7, 7),
+        "crop_pct": 0.875, "interpolation": "bicubic", "fixed_input_size": False,
+        "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
+        "first_conv": "patch_embed.proj", "classifier": "head",
+        "paper_ids": "arXiv:2105.14217", "paper_name": "Less is More: Pay Less Attention in Vision Transformers",
+        "origin_url": "https://github.com/ziplab/LIT", "license": "apache-2.0",
+        **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({
+    "lit_ti.in1k": _cfg(url=_RELEASE + "lit_ti.pth"),
+    "lit_s.in1k": _cfg(url=_RELEASE + "lit_s.pth"),
+    "lit_m.in1k": _cfg(url=_RELEASE + "lit_m.pth"),
+    "lit_b.in1k": _cfg(url=_RELEASE + "lit_b.pth"),
+    "pvt_s.untrained": _cfg(),
+    "pvt_s_msa.untrained": _cfg(),
+    "pvt_s_msa_no_attn1.untrained": _cfg(),
+    "pvt_s_msa_no_attn12.untrained": _cfg(),
+    "lit_ti_no_dtm.untrained": _cfg(),
+    "lit_s_no_dtm.untrained": _cfg(),
+})
+
+# Shared settings of the two families.
+_PVT_FAMILY = dict(
+    embed_dims=(64, 128, 320, 512), depths=(3, 4, 6, 3), num_heads=(1, 2, 5, 8), mlp_ratios=(8, 8, 4, 4),
+    pos_embed="abs", class_token=True, global_pool="token", norm_eps=1e-6)
+_SWIN_FAMILY = dict(
+    mlp_ratios=(4, 4, 4, 4), attn_types=("none", "none", "msa", "msa"), pos_embed="rel", class_token=False,
+    global_pool="avg", norm_eps=1e-5)
+
+
+@register_model
+def lit_ti(pretrained: bool = False, **kwargs) -> LIT:
+    """LIT-Ti (PVT-S based): 19.9 M params, 3.6 GFLOPs, 81.1 top-1."""
+    model_args = dict(_PVT_FAMILY, attn_types=("none", "none", "msa", "msa"), merge="dtm", drop_path_rate=0.1)
+    return _create_lit("lit_ti", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def lit_s(pretrained: bool = False, **kwargs) -> LIT:
+    """LIT-S (Swin-Ti based): 28.0 M params, 4.1 GFLOPs, 81.5 top-1."""
+    model_args = dict(_SWIN_FAMILY, embed_dims=(96, 192, 384, 768), depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24),
+                      drop_path_rate=0.2)
+    return _create_lit("lit_s", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def lit_m(pretrained: bool = False, **kwargs) -> LIT:
+    """LIT-M (Swin-S based): 49.4 M params, 8.6 GFLOPs, 83.0 top-1."""
+    model_args = dict(_SWIN_FAMILY, embed_dims=(96, 192, 384, 768), depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24),
+                      drop_path_rate=0.3)
+    return _create_lit("lit_m", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def lit_b(pretrained: bool = False, **kwargs) -> LIT:
+    """LIT-B (Swin-B based): 87.3 M params, 15.0 GFLOPs, 83.4 top-1."""
+    model_args = dict(_SWIN_FAMILY, embed_dims=(128, 256, 512, 1024), depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32),
+                      drop_path_rate=0.5)
+    return _create_lit("lit_b", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+# --- the paper's ablation models (Tables 2-4) -----------------------------------------------------
+
+@register_model
+def pvt_s(pretrained: bool = False, **kwargs) -> LIT:
+    """PVT-S: spatial-reduction attention (r = 8, 4, 2, 1) in every stage, conv patch merging. 24.5 M, 3.8 G."""
+    model_args = dict(_PVT_FAMILY, attn_types=("sra",) * 4, sr_ratios=(8, 4, 2, 1), merge="conv", drop_path_rate=0.1)
+    return _create_lit("pvt_s", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def pvt_s_msa(pretrained: bool = False, **kwargs) -> LIT:
+    """PVT-S w/ MSA: full self-attention in every stage, conv patch merging. 20.2 M, 8.4 G."""
+    model_args = dict(_PVT_FAMILY, attn_types=("msa",) * 4, merge="conv", drop_path_rate=0.1)
+    return _create_lit("pvt_s_msa", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def pvt_s_msa_no_attn1(pretrained: bool = False, **kwargs) -> LIT:
+    """PVT-S w/ MSA with stage 1's attention removed (MLP blocks in stage 1)."""
+    model_args = dict(_PVT_FAMILY, attn_types=("none", "msa", "msa", "msa"), merge="conv", drop_path_rate=0.1)
+    return _create_lit("pvt_s_msa_no_attn1", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def pvt_s_msa_no_attn12(pretrained: bool = False, **kwargs) -> LIT:
+    """PVT-S w/ MSA with stages 1-2's attention removed; the same model as LIT-Ti without DTM."""
+    model_args = dict(_PVT_FAMILY, attn_types=("none", "none", "msa", "msa"), merge="conv", drop_path_rate=0.1)
+    return _create_lit("pvt_s_msa_no_attn12", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def lit_ti_no_dtm(pretrained: bool = False, **kwargs) -> LIT:
+    """LIT-Ti with regular (conv k2 s2 + LayerNorm) patch merging instead of DTM."""
+    model_args = dict(_PVT_FAMILY, attn_types=("none", "none", "msa", "msa"), merge="conv", drop_path_rate=0.1)
+    return _create_lit("lit_ti_no_dtm", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def lit_s_no_dtm(pretrained: bool = False, **kwargs) -> LIT:
+    """LIT-S with Swin's regular patch merging instead of DTM."""
+    model_args = dict(_SWIN_FAMILY, embed_dims=(96, 192, 384, 768), depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24),
+                      merge="swin", drop_path_rate=0.2)
+    return _create_lit("lit_s_no_dtm", pretrained=pretrained, **dict(model_args, **kwargs))

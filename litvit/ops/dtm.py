@@ -1,0 +1,245 @@
+"""Deformable token merging (DTM), the token-merging module of LIT.
+
+From *Less is More: Pay Less Attention in Vision Transformers* (Pan et al., AAAI 2022,
+arXiv 2105.14217): between stages, a 2x2 stride-2 deformable convolution (DCN v1) whose sampling
+offsets are predicted from the input merges each 2x2 neighbourhood of tokens, followed by
+BatchNorm and GELU.
+
+The deformable convolution is always kernel 2, stride 2, no padding, dilation 1, one offset group
+and no modulation mask. That makes it much simpler than a general deformable conv:
+
+* ``impl="fast"`` (default): the four sampling points of every output are gathered with one
+  bilinear ``F.grid_sample`` and then contracted with the reshaped weight in one matrix multiply.
+* ``impl="torchvision"``: ``torchvision.ops.deform_conv2d``, the general op, kept as the reference
+  the fast path is tested against (it computes what the authors' CUDA extension computes).
+
+Offset layout (as in the official checkpoints): for kernel point ``k = i * 2 + j`` (row-major over
+the 2x2 kernel) channel ``2k`` is the shift along y (rows) and ``2k + 1`` along x (columns). Output
+``(p, q)`` samples input point ``(2p + i + dy, 2q + j + dx)`` bilinearly; points with ``y <= -1``,
+``y >= H``, ``x <= -1`` or ``x >= W`` sample zero and corners outside the map contribute zero.
+"""
+import math
+from typing import Callable, Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import Tensor, nn
+
+__all__ = ["deform_merge2x2", "DeformMerge2x2", "DeformableTokenMerging", "DTM_IMPLS"]
+
+DTM_IMPLS = ("fast", "torchvision")
+
+
+def _check_shapes(input: Tensor, offset: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tuple[int, int]:
+    if input.dim() != 4:
+        raise ValueError(f"input must be a 4-D tensor (B, C, H, W), got shape {tuple(input.shape)}")
+    B, C, H, W = input.shape
+    if H < 2 or W < 2:
+        raise ValueError(f"input height and width must be at least 2 for a 2x2 merge, got {H}x{W}")
+    if weight.dim() != 4 or tuple(weight.shape[1:]) != (C, 2, 2):
+        raise ValueError(f"weight must have shape (C_out, {C}, 2, 2) for an input of {C} channels, "
+                         f"got {tuple(weight.shape)}")
+    Ho, Wo = H // 2, W // 2
+    if tuple(offset.shape) != (B, 8, Ho, Wo):
+        raise ValueError(f"offset must have shape ({B}, 8, {Ho}, {Wo}) for an input of shape {tuple(input.shape)}, "
+                         f"got {tuple(offset.shape)}")
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(f"bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+    return Ho, Wo
+
+
+def _sample_grid(offset: Tensor, H: int, W: int) -> Tensor:
+    """Normalised ``grid_sample`` grid for the four kernel points of every output.
+
+    Args:
+        offset (Tensor[B, 8, Ho, Wo]): (dy, dx) per kernel point, float32 or float64.
+
+    Returns:
+        Tensor[B, 4 * Ho, Wo, 2]: (x, y) in ``align_corners=False`` coordinates, kernel point major.
+    """
+    B, _, Ho, Wo = offset.shape
+    off = offset.reshape(B, 4, 2, Ho, Wo)  # B, 8, Ho, Wo -> B, k, (dy, dx), Ho, Wo
+    k = torch.arange(4, device=offset.device)
+    ys = (2 * torch.arange(Ho, device=offset.device)).view(1, 1, Ho, 1) + (k // 2).view(1, 4, 1, 1)
+    xs = (2 * torch.arange(Wo, device=offset.device)).view(1, 1, 1, Wo) + (k % 2).view(1, 4, 1, 1)
+    y = ys.to(offset.dtype) + off[:, :, 0]  # B, 4, Ho, Wo
+    x = xs.to(offset.dtype) + off[:, :, 1]
+    # pixel coordinate -> [-1, 1] with align_corners=False: pixel i spans [i - 0.5, i + 0.5]
+    gx = (2 * x + 1) / W - 1
+    gy = (2 * y + 1) / H - 1
+    return torch.stack((gx, gy), dim=-1).reshape(B, 4 * Ho, Wo, 2)  # B, 4, Ho, Wo, 2 -> B, 4*Ho, Wo, 2
+
+
+def _out_dtype(input: Tensor) -> torch.dtype:
+    if torch.is_autocast_enabled(input.device.type):
+        return torch.get_autocast_dtype(input.device.type)
+    return input.dtype
+
+
+def _merge_fast(input: Tensor, offset: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+    B, C, H, W = input.shape
+    Ho, Wo = H // 2, W // 2
+    # Sampling coordinates need float32 at least: bf16/fp16 cannot hold a pixel position to < 0.1 px.
+    work = torch.float64 if input.dtype == torch.float64 else torch.float32
+    with torch.autocast(input.device.type, enabled=False):
+        grid = _sample_grid(offset.to(work), H, W)
+        sampled = F.grid_sample(input.to(work), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    # B, C, 4*Ho, Wo -> B, C*4, Ho*Wo (channel-major, kernel point minor: the order of weight.flatten(1))
+    cols = sampled.reshape(B, C * 4, Ho * Wo)
+    dtype = _out_dtype(input)
+    w = weight.reshape(weight.shape[0], C * 4).to(dtype)
+    out = torch.matmul(w, cols.to(dtype))  # C_out, C*4 @ B, C*4, N -> B, C_out, N
+    if bias is not None:
+        out = out + bias.to(dtype).view(1, -1, 1)
+    return out.reshape(B, weight.shape[0], Ho, Wo)
+
+
+def _merge_torchvision(input: Tensor, offset: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+    dtype = _out_dtype(input)
+    # torchvision's CPU kernel rejects bfloat16/float16: compute those in float32.
+    work = input.dtype if input.dtype in (torch.float32, torch.float64) else torch.float32
+    with torch.autocast(input.device.type, enabled=False):
+        out = torchvision.ops.deform_conv2d(
+            input.to(work), offset.to(work), weight.to(work), None if bias is None else bias.to(work), stride=2)
+    return out.to(dtype)
+
+
+def deform_merge2x2(
+        input: Tensor,
+        offset: Tensor,
+        weight: Tensor,
+        bias: Optional[Tensor] = None,
+        impl: str = "fast",
+) -> Tensor:
+    """Deformable 2x2 stride-2 convolution: the merge of deformable token merging.
+
+    Equal to ``torchvision.ops.deform_conv2d(input, offset, weight, bias, stride=2)``.
+
+    Args:
+        input (Tensor[B, C, H, W]): input map; odd H or W drop the last row/column as a conv would.
+        offset (Tensor[B, 8, H // 2, W // 2]): sampling offsets, (dy, dx) per kernel point k = i * 2 + j.
+        weight (Tensor[C_out, C, 2, 2]): convolution weight.
+        bias (Tensor[C_out], optional): convolution bias.
+        impl (str): ``"fast"`` (grid_sample + one matmul) or ``"torchvision"`` (reference op).
+
+    Returns:
+        Tensor[B, C_out, H // 2, W // 2]: merged map. Under autocast it has the autocast dtype.
+
+    Examples::
+        >>> x = torch.randn(2, 16, 8, 8)
+        >>> deform_merge2x2(x, torch.zeros(2, 8, 4, 4), torch.randn(32, 16, 2, 2)).shape
+        torch.Size([2, 32, 4, 4])
+    """
+    if impl not in DTM_IMPLS:
+        raise ValueError(f"impl must be one of {DTM_IMPLS}, got {impl!r}")
+    Ho, Wo = _check_shapes(input, offset, weight, bias)
+    if input.shape[0] == 0:
+        out = input.new_zeros((0, weight.shape[0], Ho, Wo), dtype=_out_dtype(input))
+        # keep the result attached to the graph so backward yields zero gradients, not an error
+        return out + 0 * weight.sum().to(out.dtype) + 0 * offset.sum().to(out.dtype)
+    if impl == "fast":
+        return _merge_fast(input, offset, weight, bias)
+    return _merge_torchvision(input, offset, weight, bias)
+
+
+class DeformMerge2x2(nn.Module):
+    """Deformable 2x2 stride-2 convolution with its own offset predictor.
+
+    Holds ``weight``/``bias`` (initialised like ``nn.Conv2d``) and ``conv_offset``, a Conv2d(C, 8, 2,
+    stride 2) whose weight and bias start at zero, so a new module merges the regular 2x2 grid.
+    Parameter names follow the official checkpoints (``dconv.weight``, ``dconv.conv_offset.weight``).
+
+    Args:
+        in_chans (int): input channels C.
+        out_chans (int): output channels C_out.
+        bias (bool): add a learned bias.
+        impl (str): ``"fast"`` or ``"torchvision"``, see :func:`deform_merge2x2`.
+
+    Examples::
+        >>> DeformMerge2x2(16, 32)(torch.randn(2, 16, 8, 8)).shape
+        torch.Size([2, 32, 4, 4])
+    """
+
+    def __init__(
+            self,
+            in_chans: int,
+            out_chans: int,
+            bias: bool = True,
+            impl: str = "fast",
+    ):
+        super().__init__()
+        if impl not in DTM_IMPLS:
+            raise ValueError(f"impl must be one of {DTM_IMPLS}, got {impl!r}")
+        self.in_chans = in_chans
+        self.out_chans = out_chans
+        self.impl = impl
+        self.weight = nn.Parameter(torch.empty(out_chans, in_chans, 2, 2))
+        self.bias = nn.Parameter(torch.empty(out_chans)) if bias else None
+        self.conv_offset = nn.Conv2d(in_chans, 8, kernel_size=2, stride=2, bias=True)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # the initialisation of nn.Conv2d (kaiming-uniform, a = sqrt(5)) for the merge weight and bias
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            bound = 1 / math.sqrt(self.in_chans * 4)
+            nn.init.uniform_(self.bias, -bound, bound)
+        nn.init.zeros_(self.conv_offset.weight)
+        nn.init.zeros_(self.conv_offset.bias)
+
+    def forward(self, x: Tensor, return_offsets: bool = False) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+        if x.dim() != 4 or x.shape[1] != self.in_chans:
+            raise ValueError(f"expected input of shape (B, {self.in_chans}, H, W), got {tuple(x.shape)}")
+        offset = self.conv_offset(x)
+        out = deform_merge2x2(x, offset, self.weight, self.bias, impl=self.impl)
+        return (out, offset) if return_offsets else out
+
+    def extra_repr(self) -> str:
+        return f"{self.in_chans}, {self.out_chans}, kernel_size=2, stride=2, impl={self.impl!r}"
+
+
+class DeformableTokenMerging(nn.Module):
+    """DTM: deformable 2x2 merge -> BatchNorm2d -> GELU, on a (B, C, H, W) map.
+
+    Submodule names follow the official checkpoints: ``dconv`` and ``norm_layer``.
+
+    Args:
+        in_chans (int): input channels.
+        out_chans (int): output channels.
+        norm_layer (Callable[..., nn.Module]): normalisation over the merged map (BatchNorm2d).
+        act_layer (Callable[..., nn.Module]): activation (exact GELU).
+        impl (str): ``"fast"`` or ``"torchvision"``, see :func:`deform_merge2x2`.
+
+    Examples::
+        >>> DeformableTokenMerging(64, 128)(torch.randn(2, 64, 56, 56)).shape
+        torch.Size([2, 128, 28, 28])
+    """
+
+    def __init__(
+            self,
+            in_chans: int,
+            out_chans: int,
+            norm_layer: Callable[..., nn.Module] = nn.BatchNorm2d,
+            act_layer: Callable[..., nn.Module] = nn.GELU,
+            impl: str = "fast",
+    ):
+        super().__init__()
+        self.dconv = DeformMerge2x2(in_chans, out_chans, bias=True, impl=impl)
+        self.norm_layer = norm_layer(out_chans)
+        self.act = act_layer()
+
+    @property
+    def impl(self) -> str:
+        return self.dconv.impl
+
+    @impl.setter
+    def impl(self, value: str) -> None:
+        if value not in DTM_IMPLS:
+            raise ValueError(f"impl must be one of {DTM_IMPLS}, got {value!r}")
+        self.dconv.impl = value
+
+    def forward(self, x: Tensor, return_offsets: bool = False) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+        x, offset = self.dconv(x, return_offsets=True)
+        x = self.act(self.norm_layer(x))
+        return (x, offset) if return_offsets else x
