@@ -13,10 +13,16 @@ import importlib
 import sys
 from typing import List, Optional
 
-# (module, attribute) of each sub-command's add_parser; a module that fails to import is skipped
-# only when its optional dependency is missing (the error names it).
+# Modules providing ``add_parsers(subparsers)``, one per group of sub-commands.
 COMMANDS = [
-    ("litvit.tools.info", "add_parsers"),
+    "litvit.tools.info",               # models, demo
+    "litvit.tasks.classification",     # train, validate, predict
+    "litvit.tools.bench",              # bench
+    "litvit.tools.export",             # export
+    "litvit.tools.flops",              # flops
+    "litvit.tools.viz",                # viz offsets | attention
+    "litvit.tasks.detection",          # detect train | eval | predict
+    "litvit.tasks.segmentation",       # segment train | eval | predict
 ]
 
 
@@ -29,8 +35,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog="litvit", description="LIT vision transformers: models, training, tools.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module, attr in COMMANDS:
-        getattr(importlib.import_module(module), attr)(sub)
+    for module in COMMANDS:
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name == module:  # a command group not written yet
+                continue
+            raise
+        mod.add_parsers(sub)
     return parser
 
 
