@@ -96,7 +96,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 __all__ = [
     "Task", "TrainConfig", "DistInfo", "fit", "evaluate", "param_groups", "save_checkpoint_atomic",
-    "load_checkpoint", "setup_distributed", "per_process_batch_size", "autocast", "unwrap_model",
+    "load_checkpoint", "setup_distributed", "per_process_batch_size", "autocast", "unwrap_model", "sync_buffers",
     "LAST", "BEST", "AMP_MODES",
 ]
 
@@ -300,6 +300,23 @@ def setup_distributed(device: str = "auto") -> DistInfo:
                                       timeout=timedelta(minutes=30))
         info.initialized_here = True
     return info
+
+
+def sync_buffers(module: nn.Module, dist: DistInfo) -> None:
+    """Make every rank's buffers equal: floating ones (BatchNorm running statistics) averaged over
+    ranks, integer ones (``num_batches_tracked``) taken from rank 0. Called before evaluating and
+    checkpointing, so that what rank 0 saves is what every rank evaluated."""
+    if not dist.distributed:
+        return
+    for b in module.buffers():
+        t = b.data if torch_dist.get_backend() == "nccl" or b.device.type == "cpu" else b.data.cpu()
+        if b.is_floating_point():
+            torch_dist.all_reduce(t, op=torch_dist.ReduceOp.SUM)
+            t /= dist.world_size
+        else:
+            torch_dist.broadcast(t, src=0)
+        if t is not b.data:
+            b.data.copy_(t)
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -547,17 +564,18 @@ def _mix(*values: int) -> int:
 
 @contextlib.contextmanager
 def _seeded_rngs(seed: int) -> Iterator[None]:
-    """Seed torch, numpy and python RNGs for a block, then put the previous states back."""
-    py, np_state, th = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    """Seed torch (CPU), numpy and python RNGs for a block, then put the previous states back."""
+    gen = torch.default_generator
+    py, np_state, th = random.getstate(), np.random.get_state(legacy=False), gen.get_state()
     random.seed(seed)
     np.random.seed(seed)
-    torch.manual_seed(seed)
+    gen.manual_seed(seed)  # not torch.manual_seed: that one also seeds every accelerator, 25x slower
     try:
         yield
     finally:
         random.setstate(py)
         np.random.set_state(np_state)
-        torch.set_rng_state(th)
+        gen.set_state(th)
 
 
 class _SeededDataset(Dataset):
@@ -912,6 +930,9 @@ def _fit(task: Task, cfg: TrainConfig, dist: DistInfo) -> Dict[str, Any]:
         )
 
     def save(epoch: int, batch_in_epoch: int, best: bool = False) -> None:
+        sync_buffers(model, dist)
+        if ema is not None:
+            sync_buffers(ema.module, dist)
         s = state(epoch, batch_in_epoch)  # collective: every rank takes part
         if dist.is_main:
             save_checkpoint_atomic(s, out / LAST)
@@ -996,6 +1017,9 @@ def _fit(task: Task, cfg: TrainConfig, dist: DistInfo) -> Dict[str, Any]:
         evaluated = val_loader is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs)
         is_best = False
         if evaluated:
+            sync_buffers(model, dist)
+            if ema is not None:
+                sync_buffers(ema.module, dist)
             model.eval()
             with autocast(device, cfg.amp):
                 metrics = task.evaluate(model, val_loader, device, dist)
