@@ -64,9 +64,7 @@ def load_image(path: Union[str, Path]) -> Image.Image:
             img = Image.open(f)
             img.load()
             return img.convert("RGB")
-    except FileNotFoundError:
-        raise
-    except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as e:
+    except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as e:  # missing, truncated, not an image
         raise UnreadableImageError(f"cannot read image {path}: {e}") from None
 
 

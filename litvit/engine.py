@@ -62,7 +62,7 @@ Examples::
     ...         return {"score": correct / total}
     >>> import tempfile
     >>> summary = fit(Toy(), TrainConfig(output_dir=tempfile.mkdtemp(), epochs=2, batch_size=16, lr=1e-2,
-    ...                                  warmup_epochs=0, progress=False))
+    ...                                  warmup_epochs=0, progress=False, verbose=False))
     >>> sorted(summary)[:3]
     ['best_checkpoint', 'best_epoch', 'best_score']
 
@@ -143,6 +143,7 @@ class TrainConfig:
             for benchmarks and time-boxed jobs; the schedule still spans ``epochs``.
         device (str): ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``.
         progress (bool): tqdm bars on rank 0.
+        verbose (bool): print the run's set-up and one line per epoch on rank 0.
         sync_bn (bool): convert BatchNorm layers to SyncBatchNorm (CUDA with several processes).
     """
     output_dir: str = "runs/train"
@@ -172,6 +173,7 @@ class TrainConfig:
     max_steps: Optional[int] = None
     device: str = "auto"
     progress: bool = True
+    verbose: bool = True
     sync_bn: bool = False
 
     def check(self) -> None:
@@ -776,11 +778,6 @@ def _move(obj: Any, device: torch.device) -> Any:
     return obj
 
 
-def _say(dist: DistInfo, msg: str) -> None:
-    if dist.is_main:
-        print(msg, flush=True)
-
-
 def fit(task: Task, cfg: TrainConfig) -> Dict[str, Any]:
     """Train ``task`` as ``cfg`` says; see the module docstring. Returns a summary on every rank:
     ``best_score``, ``best_epoch``, ``final`` (last evaluation), ``epochs_done``, ``steps``,
@@ -796,6 +793,11 @@ def fit(task: Task, cfg: TrainConfig) -> Dict[str, Any]:
 
 def _fit(task: Task, cfg: TrainConfig, dist: DistInfo) -> Dict[str, Any]:
     device = dist.device
+
+    def say(msg: str) -> None:
+        if cfg.verbose and dist.is_main:
+            print(msg, flush=True)
+
     if cfg.amp == "fp16" and device.type != "cuda":
         raise ValueError("amp='fp16' needs CUDA; use --amp bf16 on the CPU")
     out = Path(cfg.output_dir)
@@ -894,7 +896,7 @@ def _fit(task: Task, cfg: TrainConfig, dist: DistInfo) -> Dict[str, Any]:
             warnings.warn(f"checkpoint was written by {saved_world} process(es), this run has {dist.world_size}: "
                           "RNG states are re-seeded, the run continues but will not repeat bit for bit")
             _reseed(cfg.seed + 1000 * start_epoch + dist.rank)
-        _say(dist, f"resumed from {resume_path}: epoch {start_epoch}, batch {start_batch}, step {step}")
+        say(f"resumed from {resume_path}: epoch {start_epoch}, batch {start_batch}, step {step}")
     else:
         _reseed(cfg.seed + dist.rank)  # per-rank dropout / drop path / mixup streams
 
@@ -911,7 +913,7 @@ def _fit(task: Task, cfg: TrainConfig, dist: DistInfo) -> Dict[str, Any]:
 
     n_params = _count(model)
     offset_params = sum(p.numel() for g in groups if g["name"].startswith("offset") for p in g["params"])
-    _say(dist, f"{task.name}: {type(model).__name__} {n_params:,} parameters ({offset_params:,} offset-predictor) | "
+    say(f"{task.name}: {type(model).__name__} {n_params:,} parameters ({offset_params:,} offset-predictor) | "
                f"device {device} x {dist.world_size} process(es), amp {cfg.amp} | "
                f"global batch {global_batch} = {cfg.batch_size} x {dist.world_size} x {cfg.accum_steps} accum | "
                f"lr {peak_lr:.3g} ({cfg.lr:g} x {global_batch}/512{'' if cfg.scale_lr else ', unscaled'}) | "
@@ -944,7 +946,7 @@ def _fit(task: Task, cfg: TrainConfig, dist: DistInfo) -> Dict[str, Any]:
     final: Dict[str, float] = dict(history[-1]) if history else {}
     stop = False
     if ckpt is not None and start_epoch >= cfg.epochs:
-        _say(dist, f"nothing to do: the run in {out} already finished {start_epoch} epochs")
+        say(f"nothing to do: the run in {out} already finished {start_epoch} epochs")
     for epoch in range(start_epoch, cfg.epochs):
         batches.set_epoch(epoch)
         first = start_batch if epoch == start_epoch else 0
@@ -1008,7 +1010,7 @@ def _fit(task: Task, cfg: TrainConfig, dist: DistInfo) -> Dict[str, Any]:
         if bar is not None:
             bar.close()
         if stop and micro < batches.num_batches:
-            _say(dist, f"stopped at step {step} (max_steps); resume continues from {out / LAST}")
+            say(f"stopped at step {step} (max_steps); resume continues from {out / LAST}")
             break
         dt = time.perf_counter() - t_epoch
         tot = dist.reduce_sum([loss_sum, loss_n, images])
@@ -1039,9 +1041,8 @@ def _fit(task: Task, cfg: TrainConfig, dist: DistInfo) -> Dict[str, Any]:
         log.write(dict(event="epoch", **record))
         log.write_csv(history)
         save(epoch + 1, 0, best=is_best)
-        if dist.is_main:
-            shown = "  ".join(f"{k} {v:.4g}" for k, v in record.items() if k not in ("epoch", "step"))
-            print(f"epoch {epoch + 1}/{cfg.epochs}  {shown}", flush=True)
+        shown = "  ".join(f"{k} {v:.4g}" for k, v in record.items() if k not in ("epoch", "step"))
+        say(f"epoch {epoch + 1}/{cfg.epochs}  {shown}")
         if stop:
             break
     train_time = time.perf_counter() - t_start

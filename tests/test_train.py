@@ -151,6 +151,15 @@ def test_bf16_autocast_and_accumulation_on_cpu(tmp_path):
     assert engine.load_checkpoint(tmp_path / "last.pth")["batch_in_epoch"] == 6
 
 
+def test_worker_processes_do_not_change_the_run(tmp_path):
+    """Each sample is augmented under its own seed, so loader workers change nothing."""
+    sds = []
+    for workers in (0, 2):
+        fit(tiny_task(mixup=0.8), tiny_train_cfg(tmp_path / str(workers), max_steps=3, workers=workers))
+        sds.append(engine.load_checkpoint(tmp_path / str(workers) / "last.pth")["model"])
+    assert all(torch.equal(sds[0][k], sds[1][k]) for k in sds[0])
+
+
 class _Killed(Exception):
     pass
 
