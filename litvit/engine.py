@@ -134,6 +134,9 @@ class TrainConfig:
         grad_checkpointing (bool): recompute activations in the backward pass.
         seed (int): seeds model initialisation, data order, augmentation and dropout.
         workers (int): data-loader worker processes per rank.
+        threads (int, optional): ``torch.set_num_threads`` for this process; None keeps torch's
+            default. On a CPU shared with other jobs, 1 avoids OpenMP threads spinning while they
+            wait for each other (many times slower than one thread when the cores are busy).
         val_batch_size (int, optional): per-process evaluation batch; ``batch_size`` when None.
         save_every_steps (int): also checkpoint every N optimizer steps (0: only at epoch ends).
         resume (str, optional): ``"auto"`` (continue from ``output_dir/last.pth`` if present), a
@@ -166,6 +169,7 @@ class TrainConfig:
     grad_checkpointing: bool = False
     seed: int = 0
     workers: int = 0
+    threads: Optional[int] = None
     val_batch_size: Optional[int] = None
     save_every_steps: int = 0
     resume: Optional[str] = "auto"
@@ -194,6 +198,8 @@ class TrainConfig:
             raise ValueError(f"clip_grad must be positive (or None), got {self.clip_grad}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be at least 1 (or None), got {self.threads}")
         if self.workers < 0 or self.save_every_steps < 0:
             raise ValueError("workers and save_every_steps must be >= 0")
         if self.max_steps is not None and self.max_steps < 1:
@@ -794,6 +800,8 @@ def fit(task: Task, cfg: TrainConfig) -> Dict[str, Any]:
     ``best_score``, ``best_epoch``, ``final`` (last evaluation), ``epochs_done``, ``steps``,
     ``last_checkpoint``, ``best_checkpoint``, ``log``, ``csv``, ``curves``, ``train_time_s``."""
     cfg.check()
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
     dist = setup_distributed(cfg.device)
     try:
         return _fit(task, cfg, dist)
@@ -920,7 +928,8 @@ def _fit(task: Task, cfg: TrainConfig, dist: DistInfo) -> Dict[str, Any]:
     n_params = _count(model)
     offset_params = sum(p.numel() for g in groups if g["name"].startswith("offset") for p in g["params"])
     say(f"{task.name}: {type(model).__name__} {n_params:,} parameters ({offset_params:,} offset-predictor) | "
-        f"device {device} x {dist.world_size} process(es), amp {cfg.amp} | "
+        f"device {device} x {dist.world_size} process(es)"
+        f"{f' x {torch.get_num_threads()} thread(s)' if device.type == 'cpu' else ''}, amp {cfg.amp} | "
         f"global batch {global_batch} = {cfg.batch_size} x {dist.world_size} x {cfg.accum_steps} accum | "
         f"lr {peak_lr:.3g} ({cfg.lr:g} x {global_batch}/512{'' if cfg.scale_lr else ', unscaled'}) | "
         f"{cfg.epochs} epochs x {steps_per_epoch} steps | {len(train_set)} train / "
@@ -1096,6 +1105,8 @@ def evaluate(
     Uses ``cfg.device``, ``cfg.amp``, ``cfg.val_batch_size or cfg.batch_size`` and ``cfg.workers``.
     Returns the reduced metrics (the same on every rank) plus ``images`` and ``eval_time_s``.
     """
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
     dist = setup_distributed(cfg.device)
     try:
         model = task.build_model()

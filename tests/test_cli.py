@@ -25,17 +25,18 @@ TINY = ["--img-size", "32", "--embed-dims", "16", "32", "48", "64", "--depths", 
         "--num-heads", "1", "2", "3", "4", "--mlp-ratios", "2", "2", "2", "2", "--no-progress"]
 
 
-def test_demo_trains_and_reports(tmp_path):
+def test_demo_trains_and_reports(tmp_path, capsys):
     # one short epoch of a tiny model: the 99% target is not reached (exit 1), but the report is complete
-    r = run_cli("demo", "--output", str(tmp_path), "--epochs", "1", "--max-steps", "22", *TINY)
-    assert r.returncode == 1, r.stderr
-    assert "LIT on the embedded digits: validation top-1" in r.stdout and "NOT reached" in r.stdout
+    code = main(["demo", "--output", str(tmp_path), "--epochs", "1", *TINY])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "LIT on the embedded digits: validation top-1" in out and "NOT reached" in out
     for name in ("best.pth", "curves.png", "log.jsonl"):
-        assert str(tmp_path / name) in r.stdout and (tmp_path / name).exists()
+        assert str(tmp_path / name) in out and (tmp_path / name).exists()
 
 
-def test_bad_input_is_one_line_and_nonzero(tmp_path):
-    r = run_cli("demo", "--output", str(tmp_path), "--img-size", "100")
-    assert r.returncode == 2
-    assert "Traceback" not in r.stderr
-    assert r.stderr.strip().count("\n") == 0 and "multiple of 32" in r.stderr
+def test_bad_input_is_one_line_and_nonzero(tmp_path, capsys):
+    assert main(["demo", "--output", str(tmp_path), "--img-size", "100"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.strip().count("\n") == 0 and "multiple of 32" in err

@@ -331,7 +331,7 @@ def _train_config(r: Dict[str, Any], args: argparse.Namespace) -> TrainConfig:
         lr=float(r["lr"]), min_lr=float(r["min_lr"]), warmup_epochs=float(r["warmup_epochs"]),
         warmup_lr=float(r["warmup_lr"]), weight_decay=float(r["weight_decay"]), opt_eps=float(r["opt_eps"]),
         clip_grad=r["clip_grad"], amp=args.amp, ema_decay=float(r["ema_decay"]),
-        grad_checkpointing=args.grad_checkpointing, seed=args.seed, workers=args.workers,
+        grad_checkpointing=args.grad_checkpointing, seed=args.seed, workers=args.workers, threads=args.threads,
         val_batch_size=args.val_batch_size, save_every_steps=args.save_every_steps, resume=args.resume,
         log_every=args.log_every, eval_every=args.eval_every, max_steps=args.max_steps, device=args.device,
         progress=not args.no_progress, sync_bn=args.sync_bn)
@@ -561,6 +561,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--amp", default="none", help="none, bf16 (CPU or CUDA), fp16 (CUDA)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda")
     g.add_argument("--workers", type=int, default=0, help="data-loader processes per rank")
+    g.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads per process (default: torch's; 1 on a busy shared CPU)")
     g.add_argument("--val-batch-size", type=int, default=None)
     g.add_argument("--grad-checkpointing", action="store_true")
     g.add_argument("--sync-bn", action="store_true")
@@ -616,4 +618,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_predict)
     p = sub.add_parser("demo", help=_HELP["demo"], description=_HELP["demo"] + "; every `litvit train` flag works")
     _add_train_args(p)
-    p.set_defaults(func=cmd_demo, recipe="digits", output="runs/demo")
+    # one thread: the demo's model is small, and on a CPU shared with other jobs OpenMP threads waiting
+    # for each other make two threads many times slower than one
+    p.set_defaults(func=cmd_demo, recipe="digits", output="runs/demo", threads=1)
