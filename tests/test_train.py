@@ -117,6 +117,36 @@ def test_param_groups_relative_tables_and_wrapped_backbone():
     assert _group_of(groups, "neck.weight")["name"] == "decay"
 
 
+# --- recipes ------------------------------------------------------------------------------------------
+
+def test_recipes_hold_the_papers_values():
+    from litvit.recipes import get_recipe
+    ti, smb = get_recipe("lit-ti"), get_recipe("lit-smb")
+    common = dict(lr=5e-4, weight_decay=0.05, opt_eps=1e-8, epochs=300, aa="rand-m9-mstd0.5-inc1", mixup=0.8,
+                  cutmix=1.0, smoothing=0.1, reprob=0.25, interpolation="bicubic", batch_size=1024)
+    for r in (ti, smb):
+        assert {k: r[k] for k in common} == common
+    assert (ti["warmup_epochs"], ti["warmup_lr"], ti["min_lr"], ti["clip_grad"], ti["repeated_aug"]) == (5, 1e-6, 1e-5, None, 3)
+    assert (smb["warmup_epochs"], smb["warmup_lr"], smb["min_lr"], smb["clip_grad"], smb["repeated_aug"]) == (20, 5e-7, 5e-6, 5.0, 0)
+    assert ti["model"] == "lit_ti" and smb["model"] == "lit_s" and smb["drop_path"] is None  # the model's own
+
+
+def test_repeated_augmentation_sampler(tmp_path):
+    """timm's RepeatAugSampler under the engine: every picked image three times in an epoch, order set by the seed."""
+    from litvit.engine import DistInfo
+    task = tiny_task(repeated_aug=3)
+    train, _ = task.build_datasets()
+    sampler = task.train_sampler(train, DistInfo())
+    sampler.set_epoch(0)
+    first = list(sampler)
+    assert len(first) == len(sampler) == 1280  # DeiT's choice: floor(1437 / 256) * 256 per process
+    assert first[0] == first[1] == first[2] and first[3] == first[4] == first[5]
+    sampler.set_epoch(1)
+    assert list(sampler) != first
+    summary = fit(task, tiny_train_cfg(tmp_path, max_steps=2))
+    assert summary["steps"] == 2
+
+
 # --- training ------------------------------------------------------------------------------------------
 
 def test_fit_learns_and_writes_everything(trained):

@@ -494,12 +494,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     summary = run_training(args)
     _report(summary)
-    best = summary["best_checkpoint"]
+    best = str(Path(summary["best_checkpoint"]).resolve())
     m = validate_checkpoint(best, batch_size=256, quiet=True)
     ok = m["top1"] >= 99.0
     _print(f"\nLIT on the embedded digits: validation top-1 {m['top1']:.2f}% on {int(m['images'])} images "
            f"(target >= 99%: {'reached' if ok else 'NOT reached'}), {time.perf_counter() - t0:.0f} s in all\n"
-           f"  checkpoint  {best}\n  curves      {summary['curves']}\n  logs        {summary['log']}, {summary['csv']}")
+           f"  checkpoint  {best}\n  curves      {Path(summary['curves']).resolve()}\n"
+           f"  logs        {Path(summary['log']).resolve()}, {Path(summary['csv']).resolve()}")
     return 0 if ok else 1
 
 
