@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
-import torch
 from PIL import Image
 from torch.utils.data import Dataset
 

@@ -26,8 +26,6 @@ Examples::
 """
 import argparse
 import csv
-import dataclasses
-import math
 import os
 import sys
 import time
