@@ -278,6 +278,23 @@ def test_cli_validate_and_predict(trained, tmp_path, capsys):
     assert stdout.count("digit") == 3
 
 
+def test_validate_an_official_layout_checkpoint(tmp_path, capsys):
+    """A bare state dict in the released LIT-Ti layout (full size, 10 classes) through `validate --model`."""
+    from litvit.models.convert import litvit_to_official
+    model = litvit.create_model("lit_ti", num_classes=10).eval()
+    torch.save(litvit_to_official(model.state_dict(), "pvt"), tmp_path / "lit_ti_digits.pth")
+    code, out, err = run_cli(capsys, "validate", "--model", "lit_ti", "--checkpoint", str(tmp_path / "lit_ti_digits.pth"),
+                             "--img-size", "32", "--crop-pct", "1.0", "--batch-size", "180")
+    assert code == 0, err
+    assert "official layout" in out and "(360 images" in out
+    ds = DigitsDataset("val", transform=ClassificationTask(ClassificationConfig(
+        img_size=32, crop_pct=1.0))._transform(False))
+    x = torch.stack([ds[i][0] for i in range(len(ds))])
+    with torch.no_grad():
+        top1 = (model(x).argmax(1) == torch.tensor(ds.targets)).float().mean().item() * 100
+    assert f"top-1 {top1:.2f}%" in out
+
+
 def _image_folder(root: Path, n: int = 4) -> Path:
     ds = DigitsDataset("val")
     for split in ("train", "val"):
