@@ -34,6 +34,7 @@ The task interface::
         def collate_fn(self) -> Callable | None                             # default None
         def train_sampler(self, dataset, dist) -> Sampler | None            # default: shuffled, sharded
         def param_groups(self, model, cfg) -> list[dict]                    # default: engine.param_groups
+        def build_scheduler(self, optimizer, cfg, steps_per_epoch)          # default: cosine + warm-up
         def train_step(self, model, batch, device) -> tuple[Tensor, dict]   # loss, metrics to log
         def evaluate(self, model, loader, device, dist) -> dict             # reduced across ranks; "score"
         def checkpoint_extra(self) -> dict                                  # stored in every checkpoint
@@ -344,6 +345,16 @@ class Task:
 
     def param_groups(self, model: nn.Module, cfg: TrainConfig) -> List[dict]:
         return param_groups(model, cfg.weight_decay, offset_lr_mult=cfg.offset_lr_mult)
+
+    def build_scheduler(self, optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
+        """A timm scheduler stepped with ``step_update(optimizer_step)``; default: cosine with linear
+        warm-up over ``cfg.epochs``. Dense tasks override it (step decay, poly)."""
+        from timm.scheduler import CosineLRScheduler
+        total_steps = cfg.epochs * steps_per_epoch
+        warmup_steps = int(round(cfg.warmup_epochs * steps_per_epoch))
+        return CosineLRScheduler(
+            optimizer, t_initial=max(1, total_steps - warmup_steps), lr_min=cfg.min_lr, warmup_t=warmup_steps,
+            warmup_lr_init=cfg.warmup_lr, warmup_prefix=True, t_in_epochs=False)
 
     def train_step(self, model: nn.Module, batch: Any, device: torch.device) -> Tuple[Tensor, Dict[str, float]]:
         """Loss of one (micro-)batch (autocast is already on) and scalar metrics to log."""
@@ -832,12 +843,7 @@ def _fit(task: Task, cfg: TrainConfig, dist: DistInfo) -> Dict[str, Any]:
     optimizer = torch.optim.AdamW(
         [{k: v for k, v in g.items() if k != "param_names"} for g in groups],
         lr=peak_lr, betas=tuple(cfg.opt_betas), eps=cfg.opt_eps, weight_decay=cfg.weight_decay)
-    from timm.scheduler import CosineLRScheduler
-    total_steps = cfg.epochs * steps_per_epoch
-    warmup_steps = int(round(cfg.warmup_epochs * steps_per_epoch))
-    scheduler = CosineLRScheduler(
-        optimizer, t_initial=max(1, total_steps - warmup_steps), lr_min=cfg.min_lr, warmup_t=warmup_steps,
-        warmup_lr_init=cfg.warmup_lr, warmup_prefix=True, t_in_epochs=False)
+    scheduler = task.build_scheduler(optimizer, cfg, steps_per_epoch)
     scaler = torch.amp.GradScaler("cuda") if cfg.amp == "fp16" else None
     ema = None
     if cfg.ema_decay > 0:
