@@ -83,6 +83,7 @@ def detector_backbone(
         frozen_stages: int = -1,
         norm_eval: bool = False,
         backbone_kwargs: Optional[Dict] = None,
+        fpn_channels: int = 256,
 ) -> LITFPN:
     """A LIT backbone with an FPN over ``fpn_stages`` and the given extra levels."""
     kwargs = dict(backbone_kwargs or {})
@@ -90,7 +91,7 @@ def detector_backbone(
         kwargs["img_size"] = default_backbone_img_size(backbone, "detection")
     body = build_backbone(backbone, pretrained=pretrained_backbone, out_indices=tuple(sorted(fpn_stages)),
                           frozen_stages=frozen_stages, norm_eval=norm_eval, **kwargs)
-    return LITFPN(body, fpn_stages=fpn_stages, out_channels=256, extra_blocks=extra_blocks)
+    return LITFPN(body, fpn_stages=fpn_stages, out_channels=fpn_channels, extra_blocks=extra_blocks)
 
 
 def _transform_kwargs(min_size: Union[int, Sequence[int]], max_size: int) -> Dict:
@@ -108,6 +109,7 @@ def retinanet(
         frozen_stages: int = -1,
         norm_eval: bool = False,
         backbone_kwargs: Optional[Dict] = None,
+        fpn_channels: int = 256,
         **kwargs,
 ) -> RetinaNet:
     """RetinaNet with a LIT backbone (paper: LIT-Ti 30 M params, 41.6 box AP; LIT-S 39 M, 41.6).
@@ -123,6 +125,7 @@ def retinanet(
         norm_eval (bool): keep the DTM BatchNorms in eval mode while training.
         backbone_kwargs (dict, optional): passed to :func:`litvit.create_model` (``img_size``,
             ``drop_path_rate``, widths for tiny test models, ...).
+        fpn_channels (int): FPN and head width (256 in the paper; smaller only for quick tests).
         **kwargs: passed to ``torchvision.models.detection.RetinaNet`` (``score_thresh``,
             ``nms_thresh``, ``detections_per_img``, ``anchor_generator``, ...).
 
@@ -130,8 +133,8 @@ def retinanet(
         torchvision's RetinaNet: ``model(images, targets)`` returns the loss dict when training
         and a list of ``{'boxes', 'scores', 'labels'}`` in input-image coordinates in eval mode.
     """
-    bb = detector_backbone(backbone, (1, 2, 3), LastLevelP6P7(_c5(backbone, backbone_kwargs), 256),
-                           pretrained_backbone, frozen_stages, norm_eval, backbone_kwargs)
+    bb = detector_backbone(backbone, (1, 2, 3), LastLevelP6P7(_c5(backbone, backbone_kwargs), fpn_channels),
+                           pretrained_backbone, frozen_stages, norm_eval, backbone_kwargs, fpn_channels)
     kwargs.setdefault("detections_per_img", 100)  # mmdetection's max_per_img
     return RetinaNet(bb, num_classes=num_classes + 1, **_transform_kwargs(min_size, max_size), **kwargs)
 
@@ -145,6 +148,7 @@ def mask_rcnn(
         frozen_stages: int = -1,
         norm_eval: bool = False,
         backbone_kwargs: Optional[Dict] = None,
+        fpn_channels: int = 256,
         **kwargs,
 ) -> MaskRCNN:
     """Mask R-CNN with a LIT backbone (paper: LIT-Ti 40 M params, 42.0 box / 39.1 mask AP; LIT-S
@@ -155,7 +159,7 @@ def mask_rcnn(
         (masks ``[N, 1, H, W]`` probabilities) in eval mode.
     """
     bb = detector_backbone(backbone, (0, 1, 2, 3), LastLevelMaxPool(), pretrained_backbone, frozen_stages,
-                           norm_eval, backbone_kwargs)
+                           norm_eval, backbone_kwargs, fpn_channels)
     return MaskRCNN(bb, num_classes=num_classes + 1, **_transform_kwargs(min_size, max_size), **kwargs)
 
 

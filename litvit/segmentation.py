@@ -174,6 +174,7 @@ def semantic_fpn(
         channels: int = 128,
         dropout: float = 0.1,
         backbone_kwargs: Optional[Dict] = None,
+        fpn_channels: int = 256,
 ) -> SemanticFPN:
     """Semantic FPN with a LIT backbone (paper, ADE20K: LIT-Ti 24 M params, 41.3 mIoU; LIT-S 32 M, 41.7).
 
@@ -187,6 +188,7 @@ def semantic_fpn(
         dropout (float): dropout before the classifier.
         backbone_kwargs (dict, optional): passed to :func:`litvit.create_model`; LIT-S/M/B default to
             ``img_size=512`` (relative tables learned for 512x512 crops, as the authors').
+        fpn_channels (int): FPN width (256 in the paper; smaller only for quick tests).
     """
     from .detection import default_backbone_img_size
     kwargs = dict(backbone_kwargs or {})
@@ -194,7 +196,7 @@ def semantic_fpn(
         kwargs["img_size"] = default_backbone_img_size(backbone, "segmentation")
     body = build_backbone(backbone, pretrained=pretrained_backbone, frozen_stages=frozen_stages,
                           norm_eval=norm_eval, **kwargs)
-    return SemanticFPN(LITFPN(body, (0, 1, 2, 3), 256), num_classes, channels, dropout)
+    return SemanticFPN(LITFPN(body, (0, 1, 2, 3), fpn_channels), num_classes, channels, dropout)
 
 
 def parameter_table(num_classes: int = 150):
