@@ -338,7 +338,7 @@ class SegTrainTransform:
         if self.jitter is not None:
             img = self.jitter(img)
         image = _normalize(img)
-        target = torch.from_numpy(np.ascontiguousarray(label)).long()
+        target = torch.from_numpy(np.array(label, dtype=np.int64))
         pad_h, pad_w = self.crop_size - ch, self.crop_size - cw
         if pad_h or pad_w:
             image = F.pad(image, (0, pad_w, 0, pad_h), value=0.)
@@ -360,7 +360,7 @@ class SegEvalTransform:
         W, H = _resize_keep_ratio(img.size, self.scale)
         if (W, H) != img.size:
             img = img.resize((W, H), Image.BILINEAR)
-        return _normalize(img), torch.from_numpy(np.ascontiguousarray(label)).long()
+        return _normalize(img), torch.from_numpy(np.array(label, dtype=np.int64))
 
 
 class SegmentationDataset(Dataset):
