@@ -160,6 +160,14 @@ def mask_rcnn(
     """
     bb = detector_backbone(backbone, (0, 1, 2, 3), LastLevelMaxPool(), pretrained_backbone, frozen_stages,
                            norm_eval, backbone_kwargs, fpn_channels)
+    if fpn_channels != 256 and "mask_head" not in kwargs:
+        # torchvision's default mask head is 256 wide whatever the FPN; narrow FPNs get a narrow mask head
+        from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+        from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+        kwargs.update(mask_head=MaskRCNNHeads(fpn_channels, [fpn_channels] * 4, 1),
+                      mask_predictor=MaskRCNNPredictor(fpn_channels, fpn_channels, num_classes + 1),
+                      box_predictor=FastRCNNPredictor(1024, num_classes + 1))
+        return MaskRCNN(bb, num_classes=None, **_transform_kwargs(min_size, max_size), **kwargs)
     return MaskRCNN(bb, num_classes=num_classes + 1, **_transform_kwargs(min_size, max_size), **kwargs)
 
 
