@@ -80,6 +80,32 @@ def test_dataset_targets(coco):
     assert m.sum() > 0.8 * (b[2] - b[0]) * (b[3] - b[1]) and m[:, :b[0]].sum() == 0
 
 
+def test_rle_and_crowd_annotations(coco, tmp_path):
+    """Uncompressed RLE masks decode; crowd regions are kept for evaluation and dropped for training."""
+    from pycocotools import mask as mask_utils
+    img_dir, ann = coco
+    data = json.loads(ann.read_text())
+    a = data["annotations"][0]
+    poly_mask = CocoDetection(str(img_dir), str(ann), with_masks=True)[0][1]["masks"][0].numpy()
+    counts, prev, run = [], 0, 0
+    for v in np.asfortranarray(poly_mask).ravel(order="F"):  # column-major runs, starting with zeros
+        if v != prev:
+            counts.append(run)
+            prev, run = v, 0
+        run += 1
+    counts.append(run)
+    a["segmentation"] = dict(counts=counts, size=list(poly_mask.shape))
+    a["iscrowd"] = 1
+    rle_file = tmp_path / "rle.json"
+    rle_file.write_text(json.dumps(data))
+    ev = CocoDetection(str(img_dir), str(rle_file), with_masks=True)
+    _, t = ev[0]
+    assert np.array_equal(t["masks"][0].numpy(), poly_mask) and t["iscrowd"].tolist() == [1, 0]
+    tr = CocoDetection(str(img_dir), str(rle_file), train=True, with_masks=True, hflip_prob=0.0)
+    assert len(tr[0][1]["labels"]) == 1
+    assert mask_utils.area(mask_utils.encode(np.asfortranarray(poly_mask))) == poly_mask.sum()
+
+
 def test_flip_moves_boxes_and_masks(coco):
     random.seed(0)
     ds = CocoDetection(*map(str, coco), train=True, with_masks=True, hflip_prob=1.0)

@@ -310,7 +310,7 @@ def _params(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from ._dense import json_arg, train_config
+    from ._dense import is_main_process, json_arg, train_config, worker_errors_as_one_line
     task = DetectionTask(
         arch=args.arch, backbone=args.backbone, train_images=args.train_images, train_ann=args.train_ann,
         val_images=args.val_images, val_ann=args.val_ann, pretrained=args.pretrained,
@@ -318,10 +318,13 @@ def _train(args: argparse.Namespace) -> int:
         lr_steps=args.lr_steps, warmup_iters=args.warmup_iters,
         backbone_kwargs=dict(json_arg(args.backbone_kwargs, "--backbone-kwargs"), drop_path_rate=args.drop_path),
         fpn_channels=args.fpn_channels)
-    if args.pretrained is None:
+    if args.pretrained is None and is_main_process():
         print("note: no --pretrained ImageNet checkpoint; the backbone starts from random weights")
-    summary = fit(task, train_config(args, args.epochs))
-    if getattr(task, "last_summary", None):
+    with worker_errors_as_one_line():
+        summary = fit(task, train_config(args, args.epochs))
+    if not is_main_process():
+        return 0
+    if task.last_summary:
         print(task.last_summary.rstrip())
     best = summary["best_score"]
     print(f"done: {summary['epochs_done']} epochs, {summary['steps']} steps in {summary['train_time_s']:.0f} s; "
@@ -331,10 +334,13 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from ._dense import eval_config
+    from ._dense import eval_config, is_main_process, worker_errors_as_one_line
     task = DetectionTask.from_checkpoint(args.checkpoint, val_images=args.val_images, val_ann=args.val_ann)
-    metrics = engine_evaluate(task, eval_config(args), args.checkpoint, use_ema=args.ema)
-    if getattr(task, "last_summary", None):
+    with worker_errors_as_one_line():
+        metrics = engine_evaluate(task, eval_config(args), args.checkpoint, use_ema=args.ema)
+    if not is_main_process():
+        return 0
+    if task.last_summary:
         print(task.last_summary.rstrip())
     shown = "  ".join(f"{k} {v:.2f}" for k, v in metrics.items() if k.endswith(_STAT_NAMES[:3]))
     print(f"{args.checkpoint}: {int(metrics['images'])} images in {metrics['eval_time_s']:.1f} s  {shown}")

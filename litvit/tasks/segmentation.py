@@ -201,14 +201,14 @@ def _world_size() -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from ._dense import json_arg, train_config
+    from ._dense import is_main_process, json_arg, train_config, worker_errors_as_one_line
     task = SegmentationTask(
         backbone=args.backbone, data=args.data, num_classes=args.num_classes, reduce_zero_label=not args.no_reduce_zero_label,
         pretrained=args.pretrained, iters=args.iters, crop_size=args.crop_size, scale=args.scale,
         ratio_range=args.ratio_range, frozen_stages=args.frozen_stages, norm_eval=args.norm_eval,
         backbone_kwargs=dict(json_arg(args.backbone_kwargs, "--backbone-kwargs"), drop_path_rate=args.drop_path),
         fpn_channels=args.fpn_channels)
-    if args.pretrained is None:
+    if args.pretrained is None and is_main_process():
         print("note: no --pretrained ImageNet checkpoint; the backbone starts from random weights")
     n_train = len(SegmentationDataset(args.data, task.train_split, task.num_classes, None, task.reduce_zero_label))
     per_step = args.batch_size * _world_size() * args.accum_steps
@@ -216,8 +216,12 @@ def _train(args: argparse.Namespace) -> int:
     if steps_per_epoch == 0:
         raise ValueError(f"global batch {per_step} is larger than the training set ({n_train} images)")
     epochs = math.ceil(args.iters / steps_per_epoch)
-    print(f"{args.iters} iterations = {epochs} epoch(s) of {steps_per_epoch} steps ({n_train} images, batch {per_step})")
-    summary = fit(task, train_config(args, epochs, max_steps=args.iters))
+    if is_main_process():
+        print(f"{args.iters} iterations = {epochs} epoch(s) of {steps_per_epoch} steps ({n_train} images, batch {per_step})")
+    with worker_errors_as_one_line():
+        summary = fit(task, train_config(args, epochs, max_steps=args.iters))
+    if not is_main_process():
+        return 0
     best = summary["best_score"]
     print(f"done: {summary['steps']} iterations in {summary['train_time_s']:.0f} s; best mIoU "
           f"{best if best is None else round(best, 2)} (epoch {summary['best_epoch']}); checkpoints "
@@ -226,9 +230,12 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from ._dense import eval_config
+    from ._dense import eval_config, is_main_process, worker_errors_as_one_line
     task = SegmentationTask.from_checkpoint(args.checkpoint, data=args.data, val_split=args.split)
-    metrics = engine_evaluate(task, eval_config(args), args.checkpoint, use_ema=args.ema)
+    with worker_errors_as_one_line():
+        metrics = engine_evaluate(task, eval_config(args), args.checkpoint, use_ema=args.ema)
+    if not is_main_process():
+        return 0
     print(f"{args.checkpoint}: {int(metrics['images'])} images in {metrics['eval_time_s']:.1f} s  "
           f"mIoU {metrics['mIoU']:.2f}  mAcc {metrics['mAcc']:.2f}  aAcc {metrics['aAcc']:.2f}")
     return 0
