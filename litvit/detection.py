@@ -31,7 +31,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from .models.backbone import LITFPN, build_backbone, count_parameters
+from .models.backbone import LITFPN, build_backbone, count_parameters, default_backbone_img_size
 
 __all__ = ["retinanet", "mask_rcnn", "build_detector", "DETECTORS", "DETECTION_DEFAULTS", "PAPER_PARAMS",
            "detector_backbone", "default_backbone_img_size"]
@@ -51,7 +51,6 @@ DETECTION_DEFAULTS = dict(
     min_size=(640, 672, 704, 736, 768, 800),    # shorter side, sampled per batch when training
     test_min_size=800,
     max_size=1333,
-    drop_path_rate=0.1,
 )
 
 # Parameter counts the paper reports (COCO, 80 classes), millions.
@@ -59,20 +58,6 @@ PAPER_PARAMS = {
     ("retinanet", "lit_ti"): 30.0, ("retinanet", "lit_s"): 39.0,
     ("mask_rcnn", "lit_ti"): 40.0, ("mask_rcnn", "lit_s"): 48.0,
 }
-
-
-def default_backbone_img_size(backbone: str, task: str = "detection") -> Optional[int]:
-    """The grid the authors learned LIT-S/M/B's relative position tables for in dense tasks:
-    800x800 for COCO and 512x512 for ADE20K. ``None`` (keep the model's 224) for models without
-    relative tables (LIT-Ti and the PVT ablations, whose absolute embeddings are resized on the fly)."""
-    import torch
-    from .models import Attention, create_model
-    with torch.device("meta"):
-        model = create_model(backbone, num_classes=0)
-    has_rel = any(isinstance(m, Attention) and m.relative_position_bias_table is not None for m in model.modules())
-    if not has_rel:
-        return None
-    return 800 if task == "detection" else 512
 
 
 def detector_backbone(

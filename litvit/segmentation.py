@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .models.backbone import LITFPN, build_backbone, count_parameters
+from .models.backbone import LITFPN, build_backbone, count_parameters, default_backbone_img_size
 
 __all__ = ["SemanticFPNHead", "SemanticFPN", "semantic_fpn", "SEGMENTATION_DEFAULTS", "PAPER_PARAMS",
            "confusion_matrix", "segmentation_metrics", "IGNORE_INDEX"]
@@ -44,7 +44,6 @@ SEGMENTATION_DEFAULTS = dict(
     crop_size=512,
     scale=(2048, 512),     # (long, short) side limits before the random ratio
     ratio_range=(0.5, 2.0),
-    drop_path_rate=0.1,
 )
 
 # Parameter counts the paper reports (ADE20K, 150 classes), millions.
@@ -190,7 +189,6 @@ def semantic_fpn(
             ``img_size=512`` (relative tables learned for 512x512 crops, as the authors').
         fpn_channels (int): FPN width (256 in the paper; smaller only for quick tests).
     """
-    from .detection import default_backbone_img_size
     kwargs = dict(backbone_kwargs or {})
     if "img_size" not in kwargs and default_backbone_img_size(backbone, "segmentation"):
         kwargs["img_size"] = default_backbone_img_size(backbone, "segmentation")

@@ -39,7 +39,7 @@ from torchvision.ops.feature_pyramid_network import ExtraFPNBlock
 
 from .convert import checkpoint_filter_fn, load_state_dict_file, official_to_litvit, unwrap_state_dict
 
-__all__ = ["LITBackbone", "LITFPN", "build_backbone", "count_parameters"]
+__all__ = ["LITBackbone", "LITFPN", "build_backbone", "count_parameters", "default_backbone_img_size"]
 
 _logger = logging.getLogger(__name__)
 
@@ -290,3 +290,16 @@ def build_backbone(
         backbone.load_pretrained(pretrained)
         backbone._freeze_stages()
     return backbone
+
+
+def default_backbone_img_size(backbone: str, task: str = "detection") -> Optional[int]:
+    """The grid the authors learned LIT-S/M/B's relative position tables for in dense tasks:
+    800x800 for COCO and 512x512 for ADE20K. ``None`` (keep the model's 224) for models without
+    relative tables (LIT-Ti and the PVT ablations, whose absolute embeddings are resized on the fly)."""
+    from . import Attention, create_model  # local: models/__init__ imports this package's modules
+    with torch.device("meta"):
+        model = create_model(backbone, num_classes=0)
+    has_rel = any(isinstance(m, Attention) and m.relative_position_bias_table is not None for m in model.modules())
+    if not has_rel:
+        return None
+    return 800 if task == "detection" else 512

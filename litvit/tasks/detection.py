@@ -309,6 +309,14 @@ def _params(args: argparse.Namespace) -> int:
     return 0
 
 
+def _backbone_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
+    from ._dense import json_arg
+    kwargs = json_arg(args.backbone_kwargs, "--backbone-kwargs")
+    if args.drop_path is not None:
+        kwargs["drop_path_rate"] = args.drop_path
+    return kwargs
+
+
 def _train(args: argparse.Namespace) -> int:
     from ._dense import is_main_process, json_arg, train_config, worker_errors_as_one_line
     task = DetectionTask(
@@ -316,7 +324,7 @@ def _train(args: argparse.Namespace) -> int:
         val_images=args.val_images, val_ann=args.val_ann, pretrained=args.pretrained,
         min_size=args.min_size, max_size=args.max_size, frozen_stages=args.frozen_stages, norm_eval=args.norm_eval,
         lr_steps=args.lr_steps, warmup_iters=args.warmup_iters,
-        backbone_kwargs=dict(json_arg(args.backbone_kwargs, "--backbone-kwargs"), drop_path_rate=args.drop_path),
+        backbone_kwargs=_backbone_kwargs(args),
         fpn_channels=args.fpn_channels)
     if args.pretrained is None and is_main_process():
         print("note: no --pretrained ImageNet checkpoint; the backbone starts from random weights")
@@ -389,7 +397,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--max-size", type=int, default=d["max_size"], help="longer-side limit")
     t.add_argument("--frozen-stages", type=int, default=-1, help="-1: none; 0: patch embedding; n: also stages 1..n")
     t.add_argument("--norm-eval", action="store_true", help="keep the DTM BatchNorms in eval mode")
-    t.add_argument("--drop-path", type=float, default=d["drop_path_rate"], help="backbone stochastic depth")
+    t.add_argument("--drop-path", type=float, default=None,
+                   help="backbone stochastic depth (default: the model's, 0.1 LIT-Ti, 0.2 LIT-S, as the authors')")
     t.add_argument("--fpn-channels", type=int, default=256, help="FPN/head width (256 as in the paper)")
     t.add_argument("--backbone-kwargs", default=None, help="JSON object of litvit.create_model overrides")
     add_engine_args(t, batch_size=d["batch_size"], lr=d["lr"], weight_decay=d["weight_decay"])

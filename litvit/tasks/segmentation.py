@@ -200,13 +200,21 @@ def _world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", 1))
 
 
+def _backbone_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
+    from ._dense import json_arg
+    kwargs = json_arg(args.backbone_kwargs, "--backbone-kwargs")
+    if args.drop_path is not None:
+        kwargs["drop_path_rate"] = args.drop_path
+    return kwargs
+
+
 def _train(args: argparse.Namespace) -> int:
     from ._dense import is_main_process, json_arg, train_config, worker_errors_as_one_line
     task = SegmentationTask(
         backbone=args.backbone, data=args.data, num_classes=args.num_classes, reduce_zero_label=not args.no_reduce_zero_label,
         pretrained=args.pretrained, iters=args.iters, crop_size=args.crop_size, scale=args.scale,
         ratio_range=args.ratio_range, frozen_stages=args.frozen_stages, norm_eval=args.norm_eval,
-        backbone_kwargs=dict(json_arg(args.backbone_kwargs, "--backbone-kwargs"), drop_path_rate=args.drop_path),
+        backbone_kwargs=_backbone_kwargs(args),
         fpn_channels=args.fpn_channels)
     if args.pretrained is None and is_main_process():
         print("note: no --pretrained ImageNet checkpoint; the backbone starts from random weights")
@@ -289,7 +297,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--ratio-range", type=float, nargs=2, default=list(d["ratio_range"]))
     t.add_argument("--frozen-stages", type=int, default=-1)
     t.add_argument("--norm-eval", action="store_true", help="keep the DTM BatchNorms in eval mode")
-    t.add_argument("--drop-path", type=float, default=d["drop_path_rate"])
+    t.add_argument("--drop-path", type=float, default=None,
+                   help="backbone stochastic depth (default: the model's, 0.1 LIT-Ti, 0.2 LIT-S, as the authors')")
     t.add_argument("--fpn-channels", type=int, default=256)
     t.add_argument("--backbone-kwargs", default=None, help="JSON object of litvit.create_model overrides")
     t.add_argument("--val-batch-size", type=int, default=1)
