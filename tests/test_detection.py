@@ -180,6 +180,21 @@ def test_cli_train_eval_predict(coco, tmp_path, capsys):
     assert png.size == (88, 72)
 
 
+def test_bf16_evaluation_keeps_float32_boxes(coco):
+    """Under bf16 autocast the backbone runs in bf16 but boxes come out in float32."""
+    from litvit.engine import autocast
+    from litvit.tasks.detection import float32_heads
+    task = tiny_task("retinanet", coco)
+    model = task.build_model().eval()
+    images = [torch.rand(3, 64, 80)]
+    seen = []
+    model.backbone.fpn.register_forward_hook(lambda m, i, o: seen.append(next(iter(o.values())).dtype))
+    with torch.no_grad(), autocast(torch.device("cpu"), "bf16"), float32_heads(model, torch.device("cpu")):
+        out = model(images)
+    assert seen == [torch.bfloat16] and out[0]["boxes"].dtype == torch.float32
+    assert type(model.backbone).__name__ == "LITFPN"  # restored
+
+
 def test_non_multiple_of_32_sizes():
     """Images of odd sizes, batched with others, go through both detectors in eval mode."""
     kw = dict(backbone="lit_ti", num_classes=3, min_size=70, max_size=110,

@@ -86,6 +86,37 @@ def coco_evaluate(coco_gt, results: List[dict], image_ids: Sequence[int], iou_ty
     return metrics, text.getvalue()
 
 
+class _AutocastBody(nn.Module):
+    """Runs a detector's backbone under autocast and hands float32 maps to the heads."""
+
+    def __init__(self, body: nn.Module, device_type: str, dtype: torch.dtype):
+        super().__init__()
+        self.body, self.device_type, self.dtype = body, device_type, dtype
+        self.out_channels = body.out_channels
+
+    def forward(self, x: Tensor):
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            feats = self.body(x)
+        return type(feats)((k, v.float()) for k, v in feats.items())
+
+
+@contextlib.contextmanager
+def float32_heads(model: nn.Module, device: torch.device):
+    """Under an active autocast, keep it for the backbone only: box decoding, NMS and mask pasting
+    run in float32 (bf16 has 8 bits of mantissa, about 4 px at x = 1000, too coarse for AP)."""
+    if not torch.is_autocast_enabled(device.type):
+        yield
+        return
+    dtype = torch.get_autocast_dtype(device.type)
+    body = model.backbone
+    model.backbone = _AutocastBody(body, device.type, dtype)
+    try:
+        with torch.autocast(device.type, enabled=False):
+            yield
+    finally:
+        model.backbone = body
+
+
 class DetectionTask(Task):
     """COCO-format detection with RetinaNet or Mask R-CNN, for :func:`litvit.engine.fit`.
 
@@ -235,7 +266,8 @@ class DetectionTask(Task):
         results, image_ids = [], []
         for images, targets in loader:
             images = [im.to(device) for im in images]
-            outputs = model(images)
+            with float32_heads(model, device):
+                outputs = model(images)
             ids = [int(t["image_id"]) for t in targets]
             results += coco_results(outputs, ids, label_to_cat)
             image_ids += ids
