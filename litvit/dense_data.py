@@ -30,11 +30,10 @@ padding with the ignore index. Evaluation: resize to the 2048x512 scale; labels 
 import contextlib
 import io
 import json
-import math
 import os
 import random
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -45,8 +44,8 @@ from torch.utils.data import Dataset
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-__all__ = ["read_image", "CocoDetection", "detection_collate", "SegmentationDataset", "SegTrainTransform",
-           "SegEvalTransform", "segmentation_collate", "palette", "IMAGE_EXTENSIONS", "IGNORE_INDEX"]
+__all__ = ["read_image", "image_to_tensor", "CocoDetection", "detection_collate", "SegmentationDataset",
+           "SegTrainTransform", "SegEvalTransform", "segmentation_collate", "palette", "IMAGE_EXTENSIONS", "IGNORE_INDEX"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 IGNORE_INDEX = 255
@@ -70,7 +69,7 @@ def read_image(path, mode: str = "RGB") -> Image.Image:
         raise OSError(f"cannot open image {path}: {e}") from None
 
 
-def _to_tensor(img: Image.Image) -> Tensor:
+def image_to_tensor(img: Image.Image) -> Tensor:
     """PIL RGB -> Tensor[3, H, W] float in [0, 1]."""
     arr = np.asarray(img, dtype=np.uint8)
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255)  # H, W, 3 -> 3, H, W
@@ -219,7 +218,7 @@ class CocoDetection(Dataset):
             else:
                 masks = np.zeros((0, H, W), dtype=np.uint8)
             target["masks"] = torch.from_numpy(masks)
-        image = _to_tensor(img)
+        image = image_to_tensor(img)
         if self.train and random.random() < self.hflip_prob:
             image = image.flip(-1)
             b = target["boxes"]
@@ -274,7 +273,7 @@ def _resize_keep_ratio(size: Tuple[int, int], scale: Tuple[int, int]) -> Tuple[i
 
 
 def _normalize(img: Image.Image) -> Tensor:
-    x = _to_tensor(img)
+    x = image_to_tensor(img)
     mean = torch.tensor(IMAGENET_DEFAULT_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_DEFAULT_STD).view(3, 1, 1)
     return (x - mean) / std

@@ -22,7 +22,6 @@ Examples::
     >>> sorted(out[0])
     ['boxes', 'labels', 'scores']
 """
-from functools import partial
 from typing import Dict, Optional, Sequence, Tuple, Union
 
 from torch import nn

@@ -26,7 +26,6 @@ Examples::
 """
 import logging
 from collections import OrderedDict
-from functools import partial
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch

@@ -20,7 +20,6 @@ Examples::
 import argparse
 import contextlib
 import io
-import math
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -28,9 +27,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..dense_data import CocoDetection, detection_collate, palette, read_image
-from ..detection import DETECTION_DEFAULTS, DETECTORS, PAPER_PARAMS, build_detector
-from ..engine import DistInfo, Task, TrainConfig, evaluate as engine_evaluate, fit, unwrap_model
+from ..dense_data import CocoDetection, detection_collate, image_to_tensor, palette, read_image
+from ..detection import DETECTION_DEFAULTS, DETECTORS, build_detector
+from ..engine import DistInfo, Task, TrainConfig, evaluate as engine_evaluate, fit
 
 __all__ = ["DetectionTask", "coco_results", "coco_evaluate", "draw_detections", "add_parsers"]
 
@@ -394,9 +393,8 @@ def _predict(args: argparse.Namespace) -> int:
     task.load_weights(model, args.checkpoint, use_ema=args.ema)
     model.eval()
     out_dir = Path(args.output)
-    from ..dense_data import _to_tensor
     for path in args.images:
-        image = _to_tensor(read_image(path))
+        image = image_to_tensor(read_image(path))
         with torch.no_grad():
             output = model([image])[0]
         img, n = draw_detections(image, output, task.class_names, args.score_thresh)
