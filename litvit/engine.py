@@ -63,7 +63,7 @@ Examples::
     ...         return {"score": correct / total}
     >>> import tempfile
     >>> summary = fit(Toy(), TrainConfig(output_dir=tempfile.mkdtemp(), epochs=2, batch_size=16, lr=1e-2,
-    ...                                  warmup_epochs=0, progress=False))
+    ...                                  warmup_epochs=0, progress=False, verbose=False))
     >>> sorted(summary)[:3]
     ['best_checkpoint', 'best_epoch', 'best_score']
 
@@ -97,7 +97,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 __all__ = [
     "Task", "TrainConfig", "DistInfo", "fit", "evaluate", "param_groups", "save_checkpoint_atomic",
-    "load_checkpoint", "setup_distributed", "per_process_batch_size", "autocast", "unwrap_model",
+    "load_checkpoint", "setup_distributed", "per_process_batch_size", "autocast", "unwrap_model", "sync_buffers",
     "LAST", "BEST", "AMP_MODES",
 ]
 
@@ -144,6 +144,7 @@ class TrainConfig:
             for benchmarks and time-boxed jobs; the schedule still spans ``epochs``.
         device (str): ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``.
         progress (bool): tqdm bars on rank 0.
+        verbose (bool): print the run's set-up and one line per epoch on rank 0.
         sync_bn (bool): convert BatchNorm layers to SyncBatchNorm (CUDA with several processes).
     """
     output_dir: str = "runs/train"
@@ -173,6 +174,7 @@ class TrainConfig:
     max_steps: Optional[int] = None
     device: str = "auto"
     progress: bool = True
+    verbose: bool = True
     sync_bn: bool = False
 
     def check(self) -> None:
@@ -301,6 +303,23 @@ def setup_distributed(device: str = "auto") -> DistInfo:
                                       timeout=timedelta(minutes=30))
         info.initialized_here = True
     return info
+
+
+def sync_buffers(module: nn.Module, dist: DistInfo) -> None:
+    """Make every rank's buffers equal: floating ones (BatchNorm running statistics) averaged over
+    ranks, integer ones (``num_batches_tracked``) taken from rank 0. Called before evaluating and
+    checkpointing, so that what rank 0 saves is what every rank evaluated."""
+    if not dist.distributed:
+        return
+    for b in module.buffers():
+        t = b.data if torch_dist.get_backend() == "nccl" or b.device.type == "cpu" else b.data.cpu()
+        if b.is_floating_point():
+            torch_dist.all_reduce(t, op=torch_dist.ReduceOp.SUM)
+            t /= dist.world_size
+        else:
+            torch_dist.broadcast(t, src=0)
+        if t is not b.data:
+            b.data.copy_(t)
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -558,17 +577,18 @@ def _mix(*values: int) -> int:
 
 @contextlib.contextmanager
 def _seeded_rngs(seed: int) -> Iterator[None]:
-    """Seed torch, numpy and python RNGs for a block, then put the previous states back."""
-    py, np_state, th = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    """Seed torch (CPU), numpy and python RNGs for a block, then put the previous states back."""
+    gen = torch.default_generator
+    py, np_state, th = random.getstate(), np.random.get_state(legacy=False), gen.get_state()
     random.seed(seed)
     np.random.seed(seed)
-    torch.manual_seed(seed)
+    gen.manual_seed(seed)  # not torch.manual_seed: that one also seeds every accelerator, 25x slower
     try:
         yield
     finally:
         random.setstate(py)
         np.random.set_state(np_state)
-        torch.set_rng_state(th)
+        gen.set_state(th)
 
 
 class _SeededDataset(Dataset):
@@ -769,11 +789,6 @@ def _move(obj: Any, device: torch.device) -> Any:
     return obj
 
 
-def _say(dist: DistInfo, msg: str) -> None:
-    if dist.is_main:
-        print(msg, flush=True)
-
-
 def fit(task: Task, cfg: TrainConfig) -> Dict[str, Any]:
     """Train ``task`` as ``cfg`` says; see the module docstring. Returns a summary on every rank:
     ``best_score``, ``best_epoch``, ``final`` (last evaluation), ``epochs_done``, ``steps``,
@@ -789,6 +804,11 @@ def fit(task: Task, cfg: TrainConfig) -> Dict[str, Any]:
 
 def _fit(task: Task, cfg: TrainConfig, dist: DistInfo) -> Dict[str, Any]:
     device = dist.device
+
+    def say(msg: str) -> None:
+        if cfg.verbose and dist.is_main:
+            print(msg, flush=True)
+
     if cfg.amp == "fp16" and device.type != "cuda":
         raise ValueError("amp='fp16' needs CUDA; use --amp bf16 on the CPU")
     out = Path(cfg.output_dir)
@@ -882,7 +902,7 @@ def _fit(task: Task, cfg: TrainConfig, dist: DistInfo) -> Dict[str, Any]:
             warnings.warn(f"checkpoint was written by {saved_world} process(es), this run has {dist.world_size}: "
                           "RNG states are re-seeded, the run continues but will not repeat bit for bit")
             _reseed(cfg.seed + 1000 * start_epoch + dist.rank)
-        _say(dist, f"resumed from {resume_path}: epoch {start_epoch}, batch {start_batch}, step {step}")
+        say(f"resumed from {resume_path}: epoch {start_epoch}, batch {start_batch}, step {step}")
     else:
         _reseed(cfg.seed + dist.rank)  # per-rank dropout / drop path / mixup streams
 
@@ -899,12 +919,12 @@ def _fit(task: Task, cfg: TrainConfig, dist: DistInfo) -> Dict[str, Any]:
 
     n_params = _count(model)
     offset_params = sum(p.numel() for g in groups if g["name"].startswith("offset") for p in g["params"])
-    _say(dist, f"{task.name}: {type(model).__name__} {n_params:,} parameters ({offset_params:,} offset-predictor) | "
-               f"device {device} x {dist.world_size} process(es), amp {cfg.amp} | "
-               f"global batch {global_batch} = {cfg.batch_size} x {dist.world_size} x {cfg.accum_steps} accum | "
-               f"lr {peak_lr:.3g} ({cfg.lr:g} x {global_batch}/512{'' if cfg.scale_lr else ', unscaled'}) | "
-               f"{cfg.epochs} epochs x {steps_per_epoch} steps | {len(train_set)} train / "
-               f"{len(val_set) if val_set is not None else 0} val | output {out}")
+    say(f"{task.name}: {type(model).__name__} {n_params:,} parameters ({offset_params:,} offset-predictor) | "
+        f"device {device} x {dist.world_size} process(es), amp {cfg.amp} | "
+        f"global batch {global_batch} = {cfg.batch_size} x {dist.world_size} x {cfg.accum_steps} accum | "
+        f"lr {peak_lr:.3g} ({cfg.lr:g} x {global_batch}/512{'' if cfg.scale_lr else ', unscaled'}) | "
+        f"{cfg.epochs} epochs x {steps_per_epoch} steps | {len(train_set)} train / "
+        f"{len(val_set) if val_set is not None else 0} val | output {out}")
 
     def state(epoch: int, batch_in_epoch: int) -> dict:
         rng = dist.all_gather_object(_rng_state())
@@ -918,6 +938,9 @@ def _fit(task: Task, cfg: TrainConfig, dist: DistInfo) -> Dict[str, Any]:
         )
 
     def save(epoch: int, batch_in_epoch: int, best: bool = False) -> None:
+        sync_buffers(model, dist)
+        if ema is not None:
+            sync_buffers(ema.module, dist)
         s = state(epoch, batch_in_epoch)  # collective: every rank takes part
         if dist.is_main:
             save_checkpoint_atomic(s, out / LAST)
@@ -929,7 +952,7 @@ def _fit(task: Task, cfg: TrainConfig, dist: DistInfo) -> Dict[str, Any]:
     final: Dict[str, float] = dict(history[-1]) if history else {}
     stop = False
     if ckpt is not None and start_epoch >= cfg.epochs:
-        _say(dist, f"nothing to do: the run in {out} already finished {start_epoch} epochs")
+        say(f"nothing to do: the run in {out} already finished {start_epoch} epochs")
     for epoch in range(start_epoch, cfg.epochs):
         batches.set_epoch(epoch)
         first = start_batch if epoch == start_epoch else 0
@@ -993,7 +1016,7 @@ def _fit(task: Task, cfg: TrainConfig, dist: DistInfo) -> Dict[str, Any]:
         if bar is not None:
             bar.close()
         if stop and micro < batches.num_batches:
-            _say(dist, f"stopped at step {step} (max_steps); resume continues from {out / LAST}")
+            say(f"stopped at step {step} (max_steps); resume continues from {out / LAST}")
             break
         dt = time.perf_counter() - t_epoch
         tot = dist.reduce_sum([loss_sum, loss_n, images])
@@ -1002,6 +1025,9 @@ def _fit(task: Task, cfg: TrainConfig, dist: DistInfo) -> Dict[str, Any]:
         evaluated = val_loader is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs)
         is_best = False
         if evaluated:
+            sync_buffers(model, dist)
+            if ema is not None:
+                sync_buffers(ema.module, dist)
             model.eval()
             with autocast(device, cfg.amp):
                 metrics = task.evaluate(model, val_loader, device, dist)
@@ -1021,9 +1047,8 @@ def _fit(task: Task, cfg: TrainConfig, dist: DistInfo) -> Dict[str, Any]:
         log.write(dict(event="epoch", **record))
         log.write_csv(history)
         save(epoch + 1, 0, best=is_best)
-        if dist.is_main:
-            shown = "  ".join(f"{k} {v:.4g}" for k, v in record.items() if k not in ("epoch", "step"))
-            print(f"epoch {epoch + 1}/{cfg.epochs}  {shown}", flush=True)
+        shown = "  ".join(f"{k} {v:.4g}" for k, v in record.items() if k not in ("epoch", "step"))
+        say(f"epoch {epoch + 1}/{cfg.epochs}  {shown}")
         if stop:
             break
     train_time = time.perf_counter() - t_start
