@@ -156,7 +156,10 @@ class CocoDetection(Dataset):
             with_masks: bool = False,
             hflip_prob: float = 0.5,
     ):
-        from pycocotools.coco import COCO
+        try:
+            from pycocotools.coco import COCO
+        except ImportError:
+            raise ImportError("COCO-format data needs pycocotools: pip install 'litvit[detection]'") from None
         self.img_dir = str(img_dir)
         self.ann_file = str(ann_file)
         if not os.path.isdir(self.img_dir):

@@ -85,6 +85,14 @@ def coco_evaluate(coco_gt, results: List[dict], image_ids: Sequence[int], iou_ty
     return metrics, text.getvalue()
 
 
+def _progress(loader, dist: DistInfo, desc: str):
+    """A tqdm bar over ``loader`` on rank 0 (stderr, removed when done)."""
+    if not dist.is_main:
+        return loader
+    from tqdm import tqdm
+    return tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
+
+
 class _AutocastBody(nn.Module):
     """Runs a detector's backbone under autocast and hands float32 maps to the heads."""
 
@@ -263,7 +271,7 @@ class DetectionTask(Task):
         model.eval()
         label_to_cat = [0] + list(self.cat_ids)
         results, image_ids = [], []
-        for images, targets in loader:
+        for images, targets in _progress(loader, dist, "evaluating"):
             images = [im.to(device) for im in images]
             with float32_heads(model, device):
                 outputs = model(images)
@@ -340,6 +348,14 @@ def _params(args: argparse.Namespace) -> int:
     return 0
 
 
+def _require_pycocotools() -> None:
+    try:
+        import pycocotools  # noqa: F401
+    except ImportError:
+        from ..cli import CLIError
+        raise CLIError("COCO-format data and metrics need pycocotools: pip install 'litvit[detection]'") from None
+
+
 def _backbone_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
     from ._dense import json_arg
     kwargs = json_arg(args.backbone_kwargs, "--backbone-kwargs")
@@ -349,6 +365,7 @@ def _backbone_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def _train(args: argparse.Namespace) -> int:
+    _require_pycocotools()
     from ._dense import is_main_process, json_arg, train_config, worker_errors_as_one_line
     task = DetectionTask(
         arch=args.arch, backbone=args.backbone, train_images=args.train_images, train_ann=args.train_ann,
@@ -373,6 +390,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    _require_pycocotools()
     from ._dense import eval_config, is_main_process, worker_errors_as_one_line
     task = DetectionTask.from_checkpoint(args.checkpoint, val_images=args.val_images, val_ann=args.val_ann)
     with worker_errors_as_one_line():

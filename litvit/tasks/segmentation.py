@@ -37,6 +37,14 @@ from ..segmentation import SEGMENTATION_DEFAULTS, confusion_matrix, segmentation
 __all__ = ["SegmentationTask", "colorize", "add_parsers"]
 
 
+def _progress(loader, dist: DistInfo, desc: str):
+    """A tqdm bar over ``loader`` on rank 0 (stderr, removed when done)."""
+    if not dist.is_main:
+        return loader
+    from tqdm import tqdm
+    return tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
+
+
 class SegmentationTask(Task):
     """ADE20K-format semantic segmentation with Semantic FPN, for :func:`litvit.engine.fit`.
 
@@ -147,7 +155,7 @@ class SegmentationTask(Task):
         """mIoU / mAcc / aAcc over the whole validation set (confusion matrices summed over ranks)."""
         model.eval()
         cm = torch.zeros(self.num_classes, self.num_classes, dtype=torch.float64)
-        for images, labels in loader:
+        for images, labels in _progress(loader, dist, "evaluating"):
             if isinstance(images, Tensor):
                 images, labels = list(images), list(labels)
             for image, label in zip(images, labels):
