@@ -147,7 +147,10 @@ def test_evaluate_matches_hand_confusion_matrix(ade):
 
 def test_cli_train_eval_predict(ade, tmp_path, capsys):
     out = tmp_path / "run"
+    names = tmp_path / "names.txt"
+    names.write_text("background\ndisc\nbar\n")
     rc = main(["segment", "train", "--data", str(ade), "--backbone", "lit_ti", "--num-classes", str(NUM_CLASSES),
+               "--class-names", str(names),
                "--iters", "4", "--batch-size", "2", "--crop-size", "64", "--scale", "128", "64",
                "--fpn-channels", "32", "--backbone-kwargs", json.dumps(TINY), "--workers", "0", "--no-progress",
                "--output", str(out), "--device", "cpu"])
@@ -156,7 +159,8 @@ def test_cli_train_eval_predict(ade, tmp_path, capsys):
     assert "4 iterations = 2 epoch(s)" in text and (out / "best.pth").is_file()
     rc = main(["segment", "eval", "--checkpoint", str(out / "last.pth"), "--data", str(ade), "--workers", "0",
                "--device", "cpu"])
-    assert rc == 0 and "mIoU" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert rc == 0 and "mIoU" in text and "disc" in text  # per-class table with the names
     img = ade / "images" / "validation" / "validation_0.jpg"
     rc = main(["segment", "predict", "--checkpoint", str(out / "last.pth"), str(img), "--output", str(tmp_path / "p")])
     assert rc == 0

@@ -208,6 +208,15 @@ def _world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", 1))
 
 
+def _read_class_names(path: Optional[str]) -> Optional[list]:
+    if path is None:
+        return None
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"class-name file not found: {path}")
+    with open(path) as f:
+        return [line.strip() for line in f if line.strip()]
+
+
 def _backbone_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
     from ._dense import json_arg
     kwargs = json_arg(args.backbone_kwargs, "--backbone-kwargs")
@@ -223,7 +232,7 @@ def _train(args: argparse.Namespace) -> int:
         pretrained=args.pretrained, iters=args.iters, crop_size=args.crop_size, scale=args.scale,
         ratio_range=args.ratio_range, frozen_stages=args.frozen_stages, norm_eval=args.norm_eval,
         backbone_kwargs=_backbone_kwargs(args),
-        fpn_channels=args.fpn_channels)
+        fpn_channels=args.fpn_channels, class_names=_read_class_names(args.class_names))
     if args.pretrained is None and is_main_process():
         print("note: no --pretrained ImageNet checkpoint; the backbone starts from random weights")
     n_train = len(SegmentationDataset(args.data, task.train_split, task.num_classes, None, task.reduce_zero_label))
@@ -252,6 +261,12 @@ def _eval(args: argparse.Namespace) -> int:
         metrics = engine_evaluate(task, eval_config(args), args.checkpoint, use_ema=args.ema)
     if not is_main_process():
         return 0
+    per_class = segmentation_metrics(task.last_confusion, task.class_names)
+    pixels = task.last_confusion.sum(1)
+    print(f"{'class':<24}{'IoU':>8}{'pixels':>14}")
+    for c, name in enumerate(task.class_names):
+        iou = per_class[f"IoU/{name}"]
+        print(f"{name:<24}{'-' if iou != iou else f'{iou:.2f}':>8}{int(pixels[c]):>14,}")
     print(f"{args.checkpoint}: {int(metrics['images'])} images in {metrics['eval_time_s']:.1f} s  "
           f"mIoU {metrics['mIoU']:.2f}  mAcc {metrics['mAcc']:.2f}  aAcc {metrics['aAcc']:.2f}")
     return 0
@@ -296,6 +311,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--backbone", default="lit_ti", help="a LIT model name")
     t.add_argument("--pretrained", default=None, help="ImageNet checkpoint for the backbone (official or litvit)")
     t.add_argument("--num-classes", type=int, default=150)
+    t.add_argument("--class-names", default=None, help="text file with one class name per line (K lines)")
     t.add_argument("--no-reduce-zero-label", action="store_true",
                    help="labels are 0..K-1 with 255 = ignore (default: ADE20K's 0 = ignore, 1..K = classes)")
     t.add_argument("--iters", type=int, default=d["iters"], help=f"optimizer steps (default {d['iters']})")
