@@ -1,0 +1,462 @@
+"""Datasets and transforms for detection (COCO format) and semantic segmentation (ADE20K format).
+
+COCO format (what ``detect train`` reads)::
+
+    images/                       any folder of images
+    annotations.json              {"images": [{"id", "file_name", "height", "width"}],
+                                   "annotations": [{"id", "image_id", "category_id", "bbox": [x, y, w, h],
+                                                    "segmentation": polygons or RLE, "area", "iscrowd"}],
+                                   "categories": [{"id", "name"}]}
+
+Category ids may be any integers; they are mapped in increasing order to labels 1..K (0 is
+background, torchvision's convention) and back when results are written for pycocotools.
+Training drops crowd boxes and boxes narrower or lower than one pixel; images left without a box
+are skipped (mmdetection's ``filter_empty_gt``). The resize to 1333x800 (multi-scale) happens in
+the detector (torchvision's ``GeneralizedRCNNTransform``); the dataset only flips.
+
+ADE20K format (what ``segment train`` reads)::
+
+    root/images/training/*.jpg        root/annotations/training/*.png
+    root/images/validation/*.jpg      root/annotations/validation/*.png
+
+Label PNGs hold one class index per pixel (8-bit grey or palette). ADE20K's convention: 0 is
+"other" (not evaluated) and 1..150 are the classes; ``reduce_zero_label=True`` (default) maps 0 to
+the ignore index 255 and v to v - 1, giving classes 0..149. With ``reduce_zero_label=False`` the
+values are the classes themselves and 255 is ignored. Any other value out of range is an error.
+Training: random rescale (ratio 0.5-2.0 of a 2048x512 scale), random 512x512 crop (no class above
+75 % of the crop when avoidable), horizontal flip, photometric distortion, ImageNet normalisation,
+padding with the ignore index. Evaluation: resize to the 2048x512 scale; labels stay at full size.
+"""
+import contextlib
+import io
+import json
+import os
+import random
+from pathlib import Path
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+__all__ = ["read_image", "image_to_tensor", "CocoDetection", "detection_collate", "SegmentationDataset",
+           "SegTrainTransform", "SegEvalTransform", "segmentation_collate", "palette", "IMAGE_EXTENSIONS", "IGNORE_INDEX"]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+IGNORE_INDEX = 255
+
+
+def read_image(path, mode: str = "RGB") -> Image.Image:
+    """Open an image fully (decoding errors surface here) and convert it to ``mode``.
+
+    Raises:
+        FileNotFoundError: no such file.
+        OSError: the file is not an image PIL can decode (message names the file).
+    """
+    path = str(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"image not found: {path}")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img.convert(mode) if mode and img.mode != mode else img.copy()
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise OSError(f"cannot open image {path}: {e}") from None
+
+
+def image_to_tensor(img: Image.Image) -> Tensor:
+    """PIL RGB -> Tensor[3, H, W] float in [0, 1]."""
+    arr = np.asarray(img, dtype=np.uint8)
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255)  # H, W, 3 -> 3, H, W
+
+
+# --- COCO ------------------------------------------------------------------------------------------
+
+def _load_coco_json(ann_file: str) -> dict:
+    if not os.path.isfile(ann_file):
+        raise FileNotFoundError(f"annotation file not found: {ann_file}")
+    try:
+        with open(ann_file) as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"malformed annotation file {ann_file}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"malformed annotation file {ann_file}: expected a JSON object, got {type(data).__name__}")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            raise ValueError(f"malformed annotation file {ann_file}: missing list {key!r} "
+                             f"(COCO instances format needs 'images', 'annotations', 'categories')")
+    return data
+
+
+def _validate_coco(data: dict, ann_file: str, with_masks: bool) -> None:
+    where = f"malformed annotation file {ann_file}"
+    for im in data["images"]:
+        if not isinstance(im, dict) or "id" not in im or "file_name" not in im:
+            raise ValueError(f"{where}: image entry {str(im)[:80]} needs 'id' and 'file_name'")
+    for c in data["categories"]:
+        if not isinstance(c, dict) or "id" not in c:
+            raise ValueError(f"{where}: category entry {str(c)[:80]} needs an 'id'")
+    if not data["categories"]:
+        raise ValueError(f"{where}: 'categories' is empty")
+    image_ids = {im["id"] for im in data["images"]}
+    cat_ids = {c["id"] for c in data["categories"]}
+    for i, a in enumerate(data["annotations"]):
+        if not isinstance(a, dict):
+            raise ValueError(f"{where}: annotation #{i} is not an object")
+        aid = a.get("id", f"#{i}")
+        bbox = a.get("bbox")
+        if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)):
+            raise ValueError(f"{where}: annotation {aid} has bbox {bbox!r}, expected [x, y, width, height]")
+        if a.get("image_id") not in image_ids:
+            raise ValueError(f"{where}: annotation {aid} refers to image_id {a.get('image_id')!r}, not in 'images'")
+        if a.get("category_id") not in cat_ids:
+            raise ValueError(f"annotation {aid} in {ann_file} has category_id {a.get('category_id')!r}, outside the "
+                             f"{len(cat_ids)} categories declared (ids {sorted(cat_ids)[:10]}"
+                             f"{'...' if len(cat_ids) > 10 else ''})")
+        if with_masks:
+            seg = a.get("segmentation")
+            ok = (isinstance(seg, list) and all(isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0 for p in seg)) \
+                or (isinstance(seg, dict) and "counts" in seg and "size" in seg)
+            if not ok:
+                raise ValueError(f"{where}: annotation {aid} has no valid 'segmentation' (polygons [[x1, y1, ...]] "
+                                 f"of at least 3 points, or RLE {{'counts', 'size'}}), needed for masks")
+
+
+class CocoDetection(Dataset):
+    """Images and instance annotations in COCO format.
+
+    Args:
+        img_dir (str): folder the ``file_name`` entries are relative to.
+        ann_file (str): COCO instances JSON.
+        train (bool): training mode: random horizontal flips, crowd/degenerate boxes dropped,
+            images without boxes skipped.
+        with_masks (bool): decode instance masks (polygons or RLE) for Mask R-CNN.
+        hflip_prob (float): flip probability when training.
+
+    Items: ``(image, target)`` with image ``Tensor[3, H, W]`` in [0, 1] and target a dict of
+    ``boxes`` (``Tensor[N, 4]`` x1, y1, x2, y2 pixels), ``labels`` (``Tensor[N]`` in 1..K),
+    ``masks`` (``Tensor[N, H, W]`` uint8, with ``with_masks``), ``image_id`` (int), ``iscrowd``.
+
+    Raises:
+        ValueError: a malformed annotation file or a category id that is not declared.
+        FileNotFoundError: the annotation file or an image is missing.
+    """
+
+    def __init__(
+            self,
+            img_dir: str,
+            ann_file: str,
+            train: bool = False,
+            with_masks: bool = False,
+            hflip_prob: float = 0.5,
+    ):
+        try:
+            from pycocotools.coco import COCO
+        except ImportError:
+            raise ImportError("COCO-format data needs pycocotools: pip install 'litvit[detection]'") from None
+        self.img_dir = str(img_dir)
+        self.ann_file = str(ann_file)
+        if not os.path.isdir(self.img_dir):
+            raise FileNotFoundError(f"image folder not found: {self.img_dir}")
+        data = _load_coco_json(self.ann_file)
+        _validate_coco(data, self.ann_file, with_masks)
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+            self.coco = COCO()
+            self.coco.dataset = data
+            self.coco.createIndex()
+        self.train = train
+        self.with_masks = with_masks
+        self.hflip_prob = hflip_prob
+        cats = sorted(data["categories"], key=lambda c: c["id"])
+        self.cat_ids = [c["id"] for c in cats]
+        self.class_names = [str(c.get("name", c["id"])) for c in cats]
+        self.cat_to_label = {cid: i + 1 for i, cid in enumerate(self.cat_ids)}
+        ids = sorted(self.coco.imgs)
+        if train:
+            ids = [i for i in ids if any(self._keep(a) for a in self.coco.imgToAnns.get(i, []))]
+        self.ids = ids
+        missing = [self.coco.imgs[i]["file_name"] for i in ids
+                   if not os.path.isfile(os.path.join(self.img_dir, self.coco.imgs[i]["file_name"]))]
+        if missing:
+            raise FileNotFoundError(f"{len(missing)} image(s) of {self.ann_file} not found in {self.img_dir}, "
+                                    f"e.g. {missing[0]}")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.cat_ids)
+
+    def _keep(self, ann: dict) -> bool:
+        return not ann.get("iscrowd", 0) and ann["bbox"][2] >= 1 and ann["bbox"][3] >= 1
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> Tuple[Tensor, Dict[str, Tensor]]:
+        img_id = self.ids[index]
+        info = self.coco.imgs[img_id]
+        img = read_image(os.path.join(self.img_dir, info["file_name"]))
+        W, H = img.size
+        anns = self.coco.imgToAnns.get(img_id, [])
+        if self.train:
+            anns = [a for a in anns if self._keep(a)]
+        boxes = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
+        boxes[:, 2:] += boxes[:, :2]  # x, y, w, h -> x1, y1, x2, y2
+        boxes[:, 0::2].clamp_(0, W)
+        boxes[:, 1::2].clamp_(0, H)
+        target = dict(
+            boxes=boxes,
+            labels=torch.tensor([self.cat_to_label[a["category_id"]] for a in anns], dtype=torch.int64),
+            iscrowd=torch.tensor([int(a.get("iscrowd", 0)) for a in anns], dtype=torch.int64),
+            image_id=img_id,
+        )
+        if self.with_masks:
+            if anns:
+                masks = np.stack([self._mask(a, H, W) for a in anns])
+            else:
+                masks = np.zeros((0, H, W), dtype=np.uint8)
+            target["masks"] = torch.from_numpy(masks)
+        image = image_to_tensor(img)
+        if self.train and random.random() < self.hflip_prob:
+            image = image.flip(-1)
+            b = target["boxes"]
+            target["boxes"] = torch.stack((W - b[:, 2], b[:, 1], W - b[:, 0], b[:, 3]), 1)
+            if self.with_masks:
+                target["masks"] = target["masks"].flip(-1)
+        return image, target
+
+    def _mask(self, ann: dict, H: int, W: int) -> np.ndarray:
+        from pycocotools import mask as mask_utils
+        seg = ann["segmentation"]
+        if isinstance(seg, list):
+            rle = mask_utils.merge(mask_utils.frPyObjects(seg, H, W))
+        elif isinstance(seg["counts"], list):
+            rle = mask_utils.frPyObjects(seg, H, W)
+        else:
+            rle = seg
+        m = mask_utils.decode(rle)
+        if m.shape != (H, W):
+            raise ValueError(f"annotation {ann.get('id')} in {self.ann_file}: mask of size {m.shape} for an image "
+                             f"of {H}x{W}")
+        return m.astype(np.uint8)
+
+
+def detection_collate(batch):
+    """Lists of images and targets (detectors take images of different sizes)."""
+    images, targets = zip(*batch)
+    return list(images), list(targets)
+
+
+# --- ADE20K ---------------------------------------------------------------------------------------
+
+def palette(num_classes: int) -> np.ndarray:
+    """A fixed, well-spread colour per class (PASCAL VOC's bit-interleaving scheme): uint8 [K, 3]."""
+    out = np.zeros((max(num_classes, 1), 3), dtype=np.uint8)
+    for k in range(num_classes):
+        c, r, g, b = k + 1, 0, 0, 0  # +1: class 0 gets a colour, not black
+        for shift in range(7, -1, -1):
+            r |= (c & 1) << shift
+            g |= ((c >> 1) & 1) << shift
+            b |= ((c >> 2) & 1) << shift
+            c >>= 3
+        out[k] = (r, g, b)
+    return out
+
+
+def _resize_keep_ratio(size: Tuple[int, int], scale: Tuple[int, int]) -> Tuple[int, int]:
+    """(W, H) of an image resized so that its long side <= scale[0] and short side <= scale[1]."""
+    W, H = size
+    f = min(max(scale) / max(W, H), min(scale) / min(W, H))
+    return max(1, int(W * f + 0.5)), max(1, int(H * f + 0.5))
+
+
+def _normalize(img: Image.Image) -> Tensor:
+    x = image_to_tensor(img)
+    mean = torch.tensor(IMAGENET_DEFAULT_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_DEFAULT_STD).view(3, 1, 1)
+    return (x - mean) / std
+
+
+class SegTrainTransform:
+    """Training augmentation of mmsegmentation's ADE20K pipeline.
+
+    Args:
+        crop_size (int): square crop (512).
+        scale (Tuple[int, int]): (long, short) side limits at ratio 1 (2048, 512).
+        ratio_range (Tuple[float, float]): random rescale ratio (0.5, 2.0).
+        cat_max_ratio (float): retry a crop (up to 10 times) while one class covers more of it.
+        hflip_prob (float): horizontal flip probability.
+        photometric (bool): brightness/contrast/saturation/hue jitter.
+    """
+
+    def __init__(
+            self,
+            crop_size: int = 512,
+            scale: Tuple[int, int] = (2048, 512),
+            ratio_range: Tuple[float, float] = (0.5, 2.0),
+            cat_max_ratio: float = 0.75,
+            hflip_prob: float = 0.5,
+            photometric: bool = True,
+    ):
+        from torchvision.transforms import ColorJitter
+        self.crop_size = crop_size
+        self.scale = scale
+        self.ratio_range = ratio_range
+        self.cat_max_ratio = cat_max_ratio
+        self.hflip_prob = hflip_prob
+        self.jitter = ColorJitter(brightness=0.125, contrast=0.5, saturation=0.5, hue=0.05) if photometric else None
+
+    def _crop_box(self, label: np.ndarray) -> Tuple[int, int, int, int]:
+        H, W = label.shape
+        ch, cw = min(self.crop_size, H), min(self.crop_size, W)
+        box = (0, 0, ch, cw)
+        for _ in range(10):
+            y, x = random.randint(0, H - ch), random.randint(0, W - cw)
+            box = (y, x, ch, cw)
+            if self.cat_max_ratio >= 1:
+                break
+            crop = label[y:y + ch, x:x + cw]
+            _, counts = np.unique(crop[crop != IGNORE_INDEX], return_counts=True)
+            if len(counts) > 1 and counts.max() / counts.sum() < self.cat_max_ratio:
+                break
+        return box
+
+    def __call__(self, img: Image.Image, label: np.ndarray) -> Tuple[Tensor, Tensor]:
+        r = random.uniform(*self.ratio_range)
+        W, H = _resize_keep_ratio(img.size, (int(self.scale[0] * r), int(self.scale[1] * r)))
+        img = img.resize((W, H), Image.BILINEAR)
+        label = np.asarray(Image.fromarray(label).resize((W, H), Image.NEAREST))
+        y, x, ch, cw = self._crop_box(label)
+        img = img.crop((x, y, x + cw, y + ch))
+        label = label[y:y + ch, x:x + cw]
+        if random.random() < self.hflip_prob:
+            img = img.transpose(Image.FLIP_LEFT_RIGHT)
+            label = label[:, ::-1]
+        if self.jitter is not None:
+            img = self.jitter(img)
+        image = _normalize(img)
+        target = torch.from_numpy(np.array(label, dtype=np.int64))
+        pad_h, pad_w = self.crop_size - ch, self.crop_size - cw
+        if pad_h or pad_w:
+            image = F.pad(image, (0, pad_w, 0, pad_h), value=0.)
+            target = F.pad(target, (0, pad_w, 0, pad_h), value=IGNORE_INDEX)
+        return image, target
+
+
+class SegEvalTransform:
+    """Resize the image to the test scale (keep ratio) and normalise; the label is left at full size.
+
+    Args:
+        scale (Tuple[int, int]): (long, short) side limits (2048, 512).
+    """
+
+    def __init__(self, scale: Tuple[int, int] = (2048, 512)):
+        self.scale = scale
+
+    def __call__(self, img: Image.Image, label: np.ndarray) -> Tuple[Tensor, Tensor]:
+        W, H = _resize_keep_ratio(img.size, self.scale)
+        if (W, H) != img.size:
+            img = img.resize((W, H), Image.BILINEAR)
+        return _normalize(img), torch.from_numpy(np.array(label, dtype=np.int64))
+
+
+class SegmentationDataset(Dataset):
+    """Images and label PNGs in ADE20K's layout (``images/<split>``, ``annotations/<split>``).
+
+    Args:
+        root (str): dataset root (or pass ``img_dir`` and ``ann_dir``).
+        split (str): sub-folder name, ``training`` or ``validation``.
+        num_classes (int): K; labels (after reduction) must be in 0..K-1 or 255.
+        transform (Callable): ``(PIL image, label array) -> (image tensor, label tensor)``.
+        reduce_zero_label (bool): ADE20K's convention, 0 = ignore and v -> v - 1 (see module doc).
+        img_dir, ann_dir (str, optional): explicit folders instead of ``root``/``split``.
+
+    Raises:
+        FileNotFoundError: a folder is missing, empty, or an image has no label PNG.
+        ValueError (on loading): a label outside the class range, a label PNG that is not single-channel.
+        OSError (on loading): an image that will not open.
+    """
+
+    def __init__(
+            self,
+            root: Optional[str] = None,
+            split: str = "training",
+            num_classes: int = 150,
+            transform=None,
+            reduce_zero_label: bool = True,
+            img_dir: Optional[str] = None,
+            ann_dir: Optional[str] = None,
+    ):
+        if img_dir is None or ann_dir is None:
+            if root is None:
+                raise ValueError("give a dataset root or both img_dir and ann_dir")
+            img_dir = img_dir or os.path.join(root, "images", split)
+            ann_dir = ann_dir or os.path.join(root, "annotations", split)
+        for d in (img_dir, ann_dir):
+            if not os.path.isdir(d):
+                raise FileNotFoundError(f"folder not found: {d} (expected ADE20K layout images/{split}, "
+                                        f"annotations/{split})")
+        images = sorted(p for p in Path(img_dir).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not images:
+            raise FileNotFoundError(f"no images in {img_dir}")
+        pairs = []
+        for p in images:
+            label = Path(ann_dir) / (p.stem + ".png")
+            if not label.is_file():
+                raise FileNotFoundError(f"no label PNG for image {p.name}: expected {label}")
+            pairs.append((str(p), str(label)))
+        self.samples = pairs
+        self.num_classes = num_classes
+        self.transform = transform
+        self.reduce_zero_label = reduce_zero_label
+        self.class_names = [f"class_{i}" for i in range(num_classes)]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load_label(self, path: str) -> np.ndarray:
+        """The label map (uint8 [H, W]) after the zero-label reduction, range-checked."""
+        try:
+            with Image.open(path) as im:
+                im.load()
+                if im.mode not in ("L", "P", "I", "I;16"):
+                    raise ValueError(f"label {path} has mode {im.mode}; expected a single-channel PNG of class indices")
+                arr = np.asarray(im).astype(np.int64)
+        except (UnidentifiedImageError, OSError) as e:
+            raise OSError(f"cannot open label {path}: {e}") from None
+        K = self.num_classes
+        if self.reduce_zero_label:  # raw 0 = ignore, raw 1..K = classes 0..K-1
+            bad = (arr < 0) | (arr > K)
+            expected = f"1..{K}, 0 = ignore"
+            out = np.where(arr == 0, IGNORE_INDEX, arr - 1)
+        else:  # raw 0..K-1 = classes, 255 = ignore
+            bad = ((arr < 0) | (arr >= K)) & (arr != IGNORE_INDEX)
+            expected = f"0..{K - 1}, {IGNORE_INDEX} = ignore"
+            out = arr
+        if bad.any():
+            raise ValueError(f"label {path} holds value {int(arr[bad].max())}, outside the {K} classes ({expected})")
+        return out.astype(np.uint8)
+
+    def __getitem__(self, index: int) -> Tuple[Tensor, Tensor]:
+        img_path, label_path = self.samples[index]
+        img = read_image(img_path)
+        label = self.load_label(label_path)
+        if label.shape != (img.size[1], img.size[0]):
+            raise ValueError(f"label {label_path} is {label.shape[1]}x{label.shape[0]} but image {img_path} is "
+                             f"{img.size[0]}x{img.size[1]}")
+        if self.transform is None:
+            return _normalize(img), torch.from_numpy(label).long()
+        return self.transform(img, label)
+
+
+def segmentation_collate(batch):
+    """Stacked tensors when every item has the same size (training crops), else lists (evaluation)."""
+    images, labels = zip(*batch)
+    if all(im.shape == images[0].shape for im in images) and all(lb.shape == labels[0].shape for lb in labels):
+        return torch.stack(images), torch.stack(labels)
+    return list(images), list(labels)

@@ -1,0 +1,304 @@
+"""LIT as a multi-scale backbone for dense prediction, with a feature pyramid.
+
+*Less is More: Pay Less Attention in Vision Transformers* (Pan et al., AAAI 2022,
+arXiv 2105.14217) evaluates LIT-Ti and LIT-S as backbones of RetinaNet and Mask R-CNN (COCO) and
+of Semantic FPN (ADE20K): the four stage outputs, at strides 4, 8, 16 and 32, feed an FPN.
+
+:class:`LITBackbone` wraps any LIT or ablation model and returns those four maps for images of
+any size (padded at the bottom/right to a multiple of 32; position embeddings and relative tables
+are resized by the model). It follows the authors' detection/segmentation backbones:
+
+* the class token of the PVT family (LIT-Ti) is a classification device and is dropped: stage 4
+  adds ``pos_embed[:, 1:]`` to its map tokens only;
+* the final classification norm and the head are removed;
+* the Swin family (LIT-S/M/B) gets a fresh LayerNorm on the outputs of stages 2-4 (``out_norms``).
+
+:class:`LITFPN` adds torchvision's :class:`~torchvision.ops.FeaturePyramidNetwork` and returns an
+``OrderedDict`` of 256-channel maps with an ``out_channels`` attribute, the interface
+``torchvision.models.detection`` expects of a backbone.
+
+Examples::
+    >>> import torch
+    >>> from litvit.models.backbone import build_backbone
+    >>> body = build_backbone('lit_ti')
+    >>> [tuple(f.shape) for f in body(torch.randn(1, 3, 100, 150))]
+    [(1, 64, 32, 40), (1, 128, 16, 20), (1, 320, 8, 10), (1, 512, 4, 5)]
+"""
+import logging
+from collections import OrderedDict
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+import torch.utils.checkpoint
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torchvision.ops import FeaturePyramidNetwork
+from torchvision.ops.feature_pyramid_network import ExtraFPNBlock
+
+from .convert import checkpoint_filter_fn, load_state_dict_file, official_to_litvit, unwrap_state_dict
+
+__all__ = ["LITBackbone", "LITFPN", "build_backbone", "count_parameters", "default_backbone_img_size"]
+
+_logger = logging.getLogger(__name__)
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of parameters of ``module`` (trainable or not)."""
+    return sum(p.numel() for p in module.parameters())
+
+
+class LITBackbone(nn.Module):
+    """Stage maps of a LIT model at strides 4, 8, 16, 32 for images of any size.
+
+    Args:
+        model (nn.Module): a :class:`litvit.models.LIT` (any registered model or ablation). Its
+            head and final norm are removed; with ``keep_class_token=False`` its class token too.
+        out_indices (Sequence[int]): stages to return (0-3); later stages are not computed.
+        frozen_stages (int): -1 trains everything; 0 freezes the patch embedding; n >= 1 also
+            freezes stages 1..n (a stage includes the token merging into it). Frozen parts stay in
+            eval mode and get no gradient.
+        norm_eval (bool): keep every BatchNorm (the DTM's) in eval mode while training, using and
+            not updating the ImageNet statistics (useful with small per-GPU batches).
+        keep_class_token (bool): keep the PVT family's class token in stage 4, as classification
+            does; the authors' dense code drops it (default).
+        out_norms (bool, optional): LayerNorm on the outputs of stages 2-4, as the authors' Swin-family
+            dense backbones have. ``None``: on for models without a class token (LIT-S/M/B).
+
+    Examples::
+        >>> import litvit
+        >>> m = litvit.create_model('lit_ti', img_size=64, embed_dims=(16, 32, 48, 64), depths=(1, 1, 1, 1),
+        ...                         num_heads=(1, 2, 3, 4))
+        >>> [f.shape[1:] for f in LITBackbone(m)(torch.randn(1, 3, 70, 96))]
+        [torch.Size([16, 24, 24]), torch.Size([32, 12, 12]), torch.Size([48, 6, 6]), torch.Size([64, 3, 3])]
+    """
+
+    def __init__(
+            self,
+            model: nn.Module,
+            out_indices: Sequence[int] = (0, 1, 2, 3),
+            frozen_stages: int = -1,
+            norm_eval: bool = False,
+            keep_class_token: bool = False,
+            out_norms: Optional[bool] = None,
+    ):
+        super().__init__()
+        if not hasattr(model, "stages") or len(model.stages) != 4:
+            raise ValueError(f"expected a four-stage LIT model, got {type(model).__name__}")
+        out_indices = tuple(int(i) for i in out_indices)
+        if not out_indices or any(i not in range(4) for i in out_indices) or list(out_indices) != sorted(set(out_indices)):
+            raise ValueError(f"out_indices must be increasing stage indices in 0..3, got {out_indices}")
+        if not -1 <= frozen_stages <= 4:
+            raise ValueError(f"frozen_stages must be in -1..4, got {frozen_stages}")
+        self.model = model
+        self.out_indices = out_indices
+        self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
+        self.keep_class_token = keep_class_token
+        self.reduction = getattr(model, "reduction", 32)
+        # Classification-only parts: the head and the final norm are never used here.
+        model.reset_classifier(0)
+        model.norm = nn.Identity()
+        if not keep_class_token:
+            for stage in model.stages:
+                if stage.cls_token is not None:
+                    stage.cls_token = None  # stage.num_prefix_tokens still describes pos_embed's layout
+        self.channels = [model.embed_dims[i] for i in out_indices]
+        self.strides = [model.patch_size * 2 ** i for i in out_indices]
+        if out_norms is None:
+            out_norms = model.num_prefix_tokens == 0
+        self.out_norms = nn.ModuleDict({
+            str(i): nn.LayerNorm(model.embed_dims[i]) for i in out_indices if out_norms and i > 0})
+        self._freeze_stages()
+
+    @property
+    def feature_info(self) -> List[Dict]:
+        return [dict(num_chs=c, reduction=s, module=f"stages.{i}")
+                for c, s, i in zip(self.channels, self.strides, self.out_indices)]
+
+    # --- training behaviour -----------------------------------------------------------------------
+    def _frozen_modules(self) -> List[nn.Module]:
+        if self.frozen_stages < 0:
+            return []
+        return [self.model.patch_embed] + [self.model.stages[i] for i in range(min(self.frozen_stages, 4))]
+
+    def _freeze_stages(self) -> None:
+        for m in self._frozen_modules():
+            m.eval()
+            for p in m.parameters():
+                p.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "LITBackbone":
+        super().train(mode)
+        if mode:
+            self._freeze_stages()
+            if self.norm_eval:
+                for m in self.modules():
+                    if isinstance(m, _BatchNorm):
+                        m.eval()
+        return self
+
+    def no_weight_decay(self) -> set:
+        """Position embeddings and relative position tables (names relative to this module)."""
+        return {f"model.{n}" for n in self.model.no_weight_decay()}
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.model.set_grad_checkpointing(enable)
+
+    # --- checkpoints ------------------------------------------------------------------------------
+    def load_pretrained(self, path: str) -> None:
+        """Load ImageNet weights (official release in either layout, or a litvit checkpoint, bare or
+        wrapped) into the backbone; the classifier, final norm and dropped class token are ignored.
+
+        Raises:
+            litvit.models.CheckpointMismatchError: the checkpoint is of another model or size.
+        """
+        sd = official_to_litvit(unwrap_state_dict(load_state_dict_file(path)))
+        target = self.model.state_dict()
+        ignored = [k for k in sd if k.startswith(("head.", "norm.")) or (k.endswith("cls_token") and k not in target)]
+        for k in ignored:
+            del sd[k]
+        sd = checkpoint_filter_fn(sd, self.model)
+        self.model.load_state_dict(sd, strict=True)
+        _logger.info("loaded backbone weights from %s (%d tensors; ignored %s)", path, len(sd), ", ".join(ignored) or "none")
+
+    # --- forward ----------------------------------------------------------------------------------
+    def _run_stage(self, stage: nn.Module, x: Tensor, feat_size: Tuple[int, int]) -> Tuple[Tensor, Tuple[int, int]]:
+        if stage.cls_token is not None or stage.num_prefix_tokens == 0:
+            return stage(x, feat_size)
+        # Class token dropped: the stage's own forward without the prefix token.
+        if stage.downsample is not None:
+            x, feat_size = stage.downsample(x, feat_size)
+        if stage.pos_embed is not None:
+            x = stage.pos_drop(x + stage._pos_embed(feat_size)[:, stage.num_prefix_tokens:])
+        for blk in stage.blocks:
+            if stage.grad_checkpointing and self.training:
+                x = torch.utils.checkpoint.checkpoint(blk, x, feat_size, use_reentrant=False)
+            else:
+                x = blk(x, feat_size)
+        return x, feat_size
+
+    def forward(self, x: Tensor) -> List[Tensor]:
+        """
+        Args:
+            x (Tensor[B, C, H, W]): images of any size.
+
+        Returns:
+            List[Tensor[B, C_i, ceil(H / 32) * 32 / s_i, ceil(W / 32) * 32 / s_i]]: one map per
+            ``out_indices`` entry, s_i = 4, 8, 16, 32 (the padded image's grid).
+        """
+        if x.dim() != 4:
+            raise ValueError(f"Expected a 4-D image batch (B, C, H, W), got shape {tuple(x.shape)}")
+        H, W = x.shape[-2:]
+        pad_h, pad_w = -H % self.reduction, -W % self.reduction
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h))  # bottom/right, zeros (the mean colour after normalisation)
+        self.model._check_input(x)
+        x, feat_size = self.model.patch_embed(x)
+        outs = []
+        for i, stage in enumerate(self.model.stages[:self.out_indices[-1] + 1]):
+            x, feat_size = self._run_stage(stage, x, feat_size)
+            if i in self.out_indices:
+                y = x[:, stage.num_prefix_tokens:] if stage.cls_token is not None else x
+                if str(i) in self.out_norms:
+                    y = self.out_norms[str(i)](y)
+                outs.append(y.transpose(1, 2).reshape(y.shape[0], y.shape[2], *feat_size))  # B, N, C -> B, C, H, W
+        return outs
+
+
+class LITFPN(nn.Module):
+    """A :class:`LITBackbone` followed by torchvision's FeaturePyramidNetwork.
+
+    Args:
+        body (LITBackbone): the multi-scale backbone.
+        fpn_stages (Sequence[int]): which of ``body``'s stages (0-3) enter the FPN, e.g. ``(1, 2, 3)``
+            for RetinaNet (P3-P5), ``(0, 1, 2, 3)`` for Mask R-CNN and Semantic FPN (P2-P5).
+        out_channels (int): FPN width.
+        extra_blocks (ExtraFPNBlock, optional): extra levels (``LastLevelP6P7``, ``LastLevelMaxPool``).
+        norm_layer (Callable[..., nn.Module], optional): normalisation inside the FPN convs.
+
+    The output is an ``OrderedDict`` named ``"0"``, ``"1"``, ... for the FPN levels, then the extra
+    blocks' names (``"p6"``, ``"p7"`` or ``"pool"``); ``out_channels`` is set for torchvision.
+    """
+
+    def __init__(
+            self,
+            body: LITBackbone,
+            fpn_stages: Sequence[int] = (0, 1, 2, 3),
+            out_channels: int = 256,
+            extra_blocks: Optional[ExtraFPNBlock] = None,
+            norm_layer: Optional[Callable[..., nn.Module]] = None,
+    ):
+        super().__init__()
+        missing = [i for i in fpn_stages if i not in body.out_indices]
+        if missing:
+            raise ValueError(f"fpn_stages {tuple(fpn_stages)} asks for stages {missing} the backbone does not "
+                             f"return (out_indices={body.out_indices})")
+        self.body = body
+        self.fpn_stages = tuple(fpn_stages)
+        self._take = [body.out_indices.index(i) for i in self.fpn_stages]
+        in_channels = [body.channels[j] for j in self._take]
+        self.fpn = FeaturePyramidNetwork(in_channels, out_channels, extra_blocks=extra_blocks, norm_layer=norm_layer)
+        self.out_channels = out_channels
+
+    def no_weight_decay(self) -> set:
+        return {f"body.{n}" for n in self.body.no_weight_decay()}
+
+    def forward(self, x: Tensor) -> "OrderedDict[str, Tensor]":
+        """
+        Args:
+            x (Tensor[B, C, H, W]): images (normalised), any size.
+
+        Returns:
+            OrderedDict[str, Tensor[B, out_channels, h_l, w_l]]: FPN levels from the finest.
+        """
+        feats = self.body(x)
+        return self.fpn(OrderedDict((str(k), feats[j]) for k, j in enumerate(self._take)))
+
+
+def build_backbone(
+        name: str = "lit_ti",
+        pretrained: Optional[str] = None,
+        out_indices: Sequence[int] = (0, 1, 2, 3),
+        frozen_stages: int = -1,
+        norm_eval: bool = False,
+        keep_class_token: bool = False,
+        out_norms: Optional[bool] = None,
+        **model_kwargs,
+) -> LITBackbone:
+    """Build a LIT model by name and wrap it as a :class:`LITBackbone`.
+
+    Args:
+        name (str): any of :func:`litvit.list_models`.
+        pretrained (str, optional): an ImageNet checkpoint file (official or litvit) loaded into the
+            backbone only (classifier dropped, position tables resized).
+        out_indices, frozen_stages, norm_eval, keep_class_token, out_norms: see :class:`LITBackbone`.
+        **model_kwargs: passed to :func:`litvit.create_model` (``img_size``, ``drop_path_rate``,
+            ``embed_dims``, ...). ``img_size`` sets the grid that position embeddings and relative
+            tables are learned for: the authors' dense LIT-S used 800 (COCO) and 512 (ADE20K).
+
+    Examples::
+        >>> build_backbone('lit_s', img_size=512).channels
+        [96, 192, 384, 768]
+    """
+    from . import create_model  # local: models/__init__ imports this package's modules
+    model = create_model(name, num_classes=0, **model_kwargs)
+    backbone = LITBackbone(model, out_indices=out_indices, frozen_stages=frozen_stages, norm_eval=norm_eval,
+                           keep_class_token=keep_class_token, out_norms=out_norms)
+    if pretrained:
+        backbone.load_pretrained(pretrained)
+        backbone._freeze_stages()
+    return backbone
+
+
+def default_backbone_img_size(backbone: str, task: str = "detection") -> Optional[int]:
+    """The grid the authors learned LIT-S/M/B's relative position tables for in dense tasks:
+    800x800 for COCO and 512x512 for ADE20K. ``None`` (keep the model's 224) for models without
+    relative tables (LIT-Ti and the PVT ablations, whose absolute embeddings are resized on the fly)."""
+    from . import Attention, create_model  # local: models/__init__ imports this package's modules
+    with torch.device("meta"):
+        model = create_model(backbone, num_classes=0)
+    has_rel = any(isinstance(m, Attention) and m.relative_position_bias_table is not None for m in model.modules())
+    if not has_rel:
+        return None
+    return 800 if task == "detection" else 512

@@ -1,0 +1,476 @@
+"""Object detection and instance segmentation on COCO-format data: ``litvit detect``.
+
+RetinaNet or Mask R-CNN with a LIT backbone (:mod:`litvit.detection`) trained by the shared
+engine (:func:`litvit.engine.fit`: torchrun/DDP, AMP, atomic checkpoints, resume) with the
+paper's 1x recipe: 12 epochs, AdamW lr 1e-4, weight decay 0.05, linear warm-up over 500
+iterations from lr x 0.001, lr x 0.1 after epochs 8 and 11, shorter side drawn from 640-800
+(longer side <= 1333), horizontal flips. Evaluation runs pycocotools: box AP (and mask AP for
+Mask R-CNN), in %; "score" is the box AP.
+
+Examples::
+
+    litvit detect params
+    litvit detect train --arch retinanet --backbone lit_ti --pretrained lit_ti.pth \\
+        --train-images coco/train2017 --train-ann coco/annotations/instances_train2017.json \\
+        --val-images coco/val2017 --val-ann coco/annotations/instances_val2017.json --output runs/retina_lit_ti
+    torchrun --nproc_per_node 8 -m litvit detect train --arch mask_rcnn --backbone lit_s ... --output runs/mrcnn_lit_s
+    litvit detect eval --checkpoint runs/retina_lit_ti/best.pth --val-images coco/val2017 --val-ann ...
+    litvit detect predict --checkpoint runs/retina_lit_ti/best.pth photo.jpg --output preds/
+"""
+import argparse
+import contextlib
+import io
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..dense_data import CocoDetection, detection_collate, image_to_tensor, palette, read_image
+from ..detection import DETECTION_DEFAULTS, DETECTORS, build_detector
+from ..engine import DistInfo, Task, TrainConfig, evaluate as engine_evaluate, fit
+
+__all__ = ["DetectionTask", "coco_results", "coco_evaluate", "draw_detections", "add_parsers"]
+
+_STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+def coco_results(outputs: Sequence[Dict[str, Tensor]], image_ids: Sequence[int], label_to_cat: Sequence[int]) -> List[dict]:
+    """Detector outputs -> COCO result entries (``bbox`` as x, y, w, h; ``segmentation`` as RLE when
+    the outputs hold masks). ``label_to_cat[l]`` is the category id of label l (index 0 unused)."""
+    from pycocotools import mask as mask_utils
+    results = []
+    for out, img_id in zip(outputs, image_ids):
+        boxes = out["boxes"].float().cpu()
+        boxes[:, 2:] -= boxes[:, :2]  # x1, y1, x2, y2 -> x, y, w, h
+        scores = out["scores"].float().cpu().tolist()
+        labels = out["labels"].cpu().tolist()
+        rles = None
+        if "masks" in out:
+            masks = (out["masks"][:, 0] > 0.5).cpu().numpy().astype(np.uint8)  # N, 1, H, W -> N, H, W
+            rles = [mask_utils.encode(np.asfortranarray(m)) for m in masks]
+            for r in rles:
+                r["counts"] = r["counts"].decode("ascii")
+        for k, (box, score, label) in enumerate(zip(boxes.tolist(), scores, labels)):
+            if not 0 < label < len(label_to_cat):
+                continue  # RetinaNet's background logit
+            entry = dict(image_id=int(img_id), category_id=int(label_to_cat[label]), bbox=[round(v, 2) for v in box],
+                         score=float(score))
+            if rles is not None:
+                entry["segmentation"] = rles[k]
+            results.append(entry)
+    return results
+
+
+def coco_evaluate(coco_gt, results: List[dict], image_ids: Sequence[int], iou_types: Sequence[str] = ("bbox",)
+                  ) -> Tuple[Dict[str, float], str]:
+    """Run pycocotools' COCOeval; returns ``{'<type>_AP': %, '<type>_AP50': %, ...}`` and the printed summary."""
+    from pycocotools.cocoeval import COCOeval
+    metrics, text = {}, io.StringIO()
+    for iou_type in iou_types:
+        if not results:
+            metrics.update({f"{iou_type}_{n}": 0.0 for n in _STAT_NAMES})
+            text.write(f"{iou_type}: no detections\n")
+            continue
+        with contextlib.redirect_stdout(text):
+            dt = coco_gt.loadRes([dict(r) for r in results])
+            ev = COCOeval(coco_gt, dt, iou_type)
+            ev.params.imgIds = sorted(set(int(i) for i in image_ids))
+            print(f"--- {iou_type} ---")
+            ev.evaluate()
+            ev.accumulate()
+            ev.summarize()
+        metrics.update({f"{iou_type}_{n}": 100 * max(float(v), 0.0) for n, v in zip(_STAT_NAMES, ev.stats[:6])})
+    return metrics, text.getvalue()
+
+
+def _progress(loader, dist: DistInfo, desc: str):
+    """A tqdm bar over ``loader`` on rank 0 (stderr, removed when done)."""
+    if not dist.is_main:
+        return loader
+    from tqdm import tqdm
+    return tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
+
+
+class _AutocastBody(nn.Module):
+    """Runs a detector's backbone under autocast and hands float32 maps to the heads."""
+
+    def __init__(self, body: nn.Module, device_type: str, dtype: torch.dtype):
+        super().__init__()
+        self.body, self.device_type, self.dtype = body, device_type, dtype
+        self.out_channels = body.out_channels
+
+    def forward(self, x: Tensor):
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            feats = self.body(x)
+        return type(feats)((k, v.float()) for k, v in feats.items())
+
+
+@contextlib.contextmanager
+def float32_heads(model: nn.Module, device: torch.device):
+    """Under an active autocast, keep it for the backbone only: box decoding, NMS and mask pasting
+    run in float32 (bf16 has 8 bits of mantissa, about 4 px at x = 1000, too coarse for AP)."""
+    if not torch.is_autocast_enabled(device.type):
+        yield
+        return
+    dtype = torch.get_autocast_dtype(device.type)
+    body = model.backbone
+    model.backbone = _AutocastBody(body, device.type, dtype)
+    try:
+        with torch.autocast(device.type, enabled=False):
+            yield
+    finally:
+        model.backbone = body
+
+
+class DetectionTask(Task):
+    """COCO-format detection with RetinaNet or Mask R-CNN, for :func:`litvit.engine.fit`.
+
+    Args:
+        arch (str): ``"retinanet"`` or ``"mask_rcnn"``.
+        backbone (str): a LIT model name.
+        train_images, train_ann (str, optional): training images and COCO JSON.
+        val_images, val_ann (str, optional): validation images and COCO JSON.
+        num_classes (int, optional): K; read from the annotation file's categories when None.
+        class_names, cat_ids (Sequence, optional): category names and ids (from a checkpoint).
+        pretrained (str, optional): ImageNet checkpoint for the backbone.
+        min_size (Sequence[int]), max_size (int): image resizing (multi-scale when several min sizes).
+        frozen_stages (int), norm_eval (bool): backbone training options.
+        lr_steps (Sequence[int]): epochs after which the lr is multiplied by 0.1.
+        warmup_iters (int), warmup_ratio (float): linear warm-up from ``lr x warmup_ratio``.
+        backbone_kwargs (dict, optional): ``litvit.create_model`` overrides (``drop_path_rate``, ...).
+        fpn_channels (int): FPN/head width (256).
+    """
+    name = "detection"
+    curve_metrics = ("score", "bbox_AP50")
+
+    def __init__(
+            self,
+            arch: str = "retinanet",
+            backbone: str = "lit_ti",
+            train_images: Optional[str] = None,
+            train_ann: Optional[str] = None,
+            val_images: Optional[str] = None,
+            val_ann: Optional[str] = None,
+            num_classes: Optional[int] = None,
+            class_names: Optional[Sequence[str]] = None,
+            cat_ids: Optional[Sequence[int]] = None,
+            pretrained: Optional[str] = None,
+            min_size: Sequence[int] = DETECTION_DEFAULTS["min_size"],
+            max_size: int = DETECTION_DEFAULTS["max_size"],
+            frozen_stages: int = -1,
+            norm_eval: bool = False,
+            lr_steps: Sequence[int] = DETECTION_DEFAULTS["lr_steps"],
+            warmup_iters: int = DETECTION_DEFAULTS["warmup_iters"],
+            warmup_ratio: float = DETECTION_DEFAULTS["warmup_ratio"],
+            backbone_kwargs: Optional[Dict[str, Any]] = None,
+            fpn_channels: int = 256,
+    ):
+        if arch not in DETECTORS:
+            raise ValueError(f"unknown detector {arch!r}; choose one of {', '.join(DETECTORS)}")
+        self.arch = arch
+        self.backbone = backbone
+        self.train_images, self.train_ann = train_images, train_ann
+        self.val_images, self.val_ann = val_images, val_ann
+        self.pretrained = pretrained
+        self.min_size = [int(s) for s in (min_size if isinstance(min_size, (list, tuple)) else [min_size])]
+        self.max_size = int(max_size)
+        self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
+        self.lr_steps = [int(s) for s in lr_steps]
+        self.warmup_iters = int(warmup_iters)
+        self.warmup_ratio = float(warmup_ratio)
+        self.backbone_kwargs = dict(backbone_kwargs or {})
+        self.fpn_channels = int(fpn_channels)
+        self.find_unused_parameters = arch == "mask_rcnn"  # a batch without boxes leaves the mask head idle
+        self._train_set: Optional[CocoDetection] = None
+        self._val_set: Optional[CocoDetection] = None
+        self.last_summary = ""
+        self.class_names = list(class_names) if class_names is not None else None
+        self.cat_ids = [int(c) for c in cat_ids] if cat_ids is not None else None
+        if num_classes is None:
+            ann = train_ann or val_ann
+            if self.cat_ids is not None:
+                num_classes = len(self.cat_ids)
+            elif ann is not None:  # read the categories; the dataset is kept for build_datasets
+                ds = self._dataset(train_images if train_ann else val_images, ann, train=train_ann is not None)
+                if train_ann is not None:
+                    self._train_set = ds
+                else:
+                    self._val_set = ds
+                self.cat_ids, self.class_names = list(ds.cat_ids), list(ds.class_names)
+                num_classes = ds.num_classes
+            else:
+                raise ValueError("num_classes is unknown: give an annotation file or num_classes")
+        self.num_classes = int(num_classes)
+        if self.cat_ids is None:
+            self.cat_ids = list(range(1, self.num_classes + 1))
+        if self.class_names is None:
+            self.class_names = [str(c) for c in self.cat_ids]
+
+    # --- model and data ---------------------------------------------------------------------------
+    def build_model(self) -> nn.Module:
+        return build_detector(
+            self.arch, backbone=self.backbone, num_classes=self.num_classes, pretrained_backbone=self.pretrained,
+            min_size=tuple(self.min_size), max_size=self.max_size, frozen_stages=self.frozen_stages,
+            norm_eval=self.norm_eval, backbone_kwargs=self.backbone_kwargs, fpn_channels=self.fpn_channels)
+
+    def _dataset(self, images: Optional[str], ann: str, train: bool) -> CocoDetection:
+        if images is None:
+            raise ValueError(f"an image folder is needed with the annotation file {ann}")
+        return CocoDetection(images, ann, train=train, with_masks=self.arch == "mask_rcnn")
+
+    def _check_categories(self, ds: CocoDetection) -> None:
+        if list(ds.cat_ids) != list(self.cat_ids):
+            raise ValueError(f"{ds.ann_file} declares categories {ds.cat_ids[:10]}{'...' if ds.num_classes > 10 else ''} "
+                             f"({ds.num_classes}), the model was built for {self.cat_ids[:10]}"
+                             f"{'...' if len(self.cat_ids) > 10 else ''} ({self.num_classes})")
+
+    def build_datasets(self):
+        train, val = self._train_set, self._val_set
+        if train is None and self.train_ann is not None:
+            train = self._dataset(self.train_images, self.train_ann, train=True)
+        if val is None and self.val_ann is not None:
+            val = self._dataset(self.val_images, self.val_ann, train=False)
+        for ds in (train, val):
+            if ds is not None:
+                self._check_categories(ds)
+        if train is None and val is None:
+            raise ValueError("no dataset: give --train-ann/--train-images and/or --val-ann/--val-images")
+        self._train_set, self._val_set = train, val
+        return train if train is not None else [], val
+
+    def collate_fn(self):
+        return detection_collate
+
+    def build_scheduler(self, optimizer, cfg: TrainConfig, steps_per_epoch: int):
+        """The 1x schedule: linear warm-up over ``warmup_iters`` from ``lr x warmup_ratio``, then lr
+        x 0.1 after each epoch in ``lr_steps``."""
+        from timm.scheduler import MultiStepLRScheduler
+        base = optimizer.param_groups[0]["lr"]
+        return MultiStepLRScheduler(
+            optimizer, decay_t=[s * steps_per_epoch for s in self.lr_steps], decay_rate=DETECTION_DEFAULTS["lr_gamma"],
+            warmup_t=self.warmup_iters, warmup_lr_init=base * self.warmup_ratio, warmup_prefix=False,
+            t_in_epochs=False)
+
+    # --- steps ------------------------------------------------------------------------------------
+    def train_step(self, model: nn.Module, batch: Any, device: torch.device) -> Tuple[Tensor, Dict[str, float]]:
+        images, targets = batch
+        loss_dict = model(images, targets)
+        loss = sum(loss_dict.values())
+        return loss, {k: float(v.detach()) for k, v in loss_dict.items()}
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, loader, device: torch.device, dist: DistInfo) -> Dict[str, float]:
+        """Box (and mask) AP with pycocotools over the whole validation set: every rank predicts its
+        shard, rank 0 gathers and evaluates, the numbers are broadcast."""
+        ds = loader.dataset
+        if not isinstance(ds, CocoDetection):
+            raise ValueError("detection evaluation needs a CocoDetection validation set")
+        model.eval()
+        label_to_cat = [0] + list(self.cat_ids)
+        results, image_ids = [], []
+        for images, targets in _progress(loader, dist, "evaluating"):
+            images = [im.to(device) for im in images]
+            with float32_heads(model, device):
+                outputs = model(images)
+            ids = [int(t["image_id"]) for t in targets]
+            results += coco_results(outputs, ids, label_to_cat)
+            image_ids += ids
+        gathered = dist.all_gather_object((results, image_ids))
+        metrics: Dict[str, float] = {}
+        if dist.is_main:
+            all_results = [r for res, _ in gathered for r in res]
+            all_ids = [i for _, ids in gathered for i in ids]
+            types = ("bbox", "segm") if self.arch == "mask_rcnn" else ("bbox",)
+            metrics, self.last_summary = coco_evaluate(ds.coco, all_results, all_ids, types)
+            metrics["detections"] = float(len(all_results))
+        metrics = dist.broadcast_object(metrics)
+        metrics["score"] = metrics["bbox_AP"]
+        return metrics
+
+    def checkpoint_extra(self) -> dict:
+        return dict(arch=self.arch, backbone=self.backbone, num_classes=self.num_classes,
+                    class_names=list(self.class_names), cat_ids=list(self.cat_ids), min_size=list(self.min_size),
+                    max_size=self.max_size, backbone_kwargs=dict(self.backbone_kwargs),
+                    fpn_channels=self.fpn_channels)
+
+    @classmethod
+    def from_checkpoint(cls, path: str, **overrides) -> "DetectionTask":
+        """A task rebuilt from a detection checkpoint's metadata (for eval and predict)."""
+        from ._dense import checkpoint_extra
+        extra = checkpoint_extra(path, cls.name)
+        kwargs = dict(arch=extra["arch"], backbone=extra["backbone"], num_classes=extra["num_classes"],
+                      class_names=extra["class_names"], cat_ids=extra["cat_ids"], min_size=extra["min_size"],
+                      max_size=extra["max_size"], backbone_kwargs=extra.get("backbone_kwargs") or {},
+                      fpn_channels=extra.get("fpn_channels", 256))
+        kwargs.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**kwargs)
+
+
+# --- drawing ------------------------------------------------------------------------------------------
+
+def draw_detections(image: Tensor, output: Dict[str, Tensor], class_names: Sequence[str], score_thresh: float = 0.3
+                    ) -> Tuple["Image.Image", int]:
+    """Boxes (and masks) with scores >= ``score_thresh`` drawn on ``image`` (``Tensor[3, H, W]`` in [0, 1]).
+
+    Returns:
+        (PIL image, number of detections drawn).
+    """
+    from PIL import Image
+    from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
+    keep = output["scores"] >= score_thresh
+    labels = output["labels"][keep].tolist()
+    colours = palette(len(class_names) + 1)
+    colour_list = [tuple(int(c) for c in colours[l]) for l in labels]
+    canvas = (image.clamp(0, 1) * 255).to(torch.uint8).cpu()
+    if "masks" in output and keep.any():
+        masks = output["masks"][keep][:, 0].cpu() > 0.5
+        canvas = draw_segmentation_masks(canvas, masks, alpha=0.45, colors=colour_list)
+    if keep.any():
+        names = [f"{class_names[l - 1] if 0 < l <= len(class_names) else l} {s:.2f}"
+                 for l, s in zip(labels, output["scores"][keep].tolist())]
+        canvas = draw_bounding_boxes(canvas, output["boxes"][keep].cpu(), labels=names, colors=colour_list,
+                                     width=max(1, round(max(image.shape[-2:]) / 300)))
+    return Image.fromarray(canvas.permute(1, 2, 0).numpy()), int(keep.sum())  # 3, H, W -> H, W, 3
+
+
+# --- command line ---------------------------------------------------------------------------------------
+
+def _params(args: argparse.Namespace) -> int:
+    from ..detection import parameter_table
+    print(f"{'detector':<11}{'backbone':<9}{'params':>13}{'(M)':>7}{'paper (M)':>11}{'backbone':>13}")
+    for arch, bb, n, n_bb, paper in parameter_table(args.num_classes):
+        print(f"{arch:<11}{bb:<9}{n:>13,}{n / 1e6:>7.1f}{paper:>11.0f}{n_bb:>13,}")
+    print(f"({args.num_classes} classes + torchvision's background slot; backbone = LIT without classifier, "
+          f"with the dense-task output norms; LIT-S relative tables learned for 800x800 as the authors')")
+    return 0
+
+
+def _require_pycocotools() -> None:
+    try:
+        import pycocotools  # noqa: F401
+    except ImportError:
+        from ..cli import CLIError
+        raise CLIError("COCO-format data and metrics need pycocotools: pip install 'litvit[detection]'") from None
+
+
+def _backbone_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
+    from ._dense import json_arg
+    kwargs = json_arg(args.backbone_kwargs, "--backbone-kwargs")
+    if args.drop_path is not None:
+        kwargs["drop_path_rate"] = args.drop_path
+    return kwargs
+
+
+def _train(args: argparse.Namespace) -> int:
+    _require_pycocotools()
+    from ._dense import is_main_process, json_arg, train_config, worker_errors_as_one_line
+    task = DetectionTask(
+        arch=args.arch, backbone=args.backbone, train_images=args.train_images, train_ann=args.train_ann,
+        val_images=args.val_images, val_ann=args.val_ann, pretrained=args.pretrained,
+        min_size=args.min_size, max_size=args.max_size, frozen_stages=args.frozen_stages, norm_eval=args.norm_eval,
+        lr_steps=args.lr_steps, warmup_iters=args.warmup_iters,
+        backbone_kwargs=_backbone_kwargs(args),
+        fpn_channels=args.fpn_channels)
+    if args.pretrained is None and is_main_process():
+        print("note: no --pretrained ImageNet checkpoint; the backbone starts from random weights")
+    with worker_errors_as_one_line():
+        summary = fit(task, train_config(args, args.epochs))
+    if not is_main_process():
+        return 0
+    if task.last_summary:
+        print(task.last_summary.rstrip())
+    best = summary["best_score"]
+    print(f"done: {summary['epochs_done']} epochs, {summary['steps']} steps in {summary['train_time_s']:.0f} s; "
+          f"best box AP {best if best is None else round(best, 2)} (epoch {summary['best_epoch']}); "
+          f"checkpoints {summary['last_checkpoint']}, {summary['best_checkpoint']}; curves {summary['curves']}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    _require_pycocotools()
+    from ._dense import eval_config, is_main_process, worker_errors_as_one_line
+    task = DetectionTask.from_checkpoint(args.checkpoint, val_images=args.val_images, val_ann=args.val_ann)
+    with worker_errors_as_one_line():
+        metrics = engine_evaluate(task, eval_config(args), args.checkpoint, use_ema=args.ema)
+    if not is_main_process():
+        return 0
+    if task.last_summary:
+        print(task.last_summary.rstrip())
+    shown = "  ".join(f"{k} {v:.2f}" for k, v in metrics.items() if k.endswith(_STAT_NAMES[:3]))
+    print(f"{args.checkpoint}: {int(metrics['images'])} images in {metrics['eval_time_s']:.1f} s  {shown}")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from ._dense import save_png_atomic
+    task = DetectionTask.from_checkpoint(args.checkpoint)
+    model = task.build_model()
+    task.load_weights(model, args.checkpoint, use_ema=args.ema)
+    model.eval()
+    out_dir = Path(args.output)
+    for path in args.images:
+        image = image_to_tensor(read_image(path))
+        with torch.no_grad():
+            output = model([image])[0]
+        img, n = draw_detections(image, output, task.class_names, args.score_thresh)
+        dst = save_png_atomic(img, out_dir / (Path(path).stem + "_det.png"))
+        print(f"{path}: {n} detection(s) with score >= {args.score_thresh} -> {dst}")
+    return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    from ._dense import add_engine_args
+    d = DETECTION_DEFAULTS
+    p = sub.add_parser("detect", help="object detection / instance segmentation (RetinaNet, Mask R-CNN) on COCO-format data",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cmds = p.add_subparsers(dest="detect_command", metavar="{train,eval,predict,params}")
+    p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
+
+    t = cmds.add_parser("train", help="train a detector (the paper's 1x COCO recipe by default)")
+    t.add_argument("--arch", default="retinanet", choices=DETECTORS)
+    t.add_argument("--backbone", default="lit_ti", help="a LIT model name (lit_ti, lit_s, ... or an ablation model)")
+    t.add_argument("--pretrained", default=None, help="ImageNet checkpoint for the backbone (official or litvit)")
+    t.add_argument("--train-images", required=True, help="folder of training images")
+    t.add_argument("--train-ann", required=True, help="COCO instances JSON of the training images")
+    t.add_argument("--val-images", default=None, help="folder of validation images")
+    t.add_argument("--val-ann", default=None, help="COCO instances JSON of the validation images")
+    t.add_argument("--epochs", type=int, default=d["epochs"], help=f"(default {d['epochs']}, the 1x schedule)")
+    t.add_argument("--lr-steps", type=int, nargs="+", default=list(d["lr_steps"]), help="epochs after which lr x 0.1")
+    t.add_argument("--warmup-iters", type=int, default=d["warmup_iters"])
+    t.add_argument("--min-size", type=int, nargs="+", default=list(d["min_size"]),
+                   help="shorter image side; several = multi-scale training (the last one is used for evaluation)")
+    t.add_argument("--max-size", type=int, default=d["max_size"], help="longer-side limit")
+    t.add_argument("--frozen-stages", type=int, default=-1, help="-1: none; 0: patch embedding; n: also stages 1..n")
+    t.add_argument("--norm-eval", action="store_true", help="keep the DTM BatchNorms in eval mode")
+    t.add_argument("--drop-path", type=float, default=None,
+                   help="backbone stochastic depth (default: the model's, 0.1 LIT-Ti, 0.2 LIT-S, as the authors')")
+    t.add_argument("--fpn-channels", type=int, default=256, help="FPN/head width (256 as in the paper)")
+    t.add_argument("--backbone-kwargs", default=None, help="JSON object of litvit.create_model overrides")
+    add_engine_args(t, batch_size=d["batch_size"], lr=d["lr"], weight_decay=d["weight_decay"])
+    t.set_defaults(func=_train)
+
+    e = cmds.add_parser("eval", help="box / mask AP of a checkpoint with pycocotools")
+    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--val-images", required=True)
+    e.add_argument("--val-ann", required=True)
+    e.add_argument("--batch-size", type=int, default=2)
+    e.add_argument("--ema", action="store_true", help="evaluate the EMA weights")
+    e.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"))
+    e.add_argument("--workers", type=int, default=2)
+    e.add_argument("--device", default="auto")
+    e.set_defaults(func=_eval)
+
+    r = cmds.add_parser("predict", help="draw a checkpoint's detections on images (PNG)")
+    r.add_argument("--checkpoint", required=True)
+    r.add_argument("images", nargs="+")
+    r.add_argument("--output", default="predictions")
+    r.add_argument("--score-thresh", type=float, default=0.3)
+    r.add_argument("--ema", action="store_true")
+    r.set_defaults(func=_predict)
+
+    q = cmds.add_parser("params", help="parameter counts of the paper's detectors beside the paper's")
+    q.add_argument("--num-classes", type=int, default=80)
+    q.set_defaults(func=_params)

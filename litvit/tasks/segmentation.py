@@ -1,0 +1,352 @@
+"""Semantic segmentation on ADE20K-format data: ``litvit segment``.
+
+Semantic FPN with a LIT backbone (:mod:`litvit.segmentation`) trained by the shared engine
+(:func:`litvit.engine.fit`) with the paper's ADE20K recipe: 512x512 crops of images rescaled by
+0.5-2.0, flips and photometric distortion, AdamW, poly learning-rate decay (power 0.9) over 80k
+iterations, cross-entropy ignoring label 255. Evaluation: whole-image inference at the 2048x512
+scale, logits resized to the label's size; mIoU, mean class accuracy and pixel accuracy from a
+confusion matrix summed over ranks; "score" is the mIoU (%).
+
+Training is counted in iterations (optimizer steps) as in mmsegmentation: the engine runs
+``ceil(iters / steps_per_epoch)`` epochs and stops after ``iters`` steps.
+
+Examples::
+
+    litvit segment params
+    litvit segment train --data ADEChallengeData2016 --backbone lit_ti --pretrained lit_ti.pth --output runs/fpn_lit_ti
+    torchrun --nproc_per_node 8 -m litvit segment train --data ADEChallengeData2016 --backbone lit_s ... --output runs/fpn_lit_s
+    litvit segment eval --checkpoint runs/fpn_lit_ti/best.pth --data ADEChallengeData2016
+    litvit segment predict --checkpoint runs/fpn_lit_ti/best.pth photo.jpg --output preds/
+"""
+import argparse
+import math
+import os
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..dense_data import (IGNORE_INDEX, SegEvalTransform, SegmentationDataset, SegTrainTransform, palette,
+                          read_image, segmentation_collate)
+from ..engine import DistInfo, Task, TrainConfig, evaluate as engine_evaluate, fit
+from ..segmentation import SEGMENTATION_DEFAULTS, confusion_matrix, segmentation_metrics, semantic_fpn
+
+__all__ = ["SegmentationTask", "colorize", "add_parsers"]
+
+
+def _progress(loader, dist: DistInfo, desc: str):
+    """A tqdm bar over ``loader`` on rank 0 (stderr, removed when done)."""
+    if not dist.is_main:
+        return loader
+    from tqdm import tqdm
+    return tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
+
+
+class SegmentationTask(Task):
+    """ADE20K-format semantic segmentation with Semantic FPN, for :func:`litvit.engine.fit`.
+
+    Args:
+        backbone (str): a LIT model name.
+        data (str, optional): dataset root in ADE20K layout (``images/<split>``, ``annotations/<split>``).
+        num_classes (int): K (150 for ADE20K).
+        train_split, val_split (str): sub-folder names.
+        reduce_zero_label (bool): ADE20K's convention (label 0 ignored, v -> v - 1).
+        pretrained (str, optional): ImageNet checkpoint for the backbone.
+        iters (int): training length in optimizer steps (poly schedule length).
+        crop_size (int), scale (Tuple[int, int]), ratio_range (Tuple[float, float]): augmentation.
+        frozen_stages (int), norm_eval (bool): backbone training options.
+        backbone_kwargs (dict, optional): ``litvit.create_model`` overrides.
+        fpn_channels (int), head_channels (int): widths (256, 128).
+        class_names (Sequence[str], optional): names for logs and legends.
+    """
+    name = "segmentation"
+    curve_metrics = ("score", "aAcc")
+
+    def __init__(
+            self,
+            backbone: str = "lit_ti",
+            data: Optional[str] = None,
+            num_classes: int = 150,
+            train_split: str = "training",
+            val_split: str = "validation",
+            reduce_zero_label: bool = True,
+            pretrained: Optional[str] = None,
+            iters: int = SEGMENTATION_DEFAULTS["iters"],
+            crop_size: int = SEGMENTATION_DEFAULTS["crop_size"],
+            scale: Sequence[int] = SEGMENTATION_DEFAULTS["scale"],
+            ratio_range: Sequence[float] = SEGMENTATION_DEFAULTS["ratio_range"],
+            frozen_stages: int = -1,
+            norm_eval: bool = False,
+            backbone_kwargs: Optional[Dict[str, Any]] = None,
+            fpn_channels: int = 256,
+            head_channels: int = 128,
+            class_names: Optional[Sequence[str]] = None,
+    ):
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+        self.backbone = backbone
+        self.data = data
+        self.num_classes = int(num_classes)
+        self.train_split, self.val_split = train_split, val_split
+        self.reduce_zero_label = bool(reduce_zero_label)
+        self.pretrained = pretrained
+        self.iters = int(iters)
+        self.crop_size = int(crop_size)
+        self.scale = tuple(int(s) for s in scale)
+        self.ratio_range = tuple(float(r) for r in ratio_range)
+        self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
+        self.backbone_kwargs = dict(backbone_kwargs or {})
+        self.fpn_channels = int(fpn_channels)
+        self.head_channels = int(head_channels)
+        self.class_names = list(class_names) if class_names is not None else [f"class_{i}" for i in range(num_classes)]
+        if len(self.class_names) != self.num_classes:
+            raise ValueError(f"{len(self.class_names)} class names for {self.num_classes} classes")
+
+    def build_model(self) -> nn.Module:
+        return semantic_fpn(self.backbone, num_classes=self.num_classes, pretrained_backbone=self.pretrained,
+                            frozen_stages=self.frozen_stages, norm_eval=self.norm_eval, channels=self.head_channels,
+                            backbone_kwargs=self.backbone_kwargs, fpn_channels=self.fpn_channels)
+
+    def _dataset(self, split: str, transform) -> SegmentationDataset:
+        if self.data is None:
+            raise ValueError("no dataset: give --data (a folder in ADE20K layout)")
+        return SegmentationDataset(self.data, split, self.num_classes, transform, self.reduce_zero_label)
+
+    def build_datasets(self):
+        """(train, val) from ``data``; the training set only when ``iters > 0`` (not for eval)."""
+        if self.data is None:
+            raise ValueError("no dataset: give --data (a folder in ADE20K layout)")
+
+        def present(split: str) -> bool:
+            return os.path.isdir(os.path.join(self.data, "images", split))
+        train = val = None
+        if self.iters > 0 and present(self.train_split):
+            train = self._dataset(self.train_split, SegTrainTransform(
+                crop_size=self.crop_size, scale=self.scale, ratio_range=self.ratio_range))
+        if present(self.val_split):
+            val = self._dataset(self.val_split, SegEvalTransform(scale=self.scale))
+        if train is None and val is None:
+            raise FileNotFoundError(f"no images/{self.train_split} or images/{self.val_split} folder in {self.data}")
+        return train if train is not None else [], val
+
+    def collate_fn(self):
+        return segmentation_collate
+
+    def build_scheduler(self, optimizer, cfg: TrainConfig, steps_per_epoch: int):
+        """Poly decay (power 0.9) from the base lr to ``cfg.min_lr`` over ``iters`` steps."""
+        from timm.scheduler import PolyLRScheduler
+        return PolyLRScheduler(optimizer, t_initial=max(1, self.iters), power=SEGMENTATION_DEFAULTS["poly_power"],
+                               lr_min=cfg.min_lr, t_in_epochs=False)
+
+    def train_step(self, model: nn.Module, batch: Any, device: torch.device) -> Tuple[Tensor, Dict[str, float]]:
+        images, labels = batch
+        if isinstance(images, list):
+            raise ValueError("training crops must share one size (SegTrainTransform pads them to crop_size)")
+        logits = model(images)
+        loss = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX)
+        return loss, {}
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, loader, device: torch.device, dist: DistInfo) -> Dict[str, float]:
+        """mIoU / mAcc / aAcc over the whole validation set (confusion matrices summed over ranks)."""
+        model.eval()
+        cm = torch.zeros(self.num_classes, self.num_classes, dtype=torch.float64)
+        for images, labels in _progress(loader, dist, "evaluating"):
+            if isinstance(images, Tensor):
+                images, labels = list(images), list(labels)
+            for image, label in zip(images, labels):
+                logits = model(image[None].to(device))
+                logits = F.interpolate(logits.float(), size=label.shape[-2:], mode="bilinear", align_corners=False)
+                cm += confusion_matrix(logits.argmax(1)[0].cpu(), label.cpu(), self.num_classes).double()
+        cm = dist.reduce_sum(cm)
+        metrics = segmentation_metrics(cm)
+        metrics["score"] = metrics["mIoU"]
+        self.last_confusion = cm
+        return metrics
+
+    def checkpoint_extra(self) -> dict:
+        return dict(backbone=self.backbone, num_classes=self.num_classes, reduce_zero_label=self.reduce_zero_label,
+                    crop_size=self.crop_size, scale=list(self.scale), backbone_kwargs=dict(self.backbone_kwargs),
+                    fpn_channels=self.fpn_channels, head_channels=self.head_channels,
+                    class_names=list(self.class_names))
+
+    @classmethod
+    def from_checkpoint(cls, path: str, **overrides) -> "SegmentationTask":
+        from ._dense import checkpoint_extra
+        extra = checkpoint_extra(path, cls.name)
+        kwargs = dict(backbone=extra["backbone"], num_classes=extra["num_classes"],
+                      reduce_zero_label=extra["reduce_zero_label"], crop_size=extra["crop_size"], scale=extra["scale"],
+                      backbone_kwargs=extra.get("backbone_kwargs") or {}, fpn_channels=extra["fpn_channels"],
+                      head_channels=extra["head_channels"], class_names=extra["class_names"], iters=0)
+        kwargs.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**kwargs)
+
+
+def colorize(pred: np.ndarray, num_classes: int) -> np.ndarray:
+    """Class map ``[H, W]`` -> colours ``[H, W, 3]`` uint8 (ignored pixels black)."""
+    colours = np.concatenate([palette(num_classes), np.zeros((256 - num_classes, 3), np.uint8)]) \
+        if num_classes < 256 else palette(num_classes)
+    return colours[pred.astype(np.int64).clip(0, len(colours) - 1)]
+
+
+# --- command line ---------------------------------------------------------------------------------------
+
+def _params(args: argparse.Namespace) -> int:
+    from ..segmentation import parameter_table
+    print(f"{'model':<14}{'backbone':<9}{'params':>13}{'(M)':>7}{'paper (M)':>11}{'backbone':>13}")
+    for arch, bb, n, n_bb, paper in parameter_table(args.num_classes):
+        print(f"{arch:<14}{bb:<9}{n:>13,}{n / 1e6:>7.1f}{paper:>11.0f}{n_bb:>13,}")
+    print(f"({args.num_classes} classes; LIT-S relative tables learned for 512x512 as the authors')")
+    return 0
+
+
+def _world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", 1))
+
+
+def _read_class_names(path: Optional[str]) -> Optional[list]:
+    if path is None:
+        return None
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"class-name file not found: {path}")
+    with open(path) as f:
+        return [line.strip() for line in f if line.strip()]
+
+
+def _backbone_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
+    from ._dense import json_arg
+    kwargs = json_arg(args.backbone_kwargs, "--backbone-kwargs")
+    if args.drop_path is not None:
+        kwargs["drop_path_rate"] = args.drop_path
+    return kwargs
+
+
+def _train(args: argparse.Namespace) -> int:
+    from ._dense import is_main_process, json_arg, train_config, worker_errors_as_one_line
+    task = SegmentationTask(
+        backbone=args.backbone, data=args.data, num_classes=args.num_classes, reduce_zero_label=not args.no_reduce_zero_label,
+        pretrained=args.pretrained, iters=args.iters, crop_size=args.crop_size, scale=args.scale,
+        ratio_range=args.ratio_range, frozen_stages=args.frozen_stages, norm_eval=args.norm_eval,
+        backbone_kwargs=_backbone_kwargs(args),
+        fpn_channels=args.fpn_channels, class_names=_read_class_names(args.class_names))
+    if args.pretrained is None and is_main_process():
+        print("note: no --pretrained ImageNet checkpoint; the backbone starts from random weights")
+    n_train = len(SegmentationDataset(args.data, task.train_split, task.num_classes, None, task.reduce_zero_label))
+    per_step = args.batch_size * _world_size() * args.accum_steps
+    steps_per_epoch = n_train // per_step
+    if steps_per_epoch == 0:
+        raise ValueError(f"global batch {per_step} is larger than the training set ({n_train} images)")
+    epochs = math.ceil(args.iters / steps_per_epoch)
+    if is_main_process():
+        print(f"{args.iters} iterations = {epochs} epoch(s) of {steps_per_epoch} steps ({n_train} images, batch {per_step})")
+    with worker_errors_as_one_line():
+        summary = fit(task, train_config(args, epochs, max_steps=args.iters))
+    if not is_main_process():
+        return 0
+    best = summary["best_score"]
+    print(f"done: {summary['steps']} iterations in {summary['train_time_s']:.0f} s; best mIoU "
+          f"{best if best is None else round(best, 2)} (epoch {summary['best_epoch']}); checkpoints "
+          f"{summary['last_checkpoint']}, {summary['best_checkpoint']}; curves {summary['curves']}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from ._dense import eval_config, is_main_process, worker_errors_as_one_line
+    task = SegmentationTask.from_checkpoint(args.checkpoint, data=args.data, val_split=args.split)
+    with worker_errors_as_one_line():
+        metrics = engine_evaluate(task, eval_config(args), args.checkpoint, use_ema=args.ema)
+    if not is_main_process():
+        return 0
+    per_class = segmentation_metrics(task.last_confusion, task.class_names)
+    pixels = task.last_confusion.sum(1)
+    print(f"{'class':<24}{'IoU':>8}{'pixels':>14}")
+    for c, name in enumerate(task.class_names):
+        iou = per_class[f"IoU/{name}"]
+        print(f"{name:<24}{'-' if iou != iou else f'{iou:.2f}':>8}{int(pixels[c]):>14,}")
+    print(f"{args.checkpoint}: {int(metrics['images'])} images in {metrics['eval_time_s']:.1f} s  "
+          f"mIoU {metrics['mIoU']:.2f}  mAcc {metrics['mAcc']:.2f}  aAcc {metrics['aAcc']:.2f}")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from PIL import Image
+    from ._dense import save_png_atomic
+    task = SegmentationTask.from_checkpoint(args.checkpoint)
+    model = task.build_model()
+    task.load_weights(model, args.checkpoint, use_ema=args.ema)
+    model.eval()
+    tf = SegEvalTransform(scale=task.scale)
+    out_dir = Path(args.output)
+    for path in args.images:
+        img = read_image(path)
+        x, _ = tf(img, np.zeros((img.size[1], img.size[0]), np.uint8))
+        pred = model.predict(x[None], size=(img.size[1], img.size[0]))[0].numpy().astype(np.uint8)
+        colours = colorize(pred, task.num_classes)
+        overlay = (0.5 * np.asarray(img, dtype=np.float32) + 0.5 * colours).astype(np.uint8)
+        side = np.concatenate([np.asarray(img), overlay, colours], axis=1)  # image | overlay | colour map
+        dst = save_png_atomic(Image.fromarray(side), out_dir / (Path(path).stem + "_seg.png"))
+        labels = Image.fromarray(pred, mode="L")
+        save_png_atomic(labels, out_dir / (Path(path).stem + "_labels.png"))
+        present = np.bincount(pred.ravel(), minlength=task.num_classes)
+        top = ", ".join(f"{task.class_names[c]} {100 * present[c] / pred.size:.0f}%" for c in present.argsort()[::-1][:3]
+                        if present[c])
+        print(f"{path}: {top} -> {dst} (class indices in {Path(dst).with_name(Path(path).stem + '_labels.png')})")
+    return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    from ._dense import add_engine_args
+    d = SEGMENTATION_DEFAULTS
+    p = sub.add_parser("segment", help="semantic segmentation (Semantic FPN) on ADE20K-format data",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cmds = p.add_subparsers(dest="segment_command", metavar="{train,eval,predict,params}")
+    p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
+
+    t = cmds.add_parser("train", help="train Semantic FPN (the paper's ADE20K recipe by default)")
+    t.add_argument("--data", required=True, help="dataset root: images/{training,validation}, annotations/{...}")
+    t.add_argument("--backbone", default="lit_ti", help="a LIT model name")
+    t.add_argument("--pretrained", default=None, help="ImageNet checkpoint for the backbone (official or litvit)")
+    t.add_argument("--num-classes", type=int, default=150)
+    t.add_argument("--class-names", default=None, help="text file with one class name per line (K lines)")
+    t.add_argument("--no-reduce-zero-label", action="store_true",
+                   help="labels are 0..K-1 with 255 = ignore (default: ADE20K's 0 = ignore, 1..K = classes)")
+    t.add_argument("--iters", type=int, default=d["iters"], help=f"optimizer steps (default {d['iters']})")
+    t.add_argument("--crop-size", type=int, default=d["crop_size"])
+    t.add_argument("--scale", type=int, nargs=2, default=list(d["scale"]), metavar=("LONG", "SHORT"),
+                   help="resize limits at ratio 1 and for evaluation")
+    t.add_argument("--ratio-range", type=float, nargs=2, default=list(d["ratio_range"]))
+    t.add_argument("--frozen-stages", type=int, default=-1)
+    t.add_argument("--norm-eval", action="store_true", help="keep the DTM BatchNorms in eval mode")
+    t.add_argument("--drop-path", type=float, default=None,
+                   help="backbone stochastic depth (default: the model's, 0.1 LIT-Ti, 0.2 LIT-S, as the authors')")
+    t.add_argument("--fpn-channels", type=int, default=256)
+    t.add_argument("--backbone-kwargs", default=None, help="JSON object of litvit.create_model overrides")
+    t.add_argument("--val-batch-size", type=int, default=1)
+    add_engine_args(t, batch_size=d["batch_size"], lr=d["lr"], weight_decay=d["weight_decay"])
+    t.set_defaults(func=_train)
+
+    e = cmds.add_parser("eval", help="mIoU / pixel accuracy of a checkpoint")
+    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--data", required=True)
+    e.add_argument("--split", default="validation")
+    e.add_argument("--batch-size", type=int, default=1)
+    e.add_argument("--ema", action="store_true")
+    e.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"))
+    e.add_argument("--workers", type=int, default=2)
+    e.add_argument("--device", default="auto")
+    e.set_defaults(func=_eval)
+
+    r = cmds.add_parser("predict", help="colour-coded segmentation of images (PNG)")
+    r.add_argument("--checkpoint", required=True)
+    r.add_argument("images", nargs="+")
+    r.add_argument("--output", default="predictions")
+    r.add_argument("--ema", action="store_true")
+    r.set_defaults(func=_predict)
+
+    q = cmds.add_parser("params", help="parameter counts of the paper's Semantic FPN models beside the paper's")
+    q.add_argument("--num-classes", type=int, default=150)
+    q.set_defaults(func=_params)

@@ -1,0 +1,121 @@
+"""LITBackbone / LITFPN: multi-scale maps, arbitrary sizes, freezing, norm-eval, backbone-only loading."""
+import pytest
+import torch
+from torch import nn
+
+import litvit
+import litvit.detection
+from litvit.engine import param_groups
+from litvit.models import CheckpointMismatchError
+from litvit.models.backbone import LITBackbone, LITFPN, build_backbone
+from litvit.models.convert import litvit_to_official
+
+from conftest import TINY, randomize_
+
+FAMILY = {"lit_ti": "pvt", "lit_s": "swin"}
+
+
+def tiny(name="lit_ti", **kw):
+    return litvit.create_model(name, num_classes=0, **dict(TINY, **kw))
+
+
+@pytest.mark.parametrize("name", litvit.list_models())
+@pytest.mark.parametrize("size", [(64, 64), (70, 101)])
+def test_maps_strides_channels(name, size):
+    body = LITBackbone(tiny(name)).eval()
+    feats = body(torch.randn(2, 3, *size))
+    H, W = (-(-s // 32) * 32 for s in size)  # padded to a multiple of 32
+    assert [f.shape for f in feats] == [(2, c, H // s, W // s) for c, s in zip(body.channels, body.strides)]
+    assert body.strides == [4, 8, 16, 32] and [i["num_chs"] for i in body.feature_info] == list(TINY["embed_dims"])
+    assert all(torch.isfinite(f).all() for f in feats)
+
+
+@pytest.mark.parametrize("name", litvit.list_models())
+def test_matches_forward_intermediates_when_keeping_class_token(name):
+    model = randomize_(tiny(name)).eval()
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        ref = model.forward_intermediates(x, intermediates_only=True)
+        body = LITBackbone(model, keep_class_token=True, out_norms=False).eval()
+        feats = body(x)
+    for a, b in zip(feats, ref):
+        torch.testing.assert_close(a, b)
+
+
+def test_class_token_dropped_only_changes_stage_4():
+    model = randomize_(tiny("lit_ti")).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        ref = model.forward_intermediates(x, intermediates_only=True)
+        body = LITBackbone(model).eval()  # drops the class token (the authors' dense backbone)
+        feats = body(x)
+    assert model.stages[3].cls_token is None and not body.out_norms
+    for a, b in zip(feats[:3], ref[:3]):
+        torch.testing.assert_close(a, b)
+    assert not torch.allclose(feats[3], ref[3])
+
+
+def test_out_norms_for_swin_family():
+    body = LITBackbone(tiny("lit_s"))
+    assert sorted(body.out_norms) == ["1", "2", "3"]  # stages 2-4, as the authors' LIT-S dense backbone
+
+
+def test_every_parameter_gets_a_gradient():
+    fpn = LITFPN(build_backbone("lit_ti", **TINY), (0, 1, 2, 3), 32).train()
+    sum(f.float().pow(2).mean() for f in fpn(torch.randn(2, 3, 64, 64)).values()).backward()
+    missing = [n for n, p in fpn.named_parameters() if p.grad is None]
+    assert not missing, missing
+
+
+def test_frozen_stages_and_norm_eval():
+    body = build_backbone("lit_ti", frozen_stages=2, norm_eval=True, **TINY).train()
+    frozen = [n for n, p in body.named_parameters() if not p.requires_grad]
+    assert any(n.startswith("model.patch_embed") for n in frozen)
+    assert all(n.startswith(("model.patch_embed", "model.stages.0.", "model.stages.1.")) for n in frozen)
+    assert all(p.requires_grad for n, p in body.named_parameters() if n.startswith("model.stages.2."))
+    assert not body.model.stages[1].training and body.model.stages[2].training
+    bns = [m for m in body.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert bns and all(not m.training for m in bns)
+    before = [m.running_mean.clone() for m in bns]
+    body(torch.randn(2, 3, 64, 64))
+    assert all(torch.equal(a, m.running_mean) for a, m in zip(before, bns))
+    # without norm_eval the DTM BatchNorm of an unfrozen stage updates its statistics
+    body = build_backbone("lit_ti", **TINY).train()
+    bn = body.model.stages[3].downsample.dtm.norm_layer
+    before = bn.running_mean.clone()
+    body(torch.randn(2, 3, 64, 64))
+    assert not torch.equal(before, bn.running_mean)
+    with pytest.raises(ValueError, match="frozen_stages"):
+        build_backbone("lit_ti", frozen_stages=7, **TINY)
+
+
+@pytest.mark.parametrize("name", ["lit_ti", "lit_s"])
+def test_loads_official_layout_checkpoint_into_backbone_only(name, tmp_path):
+    src = randomize_(litvit.create_model(name, num_classes=10, **TINY))
+    path = tmp_path / f"{name}.pth"
+    official = litvit_to_official(src.state_dict(), FAMILY[name])
+    torch.save(official if name == "lit_ti" else {"model": official}, path)  # the two release wrappings
+    body = build_backbone(name, pretrained=str(path), **TINY)
+    ref = src.state_dict()
+    for k, v in body.model.state_dict().items():
+        torch.testing.assert_close(v, ref[k], msg=k)
+    # at another pre-training size the position tables are resized, not refused
+    build_backbone(name, pretrained=str(path), **dict(TINY, img_size=96))
+    # into a whole detector: only its backbone changes
+    det = litvit.detection.retinanet(name, num_classes=2, pretrained_backbone=str(path), backbone_kwargs=dict(TINY),
+                                     fpn_channels=32)
+    torch.testing.assert_close(det.backbone.body.model.patch_embed.proj.weight, src.patch_embed.proj.weight)
+    # a checkpoint of another width is refused with the offending keys
+    with pytest.raises(CheckpointMismatchError, match="mis-shaped"):
+        build_backbone(name, pretrained=str(path), **dict(TINY, embed_dims=(8, 16, 24, 64)))
+
+
+def test_param_groups_inside_a_detector():
+    """The engine's rules reach the backbone inside torchvision's model: no decay on position
+    embeddings, offset predictors at lr x 0.01."""
+    det = litvit.detection.mask_rcnn("lit_ti", num_classes=2, backbone_kwargs=dict(TINY), fpn_channels=32)
+    groups = {g["name"]: g for g in param_groups(det, 0.05)}
+    assert "backbone.body.model.stages.0.pos_embed" in groups["no_decay"]["param_names"]
+    assert all("conv_offset" in n for n in groups["offset_decay"]["param_names"] + groups["offset_no_decay"]["param_names"])
+    assert groups["offset_decay"]["lr_scale"] == 0.01
+    assert "backbone.fpn.inner_blocks.0.0.weight" in groups["decay"]["param_names"]
