@@ -184,8 +184,10 @@ def _checkpoint(path, name, **extra_kwargs):
     """A litvit-style training checkpoint of a tiny model that records its name and overrides."""
     kwargs = dict(TINY, num_classes=3, **extra_kwargs)
     model = randomize_(litvit.create_model(name, **kwargs))
-    torch.save({"model": model.state_dict(), "epoch": 1,
-                "extra": {"model_name": name, "model_kwargs": kwargs}}, path)
+    # the layout of `litvit train` checkpoints: weights under "model", what rebuilds the model under "extra"
+    torch.save({"model": model.state_dict(), "model_ema": None, "epoch": 1, "config": {"output_dir": "x", "lr": 5e-4},
+                "extra": {"model": name, "model_kwargs": kwargs, "img_size": 64,
+                          "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}}, path)
     return path
 
 
@@ -201,6 +203,7 @@ def test_checkpoint_metadata_and_model_loading(tmp_path):
     assert meta["model"] == "lit_ti" and meta["num_classes"] == 3 and meta["model_kwargs"]["img_size"] == 64
     model, info = load_model(checkpoint=str(ckpt))
     assert info["model"] == "lit_ti" and info["img_size"] == 64 and model.embed_dims == TINY["embed_dims"]
+    assert info["mean"] == (0.5, 0.5, 0.5) and info["std"] == (0.25, 0.25, 0.25)
     with pytest.raises(litvit.CheckpointMismatchError):
         load_model("lit_s", str(ckpt))  # --model disagrees with the weights
     torch.save(torch.load(ckpt, weights_only=True)["model"], tmp_path / "bare.pth")

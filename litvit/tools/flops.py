@@ -318,6 +318,14 @@ def paper_rows(reports: Dict[str, FlopReport]) -> List[List[str]]:
     return rows
 
 
+PAPER_NOTES = [
+    "params M / GFLOPs: ours, traced; paper M / paper G / paper top-1: published (ImageNet-1K, 224).",
+    "top-1 of the ablation rows is LIT.md's stated difference applied to its base: w/o MSA in stage 1 / "
+    "stages 1-2 = PVT-S w/ MSA - 0.1 / - 0.5; w/o DTM = LIT-Ti - 0.7, LIT-S - 0.3.",
+    "Swin-Ti is timm's swin_tiny_patch4_window7_224 (params and FLOPs from the Swin paper); "
+    "PVT-S's 3.8 G is PVT's own count (checked to +-0.1 G), the others to the paper's 0.1 G rounding.",
+]
+
 PAPER_HEADER = ["table", "model", "name", "params M", "paper M", "GFLOPs", "paper G", "paper top-1", "check"]
 
 
@@ -365,6 +373,9 @@ def _atomic_write(path: str, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -438,6 +449,9 @@ def cmd_flops(args: argparse.Namespace) -> int:
         print("FLOPs = MACs of convs, linears and the two attention products, one 224x224 image "
               "(traced; DTM as a dense 2x2 conv).")
         print(format_table(PAPER_HEADER, rows, args.format))
+        if args.format != "csv":
+            for note in PAPER_NOTES:
+                print(f"note: {note}")
         bad = [r[2] for r in rows if r[-1] == "DIFF"]
         checked = sum(1 for r in rows if r[-1])
         print(f"{checked - len(bad)}/{checked} published FLOPs reproduced"

@@ -196,7 +196,7 @@ def load_image(
         x = x.mean(dim=0, keepdim=True)
     elif in_chans != 3:
         raise ValueError(f"images have 3 channels; the model expects in_chans={in_chans}")
-    m = torch.tensor(mean[:in_chans], dtype=torch.float32).view(-1, 1, 1)
+    m = torch.tensor(mean[:in_chans], dtype=torch.float32).view(-1, 1, 1)  # C -> C, 1, 1
     s = torch.tensor(std[:in_chans], dtype=torch.float32).view(-1, 1, 1)
     return LoadedImage(Path(path), ((x - m) / s).unsqueeze(0), rgb)
 
@@ -215,6 +215,9 @@ def _atomic(path: Path, write) -> Path:
     os.close(fd)
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -108,14 +108,14 @@ def trace_sampling_points(offsets: Sequence[Tensor], points: Tensor) -> List[Ten
         (torch.Size([1, 64, 2]), tensor([7., 7.]))
     """
     kernel = torch.tensor([[0., 0.], [0., 1.], [1., 0.], [1., 1.]], dtype=torch.float64)  # k = i * 2 + j -> (i, j)
-    cur = points.to(torch.float64).reshape(points.shape[0], 1, 2)
+    cur = points.to(torch.float64).reshape(points.shape[0], 1, 2)  # N, 2 -> N, 1, 2
     steps = [cur]
     for field in reversed(list(offsets)):
         N, K, _ = cur.shape
-        flat = cur.reshape(N * K, 2)
+        flat = cur.reshape(N * K, 2)  # N, K, 2 -> N*K, 2
         off = sample_field(field.to(torch.float64), flat[:, 0], flat[:, 1]).reshape(N * K, 4, 2)  # dy, dx per k
         nxt = 2 * flat[:, None, :] + kernel[None] + off  # N*K, 4, 2
-        cur = nxt.reshape(N, K * 4, 2)
+        cur = nxt.reshape(N, K * 4, 2)  # N*K, 4, 2 -> N, 4K, 2 (parent major, kernel point minor)
         steps.append(cur)
     return steps
 
@@ -130,7 +130,7 @@ def grid_of_points(h: int, w: int, n: int) -> Tensor:
     """An n x n (at most h x w) grid of evenly spread points of an h x w map: (n', 2) int coordinates."""
     ys = torch.linspace(0, h - 1, min(n, h) + 2)[1:-1].round() if n < h else torch.arange(h, dtype=torch.float32)
     xs = torch.linspace(0, w - 1, min(n, w) + 2)[1:-1].round() if n < w else torch.arange(w, dtype=torch.float32)
-    return torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1).reshape(-1, 2)
+    return torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1).reshape(-1, 2)  # n, n, 2 -> n*n, 2
 
 
 def to_pixels(points: Tensor, stride: int) -> np.ndarray:
@@ -154,7 +154,7 @@ def plot_sampling_points(rgb: np.ndarray, starts: Tensor, learned: Tensor, regul
     start_px = to_pixels(starts, 32)
     for ax, pts, name in ((axes[0], regular, "regular 2x2 merging"), (axes[1], learned, "DTM (learned offsets)")):
         ax.imshow(rgb, extent=(0, W, H, 0))
-        pix = to_pixels(pts.reshape(-1, 2), 4).reshape(len(starts), -1, 2)
+        pix = to_pixels(pts.reshape(-1, 2), 4).reshape(len(starts), -1, 2)  # N*64, 2 -> N, 64, 2
         for n in range(len(starts)):
             ax.scatter(pix[n, :, 1], pix[n, :, 0], s=9, color=colors[n], edgecolors="white", linewidths=0.3)
             ax.scatter(start_px[n, 1], start_px[n, 0], s=80, marker="*", color=colors[n], edgecolors="black",
