@@ -8,9 +8,8 @@ from PIL import Image
 import litvit
 from litvit.cli import main
 from litvit.tools.viz import checkpoint_metadata, load_image, load_model
-from litvit.tools.viz.attention import collect_attention, query_maps, visualize_attention
-from litvit.tools.viz.offsets import (collect_offsets, regular_points, sample_field, trace_sampling_points,
-                                      visualize_offsets)
+from litvit.tools.viz.attention import check_attention_memory, collect_attention, query_maps
+from litvit.tools.viz.offsets import collect_offsets, regular_points, sample_field, trace_sampling_points
 
 from conftest import TINY, randomize_
 
@@ -270,3 +269,11 @@ def test_viz_errors_are_one_line(tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
     assert main(["viz", "offsets", str(img), "--checkpoint", str(ckpt), "--points", "9,9"]) == 2
     assert "outside" in capsys.readouterr().err
+
+
+def test_attention_memory_guard():
+    with torch.device("meta"):
+        model = litvit.create_model("pvt_s_msa")
+    check_attention_memory(model, (224, 224))
+    with pytest.raises(ValueError, match="smaller --img-size"):
+        check_attention_memory(model, (1024, 1024))

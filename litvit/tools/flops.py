@@ -266,7 +266,10 @@ def profile_model(
         if any(p.is_meta for p in model.parameters()):
             model = model.to_empty(device="cpu")
         x = torch.empty(1, 3, img_size, img_size)
-        return count_flops(model, x, name=name, params=params)
+        try:
+            return count_flops(model, x, name=name, params=params)
+        except (AssertionError, RuntimeError) as e:  # e.g. a timm model that cannot take this size
+            raise ValueError(f"{name} cannot run on a {img_size}x{img_size} input: {e}") from None
 
 
 # --- the paper's tables -----------------------------------------------------------------------------

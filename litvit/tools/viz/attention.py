@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["AttentionMaps", "collect_attention", "query_maps", "plot_stage", "plot_overview",
+__all__ = ["AttentionMaps", "check_attention_memory", "collect_attention", "query_maps", "plot_stage", "plot_overview",
            "visualize_attention", "add_parser"]
 
 
@@ -41,6 +41,32 @@ class AttentionMaps:
     query: Tuple[int, int]
     maps: np.ndarray
     prefix_mass: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+
+
+MAX_ATTN_BYTES = 2 * 1024 ** 3
+
+
+def check_attention_memory(model: nn.Module, image_size: Tuple[int, int], limit: int = MAX_ATTN_BYTES) -> None:
+    """Refuse inputs whose plain-path attention matrices would not fit in memory.
+
+    The plain path materialises (heads, N, M) probabilities per block; a 1024 px image in PVT-S
+    w/ MSA's first stage alone would need 17 GB.
+
+    Raises:
+        ValueError: naming the block, the size it would need and the limit.
+    """
+    from ...models import Attention
+    H, W = image_size
+    patch = getattr(model, "patch_size", 4)
+    for name, m in model.named_modules():
+        if isinstance(m, Attention):
+            stride = patch * 2 ** (_stage_of(name) - 1)
+            n = (H // stride) * (W // stride)
+            r = m.sr_ratio if m.sr_ratio > 1 else 1
+            size = 4 * m.num_heads * (n + m.num_prefix_tokens) * (n // (r * r) + m.num_prefix_tokens)
+            if size > limit:
+                raise ValueError(f"a {H}x{W} input needs {size / 1024 ** 3:.1f} GiB for the attention probabilities "
+                                 f"of {name} (limit {limit / 1024 ** 3:.0f} GiB): use a smaller --img-size")
 
 
 def collect_attention(model: nn.Module, x: Tensor) -> Dict[str, Tensor]:
@@ -218,6 +244,7 @@ def visualize_attention(
     H, W = x.shape[-2:]
     if query is None:
         query = (H // 2, W // 2)
+    check_attention_memory(model, (H, W))
     stages = query_maps(collect_attention(model, x), model, (H, W), query)
     out_prefix = Path(out_prefix)
     written = [save_figure(plot_overview(rgb, stages, query, title), Path(f"{out_prefix}_attention.png"))]
