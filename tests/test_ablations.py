@@ -3,7 +3,6 @@ import pytest
 import torch
 
 import litvit
-from litvit.models.lit import Attention, ConvMerge, DTMDownsample, PatchMerging
 
 from conftest import TINY
 
