@@ -33,7 +33,8 @@ class AttentionMaps:
         feat_size (Tuple[int, int]): the stage's token grid (H, W).
         query (Tuple[int, int]): the query token on that grid (row, col).
         maps (np.ndarray[blocks, heads, Hk, Wk]): probabilities over the spatial keys.
-        prefix_mass (np.ndarray[blocks, heads]): probability on prefix (class) tokens.
+        prefix_mass (np.ndarray[blocks, heads]): probability on prefix (class) tokens; empty
+            (shape (0, 0)) where the stage has none.
     """
     stage: int
     blocks: List[str]
@@ -154,7 +155,9 @@ def query_maps(
             q = a[:, p + row * w + col]  # heads, M
             maps.append(q[:, p:].reshape(-1, hk, wk).float().numpy())  # heads, M - p -> heads, Hk, Wk
             prefix.append(q[:, :p].sum(-1).float().numpy())
-        out.append(AttentionMaps(stage, names, (h, w), (row, col), np.stack(maps), np.stack(prefix)))
+        has_prefix = any(model.get_submodule(n).num_prefix_tokens for n in names)
+        out.append(AttentionMaps(stage, names, (h, w), (row, col), np.stack(maps),
+                                 np.stack(prefix) if has_prefix else np.zeros((0, 0), dtype=np.float32)))
     return out
 
 
@@ -181,7 +184,8 @@ def plot_stage(rgb: np.ndarray, maps: AttentionMaps, query: Tuple[int, int], tit
         for hd in range(nh):
             ax = axes[b][hd]
             _overlay(ax, rgb, maps.maps[b, hd], query)
-            ax.set_title(f"block {b + 1} head {hd + 1}\nmax {maps.maps[b, hd].max():.3f}", fontsize=6)
+            cls = f", cls {maps.prefix_mass[b, hd]:.2f}" if maps.prefix_mass.size else ""
+            ax.set_title(f"block {b + 1} head {hd + 1}\nmax {maps.maps[b, hd].max():.3f}{cls}", fontsize=6)
     fig.suptitle(f"{title}stage {maps.stage}: {maps.feat_size[0]}x{maps.feat_size[1]} tokens, "
                  f"keys {maps.maps.shape[2]}x{maps.maps.shape[3]}, query token {maps.query}", fontsize=8)
     fig.tight_layout()
@@ -208,7 +212,8 @@ def plot_overview(rgb: np.ndarray, stages: List[AttentionMaps], query: Tuple[int
             ax = axes[r][hd + 1]
             if hd < s.maps.shape[1]:
                 _overlay(ax, rgb, s.maps[-1, hd], query)
-                ax.set_title(f"head {hd + 1}", fontsize=7)
+                cls = f", cls {s.prefix_mass[-1, hd]:.2f}" if s.prefix_mass.size else ""
+                ax.set_title(f"head {hd + 1}{cls}", fontsize=7)
             else:
                 ax.axis("off")
     if title:
@@ -278,7 +283,7 @@ def cmd_attention(args: argparse.Namespace) -> int:
             spread = _spread(s)
             print(f"{img.path.name} stage {s.stage}: {s.maps.shape[0]} block(s) x {s.maps.shape[1]} head(s), "
                   f"mean attention distance {spread:.2f} tokens"
-                  + (f", class token {s.prefix_mass.mean():.3f}" if s.prefix_mass.size and s.prefix_mass.any() else ""))
+                  + (f", class token {s.prefix_mass.mean():.3f}" if s.prefix_mass.size else ""))
         for path in written:
             print(f"wrote {path}")
     return 0

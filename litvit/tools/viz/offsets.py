@@ -156,7 +156,8 @@ def plot_sampling_points(rgb: np.ndarray, starts: Tensor, learned: Tensor, regul
         ax.imshow(rgb, extent=(0, W, H, 0))
         pix = to_pixels(pts.reshape(-1, 2), 4).reshape(len(starts), -1, 2)  # N*64, 2 -> N, 64, 2
         for n in range(len(starts)):
-            ax.scatter(pix[n, :, 1], pix[n, :, 0], s=9, color=colors[n], edgecolors="white", linewidths=0.3)
+            ax.scatter(pix[n, :, 1], pix[n, :, 0], s=9 if len(starts) > 1 else 22, color=colors[n],
+                       edgecolors="white", linewidths=0.3)
             ax.scatter(start_px[n, 1], start_px[n, 0], s=80, marker="*", color=colors[n], edgecolors="black",
                        linewidths=0.6)
         ax.set_xlim(0, W)
