@@ -138,8 +138,18 @@ def to_pixels(points: Tensor, stride: int) -> np.ndarray:
     return ((points.to(torch.float64) + 0.5) * stride).numpy()
 
 
+def _magnification(shift_px: float, target_px: float) -> float:
+    """A round factor that makes a shift of ``shift_px`` about ``target_px`` long (at least 1)."""
+    if shift_px <= 0 or shift_px >= target_px:
+        return 1.0
+    k = target_px / shift_px
+    base = 10 ** np.floor(np.log10(k))
+    return float(max(m * base for m in (1, 2, 5) if m * base <= k))
+
+
 def plot_sampling_points(rgb: np.ndarray, starts: Tensor, learned: Tensor, regular: Tensor, title: str = ""):
-    """Two panels over the image: the regular grid and the learned sampling locations.
+    """Three panels over the image: the regular grid, the learned sampling locations, and the
+    displacement from the one to the other (magnified when small, the factor in the title).
 
     Args:
         rgb (np.ndarray[H, W, 3]): the image.
@@ -149,20 +159,34 @@ def plot_sampling_points(rgb: np.ndarray, starts: Tensor, learned: Tensor, regul
     """
     import matplotlib.pyplot as plt
     H, W = rgb.shape[:2]
-    fig, axes = plt.subplots(1, 2, figsize=(2 * min(6.0, 6.0 * W / max(H, W)) + 0.6, min(6.0, 6.0 * H / max(H, W)) + 0.7))
+    panel = 4.5
+    fig, axes = plt.subplots(1, 3, figsize=(3 * panel * min(1.0, W / H) + 0.6, panel * min(1.0, H / W) + 0.7))
     colors = plt.cm.tab10(np.arange(len(starts)) % 10)
     start_px = to_pixels(starts, 32)
-    for ax, pts, name in ((axes[0], regular, "regular 2x2 merging"), (axes[1], learned, "DTM (learned offsets)")):
+    reg_px = to_pixels(regular.reshape(-1, 2), 4).reshape(len(starts), -1, 2)  # N*64, 2 -> N, 64, 2
+    learn_px = to_pixels(learned.reshape(-1, 2), 4).reshape(len(starts), -1, 2)
+    shift = learn_px - reg_px
+    max_shift = float(np.hypot(shift[..., 0], shift[..., 1]).max()) if shift.size else 0.0
+    k = _magnification(max_shift, 4.0)  # the largest shift drawn about one stage-1 cell (4 px) long
+    size = 9 if len(starts) > 1 else 22
+    for ax, pix, name in ((axes[0], reg_px, "regular 2x2 merging"), (axes[1], learn_px, "DTM (learned offsets)")):
         ax.imshow(rgb, extent=(0, W, H, 0))
-        pix = to_pixels(pts.reshape(-1, 2), 4).reshape(len(starts), -1, 2)  # N*64, 2 -> N, 64, 2
         for n in range(len(starts)):
-            ax.scatter(pix[n, :, 1], pix[n, :, 0], s=9 if len(starts) > 1 else 22, color=colors[n],
-                       edgecolors="white", linewidths=0.3)
+            ax.scatter(pix[n, :, 1], pix[n, :, 0], s=size, color=colors[n], edgecolors="white", linewidths=0.3)
+        ax.set_title(name, fontsize=10)
+    ax = axes[2]
+    ax.imshow(rgb, extent=(0, W, H, 0))
+    for n in range(len(starts)):
+        ax.quiver(reg_px[n, :, 1], reg_px[n, :, 0], k * shift[n, :, 1], k * shift[n, :, 0], color=colors[n],
+                  angles="xy", scale_units="xy", scale=1, width=0.005)
+    ax.set_title(f"shift from the regular grid (max {max_shift:.2f} px" + (f", drawn x{k:g})" if k > 1 else ")"),
+                 fontsize=10)
+    for ax in axes:
+        for n in range(len(starts)):
             ax.scatter(start_px[n, 1], start_px[n, 0], s=80, marker="*", color=colors[n], edgecolors="black",
                        linewidths=0.6)
         ax.set_xlim(0, W)
         ax.set_ylim(H, 0)
-        ax.set_title(name, fontsize=10)
         ax.axis("off")
     if title:
         fig.suptitle(title, fontsize=10)
@@ -172,7 +196,8 @@ def plot_sampling_points(rgb: np.ndarray, starts: Tensor, learned: Tensor, regul
 
 def plot_offset_fields(rgb: np.ndarray, offsets: Sequence[Tuple[str, Tensor]], title: str = ""):
     """One panel per DTM: the mean offset's magnitude (colour, in input-grid units) over the image
-    and its direction (arrows), averaged over the four kernel points."""
+    and its direction (arrows, magnified when small; the factor is in the title), averaged over
+    the four kernel points."""
     import matplotlib.pyplot as plt
     H, W = rgb.shape[:2]
     n = len(offsets)
@@ -187,11 +212,14 @@ def plot_offset_fields(rgb: np.ndarray, offsets: Sequence[Tuple[str, Tensor]], t
         cell_y, cell_x = H / h, W / w
         ys, xs = np.meshgrid((np.arange(h) + 0.5) * cell_y, (np.arange(w) + 0.5) * cell_x, indexing="ij")
         step = max(1, int(round(max(h, w) / 16)))
-        # one grid unit of the DTM's input map is half an output cell
-        ax.quiver(xs[::step, ::step], ys[::step, ::step], off[1][::step, ::step] * cell_x / 2,
-                  -off[0][::step, ::step] * cell_y / 2, color="cyan", angles="xy", scale_units="xy", scale=1,
+        # one grid unit of the DTM's input map is half an output cell; small offsets are magnified
+        # so that the largest arrow is about 0.8 cell long
+        k = _magnification(float(mag.max()) * min(cell_x, cell_y) / 2, 0.8 * min(cell_x, cell_y))
+        ax.quiver(xs[::step, ::step], ys[::step, ::step], k * off[1][::step, ::step] * cell_x / 2,
+                  k * off[0][::step, ::step] * cell_y / 2, color="cyan", angles="xy", scale_units="xy", scale=1,
                   width=0.006)
-        ax.set_title(f"{name}\n{2 * h}x{2 * w} -> {h}x{w}, |offset| max {mag.max():.2f}", fontsize=8)
+        ax.set_title(f"{name}\n{2 * h}x{2 * w} -> {h}x{w}, |offset| max {mag.max():.2f}"
+                     + (f", arrows x{k:g}" if k > 1 else ""), fontsize=8)
         ax.axis("off")
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
     if title:
