@@ -104,6 +104,9 @@ def test_cli_paper_uses_the_traced_numbers(paper_reports, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "| LIT-B | lit_b | 87.29 | 87.3 | 15.03 | 15.0 | 83.4 | ok |" in out
     assert "9/9 published FLOPs reproduced" in out
+    assert main(["flops", "--paper", "--format", "csv"]) == 0
+    parsed = list(csv.reader(io.StringIO(capsys.readouterr().out)))
+    assert parsed[0] == F.PAPER_HEADER and all(len(r) == len(F.PAPER_HEADER) for r in parsed)
 
 
 def test_cli_table_csv_and_sweep(tmp_path, capsys):

@@ -9,7 +9,8 @@ import litvit
 from litvit.cli import main
 from litvit.tools.viz import checkpoint_metadata, load_image, load_model
 from litvit.tools.viz.attention import check_attention_memory, collect_attention, query_maps
-from litvit.tools.viz.offsets import collect_offsets, regular_points, sample_field, trace_sampling_points
+from litvit.tools.viz.offsets import (_magnification, collect_offsets, regular_points, sample_field,
+                                      trace_sampling_points)
 
 from conftest import TINY, randomize_
 
@@ -105,6 +106,13 @@ def test_fractional_points_use_the_bilinearly_interpolated_field():
             y1 = 2 * y2 + KERNEL[k1][0] + (0.1 * x2 - 0.05 * y2)
             x1 = 2 * x2 + KERNEL[k1][1] + 0.2 * y2
             assert steps[2][0, k2 * 4 + k1].tolist() == pytest.approx([y1, x1])
+
+
+def test_small_shifts_are_magnified_by_a_round_factor():
+    assert _magnification(0.02, 4.0) == 200
+    assert _magnification(0.3, 4.0) == 10
+    assert _magnification(1.04, 4.0) == 2
+    assert _magnification(5.0, 4.0) == 1 and _magnification(0.0, 4.0) == 1
 
 
 def test_offsets_need_a_dtm_model():

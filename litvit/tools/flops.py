@@ -449,16 +449,18 @@ def cmd_flops(args: argparse.Namespace) -> int:
         names = list(OrderedDict.fromkeys(n for rows in PAPER_TABLES.values() for n, *_ in rows))
         reports = {r.model: r for r in _profile_all([(n, 224) for n in names], args)}
         rows = paper_rows(reports)
-        print("FLOPs = MACs of convs, linears and the two attention products, one 224x224 image "
-              "(traced; DTM as a dense 2x2 conv).")
+        if args.format != "csv":
+            print("FLOPs = MACs of convs, linears and the two attention products, one 224x224 image "
+                  "(traced; DTM as a dense 2x2 conv).")
         print(format_table(PAPER_HEADER, rows, args.format))
         if args.format != "csv":
             for note in PAPER_NOTES:
                 print(f"note: {note}")
         bad = [r[2] for r in rows if r[-1] == "DIFF"]
         checked = sum(1 for r in rows if r[-1])
-        print(f"{checked - len(bad)}/{checked} published FLOPs reproduced"
-              + (f"; differs: {', '.join(bad)}" if bad else ""))
+        if args.format != "csv":
+            print(f"{checked - len(bad)}/{checked} published FLOPs reproduced"
+                  + (f"; differs: {', '.join(bad)}" if bad else ""))
         return 0
     names = args.models or ["lit_ti", "lit_s", "lit_m", "lit_b"]
     sizes = args.resolutions or [args.img_size]
