@@ -1,0 +1,311 @@
+"""``litvit viz attention``: the attention of one query pixel, per stage, block and head (paper Fig. 3).
+
+The maps are read from the model's own plain attention path: the model is switched to it with
+``set_fused_attn(False)`` and a forward hook on every ``Attention.attn_probs`` (an identity the
+softmax output passes through) records the probabilities (B, heads, N, M) of one ordinary forward.
+Nothing is recomputed beside the model.
+
+The query pixel (image coordinates of the network input) falls in one token of each stage's grid
+(stride 4, 8, 16, 32); its row of the probabilities, over the spatial keys, is the map drawn. Keys
+live on the stage grid for full attention and on the reduced grid (H/r, W/r) for PVT's
+spatial-reduction attention; the class token's share (LIT-Ti, PVT-S stage 4) is reported beside.
+"""
+import argparse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+__all__ = ["AttentionMaps", "check_attention_memory", "collect_attention", "query_maps", "plot_stage", "plot_overview",
+           "visualize_attention", "add_parser"]
+
+
+@dataclass
+class AttentionMaps:
+    """The query's attention in one stage.
+
+    Attributes:
+        stage (int): 1-based stage index.
+        blocks (List[str]): names of the attention modules, in order.
+        feat_size (Tuple[int, int]): the stage's token grid (H, W).
+        query (Tuple[int, int]): the query token on that grid (row, col).
+        maps (np.ndarray[blocks, heads, Hk, Wk]): probabilities over the spatial keys.
+        prefix_mass (np.ndarray[blocks, heads]): probability on prefix (class) tokens; empty
+            (shape (0, 0)) where the stage has none.
+    """
+    stage: int
+    blocks: List[str]
+    feat_size: Tuple[int, int]
+    query: Tuple[int, int]
+    maps: np.ndarray
+    prefix_mass: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+
+
+MAX_ATTN_BYTES = 2 * 1024 ** 3
+
+
+def check_attention_memory(model: nn.Module, image_size: Tuple[int, int], limit: int = MAX_ATTN_BYTES) -> None:
+    """Refuse inputs whose plain-path attention matrices would not fit in memory.
+
+    The plain path materialises (heads, N, M) probabilities per block; a 1024 px image in PVT-S
+    w/ MSA's first stage alone would need 17 GB.
+
+    Raises:
+        ValueError: naming the block, the size it would need and the limit.
+    """
+    from ...models import Attention
+    H, W = image_size
+    patch = getattr(model, "patch_size", 4)
+    for name, m in model.named_modules():
+        if isinstance(m, Attention):
+            stride = patch * 2 ** (_stage_of(name) - 1)
+            n = (H // stride) * (W // stride)
+            r = m.sr_ratio if m.sr_ratio > 1 else 1
+            size = 4 * m.num_heads * (n + m.num_prefix_tokens) * (n // (r * r) + m.num_prefix_tokens)
+            if size > limit:
+                raise ValueError(f"a {H}x{W} input needs {size / 1024 ** 3:.1f} GiB for the attention probabilities "
+                                 f"of {name} (limit {limit / 1024 ** 3:.0f} GiB): use a smaller --img-size")
+
+
+def collect_attention(model: nn.Module, x: Tensor) -> Dict[str, Tensor]:
+    """Attention probabilities of every attention module for one forward, from the plain path.
+
+    Args:
+        model (nn.Module): a LIT model; its fused-attention setting is restored afterwards.
+        x (Tensor[B, C, H, W]): images.
+
+    Returns:
+        {attention module name: Tensor[B, heads, N, M]} in forward order.
+
+    Raises:
+        ValueError: the model has no attention (all MLP stages).
+    """
+    from ...models import Attention
+    attns = [(n, m) for n, m in model.named_modules() if isinstance(m, Attention)]
+    if not attns:
+        raise ValueError("the model has no attention blocks to visualise")
+    fused = {n: m.fused_attn for n, m in attns}
+    found: Dict[str, Tensor] = {}
+    handles = [m.attn_probs.register_forward_hook(lambda mod, inp, out, key=n: found.__setitem__(key, out.detach()))
+               for n, m in attns]
+    try:
+        for _, m in attns:
+            m.fused_attn = False
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+        for n, m in attns:
+            m.fused_attn = fused[n]
+    missing = [n for n, _ in attns if n not in found]
+    if missing:
+        raise RuntimeError(f"no attention probabilities were recorded for {missing[:3]}")
+    return {n: found[n] for n, _ in attns}
+
+
+def _stage_of(name: str) -> int:
+    parts = name.split(".")
+    return int(parts[parts.index("stages") + 1]) + 1 if "stages" in parts else 0
+
+
+def query_maps(
+        probs: Dict[str, Tensor],
+        model: nn.Module,
+        image_size: Tuple[int, int],
+        query: Tuple[int, int],
+) -> List[AttentionMaps]:
+    """The query pixel's rows of the attention probabilities, reshaped to key grids, per stage.
+
+    Args:
+        probs (Dict[str, Tensor[1, heads, N, M]]): from :func:`collect_attention` (first image).
+        model (nn.Module): the LIT model (for strides, prefix tokens and SRA ratios).
+        image_size (Tuple[int, int]): network input (H, W).
+        query (Tuple[int, int]): query pixel (y, x) in the network input.
+
+    Returns:
+        One :class:`AttentionMaps` per stage that has attention.
+    """
+    H, W = image_size
+    qy, qx = query
+    if not (0 <= qy < H and 0 <= qx < W):
+        raise ValueError(f"--query {qy},{qx} is outside the {H}x{W} network input")
+    patch = getattr(model, "patch_size", 4)
+    by_stage: Dict[int, List[str]] = {}
+    for name in probs:
+        by_stage.setdefault(_stage_of(name), []).append(name)
+    out = []
+    for stage, names in sorted(by_stage.items()):
+        stride = patch * 2 ** (stage - 1)
+        h, w = H // stride, W // stride
+        row, col = qy // stride, qx // stride
+        maps, prefix = [], []
+        for name in names:
+            attn = model.get_submodule(name)
+            p = attn.num_prefix_tokens
+            r = attn.sr_ratio if getattr(attn, "sr_ratio", 1) > 1 else 1
+            hk, wk = h // r, w // r
+            a = probs[name][0]  # heads, N, M
+            if a.shape[-2] != p + h * w or a.shape[-1] != p + hk * wk:
+                raise ValueError(f"{name}: attention of shape {tuple(a.shape)} does not fit a {h}x{w} grid "
+                                 f"with {p} prefix token(s) and reduction {r}")
+            q = a[:, p + row * w + col]  # heads, M
+            maps.append(q[:, p:].reshape(-1, hk, wk).float().numpy())  # heads, M - p -> heads, Hk, Wk
+            prefix.append(q[:, :p].sum(-1).float().numpy())
+        has_prefix = any(model.get_submodule(n).num_prefix_tokens for n in names)
+        out.append(AttentionMaps(stage, names, (h, w), (row, col), np.stack(maps),
+                                 np.stack(prefix) if has_prefix else np.zeros((0, 0), dtype=np.float32)))
+    return out
+
+
+def _overlay(ax, rgb: np.ndarray, amap: np.ndarray, query: Tuple[int, int]) -> None:
+    H, W = rgb.shape[:2]
+    ax.imshow(rgb, extent=(0, W, H, 0))
+    ax.imshow(amap / max(float(amap.max()), 1e-12), extent=(0, W, H, 0), cmap="jet", alpha=0.55,
+              interpolation="nearest", vmin=0, vmax=1)
+    ax.scatter([query[1]], [query[0]], s=40, marker="x", color="white", linewidths=1.5)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def plot_stage(rgb: np.ndarray, maps: AttentionMaps, query: Tuple[int, int], title: str = ""):
+    """Grid of overlays for one stage: a row per attention block, a column per head. Each map is
+    scaled to its own maximum (printed in the panel title)."""
+    import matplotlib.pyplot as plt
+    nb, nh = maps.maps.shape[:2]
+    H, W = rgb.shape[:2]
+    cell = 1.9
+    fig, axes = plt.subplots(nb, nh, figsize=(cell * nh * W / max(H, W) + 0.4, cell * nb * H / max(H, W) + 0.8),
+                             squeeze=False)
+    for b in range(nb):
+        for hd in range(nh):
+            ax = axes[b][hd]
+            _overlay(ax, rgb, maps.maps[b, hd], query)
+            cls = f", cls {maps.prefix_mass[b, hd]:.2f}" if maps.prefix_mass.size else ""
+            ax.set_title(f"block {b + 1} head {hd + 1}\nmax {maps.maps[b, hd].max():.3f}{cls}", fontsize=6)
+    fig.suptitle(f"{title}stage {maps.stage}: {maps.feat_size[0]}x{maps.feat_size[1]} tokens, "
+                 f"keys {maps.maps.shape[2]}x{maps.maps.shape[3]}, query token {maps.query}", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_overview(rgb: np.ndarray, stages: List[AttentionMaps], query: Tuple[int, int], title: str = ""):
+    """Fig. 3 layout: one row per stage, the last block's heads across (up to 8)."""
+    import matplotlib.pyplot as plt
+    nh = min(8, max(s.maps.shape[1] for s in stages))
+    H, W = rgb.shape[:2]
+    cell = 1.9
+    fig, axes = plt.subplots(len(stages), nh + 1, squeeze=False,
+                             figsize=(cell * (nh + 1) * W / max(H, W) + 0.4, cell * len(stages) * H / max(H, W) + 0.7))
+    for r, s in enumerate(stages):
+        ax = axes[r][0]
+        ax.imshow(rgb, extent=(0, W, H, 0))
+        ax.scatter([query[1]], [query[0]], s=40, marker="x", color="red", linewidths=1.5)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_ylabel(f"stage {s.stage}", fontsize=8)
+        ax.set_title("query", fontsize=7)
+        for hd in range(nh):
+            ax = axes[r][hd + 1]
+            if hd < s.maps.shape[1]:
+                _overlay(ax, rgb, s.maps[-1, hd], query)
+                cls = f", cls {s.prefix_mass[-1, hd]:.2f}" if s.prefix_mass.size else ""
+                ax.set_title(f"head {hd + 1}{cls}", fontsize=7)
+            else:
+                ax.axis("off")
+    if title:
+        fig.suptitle(title + " (last block of each stage)", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def visualize_attention(
+        model: nn.Module,
+        x: Tensor,
+        rgb: np.ndarray,
+        out_prefix: Path,
+        query: Optional[Tuple[int, int]] = None,
+        title: str = "",
+) -> Tuple[List[Path], List[AttentionMaps]]:
+    """Figure 3 for one image.
+
+    Writes ``<prefix>_attention.png`` (overview), ``<prefix>_attention_stage{i}.png`` (every block
+    and head of stage i) and ``<prefix>_attention_stage{i}.npy`` (float32 [blocks, heads, Hk, Wk]).
+
+    Args:
+        model (nn.Module): a LIT model.
+        x (Tensor[1, C, H, W]): the normalised image.
+        rgb (np.ndarray[H, W, 3]): the image to draw on.
+        out_prefix (Path): prefix of the files.
+        query (Tuple[int, int], optional): query pixel (y, x); default the centre.
+
+    Returns:
+        (paths written, per-stage maps).
+    """
+    from . import save_figure, save_npy
+    H, W = x.shape[-2:]
+    if query is None:
+        query = (H // 2, W // 2)
+    check_attention_memory(model, (H, W))
+    stages = query_maps(collect_attention(model, x), model, (H, W), query)
+    out_prefix = Path(out_prefix)
+    written = [save_figure(plot_overview(rgb, stages, query, title), Path(f"{out_prefix}_attention.png"))]
+    for s in stages:
+        written.append(save_figure(plot_stage(rgb, s, query, f"{title}: " if title else ""),
+                                   Path(f"{out_prefix}_attention_stage{s.stage}.png")))
+        written.append(save_npy(s.maps.astype(np.float32), Path(f"{out_prefix}_attention_stage{s.stage}.npy")))
+    return written, stages
+
+
+def _parse_query(value: Optional[str]) -> Optional[Tuple[int, int]]:
+    if value is None:
+        return None
+    try:
+        y, x = (int(c) for c in value.split(","))
+    except ValueError:
+        raise ValueError(f"--query takes a Y,X pixel of the network input (e.g. 112,96), got {value!r}") from None
+    return y, x
+
+
+def cmd_attention(args: argparse.Namespace) -> int:
+    from . import prepare
+    query = _parse_query(args.query)
+    model, info, images = prepare(args)
+    out = Path(args.out)
+    for img in images:
+        q = query if query is not None else (img.tensor.shape[-2] // 2, img.tensor.shape[-1] // 2)
+        written, stages = visualize_attention(model, img.tensor, img.rgb, out / img.path.stem, q,
+                                              f"{info['model']}: {img.path.name}, query {q}")
+        for s in stages:
+            spread = _spread(s)
+            print(f"{img.path.name} stage {s.stage}: {s.maps.shape[0]} block(s) x {s.maps.shape[1]} head(s), "
+                  f"mean attention distance {spread:.2f} tokens"
+                  + (f", class token {s.prefix_mass.mean():.3f}" if s.prefix_mass.size else ""))
+        for path in written:
+            print(f"wrote {path}")
+    return 0
+
+
+def _spread(s: AttentionMaps) -> float:
+    """Mean distance (in key-grid tokens) from the query token, weighted by the attention."""
+    nb, nh, hk, wk = s.maps.shape
+    ry = s.query[0] * hk / s.feat_size[0]
+    rx = s.query[1] * wk / s.feat_size[1]
+    yy, xx = np.meshgrid(np.arange(hk), np.arange(wk), indexing="ij")
+    d = np.hypot(yy - ry, xx - rx)
+    w = s.maps / np.maximum(s.maps.sum(axis=(2, 3), keepdims=True), 1e-12)
+    return float((w * d).sum(axis=(2, 3)).mean())
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    from . import add_common_arguments
+    p = sub.add_parser(
+        "attention", help="attention maps of one query pixel, every head of every block (paper Fig. 3)",
+        description="For a query pixel, draw the attention probabilities of every head of every attention block, "
+                    "per stage, over the image (PNG grids) and save the raw maps (.npy).")
+    add_common_arguments(p)
+    p.add_argument("--query", metavar="Y,X", help="query pixel in the network input (default: the centre)")
+    p.set_defaults(func=cmd_attention)
