@@ -1,10 +1,10 @@
 """The ``litvit`` command line: thin argument parsing over library functions.
 
-Every sub-command lives in a module that provides ``add_parser(subparsers)`` (registering its
+Every sub-command lives in a module that provides ``add_parsers(subparsers)`` (registering its
 arguments and ``set_defaults(func=...)``); this file only collects them and turns expected
 failures (bad input, missing files, wrong checkpoints) into one line on stderr and exit code 2.
 
-    litvit demo                     # build LIT-Ti and classify a real photo (shipped by scikit-learn)
+    litvit demo                     # train a small LIT on the embedded digits (scikit-learn's scans)
     litvit models                   # list the registered models with their parameter counts
     litvit <command> --help         # the arguments of each command
 """

@@ -40,3 +40,17 @@ def test_bad_input_is_one_line_and_nonzero(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert err.strip().count("\n") == 0 and "multiple of 32" in err
+
+
+def test_errors_from_a_real_process_are_one_line(tmp_path):
+    """The installed entry point, as a user runs it: one line on stderr, exit 2, no traceback."""
+    cases = [
+        (("validate", "--checkpoint", str(tmp_path / "nope.pth")), "checkpoint not found"),
+        (("flops", "lit_xl"), "unknown model 'lit_xl'"),
+        (("viz", "offsets", str(tmp_path / "nope.png"), "--model", "lit_ti"), "image not found"),
+    ]
+    for args, message in cases:
+        r = run_cli(*args)
+        assert r.returncode == 2, (args, r.stderr)
+        assert "Traceback" not in r.stderr and r.stderr.strip().count("\n") == 0, r.stderr
+        assert message in r.stderr
