@@ -30,6 +30,22 @@ class CLIError(Exception):
     """An expected failure: printed as one line, exit code 2."""
 
 
+def one_line(e: BaseException) -> str:
+    """The message of an expected failure as one line.
+
+    A data-loader worker re-raises a dataset's error with the worker's traceback folded into the
+    message ("Caught OSError in DataLoader worker process 0. Original Traceback ... OSError: msg");
+    only the original message is kept.
+    """
+    msg = str(e) or type(e).__name__
+    if msg.startswith("Caught ") and "DataLoader worker" in msg:
+        last = [ln for ln in msg.strip().splitlines() if ln.strip()][-1]
+        msg = last.partition(": ")[2] or last
+    if isinstance(e, (FileNotFoundError, NotADirectoryError)) and e.filename and str(e.filename) not in msg:
+        msg = f"{msg}: {e.filename}"
+    return " ".join(msg.split("\n")).strip()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="litvit", description="LIT vision transformers: models, training, tools.",
@@ -58,10 +74,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("litvit: interrupted", file=sys.stderr)
         return 130
     except (CLIError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError, OSError) as e:
-        msg = str(e) or type(e).__name__
-        if isinstance(e, (FileNotFoundError, NotADirectoryError)) and e.filename and str(e.filename) not in msg:
-            msg = f"{msg}: {e.filename}"
-        print(f"litvit {args.command}: error: {msg}", file=sys.stderr)
+        print(f"litvit {args.command}: error: {one_line(e)}", file=sys.stderr)
         return 2
     return int(result or 0)
 

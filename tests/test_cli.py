@@ -54,3 +54,11 @@ def test_errors_from_a_real_process_are_one_line(tmp_path):
         assert r.returncode == 2, (args, r.stderr)
         assert "Traceback" not in r.stderr and r.stderr.strip().count("\n") == 0, r.stderr
         assert message in r.stderr
+
+
+def test_data_loader_worker_errors_become_one_line():
+    from litvit.cli import one_line
+    folded = OSError("Caught OSError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+                     '  File "x.py", line 1, in f\nOSError: cannot open image /data/a.jpg')
+    assert one_line(folded) == "cannot open image /data/a.jpg"
+    assert one_line(ValueError("two\nlines")) == "two lines"

@@ -1,7 +1,6 @@
 """Command-line plumbing shared by ``litvit detect`` and ``litvit segment`` (engine options,
 checkpoint metadata, atomic PNG writes)."""
 import argparse
-import contextlib
 import json
 import os
 import tempfile
@@ -11,22 +10,6 @@ from typing import Any, Dict, Optional
 from PIL import Image
 
 from ..engine import TrainConfig, load_checkpoint
-
-
-@contextlib.contextmanager
-def worker_errors_as_one_line():
-    """Data-loader workers re-raise a dataset's error with the worker's traceback folded into the
-    message ("Caught OSError in DataLoader worker process 0. Original Traceback ..."); keep only
-    the original one-line message so that the CLI prints one line."""
-    try:
-        yield
-    except (ValueError, OSError) as e:
-        msg = str(e)
-        if msg.startswith("Caught ") and "DataLoader worker" in msg:
-            last = [ln for ln in msg.strip().splitlines() if ln.strip()][-1]
-            _, _, original = last.partition(": ")
-            raise type(e)(original or last) from None
-        raise
 
 
 def is_main_process() -> bool:

@@ -366,7 +366,7 @@ def _backbone_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
 
 def _train(args: argparse.Namespace) -> int:
     _require_pycocotools()
-    from ._dense import is_main_process, json_arg, train_config, worker_errors_as_one_line
+    from ._dense import is_main_process, json_arg, train_config
     task = DetectionTask(
         arch=args.arch, backbone=args.backbone, train_images=args.train_images, train_ann=args.train_ann,
         val_images=args.val_images, val_ann=args.val_ann, pretrained=args.pretrained,
@@ -376,8 +376,7 @@ def _train(args: argparse.Namespace) -> int:
         fpn_channels=args.fpn_channels)
     if args.pretrained is None and is_main_process():
         print("note: no --pretrained ImageNet checkpoint; the backbone starts from random weights")
-    with worker_errors_as_one_line():
-        summary = fit(task, train_config(args, args.epochs))
+    summary = fit(task, train_config(args, args.epochs))
     if not is_main_process():
         return 0
     if task.last_summary:
@@ -391,10 +390,9 @@ def _train(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     _require_pycocotools()
-    from ._dense import eval_config, is_main_process, worker_errors_as_one_line
+    from ._dense import eval_config, is_main_process
     task = DetectionTask.from_checkpoint(args.checkpoint, val_images=args.val_images, val_ann=args.val_ann)
-    with worker_errors_as_one_line():
-        metrics = engine_evaluate(task, eval_config(args), args.checkpoint, use_ema=args.ema)
+    metrics = engine_evaluate(task, eval_config(args), args.checkpoint, use_ema=args.ema)
     if not is_main_process():
         return 0
     if task.last_summary:

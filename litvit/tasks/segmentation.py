@@ -226,7 +226,7 @@ def _backbone_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from ._dense import is_main_process, json_arg, train_config, worker_errors_as_one_line
+    from ._dense import is_main_process, json_arg, train_config
     task = SegmentationTask(
         backbone=args.backbone, data=args.data, num_classes=args.num_classes, reduce_zero_label=not args.no_reduce_zero_label,
         pretrained=args.pretrained, iters=args.iters, crop_size=args.crop_size, scale=args.scale,
@@ -243,8 +243,7 @@ def _train(args: argparse.Namespace) -> int:
     epochs = math.ceil(args.iters / steps_per_epoch)
     if is_main_process():
         print(f"{args.iters} iterations = {epochs} epoch(s) of {steps_per_epoch} steps ({n_train} images, batch {per_step})")
-    with worker_errors_as_one_line():
-        summary = fit(task, train_config(args, epochs, max_steps=args.iters))
+    summary = fit(task, train_config(args, epochs, max_steps=args.iters))
     if not is_main_process():
         return 0
     best = summary["best_score"]
@@ -255,10 +254,9 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from ._dense import eval_config, is_main_process, worker_errors_as_one_line
+    from ._dense import eval_config, is_main_process
     task = SegmentationTask.from_checkpoint(args.checkpoint, data=args.data, val_split=args.split)
-    with worker_errors_as_one_line():
-        metrics = engine_evaluate(task, eval_config(args), args.checkpoint, use_ema=args.ema)
+    metrics = engine_evaluate(task, eval_config(args), args.checkpoint, use_ema=args.ema)
     if not is_main_process():
         return 0
     per_class = segmentation_metrics(task.last_confusion, task.class_names)
