@@ -47,6 +47,18 @@ def _to_2tuple(x: _int_or_tuple_2) -> Tuple[int, int]:
     return (x, x) if isinstance(x, int) else (int(x[0]), int(x[1]))
 
 
+def _exporting() -> bool:
+    """True while torch.export / ONNX export / TorchScript tracing run. Sizes are symbolic then: no
+    branch may depend on them (position tables are always resized, which is exact at equal sizes)."""
+    return torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
+
+
+def _tracing() -> bool:
+    """True while torch.compile or an exporter traces: caches are bypassed then, so the traced graph
+    computes everything from the parameters."""
+    return torch.compiler.is_compiling() or _exporting()
+
+
 def resize_abs_pos_embed(
         pos_embed: Tensor,
         old_size: Tuple[int, int],
@@ -64,7 +76,7 @@ def resize_abs_pos_embed(
     Returns:
         Tensor[1, P + H' * W', C].
     """
-    if tuple(old_size) == tuple(new_size):
+    if not _exporting() and tuple(old_size) == tuple(new_size):
         return pos_embed
     prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
     C = grid.shape[-1]
@@ -85,7 +97,7 @@ def resize_rel_pos_table(table: Tensor, old_size: Tuple[int, int], new_size: Tup
     Returns:
         Tensor[(2H'-1)*(2W'-1), heads].
     """
-    if tuple(old_size) == tuple(new_size):
+    if not _exporting() and tuple(old_size) == tuple(new_size):
         return table
     heads = table.shape[1]
     src = (2 * old_size[0] - 1, 2 * old_size[1] - 1)
@@ -108,12 +120,6 @@ def relative_position_index(H: int, W: int, device: Optional[torch.device] = Non
         torch.arange(H, device=device), torch.arange(W, device=device), indexing="ij")).flatten(1)  # 2, N
     rel = coords[:, :, None] - coords[:, None, :]  # 2, N, N
     return (rel[0] + H - 1) * (2 * W - 1) + (rel[1] + W - 1)
-
-
-def _tracing() -> bool:
-    """True while torch.compile / torch.export / ONNX export trace: caches are bypassed then, so the
-    traced graph computes everything from the parameters."""
-    return torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
 
 
 def _param_cache(
@@ -479,7 +485,7 @@ class LITStage(nn.Module):
         self._pos_embed_cache: Dict[tuple, Tensor] = {}
 
     def _pos_embed(self, feat_size: Tuple[int, int]) -> Tensor:
-        if tuple(feat_size) == self.grid_size:
+        if not _exporting() and tuple(feat_size) == self.grid_size:
             return self.pos_embed
         # resized bicubically for other sizes: cached per size when no gradient is needed
         return _param_cache(

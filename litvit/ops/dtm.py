@@ -78,7 +78,8 @@ def _build_base_coords(Ho: int, Wo: int, device: torch.device, dtype: torch.dtyp
 
 
 def _tracing() -> bool:
-    return torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+    return (torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing()
+            or torch.onnx.is_in_onnx_export())
 
 
 def _sample_grid(offset: Tensor, H: int, W: int) -> Tensor:
