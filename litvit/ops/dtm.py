@@ -18,6 +18,7 @@ the 2x2 kernel) channel ``2k`` is the shift along y (rows) and ``2k + 1`` along 
 ``(p, q)`` samples input point ``(2p + i + dy, 2q + j + dx)`` bilinearly; points with ``y <= -1``,
 ``y >= H``, ``x <= -1`` or ``x >= W`` sample zero and corners outside the map contribute zero.
 """
+import contextlib
 import math
 from typing import Callable, Dict, Optional, Tuple, Union
 
@@ -102,9 +103,15 @@ def _sample_grid(offset: Tensor, H: int, W: int) -> Tensor:
     return torch.stack((gx, gy), dim=-1).view(B, 4 * Ho, Wo, 2)  # B, 4, Ho, Wo, 2 -> B, 4*Ho, Wo, 2
 
 
+def _no_autocast(input: Tensor):
+    kind = input.device.type  # "meta" (shape tracing, FLOP counting) has no autocast
+    return torch.autocast(kind, enabled=False) if torch.amp.is_autocast_available(kind) else contextlib.nullcontext()
+
+
 def _out_dtype(input: Tensor) -> torch.dtype:
-    if torch.is_autocast_enabled(input.device.type):
-        return torch.get_autocast_dtype(input.device.type)
+    kind = input.device.type
+    if torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind):
+        return torch.get_autocast_dtype(kind)
     return input.dtype
 
 
@@ -115,7 +122,7 @@ def _merge_fast(input: Tensor, offset: Tensor, weight: Tensor, bias: Optional[Te
     dtype = _out_dtype(input)
     # Sampling coordinates need float32 at least: bf16/fp16 cannot hold a pixel position to < 0.1 px.
     work = torch.float64 if input.dtype == torch.float64 else torch.float32
-    with torch.autocast(input.device.type, enabled=False):
+    with _no_autocast(input):
         grid = _sample_grid(offset.to(work), H, W)
         # one bilinear gather for all four kernel points; zeros padding = corners outside contribute 0
         sampled = F.grid_sample(input.to(work), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
@@ -145,7 +152,7 @@ def _merge_torchvision(input: Tensor, offset: Tensor, weight: Tensor, bias: Opti
     dtype = _out_dtype(input)
     # torchvision's CPU kernel rejects bfloat16/float16: compute those in float32.
     work = input.dtype if input.dtype in (torch.float32, torch.float64) else torch.float32
-    with torch.autocast(input.device.type, enabled=False):
+    with _no_autocast(input):
         out = torchvision.ops.deform_conv2d(
             input.to(work), offset.to(work), weight.to(work), None if bias is None else bias.to(work), stride=2)
     return out.to(dtype)

@@ -133,16 +133,46 @@ def _dtm_cls():
 def count_flops(model: nn.Module, img_size: int, device: torch.device) -> float:
     """Forward FLOPs of one image (2 x multiply-adds, LIT.md's convention), traced by FlopCounterMode.
 
-    Counted on the fast path with the math SDPA kernel, so the attention products appear as matmuls,
+    Counted on the meta device, on the fast path with the math SDPA kernel, so the attention products appear as matmuls,
     the DTM merge as its one GEMM (= the dense 2x2 conv) and its grid_sample not at all.
     """
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
-    m = set_path(copy.deepcopy(model), "fast").eval()
-    x = torch.randn(1, 3, img_size, img_size, device=device)
+    # on the meta device: shapes only, so a 1024 px full-attention model costs no memory here
+    m = set_path(copy.deepcopy(model), "fast").eval().to("meta")
+    x = torch.randn(1, 3, img_size, img_size, device="meta")
     with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH), torch.enable_grad():
         m(x)  # grad enabled: the oneDNN-fused inference kernels (invisible to the counter) stay off
     return float(counter.get_total_flops())
+
+
+def plain_attention_bytes(model: nn.Module, batch: int, res: int) -> int:
+    """Bytes of the largest attention-score tensors (scores + probabilities, float32) that the plain
+    path materialises at once, to keep the reference path off sizes this machine cannot hold."""
+    from ..models.lit import Attention
+    worst = 0
+    patch = getattr(model, "patch_size", 4)
+    for i, stage in enumerate(getattr(model, "stages", [])):
+        side = res // (patch * 2 ** i)
+        for m in stage.modules():
+            if isinstance(m, Attention):
+                n = side * side + m.num_prefix_tokens
+                keys = (side // m.sr_ratio) ** 2 + m.num_prefix_tokens
+                worst = max(worst, 2 * 4 * batch * m.num_heads * n * keys)
+    return worst
+
+
+def available_memory_bytes(device: torch.device) -> Optional[int]:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
 
 
 # --- timing -------------------------------------------------------------------------------------
@@ -289,7 +319,8 @@ def bench_models(args: argparse.Namespace, device: torch.device, peak: float) ->
     cases = [(n, b, r, mode) for n in names for r in args.img_size for b in args.batch_size for mode in args.mode]
     steps_of = {}
     for case in cases:
-        n_variants = (1 if case[0] in MODEL_NAMES else 0) + len(args.dtype) * (2 if args.compile else 1)
+        n_fast = len(args.dtype) * (2 if args.compile else 1) if "fast" in args.paths or case[0] not in MODEL_NAMES else 0
+        n_variants = (1 if case[0] in MODEL_NAMES and "ref" in args.paths else 0) + n_fast
         steps_of[case] = n_variants * (args.warmup + args.reps)
     total = sum(steps_of.values())
     rows = []
@@ -313,13 +344,23 @@ def bench_models(args: argparse.Namespace, device: torch.device, peak: float) ->
         x = torch.randn(batch, 3, res, res, device=device)
         variants = []
         lit = is_lit(base)
-        if lit:
-            ref = set_path(copy.deepcopy(base), "ref")
-            variants.append(Variant("reference", make_step(ref, mode, x, "fp32", device), "ref", "fp32"))
-        for dt in args.dtype:
+        if lit and "ref" in args.paths:
+            need = plain_attention_bytes(base, batch, res) * (2 if mode == "train" else 1)
+            avail = available_memory_bytes(device)
+            if avail is not None and need > 0.6 * avail:
+                tqdm.write(f"{name} @ {res}: no reference path (its plain attention needs {need / 2 ** 30:.1f} GiB, "
+                           f"{avail / 2 ** 30:.1f} GiB available)")
+                rows.append(dict(model=name, batch_size=batch, img_size=res, mode=mode, variant="reference",
+                                 skipped=f"plain attention needs {need / 2 ** 30:.1f} GiB"))
+                bar.update(args.warmup + args.reps)
+            else:
+                ref = set_path(copy.deepcopy(base), "ref")
+                variants.append(Variant("reference", make_step(ref, mode, x, "fp32", device), "ref", "fp32"))
+        lit_ref = bool(variants)
+        for dt in (args.dtype if "fast" in args.paths or not lit else ()):
             m = set_path(copy.deepcopy(base), "fast")
             variants.append(Variant(f"fast {dt}", make_step(m, mode, x, dt, device), "fast", dt))
-        if args.compile:
+        if args.compile and ("fast" in args.paths or not lit):
             for dt in args.dtype:
                 m = set_path(copy.deepcopy(base), "fast")
                 cm = torch.compile(m, fullgraph=True)
@@ -335,7 +376,7 @@ def bench_models(args: argparse.Namespace, device: torch.device, peak: float) ->
                            - args.warmup * len(variants)))
             rows.append(dict(model=name, batch_size=batch, img_size=res, mode=mode, skipped=str(e)))
             continue
-        ref_med = statistics.median(variants[0].times) if lit else None
+        ref_med = statistics.median(variants[0].times) if lit_ref else None
         eager = {v.dtype: statistics.median(v.times) for v in variants if v.path == "fast" and not v.compiled}
         for v in variants:
             s = summarise(v.times)
@@ -439,7 +480,8 @@ def print_model_table(rows: List[dict]) -> None:
     print("-" * len(head))
     for r in rows:
         if r.get("skipped"):
-            print(f"{r['model']:<30}{r['batch_size']:>6}{r['img_size']:>6} {r['mode']:<6}skipped: {r['skipped'][:60]}")
+            print(f"{r['model']:<30}{r['batch_size']:>6}{r['img_size']:>6} {r['mode']:<6}{r.get('variant', ''):<14}"
+                  f"skipped: {r['skipped'][:60]}")
             continue
         print(f"{r['model']:<30}{r['batch_size']:>6}{r['img_size']:>6} {r['mode']:<6}{r['variant']:<14}"
               f"{r['img_per_s']:>9.2f}{r['latency_ms']:>9.1f}{100 * r['spread']:>7.0f}%"
@@ -614,6 +656,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--img-size", nargs="+", type=int, default=DEFAULTS["img_size"])
     p.add_argument("--dtype", nargs="+", default=DEFAULTS["dtype"], help="fp32, bf16 (autocast), fp16 (CUDA)")
     p.add_argument("--mode", nargs="+", default=DEFAULTS["mode"], choices=("infer", "train"))
+    p.add_argument("--paths", nargs="+", default=["ref", "fast"], choices=("ref", "fast"),
+                   help="LIT paths to time: the reference path and/or the fast path")
     p.add_argument("--compile", action="store_true", help="also time torch.compile(model, fullgraph=True)")
     p.add_argument("--memory", action="store_true", help="peak memory per (model, size), each in a fresh process")
     p.add_argument("--dtm-only", action="store_true", help="time the DTM op alone on LIT-Ti's three shapes")
