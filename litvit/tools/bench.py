@@ -6,7 +6,9 @@ spread (min-max over repetitions) are reported. Each figure is also given as
 
 * a ratio to the **reference path** (plain softmax attention + ``torchvision.ops.deform_conv2d``,
   float32, eager: what the original code computes) of the same model, batch, size and mode,
-* a fraction of the machine's **matmul peak** (a float32 ``torch.mm`` measured at start-up):
+* a fraction of the machine's **matmul peak** (a float32 2048^3 ``torch.mm``, measured at start-up,
+  before every model case and at the end; the best of all is the peak, so load that comes and
+  goes cannot understate it):
   achieved GFLOP/s = FLOPs per image x images/s, FLOPs counted by ``FlopCounterMode`` in LIT.md's
   convention (conv/linear multiply-adds and the two attention products, x2; DTM as its dense 2x2
   conv; bilinear sampling, norms and activations not counted); a training step counts 3x forward.
@@ -324,10 +326,12 @@ def bench_models(args: argparse.Namespace, device: torch.device, peak: float) ->
         steps_of[case] = n_variants * (args.warmup + args.reps)
     total = sum(steps_of.values())
     rows = []
+    peaks = [peak]
     flops_cache: Dict[Tuple[str, int], float] = {}
     bar = tqdm(total=total, desc="bench", unit="step", dynamic_ncols=True)
     for (name, batch, res, mode) in cases:
         bar.set_postfix_str(f"{name} b{batch} {res}px {mode}")
+        peaks.append(matmul_peak_gflops(device, reps=3))
         torch.manual_seed(0)
         try:
             base = build_model(name, res, **(args.model_args if name in MODEL_NAMES else {})).to(device)
@@ -393,6 +397,12 @@ def bench_models(args: argparse.Namespace, device: torch.device, peak: float) ->
         del variants
         gc.collect()
     bar.close()
+    peaks.append(matmul_peak_gflops(device))
+    best = max(peaks)
+    for row in rows:
+        if "gflop_per_s" in row:
+            row["frac_of_peak"] = row["gflop_per_s"] / best
+    args.measured_peak = best
     if args.memory:
         mem_specs = []
         for row in rows:
@@ -619,7 +629,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print(f"litvit bench: device {device}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
           f"warm-up {args.warmup}, {args.reps} interleaved repetitions per variant")
     peak = matmul_peak_gflops(device)
-    print(f"measured fp32 matmul peak: {peak:.1f} GFLOP/s (2048^3 torch.mm, best of 5)")
+    print(f"measured fp32 matmul peak at start: {peak:.1f} GFLOP/s (2048^3 torch.mm, best of 5)")
     result = dict(machine=machine_info(device), matmul_peak_gflops=peak, args={k: v for k, v in vars(args).items()
                                                                                 if k != "func"})
     if args.dtm_only:
@@ -634,6 +644,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
               f"sizes {args.img_size}, dtypes {args.dtype}, modes {args.mode}, compile {args.compile}, "
               f"memory {'yes (fresh process each)' if args.memory else 'no'}")
         rows = bench_models(args, device, peak)
+        result["matmul_peak_gflops"] = args.measured_peak
+        print(f"matmul peak, best over the run: {args.measured_peak:.1f} GFLOP/s")
         result["models"] = rows
         print_model_table(rows)
         plot(rows, args.plot, f"litvit bench, {device}, {torch.get_num_threads()} threads")
