@@ -365,6 +365,11 @@ def bench_models(args: argparse.Namespace, device: torch.device, peak: float) ->
             m = set_path(copy.deepcopy(base), "fast")
             variants.append(Variant(f"fast {dt}", make_step(m, mode, x, dt, device), "fast", dt))
         if args.compile and ("fast" in args.paths or not lit):
+            if device.type == "cpu" and not args.no_freeze:
+                # inference graphs: weights become constants, so inductor pre-packs them for oneDNN and
+                # fuses linear + GELU / + residual (training graphs are not frozen)
+                import torch._inductor.config as inductor_config
+                inductor_config.freezing = True
             for dt in args.dtype:
                 m = set_path(copy.deepcopy(base), "fast")
                 cm = torch.compile(m, fullgraph=True)
@@ -671,6 +676,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--paths", nargs="+", default=["ref", "fast"], choices=("ref", "fast"),
                    help="LIT paths to time: the reference path and/or the fast path")
     p.add_argument("--compile", action="store_true", help="also time torch.compile(model, fullgraph=True)")
+    p.add_argument("--no-freeze", action="store_true",
+                   help="with --compile on CPU: do not freeze weights (inductor's oneDNN pre-packing and fusion)")
     p.add_argument("--memory", action="store_true", help="peak memory per (model, size), each in a fresh process")
     p.add_argument("--dtm-only", action="store_true", help="time the DTM op alone on LIT-Ti's three shapes")
     p.add_argument("--device", default="cpu")
