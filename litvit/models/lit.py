@@ -146,6 +146,7 @@ def _param_cache(
     return hit
 
 
+_MAX_CACHED_BIAS = 4 * 2 ** 20  # entries of a cached relative-position bias (heads * N * N)
 _ONEDNN_FUSED = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
@@ -323,11 +324,14 @@ class Attention(nn.Module):
     def rel_pos_bias(self, feat_size: Tuple[int, int]) -> Tensor:
         """The relative position bias for an H x W map, (heads, N, N).
 
-        Without gradients (eval, inference) the gathered bias is cached per size and recomputed
-        when the table changes (its ``_version``); with gradients it is rebuilt every call.
+        Without gradients (eval, inference) the gathered bias is cached per size (up to 4M entries,
+        16 MB in float32, per module) and recomputed when the table changes (its ``_version``);
+        with gradients, or for larger maps, it is rebuilt every call.
         """
         H, W = feat_size
         table = self.relative_position_bias_table
+        if (H * W) ** 2 * self.num_heads > _MAX_CACHED_BIAS:  # large maps: one bias per block would not fit
+            return self._build_rel_pos_bias(H, W)
         return _param_cache(self._rel_bias_cache, (H, W, str(table.device), table.dtype), (table,),
                             lambda: self._build_rel_pos_bias(H, W))
 
