@@ -205,3 +205,16 @@ def test_bench_bad_arguments_are_one_line_errors(capsys):
     assert "unknown model 'nope'" in capsys.readouterr().err
     assert main(["bench", "--img-size", "100"]) == 2
     assert "multiple of 32" in capsys.readouterr().err
+
+
+def test_flop_counter_sees_the_plain_ops_under_no_grad():
+    """The oneDNN-fused MLP is invisible to FlopCounterMode: under a dispatch mode the plain path runs."""
+    from torch.utils.flop_counter import FlopCounterMode
+    model = litvit.create_model("lit_ti", **TINY).eval()
+    x = torch.randn(1, 3, 64, 64)
+    counts = []
+    for grad in (True, False):
+        with FlopCounterMode(display=False) as counter, torch.set_grad_enabled(grad):
+            model(x)
+        counts.append(counter.get_total_flops())
+    assert counts[0] == counts[1] > 0

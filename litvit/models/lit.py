@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import Tensor, nn
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, Mlp, trunc_normal_
@@ -415,6 +416,7 @@ class Block(nn.Module):
         # under torch.compile inductor fuses on its own
         return (self.fused_mlp and _ONEDNN_FUSED and not self.training and not torch.is_grad_enabled()
                 and x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and not _tracing()
+                and _get_current_dispatch_mode() is None  # e.g. FlopCounterMode must see the plain ops
                 and isinstance(self.mlp.act, nn.GELU) and self.mlp.act.approximate == "none"
                 and isinstance(self.mlp.norm, nn.Identity))
 
