@@ -55,9 +55,10 @@ def _exporting() -> bool:
 
 
 def _tracing() -> bool:
-    """True while torch.compile or an exporter traces: caches are bypassed then, so the traced graph
-    computes everything from the parameters."""
-    return torch.compiler.is_compiling() or _exporting()
+    """True while torch.compile or an exporter traces, or a dispatch mode (FakeTensorMode,
+    FlopCounterMode) is active: caches are bypassed then, so the traced graph computes everything
+    from the parameters and no fake tensor is ever cached."""
+    return torch.compiler.is_compiling() or _exporting() or _get_current_dispatch_mode() is not None
 
 
 def resize_abs_pos_embed(
@@ -415,8 +416,8 @@ class Block(nn.Module):
         # oneDNN's fused kernels have no autograd formula: inference (no grad, eval) on CPU only;
         # under torch.compile inductor fuses on its own
         return (self.fused_mlp and _ONEDNN_FUSED and not self.training and not torch.is_grad_enabled()
-                and x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and not _tracing()
-                and _get_current_dispatch_mode() is None  # e.g. FlopCounterMode must see the plain ops
+                and x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16)
+                and not _tracing()  # FlopCounterMode, FakeTensorMode must see the plain ops
                 and isinstance(self.mlp.act, nn.GELU) and self.mlp.act.approximate == "none"
                 and isinstance(self.mlp.norm, nn.Identity))
 

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 __all__ = ["deform_merge2x2", "DeformMerge2x2", "DeformableTokenMerging", "DTM_IMPLS"]
 
@@ -79,8 +80,9 @@ def _build_base_coords(Ho: int, Wo: int, device: torch.device, dtype: torch.dtyp
 
 
 def _tracing() -> bool:
+    # compile/export tracing, or a dispatch mode (FakeTensorMode, FlopCounterMode): never cache then
     return (torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing()
-            or torch.onnx.is_in_onnx_export())
+            or torch.onnx.is_in_onnx_export() or _get_current_dispatch_mode() is not None)
 
 
 def _sample_grid(offset: Tensor, H: int, W: int) -> Tensor:
