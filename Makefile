@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # torch/torchvision are pinned for the venv (local wheels on the build machines; see README).
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: venv test demo clean
+.PHONY: venv test demo clean bench
 
 venv: $(VENV)/.installed
 
@@ -20,6 +20,14 @@ test: venv
 
 demo: venv
 	$(BIN)/litvit demo
+
+# the performance figures of README's "Performance" section (2 threads; run on a quiet machine)
+bench: venv
+	mkdir -p bench
+	$(BIN)/litvit bench --dtm-only --threads 2 --reps 7 --out bench/dtm.json --plot bench/dtm.png
+	$(BIN)/litvit bench --models lit_ti lit_s --threads 2 --batch-size 16 --img-size 224 --dtype fp32 bf16 --mode infer train --reps 5 --out bench/main.json --plot bench/main.png
+	$(BIN)/litvit bench --models lit_ti lit_s --threads 2 --batch-size 16 --img-size 224 --mode infer --dtype fp32 --compile --reps 5 --out bench/compile.json --plot bench/compile.png
+	$(BIN)/litvit bench --models lit_ti pvt_s_msa --threads 2 --batch-size 1 --img-size 224 512 1024 --mode infer --dtype fp32 --memory --reps 3 --warmup 1 --out bench/res.json --plot bench/res.png
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

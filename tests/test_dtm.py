@@ -153,3 +153,48 @@ def test_torchvision_path_is_torchvision():
     x, offset, weight, bias = _inputs(dtype=torch.float32)
     torch.testing.assert_close(deform_merge2x2(x, offset, weight, bias, impl="torchvision"),
                                torchvision.ops.deform_conv2d(x, offset, weight, bias, stride=2))
+
+
+# --- the fast path's layouts and caches (perf) ----------------------------------------------------
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_fast_token_major_input_matches_torchvision(with_bias):
+    """LIT hands the op its (B, N, C) tokens seen as a channels-last map; the fast path answers
+    channels-last. Forward to 1e-5 and gradients (input, offsets, weight, bias) to 1e-4, with odd
+    sizes and offsets that leave the map."""
+    B, C, H, W, Cout = 2, 6, 9, 7, 5
+    tokens = torch.randn(B, H * W, C)
+    offset = torch.randn(B, 8, H // 2, W // 2) * 3.0
+    weight = torch.randn(Cout, C, 2, 2)
+    bias = torch.randn(Cout) if with_bias else None
+    results = {}
+    for impl in ("fast", "torchvision"):
+        t = tokens.clone().requires_grad_()
+        x = t.view(B, H, W, C).permute(0, 3, 1, 2)  # B, N, C -> B, C, H, W (channels-last view)
+        args = [a.clone().requires_grad_() if a is not None else None for a in (offset, weight, bias)]
+        out = deform_merge2x2(x, args[0], args[1], args[2], impl=impl)
+        if impl == "fast":
+            assert out.is_contiguous(memory_format=torch.channels_last)
+        out.backward(torch.linspace(-1, 1, out.numel()).view_as(out))
+        results[impl] = (out.detach(), t.grad, *[a.grad for a in args if a is not None])
+    torch.testing.assert_close(results["fast"][0], results["torchvision"][0], rtol=1e-5, atol=1e-5)
+    for a, b in zip(results["fast"][1:], results["torchvision"][1:]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    with torch.no_grad():  # the inference GEMM (batched, bias folded) gives the same numbers
+        x = tokens.view(B, H, W, C).permute(0, 3, 1, 2)
+        torch.testing.assert_close(deform_merge2x2(x, offset, weight, bias), results["torchvision"][0],
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_grid_cache_from_inference_mode_serves_training():
+    x, offset, weight, bias = _inputs(H=10, W=12, dtype=torch.float32)
+    with torch.inference_mode():
+        deform_merge2x2(x, offset, weight, bias)  # fills the base-grid cache for 5x6
+    args = [t.clone().requires_grad_() for t in (x, offset, weight, bias)]
+    deform_merge2x2(*args).sum().backward()
+    assert all(a.grad is not None for a in args)
+
+
+def test_shapes_on_meta_device():
+    m = DeformableTokenMerging(8, 16).to("meta")
+    assert m(torch.empty(2, 8, 10, 6, device="meta")).shape == (2, 16, 5, 3)

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import Tensor, nn
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, Mlp, trunc_normal_
@@ -47,6 +48,19 @@ def _to_2tuple(x: _int_or_tuple_2) -> Tuple[int, int]:
     return (x, x) if isinstance(x, int) else (int(x[0]), int(x[1]))
 
 
+def _exporting() -> bool:
+    """True while torch.export / ONNX export / TorchScript tracing run. Sizes are symbolic then: no
+    branch may depend on them (position tables are always resized, which is exact at equal sizes)."""
+    return torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
+
+
+def _tracing() -> bool:
+    """True while torch.compile or an exporter traces, or a dispatch mode (FakeTensorMode,
+    FlopCounterMode) is active: caches are bypassed then, so the traced graph computes everything
+    from the parameters and no fake tensor is ever cached."""
+    return torch.compiler.is_compiling() or _exporting() or _get_current_dispatch_mode() is not None
+
+
 def resize_abs_pos_embed(
         pos_embed: Tensor,
         old_size: Tuple[int, int],
@@ -64,7 +78,7 @@ def resize_abs_pos_embed(
     Returns:
         Tensor[1, P + H' * W', C].
     """
-    if tuple(old_size) == tuple(new_size):
+    if not _exporting() and tuple(old_size) == tuple(new_size):
         return pos_embed
     prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
     C = grid.shape[-1]
@@ -85,7 +99,7 @@ def resize_rel_pos_table(table: Tensor, old_size: Tuple[int, int], new_size: Tup
     Returns:
         Tensor[(2H'-1)*(2W'-1), heads].
     """
-    if tuple(old_size) == tuple(new_size):
+    if not _exporting() and tuple(old_size) == tuple(new_size):
         return table
     heads = table.shape[1]
     src = (2 * old_size[0] - 1, 2 * old_size[1] - 1)
@@ -108,6 +122,34 @@ def relative_position_index(H: int, W: int, device: Optional[torch.device] = Non
         torch.arange(H, device=device), torch.arange(W, device=device), indexing="ij")).flatten(1)  # 2, N
     rel = coords[:, :, None] - coords[:, None, :]  # 2, N, N
     return (rel[0] + H - 1) * (2 * W - 1) + (rel[1] + W - 1)
+
+
+def _param_cache(
+        cache: Dict[tuple, Tensor],
+        key: tuple,
+        params: Sequence[Tensor],
+        build: Callable[[], Tensor],
+) -> Tensor:
+    """Memoise ``build()`` derived from ``params`` when no gradient is needed.
+
+    The key includes every parameter's ``_version`` (bumped by any in-place update: optimiser steps,
+    ``load_state_dict``, ``copy_``) and identity, so a stale entry is never served; an old version's
+    entry is dropped when a new one is stored. With gradients enabled, or while tracing, ``build()``
+    runs every call so autograd (or the traced graph) sees the computation.
+    """
+    if torch.is_grad_enabled() or _tracing():
+        return build()
+    full = key + tuple((id(p), p._version) for p in params)
+    hit = cache.get(full)
+    if hit is None:
+        for k in [k for k in cache if k[:len(key)] == key]:
+            del cache[k]
+        hit = cache[full] = build()
+    return hit
+
+
+_MAX_CACHED_BIAS = 4 * 2 ** 20  # entries of a cached relative-position bias (heads * N * N)
+_ONEDNN_FUSED = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
 class PatchEmbed(nn.Module):
@@ -149,7 +191,16 @@ class DTMDownsample(nn.Module):
 
     def forward(self, x: Tensor, feat_size: Tuple[int, int]) -> Tuple[Tensor, Tuple[int, int]]:
         H, W = feat_size
-        x = x.transpose(1, 2).reshape(x.shape[0], x.shape[2], H, W)  # B, N, C -> B, C, H, W
+        B, N, C = x.shape
+        if self.dtm.impl == "fast":
+            # token-major in and out: the map is a channels-last view of the tokens and the fast
+            # merge answers channels-last, so no transpose copy on either side
+            x = x.reshape(B, H, W, C).permute(0, 3, 1, 2)  # B, N, C -> B, C, H, W (channels-last view)
+            x = self.dtm(x)
+            feat_size = (x.shape[2], x.shape[3])
+            return x.permute(0, 2, 3, 1).flatten(1, 2), feat_size  # B, C', H', W' -> B, N', C'
+        # the reference path: the original code's permute/copy to a contiguous map and back
+        x = x.transpose(1, 2).reshape(B, C, H, W)  # B, N, C -> B, C, H, W
         x = self.dtm(x)
         feat_size = (x.shape[2], x.shape[3])
         return x.flatten(2).transpose(1, 2), feat_size  # B, C', H', W' -> B, N', C'
@@ -253,22 +304,38 @@ class Attention(nn.Module):
         else:
             self.relative_position_bias_table = None
         self._rel_index_cache: Dict[Tuple[int, int, str], Tensor] = {}
+        self._rel_bias_cache: Dict[tuple, Tensor] = {}
 
     def _rel_index(self, H: int, W: int, device: torch.device) -> Tensor:
+        if _tracing():  # part of the traced graph (compile, export), not a captured constant
+            return relative_position_index(H, W, device=device).flatten()
         key = (H, W, str(device))
         index = self._rel_index_cache.get(key)
         if index is None:
-            index = relative_position_index(H, W, device=device).flatten()
+            with torch.inference_mode(False):  # usable outside inference mode later
+                index = relative_position_index(H, W, device=device).flatten()
             self._rel_index_cache[key] = index
         return index
 
-    def rel_pos_bias(self, feat_size: Tuple[int, int]) -> Tensor:
-        """The relative position bias for an H x W map, (heads, N, N)."""
-        H, W = feat_size
+    def _build_rel_pos_bias(self, H: int, W: int) -> Tensor:
         table = resize_rel_pos_table(self.relative_position_bias_table, self.rel_pos_size, (H, W))
         N = H * W
         bias = table[self._rel_index(H, W, table.device)].view(N, N, -1)  # N*N, heads -> N, N, heads
-        return bias.permute(2, 0, 1)  # N, N, heads -> heads, N, N
+        return bias.permute(2, 0, 1).contiguous()  # N, N, heads -> heads, N, N
+
+    def rel_pos_bias(self, feat_size: Tuple[int, int]) -> Tensor:
+        """The relative position bias for an H x W map, (heads, N, N).
+
+        Without gradients (eval, inference) the gathered bias is cached per size (up to 4M entries,
+        16 MB in float32, per module) and recomputed when the table changes (its ``_version``);
+        with gradients, or for larger maps, it is rebuilt every call.
+        """
+        H, W = feat_size
+        table = self.relative_position_bias_table
+        if (H * W) ** 2 * self.num_heads > _MAX_CACHED_BIAS:  # large maps: one bias per block would not fit
+            return self._build_rel_pos_bias(H, W)
+        return _param_cache(self._rel_bias_cache, (H, W, str(table.device), table.dtype), (table,),
+                            lambda: self._build_rel_pos_bias(H, W))
 
     def _qkv(self, x: Tensor, feat_size: Tuple[int, int]) -> Tuple[Tensor, Tensor, Tensor]:
         B, N, C = x.shape
@@ -343,10 +410,36 @@ class Block(nn.Module):
         self.norm2 = norm_layer(dim)
         self.mlp = Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop)
         self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+        self.fused_mlp = fused_attn  # follows set_fused_attn: the fused path of the whole block
+
+    def _use_fused_mlp(self, x: Tensor) -> bool:
+        # oneDNN's fused kernels have no autograd formula: inference (no grad, eval) on CPU only;
+        # under torch.compile inductor fuses on its own
+        return (self.fused_mlp and _ONEDNN_FUSED and not self.training and not torch.is_grad_enabled()
+                and x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16)
+                and not _tracing()  # FlopCounterMode, FakeTensorMode must see the plain ops
+                and isinstance(self.mlp.act, nn.GELU) and self.mlp.act.approximate == "none"
+                and isinstance(self.mlp.norm, nn.Identity))
+
+    def _mlp_fused(self, x: Tensor) -> Tensor:
+        """``x + fc2(GELU(fc1(LN2(x))))`` with oneDNN's fused linear+GELU and linear+residual."""
+        fc1, fc2 = self.mlp.fc1, self.mlp.fc2
+        h = self.norm2(x)
+        if torch.is_autocast_enabled("cpu"):
+            # fc1+GELU in the autocast dtype (what autocast would run); fc2 through autocast and the
+            # residual add with autocast's type promotion, so the stream keeps its dtype
+            dt = torch.get_autocast_dtype("cpu")
+            h = torch.ops.mkldnn._linear_pointwise(
+                h.to(dt), fc1.weight.to(dt), None if fc1.bias is None else fc1.bias.to(dt), "gelu", [], "none")
+            return x + fc2(h)
+        h = torch.ops.mkldnn._linear_pointwise(h, fc1.weight, fc1.bias, "gelu", [], "none")
+        return torch.ops.mkldnn._linear_pointwise.binary(h, x, fc2.weight, fc2.bias, "add")
 
     def forward(self, x: Tensor, feat_size: Tuple[int, int]) -> Tensor:
         if self.attn is not None:
             x = x + self.drop_path1(self.attn(self.norm1(x), feat_size))
+        if self._use_fused_mlp(x):
+            return self._mlp_fused(x)
         x = x + self.drop_path2(self.mlp(self.norm2(x)))
         return x
 
@@ -396,9 +489,16 @@ class LITStage(nn.Module):
                 norm_layer=norm_layer)
             for j in range(depth)])
         self.grad_checkpointing = False
+        self._pos_embed_cache: Dict[tuple, Tensor] = {}
 
     def _pos_embed(self, feat_size: Tuple[int, int]) -> Tensor:
-        return resize_abs_pos_embed(self.pos_embed, self.grid_size, feat_size, self.num_prefix_tokens)
+        if not _exporting() and tuple(feat_size) == self.grid_size:
+            return self.pos_embed
+        # resized bicubically for other sizes: cached per size when no gradient is needed
+        return _param_cache(
+            self._pos_embed_cache, (tuple(feat_size), str(self.pos_embed.device), self.pos_embed.dtype),
+            (self.pos_embed,),
+            lambda: resize_abs_pos_embed(self.pos_embed, self.grid_size, feat_size, self.num_prefix_tokens))
 
     def forward(self, x: Tensor, feat_size: Tuple[int, int]) -> Tuple[Tensor, Tuple[int, int]]:
         if self.downsample is not None:
@@ -442,7 +542,8 @@ class LIT(nn.Module):
         attn_drop_rate (float): dropout on attention probabilities.
         drop_path_rate (float): stochastic depth, increasing linearly over all blocks.
         norm_eps (float): LayerNorm eps of blocks and the final norm (1e-6 LIT-Ti, 1e-5 LIT-S/M/B).
-        fused_attn (bool): fused ``scaled_dot_product_attention`` (else the plain path).
+        fused_attn (bool): the fused path: ``scaled_dot_product_attention``, and in CPU inference
+            oneDNN's fused linear+GELU / linear+residual in the MLPs (else the plain path).
         dtm_impl (str): DTM implementation, ``"fast"`` or ``"torchvision"``.
 
     Examples::
@@ -615,10 +716,14 @@ class LIT(nn.Module):
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def set_fused_attn(self, enable: bool = True) -> None:
-        """Switch every attention module between the fused and the plain path."""
+        """Switch between the fused and the plain path: ``F.scaled_dot_product_attention`` vs explicit
+        softmax in every attention module, and (CPU inference only) oneDNN's fused linear+GELU and
+        linear+residual vs ``Mlp`` in every block. The plain path is the reference."""
         for m in self.modules():
             if isinstance(m, Attention):
                 m.fused_attn = enable
+            elif isinstance(m, Block):
+                m.fused_mlp = enable
 
     def set_dtm_impl(self, impl: str) -> None:
         """Switch every DTM between ``"fast"`` and ``"torchvision"``."""

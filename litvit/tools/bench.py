@@ -1,0 +1,689 @@
+"""``litvit bench``: throughput, latency and peak memory of LIT against its reference path and timm peers.
+
+Every speed figure is measured in one process with warm-up and *interleaved* repetitions (variant A,
+B, C, A, B, C, ...), so that a change in machine load hits every variant alike; the median and the
+spread (min-max over repetitions) are reported. Each figure is also given as
+
+* a ratio to the **reference path** (plain softmax attention + ``torchvision.ops.deform_conv2d``,
+  float32, eager: what the original code computes) of the same model, batch, size and mode,
+* a fraction of the machine's **matmul peak** (a float32 2048^3 ``torch.mm``, measured at start-up,
+  before every model case and at the end; the best of all is the peak, so load that comes and
+  goes cannot understate it):
+  achieved GFLOP/s = FLOPs per image x images/s, FLOPs counted by ``FlopCounterMode`` in LIT.md's
+  convention (conv/linear multiply-adds and the two attention products, x2; DTM as its dense 2x2
+  conv; bilinear sampling, norms and activations not counted); a training step counts 3x forward.
+
+Peak memory of a (model, size) is measured in a fresh subprocess: on CUDA
+``torch.cuda.max_memory_allocated``; on CPU the resident-set high-water mark (``VmHWM``, reset
+through ``/proc/self/clear_refs`` just before the step, with glibc's heap trimmed and a fixed mmap
+threshold so freed tensors leave the resident set) minus the resident size before the step.
+
+Examples::
+
+    litvit bench                                              # LIT-Ti and LIT-S, batch 16, 224, fp32+bf16, infer+train
+    litvit bench --models lit_ti --threads 2 --compile        # + torch.compile(fullgraph=True)
+    litvit bench --models lit_ti pvt_s_msa --img-size 224 512 1024 --batch-size 1 --memory --peers
+    litvit bench --dtm-only --threads 2                       # the DTM op alone, fast vs reference
+    litvit bench --device cuda --dtype fp32 bf16 fp16
+"""
+import argparse
+import copy
+import ctypes
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+DEFAULTS = dict(
+    models=["lit_ti", "lit_s"],
+    batch_size=[16],
+    img_size=[224],
+    dtype=["fp32", "bf16"],
+    mode=["infer", "train"],
+    warmup=2,
+    reps=5,
+    out="bench.json",
+    plot="bench.png",
+)
+PEERS = ("pvt_v2_b2", "swin_tiny_patch4_window7_224", "deit_small_patch16_224", "resnet50")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# LIT-Ti's three DTM shapes at 224: (in channels, out channels, input map side)
+DTM_SHAPES = ((64, 128, 56), (128, 320, 28), (320, 512, 14))
+
+
+# --- machine ------------------------------------------------------------------------------------
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak_gflops(device: torch.device, n: int = 2048, reps: int = 5) -> float:
+    """Measured float32 matmul throughput of this machine (best of ``reps`` n x n x n products)."""
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    torch.mm(a, b)
+    best = math.inf
+    for _ in range(reps):
+        sync(device)
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n ** 3 / best / 1e9
+
+
+def machine_info(device: torch.device) -> dict:
+    info = dict(torch=torch.__version__, python=platform.python_version(), threads=torch.get_num_threads(),
+                device=str(device), cpu=platform.processor() or platform.machine(),
+                cpu_capability=torch.backends.cpu.get_cpu_capability())
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    try:
+        info["load_avg"] = os.getloadavg()
+    except OSError:
+        pass
+    return info
+
+
+# --- models -------------------------------------------------------------------------------------
+
+def build_model(name: str, resolution: int, **overrides) -> nn.Module:
+    """A LIT model by name, or a timm peer (random init, nothing downloaded)."""
+    from ..models import MODEL_NAMES, create_model
+    if name in MODEL_NAMES:
+        return create_model(name, **overrides)
+    import timm
+    if name not in timm.list_models():
+        raise ValueError(f"unknown model {name!r}: not a litvit model ({', '.join(MODEL_NAMES)}) nor a timm model")
+    kwargs = dict(pretrained=False, **overrides)
+    if resolution != 224 and name.startswith(("deit", "vit", "swin")):
+        kwargs["img_size"] = resolution  # position tables / window masks for this size
+    return timm.create_model(name, **kwargs)
+
+
+def is_lit(model: nn.Module) -> bool:
+    return hasattr(model, "set_fused_attn") and hasattr(model, "set_dtm_impl")
+
+
+def set_path(model: nn.Module, path: str) -> nn.Module:
+    """``"ref"``: plain attention + torchvision DTM; ``"fast"``: SDPA + fused MLP + fast DTM."""
+    if is_lit(model):
+        model.set_fused_attn(path != "ref")
+        if any(isinstance(m, _dtm_cls()) for m in model.modules()):
+            model.set_dtm_impl("torchvision" if path == "ref" else "fast")
+    return model
+
+
+def _dtm_cls():
+    from ..ops.dtm import DeformableTokenMerging
+    return DeformableTokenMerging
+
+
+def count_flops(model: nn.Module, img_size: int, device: torch.device) -> float:
+    """Forward FLOPs of one image (2 x multiply-adds, LIT.md's convention), traced by FlopCounterMode.
+
+    Counted on the meta device, on the fast path with the math SDPA kernel, so the attention products appear as matmuls,
+    the DTM merge as its one GEMM (= the dense 2x2 conv) and its grid_sample not at all.
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+    # on the meta device: shapes only, so a 1024 px full-attention model costs no memory here
+    m = set_path(copy.deepcopy(model), "fast").eval().to("meta")
+    x = torch.randn(1, 3, img_size, img_size, device="meta")
+    with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH), torch.enable_grad():
+        m(x)  # grad enabled: the oneDNN-fused inference kernels (invisible to the counter) stay off
+    return float(counter.get_total_flops())
+
+
+def plain_attention_bytes(model: nn.Module, batch: int, res: int) -> int:
+    """Bytes of the largest attention-score tensors (scores + probabilities, float32) that the plain
+    path materialises at once, to keep the reference path off sizes this machine cannot hold."""
+    from ..models.lit import Attention
+    worst = 0
+    patch = getattr(model, "patch_size", 4)
+    for i, stage in enumerate(getattr(model, "stages", [])):
+        side = res // (patch * 2 ** i)
+        for m in stage.modules():
+            if isinstance(m, Attention):
+                n = side * side + m.num_prefix_tokens
+                keys = (side // m.sr_ratio) ** 2 + m.num_prefix_tokens
+                worst = max(worst, 2 * 4 * batch * m.num_heads * n * keys)
+    return worst
+
+
+def available_memory_bytes(device: torch.device) -> Optional[int]:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+# --- timing -------------------------------------------------------------------------------------
+
+@dataclass
+class Variant:
+    """One thing to time: a model on one path, dtype and (optionally) compiled."""
+    name: str
+    step: Callable[[], None]
+    path: str
+    dtype: str
+    compiled: bool = False
+    times: List[float] = field(default_factory=list)
+
+
+def make_step(model: nn.Module, mode: str, x: Tensor, dtype: str, device: torch.device) -> Callable[[], None]:
+    amp = dtype != "fp32"
+    amp_dtype = DTYPES[dtype]
+    if mode == "infer":
+        model.eval()
+
+        def step():
+            with torch.inference_mode(), torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
+                model(x)
+        return step
+    model.train()
+    target = torch.randint(0, 1000, (x.shape[0],), device=device)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-6)
+
+    def step():
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
+            loss = F.cross_entropy(model(x).float(), target)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return step
+
+
+
+def run_interleaved(variants: Sequence[Variant], warmup: int, reps: int, device: torch.device, bar=None) -> None:
+    """Warm every variant up, then time one step of each in turn, ``reps`` rounds."""
+    for v in variants:
+        for _ in range(warmup):
+            v.step()
+        if bar is not None:
+            bar.update(warmup)
+    for _ in range(reps):
+        for v in variants:
+            sync(device)
+            t0 = time.perf_counter()
+            v.step()
+            sync(device)
+            v.times.append(time.perf_counter() - t0)
+            if bar is not None:
+                bar.update(1)
+
+
+def summarise(times: Sequence[float]) -> dict:
+    med = statistics.median(times)
+    return dict(median_s=med, min_s=min(times), max_s=max(times), spread=(max(times) - min(times)) / med)
+
+
+# --- peak memory in a fresh process -------------------------------------------------------------
+
+def _rss_kb(field_name: str) -> Optional[int]:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field_name + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset the resident-set high-water mark (VmHWM)
+        return True
+    except OSError:
+        return False
+
+
+def _trim_heap() -> None:
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def memory_probe(spec: dict) -> dict:
+    """Runs in the fresh subprocess: build, one warm-up step, then the peak of one more step."""
+    torch.set_num_threads(spec["threads"])
+    device = torch.device(spec["device"])
+    torch.manual_seed(0)
+    model = set_path(build_model(spec["model"], spec["img_size"], **spec.get("model_args", {})), spec["path"]).to(device)
+    x = torch.randn(spec["batch_size"], 3, spec["img_size"], spec["img_size"], device=device)
+    step = make_step(model, spec["mode"], x, spec["dtype"], device)
+    step()  # one-time allocations (caches, kernels) are not the model's working memory
+    if device.type == "cuda":
+        sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        step()
+        sync(device)
+        return dict(peak_mb=(torch.cuda.max_memory_allocated(device) - base) / 2 ** 20, method="cuda.max_memory_allocated")
+    _trim_heap()
+    base_kb = _rss_kb("VmRSS")
+    if _reset_peak_rss() and base_kb is not None:
+        step()
+        return dict(peak_mb=(_rss_kb("VmHWM") - base_kb) / 1024, method="VmHWM-VmRSS")
+    import resource
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    step()
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return dict(peak_mb=(after - before) / 1024, method="ru_maxrss delta (lower bound)")
+
+
+def measure_memory(spec: dict, timeout: float = 1800) -> dict:
+    """Peak memory of one step in a fresh Python process (nothing else allocated there)."""
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (os.path.dirname(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__)))), env.get("PYTHONPATH")) if p)
+    code = "import json, sys; from litvit.tools.bench import memory_probe; print(json.dumps(memory_probe(json.loads(sys.argv[1]))))"
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True,
+                          env=env, timeout=timeout)
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
+        return dict(peak_mb=None, method="failed", error=tail)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# --- the model benchmark ------------------------------------------------------------------------
+
+def bench_models(args: argparse.Namespace, device: torch.device, peak: float) -> List[dict]:
+    from tqdm import tqdm
+    from ..models import MODEL_NAMES
+    names = list(args.models) + (list(PEERS) if args.peers else [])
+    extra_peers = [n for n in names if n not in MODEL_NAMES]
+    if extra_peers:
+        import timm  # noqa: F401  (fail early when timm is missing)
+    cases = [(n, b, r, mode) for n in names for r in args.img_size for b in args.batch_size for mode in args.mode]
+    steps_of = {}
+    for case in cases:
+        n_fast = len(args.dtype) * (2 if args.compile else 1) if "fast" in args.paths or case[0] not in MODEL_NAMES else 0
+        n_variants = (1 if case[0] in MODEL_NAMES and "ref" in args.paths else 0) + n_fast
+        steps_of[case] = n_variants * (args.warmup + args.reps)
+    total = sum(steps_of.values())
+    rows = []
+    peaks = [peak]
+    flops_cache: Dict[Tuple[str, int], float] = {}
+    bar = tqdm(total=total, desc="bench", unit="step", dynamic_ncols=True)
+    for (name, batch, res, mode) in cases:
+        bar.set_postfix_str(f"{name} b{batch} {res}px {mode}")
+        peaks.append(matmul_peak_gflops(device, reps=3))
+        torch.manual_seed(0)
+        try:
+            base = build_model(name, res, **(args.model_args if name in MODEL_NAMES else {})).to(device)
+        except Exception as e:  # a peer that cannot run at this size: say so, keep going
+            if name in MODEL_NAMES:
+                raise
+            tqdm.write(f"skip {name} @ {res}: {type(e).__name__}: {e}")
+            rows.append(dict(model=name, batch_size=batch, img_size=res, mode=mode, skipped=str(e)))
+            bar.update(steps_of[(name, batch, res, mode)])
+            continue
+        if (name, res) not in flops_cache:
+            flops_cache[(name, res)] = count_flops(base, res, device)
+        flops = flops_cache[(name, res)] * (3 if mode == "train" else 1)
+        x = torch.randn(batch, 3, res, res, device=device)
+        variants = []
+        lit = is_lit(base)
+        if lit and "ref" in args.paths:
+            need = plain_attention_bytes(base, batch, res) * (2 if mode == "train" else 1)
+            avail = available_memory_bytes(device)
+            if avail is not None and need > 0.6 * avail:
+                tqdm.write(f"{name} @ {res}: no reference path (its plain attention needs {need / 2 ** 30:.1f} GiB, "
+                           f"{avail / 2 ** 30:.1f} GiB available)")
+                rows.append(dict(model=name, batch_size=batch, img_size=res, mode=mode, variant="reference",
+                                 skipped=f"plain attention needs {need / 2 ** 30:.1f} GiB"))
+                bar.update(args.warmup + args.reps)
+            else:
+                ref = set_path(copy.deepcopy(base), "ref")
+                variants.append(Variant("reference", make_step(ref, mode, x, "fp32", device), "ref", "fp32"))
+        lit_ref = bool(variants)
+        for dt in (args.dtype if "fast" in args.paths or not lit else ()):
+            m = set_path(copy.deepcopy(base), "fast")
+            variants.append(Variant(f"fast {dt}", make_step(m, mode, x, dt, device), "fast", dt))
+        if args.compile and ("fast" in args.paths or not lit):
+            if device.type == "cpu" and not args.no_freeze:
+                # inference graphs: weights become constants, so inductor pre-packs them for oneDNN and
+                # fuses linear + GELU / + residual (training graphs are not frozen)
+                import torch._inductor.config as inductor_config
+                inductor_config.freezing = True
+            for dt in args.dtype:
+                m = set_path(copy.deepcopy(base), "fast")
+                cm = torch.compile(m, fullgraph=True)
+                variants.append(Variant(f"compiled {dt}", make_step(cm, mode, x, dt, device), "fast", dt, compiled=True))
+        del base
+        try:
+            run_interleaved(variants, args.warmup, args.reps, device, bar)
+        except Exception as e:
+            if name in MODEL_NAMES:
+                raise
+            tqdm.write(f"skip {name} @ {res} ({mode}): {type(e).__name__}: {e}")
+            bar.update(max(0, steps_of[(name, batch, res, mode)] - sum(len(v.times) for v in variants)
+                           - args.warmup * len(variants)))
+            rows.append(dict(model=name, batch_size=batch, img_size=res, mode=mode, skipped=str(e)))
+            continue
+        ref_med = statistics.median(variants[0].times) if lit_ref else None
+        eager = {v.dtype: statistics.median(v.times) for v in variants if v.path == "fast" and not v.compiled}
+        for v in variants:
+            s = summarise(v.times)
+            med = s["median_s"]
+            gflops = flops * batch / med / 1e9
+            row = dict(model=name, batch_size=batch, img_size=res, mode=mode, variant=v.name, path=v.path,
+                       dtype=v.dtype, compiled=v.compiled, img_per_s=batch / med, latency_ms=med * 1e3,
+                       latency_min_ms=s["min_s"] * 1e3, latency_max_ms=s["max_s"] * 1e3, spread=s["spread"],
+                       gflop_per_img=flops / 1e9, gflop_per_s=gflops, frac_of_peak=gflops / peak,
+                       vs_reference=(ref_med / med) if ref_med else None,
+                       vs_fp32_eager=(eager["fp32"] / med) if "fp32" in eager else None,
+                       times_s=v.times)
+            rows.append(row)
+        del variants
+        gc.collect()
+    bar.close()
+    peaks.append(matmul_peak_gflops(device))
+    best = max(peaks)
+    for row in rows:
+        if "gflop_per_s" in row:
+            row["frac_of_peak"] = row["gflop_per_s"] / best
+    args.measured_peak = best
+    if args.memory:
+        mem_specs = []
+        for row in rows:
+            if row.get("skipped") or row["compiled"] or row["dtype"] != args.dtype[0]:
+                continue
+            mem_specs.append(row)
+        for row in tqdm(mem_specs, desc="peak memory (fresh process each)", unit="run", dynamic_ncols=True):
+            spec = dict(model=row["model"], path=row["path"], batch_size=row["batch_size"], img_size=row["img_size"],
+                        mode=row["mode"], dtype=row["dtype"], device=str(device), threads=torch.get_num_threads(),
+                        model_args=args.model_args if row["model"] in MODEL_NAMES else {})
+            m = measure_memory(spec)
+            row["peak_mem_mb"] = m["peak_mb"]
+            row["mem_method"] = m["method"]
+            if "error" in m:
+                row["mem_error"] = m["error"]
+    return rows
+
+
+# --- the DTM op benchmark -----------------------------------------------------------------------
+
+def bench_dtm(args: argparse.Namespace, device: torch.device, peak: float) -> List[dict]:
+    """DeformMerge2x2 (offset conv + deformable merge) fast vs torchvision on LIT-Ti's DTM shapes."""
+    from tqdm import tqdm
+    from ..ops.dtm import DeformMerge2x2
+    batch = args.batch_size[0]
+    scale = args.img_size[0] / 224
+    layouts = ("nchw", "tokens")
+    total = len(DTM_SHAPES) * 2 * len(layouts) * 2 * (args.warmup + args.reps)
+    bar = tqdm(total=total, desc="dtm", unit="step", dynamic_ncols=True)
+    rows = []
+    for cin, cout, side in DTM_SHAPES:
+        side = int(round(side * scale))
+        torch.manual_seed(0)
+        m = DeformMerge2x2(cin, cout).to(device)
+        with torch.no_grad():  # offsets of a trained model: up to a few pixels, some off the map
+            m.conv_offset.weight.normal_(0, 0.02)
+            m.conv_offset.bias.normal_(0, 1.0)
+        flops = 2 * batch * (side // 2) ** 2 * (cout + 8) * cin * 4
+        for layout in layouts:
+            if layout == "nchw":
+                x = torch.randn(batch, cin, side, side, device=device)
+            else:  # what LIT hands the op: its (B, N, C) tokens seen as a map
+                x = torch.randn(batch, side * side, cin, device=device).view(batch, side, side, cin).permute(0, 3, 1, 2)
+            for direction in ("forward", "forward+backward"):
+                variants = []
+                for impl in ("torchvision", "fast"):
+                    mi = copy.deepcopy(m)
+                    mi.impl = impl
+                    if direction == "forward":
+                        def step(mi=mi):
+                            with torch.no_grad():
+                                mi(x)
+                    else:
+                        xg = x.detach().requires_grad_()
+
+                        def step(mi=mi, xg=xg):
+                            mi(xg).sum().backward()
+                            mi.zero_grad(set_to_none=True)
+                            xg.grad = None
+                    variants.append(Variant(impl, step, "ref" if impl == "torchvision" else "fast", "fp32"))
+                run_interleaved(variants, args.warmup, args.reps, device, bar)
+                ref_med = statistics.median(variants[0].times)
+                for v in variants:
+                    s = summarise(v.times)
+                    f = flops * (3 if direction != "forward" else 1)
+                    rows.append(dict(op="DeformMerge2x2", in_chans=cin, out_chans=cout, side=side, batch_size=batch,
+                                     layout=layout, direction=direction, impl=v.name, latency_ms=s["median_s"] * 1e3,
+                                     latency_min_ms=s["min_s"] * 1e3, latency_max_ms=s["max_s"] * 1e3,
+                                     spread=s["spread"], vs_reference=ref_med / s["median_s"],
+                                     frac_of_peak=f / s["median_s"] / 1e9 / peak, times_s=v.times))
+    bar.close()
+    return rows
+
+
+# --- output -------------------------------------------------------------------------------------
+
+def _fmt(v, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def print_model_table(rows: List[dict]) -> None:
+    head = (f"{'model':<30}{'batch':>6}{'size':>6} {'mode':<6}{'variant':<14}{'img/s':>9}{'ms':>9}{'spread':>8}"
+            f"{'xref':>7}{'xfp32':>7}{'%peak':>7}{'mem MB':>9}")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        if r.get("skipped"):
+            print(f"{r['model']:<30}{r['batch_size']:>6}{r['img_size']:>6} {r['mode']:<6}{r.get('variant', ''):<14}"
+                  f"skipped: {r['skipped'][:60]}")
+            continue
+        print(f"{r['model']:<30}{r['batch_size']:>6}{r['img_size']:>6} {r['mode']:<6}{r['variant']:<14}"
+              f"{r['img_per_s']:>9.2f}{r['latency_ms']:>9.1f}{100 * r['spread']:>7.0f}%"
+              f"{_fmt(r['vs_reference'], '.2f'):>7}{_fmt(r['vs_fp32_eager'], '.2f'):>7}"
+              f"{100 * r['frac_of_peak']:>6.0f}%{_fmt(r.get('peak_mem_mb'), '.0f'):>9}")
+
+
+def print_dtm_table(rows: List[dict]) -> None:
+    head = f"{'shape':<22}{'layout':<8}{'direction':<18}{'impl':<13}{'ms':>9}{'spread':>8}{'xref':>7}{'%peak':>7}"
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        shape = f"{r['in_chans']}->{r['out_chans']} @{r['side']}^2"
+        print(f"{shape:<22}{r['layout']:<8}{r['direction']:<18}{r['impl']:<13}{r['latency_ms']:>9.2f}"
+              f"{100 * r['spread']:>7.0f}%{r['vs_reference']:>7.2f}{100 * r['frac_of_peak']:>6.0f}%")
+
+
+def plot(rows: List[dict], path: str, title: str) -> None:
+    """Throughput and peak memory against resolution: colour = model, line style = variant; one
+    mode (inference when measured) and the first batch size, so lines compare like with like."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    ok = [r for r in rows if not r.get("skipped") and "img_per_s" in r]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
+    if ok:
+        mode = "infer" if any(r["mode"] == "infer" for r in ok) else ok[0]["mode"]
+        batch = ok[0]["batch_size"]
+        ok = [r for r in ok if r["mode"] == mode and r["batch_size"] == batch]
+        title = f"{title} — {mode}, batch {batch}"
+    models = list(dict.fromkeys(r["model"] for r in ok))
+    variants = list(dict.fromkeys(r["variant"] for r in ok))
+    colors = plt.get_cmap("tab10")
+    styles = ["-", "--", ":", "-.", (0, (5, 1)), (0, (1, 1))]
+    for mi, model in enumerate(models):
+        for vi, variant in enumerate(variants):
+            rs = sorted((r for r in ok if r["model"] == model and r["variant"] == variant), key=lambda r: r["img_size"])
+            if not rs:
+                continue
+            style = dict(color=colors(mi % 10), linestyle=styles[vi % len(styles)], marker="o", label=f"{model} {variant}")
+            ax1.plot([r["img_size"] for r in rs], [r["img_per_s"] for r in rs], **style)
+            mem = [(r["img_size"], r["peak_mem_mb"]) for r in rs if r.get("peak_mem_mb") is not None]
+            if mem:
+                ax2.plot([m[0] for m in mem], [m[1] for m in mem], **style)
+    for ax, ylabel in ((ax1, "throughput (img/s)"), (ax2, "peak memory of a step (MB)")):
+        ax.set_xlabel("resolution (px)")
+        ax.set_ylabel(ylabel)
+        ax.set_yscale("log")
+        ax.grid(True, alpha=0.3)
+    if ax1.lines:
+        ax1.legend(fontsize=7)
+    if ax2.lines:
+        ax2.legend(fontsize=7)
+    else:
+        ax2.text(0.5, 0.5, "memory not measured (--memory)", ha="center", va="center", transform=ax2.transAxes)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    _atomic_save(lambda p: fig.savefig(p, dpi=110, format="png"), path)
+    plt.close(fig)
+
+
+def plot_dtm(rows: List[dict], path: str, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    labels, speedups = [], []
+    for r in rows:
+        if r["impl"] == "fast":
+            labels.append(f"{r['in_chans']}->{r['out_chans']}@{r['side']}\n{r['layout']}\n{r['direction'].replace('forward+backward', 'fwd+bwd')}")
+            speedups.append(r["vs_reference"])
+    ax.bar(range(len(speedups)), speedups, color="tab:blue")
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.set_xticks(range(len(labels)), labels, fontsize=6)
+    ax.set_ylabel("speed-up of the fast DTM over torchvision")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    _atomic_save(lambda p: fig.savefig(p, dpi=110, format="png"), path)
+    plt.close(fig)
+
+
+def _atomic_save(write: Callable[[str], None], path: str) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.splitext(path)[1])
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _write_json(obj, path: str) -> None:
+    def write(p):
+        with open(p, "w") as f:
+            json.dump(obj, f, indent=1)
+    _atomic_save(write, path)
+
+
+# --- command ------------------------------------------------------------------------------------
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from ..cli import CLIError
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CLIError("--device cuda: no CUDA device is available here")
+    for d in args.dtype:
+        if d not in DTYPES:
+            raise CLIError(f"--dtype {d!r}: choose from {', '.join(DTYPES)}")
+        if d == "fp16" and device.type == "cpu":
+            raise CLIError("--dtype fp16 is for CUDA; use bf16 on CPU")
+    if args.reps < 1 or args.warmup < 0:
+        raise CLIError(f"--reps must be >= 1 and --warmup >= 0, got {args.reps} and {args.warmup}")
+    for s in args.img_size:
+        if s % 32:
+            raise CLIError(f"--img-size {s} is not a multiple of 32")
+    from ..models import MODEL_NAMES
+    if isinstance(args.model_args, str):
+        try:
+            args.model_args = json.loads(args.model_args) if args.model_args else {}
+        except json.JSONDecodeError as e:
+            raise CLIError(f"--model-args must be a JSON object, e.g. '{{\"embed_dims\": [16, 32, 48, 64]}}': {e}")
+        if not isinstance(args.model_args, dict):
+            raise CLIError(f"--model-args must be a JSON object, got {args.model_args!r}")
+    if not args.dtm_only:
+        import timm
+        for n in args.models:
+            if n not in MODEL_NAMES and n not in timm.list_models():
+                raise CLIError(f"unknown model {n!r}; litvit models: {', '.join(MODEL_NAMES)} (or a timm model name)")
+    print(f"litvit bench: device {device}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
+          f"warm-up {args.warmup}, {args.reps} interleaved repetitions per variant")
+    peak = matmul_peak_gflops(device)
+    print(f"measured fp32 matmul peak at start: {peak:.1f} GFLOP/s (2048^3 torch.mm, best of 5)")
+    result = dict(machine=machine_info(device), matmul_peak_gflops=peak, args={k: v for k, v in vars(args).items()
+                                                                                if k != "func"})
+    if args.dtm_only:
+        print(f"DTM op (DeformMerge2x2: offset conv + deformable 2x2 merge), batch {args.batch_size[0]}, "
+              f"fast vs torchvision reference")
+        rows = bench_dtm(args, device, peak)
+        result["dtm"] = rows
+        print_dtm_table(rows)
+        plot_dtm(rows, args.plot, f"DTM fast vs torchvision, {device}, {torch.get_num_threads()} threads")
+    else:
+        print(f"models {', '.join(args.models)}{' + timm peers' if args.peers else ''}; batch {args.batch_size}, "
+              f"sizes {args.img_size}, dtypes {args.dtype}, modes {args.mode}, compile {args.compile}, "
+              f"memory {'yes (fresh process each)' if args.memory else 'no'}")
+        rows = bench_models(args, device, peak)
+        result["matmul_peak_gflops"] = args.measured_peak
+        print(f"matmul peak, best over the run: {args.measured_peak:.1f} GFLOP/s")
+        result["models"] = rows
+        print_model_table(rows)
+        plot(rows, args.plot, f"litvit bench, {device}, {torch.get_num_threads()} threads")
+    _write_json(result, args.out)
+    ok = [r for r in rows if not r.get("skipped")]
+    best = max((r["vs_reference"] for r in ok if r.get("vs_reference")), default=None)
+    print(f"wrote {args.out} and {args.plot}: {len(ok)} measurements"
+          + (f", best speed-up over the reference path x{best:.2f}" if best else ""))
+    return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="throughput, latency and peak memory vs the reference path and timm peers",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=DEFAULTS["models"],
+                   help="litvit model names (or any timm model name)")
+    p.add_argument("--model-args", default="", help="JSON overrides for the litvit models, e.g. a tiny config")
+    p.add_argument("--peers", action="store_true", help=f"add the timm peers {', '.join(PEERS)} (random init)")
+    p.add_argument("--batch-size", nargs="+", type=int, default=DEFAULTS["batch_size"])
+    p.add_argument("--img-size", nargs="+", type=int, default=DEFAULTS["img_size"])
+    p.add_argument("--dtype", nargs="+", default=DEFAULTS["dtype"], help="fp32, bf16 (autocast), fp16 (CUDA)")
+    p.add_argument("--mode", nargs="+", default=DEFAULTS["mode"], choices=("infer", "train"))
+    p.add_argument("--paths", nargs="+", default=["ref", "fast"], choices=("ref", "fast"),
+                   help="LIT paths to time: the reference path and/or the fast path")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile(model, fullgraph=True)")
+    p.add_argument("--no-freeze", action="store_true",
+                   help="with --compile on CPU: do not freeze weights (inductor's oneDNN pre-packing and fusion)")
+    p.add_argument("--memory", action="store_true", help="peak memory per (model, size), each in a fresh process")
+    p.add_argument("--dtm-only", action="store_true", help="time the DTM op alone on LIT-Ti's three shapes")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    p.add_argument("--warmup", type=int, default=DEFAULTS["warmup"])
+    p.add_argument("--reps", type=int, default=DEFAULTS["reps"])
+    p.add_argument("--out", default=DEFAULTS["out"], help="JSON results")
+    p.add_argument("--plot", default=DEFAULTS["plot"], help="PNG plot")
+    p.set_defaults(func=cmd_bench)
