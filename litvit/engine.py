@@ -81,7 +81,6 @@ import math
 import os
 import random
 import sys
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -94,6 +93,8 @@ import torch
 import torch.distributed as torch_dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+from .utils import atomic_path, atomic_write
 
 __all__ = [
     "Task", "TrainConfig", "DistInfo", "fit", "evaluate", "param_groups", "save_checkpoint_atomic",
@@ -493,31 +494,12 @@ def param_groups(
 def save_checkpoint_atomic(obj: Any, path: Union[str, Path]) -> None:
     """``torch.save`` to a temporary file in the same folder, fsync, then ``os.replace``: the file
     at ``path`` is always either the previous complete checkpoint or the new complete one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):  # persist the rename itself
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text), fsync=False)
 
 
 def load_checkpoint(path: Union[str, Path]) -> dict:
@@ -754,12 +736,10 @@ def plot_curves(log_path: Union[str, Path], out_path: Union[str, Path], metrics:
     ax.set(xlabel="epoch", ylabel="learning rate", title="learning rate")
     ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
     fig.tight_layout()
-    out_path = Path(out_path)
-    tmp = out_path.with_name(f".{out_path.stem}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, out_path)
-    return out_path
+    try:
+        return atomic_write(out_path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    finally:
+        plt.close(fig)
 
 
 # --- the loop ---------------------------------------------------------------------------------------------

@@ -1,8 +1,5 @@
 """``litvit export``: ONNX with dynamic batch and image size, onnxruntime against PyTorch to 1e-4."""
-import json
-
 import pytest
-import torch
 
 import litvit
 from litvit.cli import main

@@ -10,6 +10,7 @@ from typing import Any, Dict, Optional
 from PIL import Image
 
 from ..engine import TrainConfig, load_checkpoint
+from ..utils import atomic_write
 
 
 def is_main_process() -> bool:
@@ -81,14 +82,4 @@ def checkpoint_extra(path: str, task: str) -> Dict[str, Any]:
 
 def save_png_atomic(img: Image.Image, path: Path) -> Path:
     """Write a PNG through a temporary file in the same folder, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png.tmp")
-    os.close(fd)
-    try:
-        img.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return atomic_write(path, lambda tmp: img.save(tmp, format="PNG"), fsync=False)

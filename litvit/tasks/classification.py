@@ -42,6 +42,7 @@ from .. import data as D
 from .. import engine
 from ..engine import DistInfo, Task, TrainConfig
 from ..models import MODEL_NAMES, create_model
+from ..utils import atomic_path
 from ..recipes import BASE, RECIPES, default_recipe_for, get_recipe
 
 __all__ = ["ClassificationConfig", "ClassificationTask", "add_parsers", "accuracy_counts"]
@@ -465,14 +466,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"{path}\t" + "  ".join(f"{name} {q:.3f}" for name, q in preds))
     if args.output:
         out = Path(args.output)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-        with open(tmp, "w", newline="") as f:
+        with atomic_path(out) as tmp, open(tmp, "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["image"] + [h for r in range(1, k + 1) for h in (f"class{r}", f"prob{r}")])
             for path, preds in rows:
                 w.writerow([path] + [v for name, q in preds for v in (name, f"{q:.6f}")])
-        os.replace(tmp, out)
         print(f"{len(rows)} predictions written to {out}", file=sys.stderr)
     return 0
 

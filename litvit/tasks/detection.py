@@ -366,7 +366,7 @@ def _backbone_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
 
 def _train(args: argparse.Namespace) -> int:
     _require_pycocotools()
-    from ._dense import is_main_process, json_arg, train_config
+    from ._dense import is_main_process, train_config
     task = DetectionTask(
         arch=args.arch, backbone=args.backbone, train_images=args.train_images, train_ann=args.train_ann,
         val_images=args.val_images, val_ann=args.val_ann, pretrained=args.pretrained,

@@ -226,7 +226,7 @@ def _backbone_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from ._dense import is_main_process, json_arg, train_config
+    from ._dense import is_main_process, train_config
     task = SegmentationTask(
         backbone=args.backbone, data=args.data, num_classes=args.num_classes, reduce_zero_label=not args.no_reduce_zero_label,
         pretrained=args.pretrained, iters=args.iters, crop_size=args.crop_size, scale=args.scale,

@@ -37,14 +37,15 @@ import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ..utils import atomic_write
 
 DEFAULTS = dict(
     models=["lit_ti", "lit_s"],
@@ -554,7 +555,7 @@ def plot(rows: List[dict], path: str, title: str) -> None:
         ax2.text(0.5, 0.5, "memory not measured (--memory)", ha="center", va="center", transform=ax2.transAxes)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    _atomic_save(lambda p: fig.savefig(p, dpi=110, format="png"), path)
+    atomic_write(path, lambda p: fig.savefig(p, dpi=110, format="png"), fsync=False)
     plt.close(fig)
 
 
@@ -574,29 +575,15 @@ def plot_dtm(rows: List[dict], path: str, title: str) -> None:
     ax.set_ylabel("speed-up of the fast DTM over torchvision")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    _atomic_save(lambda p: fig.savefig(p, dpi=110, format="png"), path)
+    atomic_write(path, lambda p: fig.savefig(p, dpi=110, format="png"), fsync=False)
     plt.close(fig)
-
-
-def _atomic_save(write: Callable[[str], None], path: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.splitext(path)[1])
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def _write_json(obj, path: str) -> None:
     def write(p):
         with open(p, "w") as f:
             json.dump(obj, f, indent=1)
-    _atomic_save(write, path)
+    atomic_write(path, write, fsync=False)
 
 
 # --- command ------------------------------------------------------------------------------------

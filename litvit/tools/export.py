@@ -14,12 +14,13 @@ Examples::
 import argparse
 import json
 import os
-import tempfile
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 from torch import nn
+
+from ..utils import atomic_path
 
 DEFAULT_OPSET = 18
 MIN_OPSET = 17
@@ -56,20 +57,12 @@ def export_onnx(
     batch = Dim("batch", min=1, max=4096)
     h = stride * Dim("h_blocks", min=1, max=max_side // stride)
     w = stride * Dim("w_blocks", min=1, max=max_side // stride)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".onnx")
-    os.close(fd)
-    try:
-        with torch.no_grad():
-            program = torch.onnx.export(
-                model, (x,), dynamo=True, opset_version=opset, input_names=["images"], output_names=["logits"],
-                dynamic_shapes={"x": {0: batch, 2: h, 3: w}}, external_data=False, optimize=True)
-        program.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with torch.no_grad():
+        program = torch.onnx.export(
+            model, (x,), dynamo=True, opset_version=opset, input_names=["images"], output_names=["logits"],
+            dynamic_shapes={"x": {0: batch, 2: h, 3: w}}, external_data=False, optimize=True)
+    with atomic_path(path) as tmp:
+        program.save(str(tmp))
     return path
 
 

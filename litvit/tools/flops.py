@@ -41,13 +41,15 @@ import io
 import math
 import os
 import re
-import tempfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
+
+from ..utils import atomic_write
 
 __all__ = [
     "CATEGORIES", "FlopReport", "count_flops", "profile_model", "build_for_counting", "PAPER_TABLES",
@@ -369,23 +371,6 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[str]], fmt: str 
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 
-def _atomic_write(path: str, write) -> None:
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, suffix=os.path.splitext(path)[1] + ".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def plot_sweep(reports: Sequence[FlopReport], path: str) -> str:
     """GMACs per category against input size on log-log axes, one panel per model (the attention
     products' slope is 4 — quadratic in tokens —, everything else 2), plus the share of the
@@ -427,7 +412,7 @@ def plot_sweep(reports: Sequence[FlopReport], path: str) -> str:
     handles, labels = max((a.get_legend_handles_labels() for a in axes[0][:n]), key=lambda hl: len(hl[0]))
     fig.legend(handles, labels, loc="lower center", ncol=len(cats), fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
-    _atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"), fsync=False)
     plt.close(fig)
     return path
 
@@ -482,7 +467,7 @@ def cmd_flops(args: argparse.Namespace) -> int:
         png = plot_sweep(reports, os.path.join(args.out, "flops_sweep.png"))
         csv_path = os.path.join(args.out, "flops_sweep.csv")
         text = format_table(REPORT_HEADER, report_rows(reports), "csv") + "\n"
-        _atomic_write(csv_path, lambda tmp: open(tmp, "w").write(text))
+        atomic_write(csv_path, lambda tmp: Path(tmp).write_text(text), fsync=False)
         for name in names:
             rs = sorted((r for r in reports if r.model == name), key=lambda r: r.img_size)
             a0, a1 = rs[0].by_category["attn_mm"], rs[-1].by_category["attn_mm"]

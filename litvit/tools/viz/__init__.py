@@ -12,7 +12,6 @@ images (a file or a folder) as normalised tensors plus the RGB picture to draw o
 """
 import argparse
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
@@ -20,6 +19,8 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import torch
 from torch import Tensor
+
+from ...utils import atomic_write
 
 __all__ = ["IMAGE_EXTENSIONS", "LoadedImage", "find_images", "load_image", "load_model", "checkpoint_metadata",
            "save_figure", "save_npy", "add_parsers"]
@@ -208,29 +209,11 @@ def load_images(path: str, img_size: int, mean, std, in_chans: int = 3) -> List[
 
 # --- output ----------------------------------------------------------------------------------------
 
-def _atomic(path: Path, write) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
-
-
 def save_figure(fig, path: Path, dpi: int = 100) -> Path:
     """Save a matplotlib figure as PNG atomically and close it."""
     import matplotlib.pyplot as plt
     try:
-        return _atomic(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
     finally:
         plt.close(fig)
 
@@ -240,7 +223,7 @@ def save_npy(array: np.ndarray, path: Path) -> Path:
     def write(tmp):
         with open(tmp, "wb") as f:
             np.save(f, array)
-    return _atomic(path, write)
+    return atomic_write(path, write)
 
 
 def save_npz(arrays: Dict[str, np.ndarray], path: Path) -> Path:
@@ -248,7 +231,7 @@ def save_npz(arrays: Dict[str, np.ndarray], path: Path) -> Path:
     def write(tmp):
         with open(tmp, "wb") as f:
             np.savez_compressed(f, **arrays)
-    return _atomic(path, write)
+    return atomic_write(path, write)
 
 
 # --- command line ----------------------------------------------------------------------------------

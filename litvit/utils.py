@@ -1,0 +1,60 @@
+"""Small helpers shared by every floor of litvit."""
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterator, Union
+
+__all__ = ["atomic_path", "atomic_write"]
+
+PathLike = Union[str, os.PathLike]
+
+
+@contextlib.contextmanager
+def atomic_path(path: PathLike, fsync: bool = True) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; when the block ends without error the temporary
+    file is flushed to disk and renamed over ``path`` (``os.replace``), else it is removed.
+
+    ``path`` is therefore always either its previous complete content or the new complete one,
+    also when the process is killed mid-write. The temporary name keeps ``path``'s suffix, so
+    writers that infer the format from it (matplotlib, PIL) work unchanged.
+
+    Examples::
+        >>> import tempfile, os
+        >>> out = os.path.join(tempfile.mkdtemp(), "a.txt")
+        >>> with atomic_path(out) as tmp:
+        ...     _ = tmp.write_text("done")
+        >>> open(out).read()
+        'done'
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600 files; give the usual permissions
+        if fsync:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    if fsync:
+        with contextlib.suppress(OSError):  # persist the rename itself
+            dir_fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+
+
+def atomic_write(path: PathLike, write: Callable[[str], object], fsync: bool = True) -> Path:
+    """``write(tmp_path)`` then rename onto ``path`` atomically (see :func:`atomic_path`)."""
+    with atomic_path(path, fsync=fsync) as tmp:
+        write(str(tmp))
+    return Path(path)
