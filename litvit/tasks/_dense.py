@@ -40,6 +40,15 @@ def add_engine_args(p: argparse.ArgumentParser, batch_size: int, lr: float, weig
     g.add_argument("--no-progress", action="store_true", help="no tqdm bars")
 
 
+def add_eval_args(p: argparse.ArgumentParser, batch_size: int) -> None:
+    """Options every dense ``eval`` command passes to :func:`eval_config`."""
+    p.add_argument("--batch-size", type=int, default=batch_size, help=f"images per process (default {batch_size})")
+    p.add_argument("--ema", action="store_true", help="evaluate the EMA weights")
+    p.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"), help="mixed precision")
+    p.add_argument("--workers", type=int, default=2, help="data-loader workers per process")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+
+
 def train_config(args: argparse.Namespace, epochs: int, max_steps: Optional[int] = None) -> TrainConfig:
     return TrainConfig(
         output_dir=args.output, epochs=epochs, batch_size=args.batch_size, accum_steps=args.accum_steps,

@@ -21,7 +21,7 @@ import argparse
 import contextlib
 import io
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -30,6 +30,9 @@ from torch import Tensor, nn
 from ..dense_data import CocoDetection, detection_collate, image_to_tensor, palette, read_image
 from ..detection import DETECTION_DEFAULTS, DETECTORS, build_detector
 from ..engine import DistInfo, Task, TrainConfig, evaluate as engine_evaluate, fit
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 __all__ = ["DetectionTask", "coco_results", "coco_evaluate", "draw_detections", "add_parsers"]
 
@@ -420,7 +423,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    from ._dense import add_engine_args
+    from ._dense import add_engine_args, add_eval_args
     d = DETECTION_DEFAULTS
     p = sub.add_parser("detect", help="object detection / instance segmentation (RetinaNet, Mask R-CNN) on COCO-format data",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -454,11 +457,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--checkpoint", required=True)
     e.add_argument("--val-images", required=True)
     e.add_argument("--val-ann", required=True)
-    e.add_argument("--batch-size", type=int, default=2)
-    e.add_argument("--ema", action="store_true", help="evaluate the EMA weights")
-    e.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"))
-    e.add_argument("--workers", type=int, default=2)
-    e.add_argument("--device", default="auto")
+    add_eval_args(e, batch_size=2)
     e.set_defaults(func=_eval)
 
     r = cmds.add_parser("predict", help="draw a checkpoint's detections on images (PNG)")

@@ -297,7 +297,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    from ._dense import add_engine_args
+    from ._dense import add_engine_args, add_eval_args
     d = SEGMENTATION_DEFAULTS
     p = sub.add_parser("segment", help="semantic segmentation (Semantic FPN) on ADE20K-format data",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -331,11 +331,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--checkpoint", required=True)
     e.add_argument("--data", required=True)
     e.add_argument("--split", default="validation")
-    e.add_argument("--batch-size", type=int, default=1)
-    e.add_argument("--ema", action="store_true")
-    e.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"))
-    e.add_argument("--workers", type=int, default=2)
-    e.add_argument("--device", default="auto")
+    add_eval_args(e, batch_size=1)
     e.set_defaults(func=_eval)
 
     r = cmds.add_parser("predict", help="colour-coded segmentation of images (PNG)")
