@@ -40,6 +40,19 @@ def add_engine_args(p: argparse.ArgumentParser, batch_size: int, lr: float, weig
     g.add_argument("--no-progress", action="store_true", help="no tqdm bars")
 
 
+def add_backbone_args(p: argparse.ArgumentParser) -> None:
+    """The LIT backbone options every dense ``train`` command takes."""
+    g = p.add_argument_group("backbone")
+    g.add_argument("--backbone", default="lit_ti", help="a LIT model name (lit_ti, lit_s, ... or an ablation model)")
+    g.add_argument("--pretrained", default=None, help="ImageNet checkpoint for the backbone (official or litvit)")
+    g.add_argument("--frozen-stages", type=int, default=-1, help="-1: none; 0: patch embedding; n: also stages 1..n")
+    g.add_argument("--norm-eval", action="store_true", help="keep the DTM BatchNorms in eval mode")
+    g.add_argument("--drop-path", type=float, default=None,
+                   help="backbone stochastic depth (default: the model's, 0.1 LIT-Ti, 0.2 LIT-S, as the authors')")
+    g.add_argument("--fpn-channels", type=int, default=256, help="FPN/head width (256 as in the paper)")
+    g.add_argument("--backbone-kwargs", default=None, help="JSON object of litvit.create_model overrides")
+
+
 def add_eval_args(p: argparse.ArgumentParser, batch_size: int) -> None:
     """Options every dense ``eval`` command passes to :func:`eval_config`."""
     p.add_argument("--batch-size", type=int, default=batch_size, help=f"images per process (default {batch_size})")

@@ -423,7 +423,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    from ._dense import add_engine_args, add_eval_args
+    from ._dense import add_backbone_args, add_engine_args, add_eval_args
     d = DETECTION_DEFAULTS
     p = sub.add_parser("detect", help="object detection / instance segmentation (RetinaNet, Mask R-CNN) on COCO-format data",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -432,8 +432,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     t = cmds.add_parser("train", help="train a detector (the paper's 1x COCO recipe by default)")
     t.add_argument("--arch", default="retinanet", choices=DETECTORS)
-    t.add_argument("--backbone", default="lit_ti", help="a LIT model name (lit_ti, lit_s, ... or an ablation model)")
-    t.add_argument("--pretrained", default=None, help="ImageNet checkpoint for the backbone (official or litvit)")
     t.add_argument("--train-images", required=True, help="folder of training images")
     t.add_argument("--train-ann", required=True, help="COCO instances JSON of the training images")
     t.add_argument("--val-images", default=None, help="folder of validation images")
@@ -444,12 +442,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--min-size", type=int, nargs="+", default=list(d["min_size"]),
                    help="shorter image side; several = multi-scale training (the last one is used for evaluation)")
     t.add_argument("--max-size", type=int, default=d["max_size"], help="longer-side limit")
-    t.add_argument("--frozen-stages", type=int, default=-1, help="-1: none; 0: patch embedding; n: also stages 1..n")
-    t.add_argument("--norm-eval", action="store_true", help="keep the DTM BatchNorms in eval mode")
-    t.add_argument("--drop-path", type=float, default=None,
-                   help="backbone stochastic depth (default: the model's, 0.1 LIT-Ti, 0.2 LIT-S, as the authors')")
-    t.add_argument("--fpn-channels", type=int, default=256, help="FPN/head width (256 as in the paper)")
-    t.add_argument("--backbone-kwargs", default=None, help="JSON object of litvit.create_model overrides")
+    add_backbone_args(t)
     add_engine_args(t, batch_size=d["batch_size"], lr=d["lr"], weight_decay=d["weight_decay"])
     t.set_defaults(func=_train)
 

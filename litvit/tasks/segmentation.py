@@ -297,7 +297,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    from ._dense import add_engine_args, add_eval_args
+    from ._dense import add_backbone_args, add_engine_args, add_eval_args
     d = SEGMENTATION_DEFAULTS
     p = sub.add_parser("segment", help="semantic segmentation (Semantic FPN) on ADE20K-format data",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -306,8 +306,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     t = cmds.add_parser("train", help="train Semantic FPN (the paper's ADE20K recipe by default)")
     t.add_argument("--data", required=True, help="dataset root: images/{training,validation}, annotations/{...}")
-    t.add_argument("--backbone", default="lit_ti", help="a LIT model name")
-    t.add_argument("--pretrained", default=None, help="ImageNet checkpoint for the backbone (official or litvit)")
     t.add_argument("--num-classes", type=int, default=150)
     t.add_argument("--class-names", default=None, help="text file with one class name per line (K lines)")
     t.add_argument("--no-reduce-zero-label", action="store_true",
@@ -317,13 +315,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--scale", type=int, nargs=2, default=list(d["scale"]), metavar=("LONG", "SHORT"),
                    help="resize limits at ratio 1 and for evaluation")
     t.add_argument("--ratio-range", type=float, nargs=2, default=list(d["ratio_range"]))
-    t.add_argument("--frozen-stages", type=int, default=-1)
-    t.add_argument("--norm-eval", action="store_true", help="keep the DTM BatchNorms in eval mode")
-    t.add_argument("--drop-path", type=float, default=None,
-                   help="backbone stochastic depth (default: the model's, 0.1 LIT-Ti, 0.2 LIT-S, as the authors')")
-    t.add_argument("--fpn-channels", type=int, default=256)
-    t.add_argument("--backbone-kwargs", default=None, help="JSON object of litvit.create_model overrides")
     t.add_argument("--val-batch-size", type=int, default=1)
+    add_backbone_args(t)
     add_engine_args(t, batch_size=d["batch_size"], lr=d["lr"], weight_decay=d["weight_decay"])
     t.set_defaults(func=_train)
 
