@@ -10,6 +10,7 @@ from PIL import Image, ImageDraw
 import litvit.detection
 from litvit.cli import main
 from litvit.dense_data import CocoDetection, detection_collate
+from litvit.ops import fused_mlp
 from litvit.tasks.detection import DetectionTask, coco_evaluate, coco_results
 
 from conftest import TINY
@@ -180,8 +181,10 @@ def test_cli_train_eval_predict(coco, tmp_path, capsys):
     assert png.size == (88, 72)
 
 
-def test_bf16_evaluation_keeps_float32_boxes(coco):
-    """Under bf16 autocast the backbone runs in bf16 but boxes come out in float32."""
+@pytest.mark.parametrize("fused", [None, False], ids=["probed", "forced-fallback"])
+def test_bf16_evaluation_keeps_float32_boxes(coco, fused):
+    """Under bf16 autocast the backbone runs in bf16 but boxes come out in float32, with or without
+    the fused MLP (a CPU without native bf16 takes the fallback)."""
     from litvit.engine import autocast
     from litvit.tasks.detection import float32_heads
     task = tiny_task("retinanet", coco)
@@ -189,7 +192,8 @@ def test_bf16_evaluation_keeps_float32_boxes(coco):
     images = [torch.rand(3, 64, 80)]
     seen = []
     model.backbone.fpn.register_forward_hook(lambda m, i, o: seen.append(next(iter(o.values())).dtype))
-    with torch.no_grad(), autocast(torch.device("cpu"), "bf16"), float32_heads(model, torch.device("cpu")):
+    with torch.no_grad(), autocast(torch.device("cpu"), "bf16"), float32_heads(model, torch.device("cpu")), \
+            fused_mlp.forced(fused):
         out = model(images)
     assert seen == [torch.bfloat16] and out[0]["boxes"].dtype == torch.float32
     assert type(model.backbone).__name__ == "LITFPN"  # restored

@@ -1,6 +1,5 @@
-"""The fast path against the reference path (numerics, autocast, empty batch, caches), torch.compile
-without graph breaks for every registered model, and ``litvit bench`` end to end on a tiny config.
-No timing assertions."""
+"""The fast path against the reference path (numerics, autocast, empty batch, caches) and
+``litvit bench`` end to end on a tiny config (torch.compile: test_compile.py). No timing assertions."""
 import json
 
 import pytest
@@ -9,6 +8,7 @@ import torch
 import litvit
 from litvit.cli import main
 from litvit.models.lit import Block
+from litvit.ops import fused_mlp
 
 from conftest import TINY, randomize_
 
@@ -24,6 +24,7 @@ def _pair(name, **kw):
     ref = litvit.create_model(name, num_classes=5, **dict(TINY, **kw))
     ref.load_state_dict(fast.state_dict())
     ref.set_fused_attn(False)
+    ref.set_fused_mlp(False)
     if name in DTM_MODELS:
         ref.set_dtm_impl("torchvision")
     return fast, ref
@@ -65,12 +66,15 @@ def test_fast_path_matches_reference_gradients(name, dtype, train, tol):
         torch.testing.assert_close(p.grad, ref_params[n].grad, rtol=tol, atol=tol, msg=lambda m: f"{n}: {m}")
 
 
+@pytest.mark.parametrize("fused", [None, False], ids=["probed", "forced-fallback"])
 @pytest.mark.parametrize("name", ["lit_ti", "lit_s"])
-def test_bf16_autocast_inference_and_training(name):
+def test_bf16_autocast_inference_and_training(name, fused):
+    """bf16 autocast works whatever the CPU: with the fused MLP where the probe allows it, and through
+    the plain fallback when the probe says no (as on a CPU without native bf16)."""
     fast, ref = _pair(name)
     fast.eval(), ref.eval()
     x = torch.randn(2, 3, 64, 64)
-    with torch.inference_mode():
+    with torch.inference_mode(), fused_mlp.forced(fused):
         y32 = ref(x)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             y16 = fast(x)
@@ -96,15 +100,27 @@ def test_fused_mlp_runs_only_where_it_can():
     blk = next(m for m in model.modules() if isinstance(m, Block))
     x = torch.randn(1, 4, 16)
     with torch.no_grad():
-        assert blk._use_fused_mlp(x)
-    assert not blk._use_fused_mlp(x)  # gradients wanted: no autograd formula for the fused kernel
-    model.set_fused_attn(False)
-    with torch.no_grad():
-        assert not blk._use_fused_mlp(x)  # the reference path keeps timm's Mlp
-    model.set_fused_attn(True)
-    model.train()
-    with torch.no_grad():
-        assert not blk._use_fused_mlp(x)
+        assert blk._use_fused_mlp(x) == fused_mlp.supported(torch.float32)
+        with fused_mlp.forced(True):
+            assert blk._use_fused_mlp(x)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                assert blk._use_fused_mlp(x)
+        with fused_mlp.forced(False):  # the probe says no: timm's Mlp, silently
+            assert not blk._use_fused_mlp(x)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                assert not blk._use_fused_mlp(x)
+    with fused_mlp.forced(True):
+        assert not blk._use_fused_mlp(x)  # gradients wanted: no autograd formula for the fused kernel
+        model.set_fused_attn(False)
+        with torch.no_grad():
+            assert blk._use_fused_mlp(x)  # its own switch: the attention path does not turn it off
+        model.set_fused_mlp(False)
+        with torch.no_grad():
+            assert not blk._use_fused_mlp(x)  # the reference path keeps timm's Mlp
+        model.set_fused_mlp(True)
+        model.train()
+        with torch.no_grad():
+            assert not blk._use_fused_mlp(x)
 
 
 def test_caches_follow_parameter_updates():
@@ -126,39 +142,14 @@ def test_caches_follow_parameter_updates():
         assert not torch.allclose(y0, y1)
 
 
-@pytest.mark.parametrize("name", MODELS)
-def test_compile_fullgraph_without_graph_breaks(name):
-    """Dynamo captures every model in one graph (fullgraph=True raises on any break). The eager
-    backend keeps this quick (inductor compiles the same graph: `litvit bench --compile`); the
-    training graph is checked through AOTAutograd below."""
-    torch._dynamo.reset()
-    model = randomize_(litvit.create_model(name, num_classes=5, **SMALL)).eval()
-    compiled = torch.compile(model, backend="eager", fullgraph=True)
-    x = torch.randn(2, 3, 64, 64)
-    with torch.no_grad():
-        torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
-
-
-def test_compile_aot_autograd_training_step():
-    """The traced graph also goes through AOTAutograd (what inductor consumes) for a training step."""
-    torch._dynamo.reset()
-    model = randomize_(litvit.create_model("lit_ti", num_classes=5, drop_path_rate=0.0, **SMALL)).train()
-    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
-    x = torch.randn(2, 3, 64, 64)
-    compiled(x).sum().backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
-    model.zero_grad()
-    model(x).sum().backward()
-    for n, p in model.named_parameters():
-        torch.testing.assert_close(grads[n], p.grad, rtol=1e-4, atol=1e-4)
-
-
-def test_bench_end_to_end(tmp_path):
+@pytest.mark.parametrize("fused", [None, False], ids=["probed", "forced-fallback"])
+def test_bench_end_to_end(tmp_path, fused):
     out, png = tmp_path / "b.json", tmp_path / "b.png"
     args = ["bench", "--models", "lit_ti", "--model-args", json.dumps(dict(SMALL, img_size=64)),
             "--img-size", "64", "--batch-size", "2", "--dtype", "fp32", "bf16", "--mode", "infer", "train",
             "--warmup", "1", "--reps", "2", "--threads", "1", "--out", str(out), "--plot", str(png)]
-    assert main(args) == 0
+    with fused_mlp.forced(fused):
+        assert main(args) == 0
     res = json.loads(out.read_text())
     assert res["matmul_peak_gflops"] > 0
     rows = res["models"]

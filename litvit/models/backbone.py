@@ -37,6 +37,7 @@ from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock
 
 from .convert import checkpoint_filter_fn, load_state_dict_file, official_to_litvit, unwrap_state_dict
+from .lit import check_image_batch
 
 __all__ = ["LITBackbone", "LITFPN", "build_backbone", "count_parameters", "default_backbone_img_size"]
 
@@ -193,7 +194,7 @@ class LITBackbone(nn.Module):
         pad_h, pad_w = -H % self.reduction, -W % self.reduction
         if pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h))  # bottom/right, zeros (the mean colour after normalisation)
-        self.model._check_input(x)
+        check_image_batch(x, self.model.in_chans, self.model.reduction)
         x, feat_size = self.model.patch_embed(x)
         outs = []
         for i, stage in enumerate(self.model.stages[:self.out_indices[-1] + 1]):

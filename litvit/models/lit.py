@@ -25,14 +25,16 @@ import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import Tensor, nn
-from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, Mlp, trunc_normal_
 from timm.models._features import feature_take_indices
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import (build_model_with_cfg, generate_default_cfgs, register_model, register_notrace_function,
+                         register_notrace_module)
 
+from ..ops import fused_mlp
 from ..ops.dtm import DTM_IMPLS, DeformableTokenMerging
+from ..ops.tracing import autocast_dtype, is_exporting, is_fx_proxy, is_tracing
 from .convert import checkpoint_filter_fn
 
 __all__ = ["LIT", "Attention", "Block", "LITStage", "PatchEmbed", "ConvMerge", "PatchMerging"]
@@ -48,19 +50,7 @@ def _to_2tuple(x: _int_or_tuple_2) -> Tuple[int, int]:
     return (x, x) if isinstance(x, int) else (int(x[0]), int(x[1]))
 
 
-def _exporting() -> bool:
-    """True while torch.export / ONNX export / TorchScript tracing run. Sizes are symbolic then: no
-    branch may depend on them (position tables are always resized, which is exact at equal sizes)."""
-    return torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
-
-
-def _tracing() -> bool:
-    """True while torch.compile or an exporter traces, or a dispatch mode (FakeTensorMode,
-    FlopCounterMode) is active: caches are bypassed then, so the traced graph computes everything
-    from the parameters and no fake tensor is ever cached."""
-    return torch.compiler.is_compiling() or _exporting() or _get_current_dispatch_mode() is not None
-
-
+@register_notrace_function  # torch.fx: called with the real sizes at run time
 def resize_abs_pos_embed(
         pos_embed: Tensor,
         old_size: Tuple[int, int],
@@ -77,8 +67,10 @@ def resize_abs_pos_embed(
 
     Returns:
         Tensor[1, P + H' * W', C].
+
+    Under an exporter the resize always runs (sizes are symbolic; it is exact at equal sizes).
     """
-    if not _exporting() and tuple(old_size) == tuple(new_size):
+    if not is_exporting() and tuple(old_size) == tuple(new_size):
         return pos_embed
     prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
     C = grid.shape[-1]
@@ -99,7 +91,7 @@ def resize_rel_pos_table(table: Tensor, old_size: Tuple[int, int], new_size: Tup
     Returns:
         Tensor[(2H'-1)*(2W'-1), heads].
     """
-    if not _exporting() and tuple(old_size) == tuple(new_size):
+    if not is_exporting() and tuple(old_size) == tuple(new_size):
         return table
     heads = table.shape[1]
     src = (2 * old_size[0] - 1, 2 * old_size[1] - 1)
@@ -124,6 +116,47 @@ def relative_position_index(H: int, W: int, device: Optional[torch.device] = Non
     return (rel[0] + H - 1) * (2 * W - 1) + (rel[1] + W - 1)
 
 
+@register_notrace_function  # torch.fx: called with the real sizes at run time
+def gather_rel_pos_bias(
+        table: Tensor,
+        table_size: Tuple[int, int],
+        feat_size: Tuple[int, int],
+        index: Optional[Tensor] = None,
+) -> Tensor:
+    """The relative position bias of every query/key pair of an H x W map.
+
+    Args:
+        table (Tensor[(2h-1)*(2w-1), heads]): table learned for an h x w map (``table_size``).
+        table_size (Tuple[int, int]): (h, w).
+        feat_size (Tuple[int, int]): the map (H, W); the table is resized when it differs.
+        index (Tensor[H*W*H*W], optional): ``relative_position_index(H, W).flatten()`` if already built.
+
+    Returns:
+        Tensor[heads, H*W, H*W].
+    """
+    H, W = feat_size
+    table = resize_rel_pos_table(table, table_size, (H, W))
+    if index is None:
+        index = relative_position_index(H, W, device=table.device).flatten()
+    N = H * W
+    bias = table[index].view(N, N, -1)  # N*N, heads -> N, N, heads
+    return bias.permute(2, 0, 1).contiguous()  # N, N, heads -> heads, N, N
+
+
+@register_notrace_function  # torch.fx: checked with the real shape at run time
+def check_image_batch(x: Tensor, in_chans: int, reduction: int) -> None:
+    """Raise ``ValueError`` unless ``x`` is (B, in_chans, H, W) with H and W multiples of ``reduction``."""
+    if x.dim() != 4:
+        raise ValueError(f"Expected a 4-D image batch (B, {in_chans}, H, W), got shape {tuple(x.shape)}")
+    B, C, H, W = x.shape
+    if C != in_chans:
+        raise ValueError(f"Expected {in_chans} input channels, got {C} (input shape {tuple(x.shape)})")
+    if H % reduction or W % reduction:
+        raise ValueError(f"Input height ({H}) and width ({W}) must be multiples of {reduction}; "
+                         f"pad or resize the image (e.g. to {math.ceil(H / reduction) * reduction}x"
+                         f"{math.ceil(W / reduction) * reduction})")
+
+
 def _param_cache(
         cache: Dict[tuple, Tensor],
         key: tuple,
@@ -137,7 +170,7 @@ def _param_cache(
     entry is dropped when a new one is stored. With gradients enabled, or while tracing, ``build()``
     runs every call so autograd (or the traced graph) sees the computation.
     """
-    if torch.is_grad_enabled() or _tracing():
+    if torch.is_grad_enabled() or is_tracing():
         return build()
     full = key + tuple((id(p), p._version) for p in params)
     hit = cache.get(full)
@@ -149,7 +182,6 @@ def _param_cache(
 
 
 _MAX_CACHED_BIAS = 4 * 2 ** 20  # entries of a cached relative-position bias (heads * N * N)
-_ONEDNN_FUSED = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
 class PatchEmbed(nn.Module):
@@ -160,6 +192,8 @@ class PatchEmbed(nn.Module):
         in_chans (int): image channels.
         embed_dim (int): token width.
         norm_layer (Callable[..., nn.Module]): normalisation over tokens.
+        device (torch.device, optional): where the parameters are created.
+        dtype (torch.dtype, optional): dtype of the parameters.
     """
 
     def __init__(
@@ -168,12 +202,15 @@ class PatchEmbed(nn.Module):
             in_chans: int = 3,
             embed_dim: int = 64,
             norm_layer: Callable[..., nn.Module] = partial(nn.LayerNorm, eps=1e-5),
+            device: Optional[torch.device] = None,
+            dtype: Optional[torch.dtype] = None,
     ):
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         self.patch_size = patch_size
         self.in_chans = in_chans
-        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
-        self.norm = norm_layer(embed_dim)
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size, **dd)
+        self.norm = norm_layer(embed_dim, **dd)
 
     def forward(self, x: Tensor) -> Tuple[Tensor, Tuple[int, int]]:
         x = self.proj(x)
@@ -185,9 +222,16 @@ class PatchEmbed(nn.Module):
 class DTMDownsample(nn.Module):
     """Deformable token merging on tokens: (B, H*W, C) -> (B, H/2*W/2, C')."""
 
-    def __init__(self, dim: int, out_dim: int, impl: str = "fast"):
+    def __init__(
+            self,
+            dim: int,
+            out_dim: int,
+            impl: str = "fast",
+            device: Optional[torch.device] = None,
+            dtype: Optional[torch.dtype] = None,
+    ):
         super().__init__()
-        self.dtm = DeformableTokenMerging(dim, out_dim, impl=impl)
+        self.dtm = DeformableTokenMerging(dim, out_dim, impl=impl, device=device, dtype=dtype)
 
     def forward(self, x: Tensor, feat_size: Tuple[int, int]) -> Tuple[Tensor, Tuple[int, int]]:
         H, W = feat_size
@@ -209,10 +253,18 @@ class DTMDownsample(nn.Module):
 class ConvMerge(nn.Module):
     """Regular patch merging as PVT does it: Conv2d(C, C', 2, stride 2) then LayerNorm."""
 
-    def __init__(self, dim: int, out_dim: int, norm_layer: Callable[..., nn.Module] = partial(nn.LayerNorm, eps=1e-5)):
+    def __init__(
+            self,
+            dim: int,
+            out_dim: int,
+            norm_layer: Callable[..., nn.Module] = partial(nn.LayerNorm, eps=1e-5),
+            device: Optional[torch.device] = None,
+            dtype: Optional[torch.dtype] = None,
+    ):
         super().__init__()
-        self.proj = nn.Conv2d(dim, out_dim, kernel_size=2, stride=2)
-        self.norm = norm_layer(out_dim)
+        dd = dict(device=device, dtype=dtype)
+        self.proj = nn.Conv2d(dim, out_dim, kernel_size=2, stride=2, **dd)
+        self.norm = norm_layer(out_dim, **dd)
 
     def forward(self, x: Tensor, feat_size: Tuple[int, int]) -> Tuple[Tensor, Tuple[int, int]]:
         H, W = feat_size
@@ -224,10 +276,18 @@ class ConvMerge(nn.Module):
 class PatchMerging(nn.Module):
     """Regular patch merging as Swin does it: concatenate 2x2 neighbours, LayerNorm(4C), Linear(4C, C')."""
 
-    def __init__(self, dim: int, out_dim: int, norm_layer: Callable[..., nn.Module] = partial(nn.LayerNorm, eps=1e-5)):
+    def __init__(
+            self,
+            dim: int,
+            out_dim: int,
+            norm_layer: Callable[..., nn.Module] = partial(nn.LayerNorm, eps=1e-5),
+            device: Optional[torch.device] = None,
+            dtype: Optional[torch.dtype] = None,
+    ):
         super().__init__()
-        self.norm = norm_layer(4 * dim)
-        self.reduction = nn.Linear(4 * dim, out_dim, bias=False)
+        dd = dict(device=device, dtype=dtype)
+        self.norm = norm_layer(4 * dim, **dd)
+        self.reduction = nn.Linear(4 * dim, out_dim, bias=False, **dd)
 
     def forward(self, x: Tensor, feat_size: Tuple[int, int]) -> Tuple[Tensor, Tuple[int, int]]:
         H, W = feat_size
@@ -260,6 +320,8 @@ class Attention(nn.Module):
             or kept out of the reduction.
         fused_attn (bool): use the fused path.
         norm_layer (Callable[..., nn.Module]): normalisation of the reduced keys/values (SRA).
+        device (torch.device, optional): where the parameters are created.
+        dtype (torch.dtype, optional): dtype of the parameters.
     """
 
     def __init__(
@@ -274,8 +336,11 @@ class Attention(nn.Module):
             num_prefix_tokens: int = 0,
             fused_attn: bool = True,
             norm_layer: Callable[..., nn.Module] = partial(nn.LayerNorm, eps=1e-5),
+            device: Optional[torch.device] = None,
+            dtype: Optional[torch.dtype] = None,
     ):
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         if dim % num_heads != 0:
             raise ValueError(f"dim={dim} is not divisible by num_heads={num_heads}")
         if rel_pos_size is not None and num_prefix_tokens:
@@ -287,27 +352,28 @@ class Attention(nn.Module):
         self.num_prefix_tokens = num_prefix_tokens
         self.fused_attn = fused_attn
         if sr_ratio > 1:
-            self.q = nn.Linear(dim, dim, bias=qkv_bias)
-            self.kv = nn.Linear(dim, dim * 2, bias=qkv_bias)
-            self.sr = nn.Conv2d(dim, dim, kernel_size=sr_ratio, stride=sr_ratio)
-            self.norm = norm_layer(dim)
+            self.q = nn.Linear(dim, dim, bias=qkv_bias, **dd)
+            self.kv = nn.Linear(dim, dim * 2, bias=qkv_bias, **dd)
+            self.sr = nn.Conv2d(dim, dim, kernel_size=sr_ratio, stride=sr_ratio, **dd)
+            self.norm = norm_layer(dim, **dd)
         else:
-            self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+            self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias, **dd)
         self.attn_drop = nn.Dropout(attn_drop)
         self.attn_probs = nn.Identity()
-        self.proj = nn.Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim, **dd)
         self.proj_drop = nn.Dropout(proj_drop)
         self.rel_pos_size = _to_2tuple(rel_pos_size) if rel_pos_size is not None else None
         if self.rel_pos_size is not None:
             H, W = self.rel_pos_size
-            self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * H - 1) * (2 * W - 1), num_heads))
+            self.relative_position_bias_table = nn.Parameter(
+                torch.zeros((2 * H - 1) * (2 * W - 1), num_heads, **dd))
         else:
             self.relative_position_bias_table = None
         self._rel_index_cache: Dict[Tuple[int, int, str], Tensor] = {}
         self._rel_bias_cache: Dict[tuple, Tensor] = {}
 
     def _rel_index(self, H: int, W: int, device: torch.device) -> Tensor:
-        if _tracing():  # part of the traced graph (compile, export), not a captured constant
+        if is_tracing():  # part of the traced graph (compile, export), not a captured constant
             return relative_position_index(H, W, device=device).flatten()
         key = (H, W, str(device))
         index = self._rel_index_cache.get(key)
@@ -318,10 +384,8 @@ class Attention(nn.Module):
         return index
 
     def _build_rel_pos_bias(self, H: int, W: int) -> Tensor:
-        table = resize_rel_pos_table(self.relative_position_bias_table, self.rel_pos_size, (H, W))
-        N = H * W
-        bias = table[self._rel_index(H, W, table.device)].view(N, N, -1)  # N*N, heads -> N, N, heads
-        return bias.permute(2, 0, 1).contiguous()  # N, N, heads -> heads, N, N
+        table = self.relative_position_bias_table
+        return gather_rel_pos_bias(table, self.rel_pos_size, (H, W), self._rel_index(H, W, table.device))
 
     def rel_pos_bias(self, feat_size: Tuple[int, int]) -> Tensor:
         """The relative position bias for an H x W map, (heads, N, N).
@@ -332,6 +396,8 @@ class Attention(nn.Module):
         """
         H, W = feat_size
         table = self.relative_position_bias_table
+        if is_fx_proxy(H, W):  # torch.fx: one call node, run with the real sizes
+            return gather_rel_pos_bias(table, self.rel_pos_size, feat_size)
         if (H * W) ** 2 * self.num_heads > _MAX_CACHED_BIAS:  # large maps: one bias per block would not fit
             return self._build_rel_pos_bias(H, W)
         return _param_cache(self._rel_bias_cache, (H, W, str(table.device), table.dtype), (table,),
@@ -375,6 +441,10 @@ class Block(nn.Module):
 
     MLP block: ``x + DropPath(MLP(LN(x)))``; its norm is ``norm2`` as in the official checkpoints.
     Transformer block: ``x + DropPath(MSA(LN1(x)))`` then ``x + DropPath(MLP(LN2(x)))``.
+
+    In CPU inference the MLP half may run as oneDNN's fused linear+GELU / linear+residual
+    (:mod:`litvit.ops.fused_mlp`), where the probe says this CPU supports it in the dtype at hand;
+    ``fused_mlp=False`` (or ``LIT.set_fused_mlp(False)``) keeps timm's ``Mlp`` always.
     """
 
     def __init__(
@@ -391,57 +461,68 @@ class Block(nn.Module):
             sr_ratio: int = 1,
             num_prefix_tokens: int = 0,
             fused_attn: bool = True,
+            fused_mlp: bool = True,
             act_layer: Callable[..., nn.Module] = nn.GELU,
             norm_layer: Callable[..., nn.Module] = partial(nn.LayerNorm, eps=1e-6),
+            device: Optional[torch.device] = None,
+            dtype: Optional[torch.dtype] = None,
     ):
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         if attn_type not in ATTN_TYPES:
             raise ValueError(f"attn_type must be one of {ATTN_TYPES}, got {attn_type!r}")
         if attn_type == "none":
             self.norm1 = None
             self.attn = None
         else:
-            self.norm1 = norm_layer(dim)
+            self.norm1 = norm_layer(dim, **dd)
             self.attn = Attention(
                 dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop,
                 rel_pos_size=rel_pos_size, sr_ratio=sr_ratio if attn_type == "sra" else 1,
-                num_prefix_tokens=num_prefix_tokens, fused_attn=fused_attn)
+                num_prefix_tokens=num_prefix_tokens, fused_attn=fused_attn, **dd)
         self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
-        self.norm2 = norm_layer(dim)
-        self.mlp = Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop)
+        self.norm2 = norm_layer(dim, **dd)
+        self.mlp = Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop,
+                       **dd)
         self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
-        self.fused_mlp = fused_attn  # follows set_fused_attn: the fused path of the whole block
+        self.fused_mlp = fused_mlp
 
     def _use_fused_mlp(self, x: Tensor) -> bool:
-        # oneDNN's fused kernels have no autograd formula: inference (no grad, eval) on CPU only;
-        # under torch.compile inductor fuses on its own
-        return (self.fused_mlp and _ONEDNN_FUSED and not self.training and not torch.is_grad_enabled()
-                and x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16)
-                and not _tracing()  # FlopCounterMode, FakeTensorMode must see the plain ops
-                and isinstance(self.mlp.act, nn.GELU) and self.mlp.act.approximate == "none"
-                and isinstance(self.mlp.norm, nn.Identity))
-
-    def _mlp_fused(self, x: Tensor) -> Tensor:
-        """``x + fc2(GELU(fc1(LN2(x))))`` with oneDNN's fused linear+GELU and linear+residual."""
-        fc1, fc2 = self.mlp.fc1, self.mlp.fc2
-        h = self.norm2(x)
-        if torch.is_autocast_enabled("cpu"):
-            # fc1+GELU in the autocast dtype (what autocast would run); fc2 through autocast and the
-            # residual add with autocast's type promotion, so the stream keeps its dtype
-            dt = torch.get_autocast_dtype("cpu")
-            h = torch.ops.mkldnn._linear_pointwise(
-                h.to(dt), fc1.weight.to(dt), None if fc1.bias is None else fc1.bias.to(dt), "gelu", [], "none")
-            return x + fc2(h)
-        h = torch.ops.mkldnn._linear_pointwise(h, fc1.weight, fc1.bias, "gelu", [], "none")
-        return torch.ops.mkldnn._linear_pointwise.binary(h, x, fc2.weight, fc2.bias, "add")
+        """CPU inference with an exact-GELU MLP, in a dtype the oneDNN probe accepts. Never with
+        gradients (the fused kernels have no autograd formula) and never while anything traces
+        (torch.fx, torch.compile, exporters, FlopCounterMode / FakeTensorMode see the plain ops)."""
+        if not self.fused_mlp or self.training or torch.is_grad_enabled() or is_fx_proxy(x) or is_tracing():
+            return False
+        if x.device.type != "cpu" or not (isinstance(self.mlp.act, nn.GELU) and self.mlp.act.approximate == "none"
+                                          and isinstance(self.mlp.norm, nn.Identity)):
+            return False
+        return fused_mlp.supported(autocast_dtype("cpu") or x.dtype)
 
     def forward(self, x: Tensor, feat_size: Tuple[int, int]) -> Tensor:
         if self.attn is not None:
             x = x + self.drop_path1(self.attn(self.norm1(x), feat_size))
         if self._use_fused_mlp(x):
-            return self._mlp_fused(x)
+            return fused_mlp.fused_mlp_residual(x, self.norm2, self.mlp.fc1, self.mlp.fc2, autocast_dtype("cpu"))
         x = x + self.drop_path2(self.mlp(self.norm2(x)))
         return x
+
+
+class TokenMap(nn.Module):
+    """Tokens (B, P + H*W, C) -> map (B, C, H, W), the P leading (class) tokens dropped. A view.
+
+    Each stage holds one as ``to_map``: ``forward_intermediates`` returns its maps through it, and
+    under torch.fx it is called on the stage output so that timm's ``feature_cls='fx'`` extractor
+    finds the stage's map at the node ``stages.{i}.to_map``.
+    """
+
+    def __init__(self, num_prefix_tokens: int = 0):
+        super().__init__()
+        self.num_prefix_tokens = num_prefix_tokens
+
+    def forward(self, x: Tensor, feat_size: Tuple[int, int]) -> Tensor:
+        H, W = feat_size
+        x = x[:, self.num_prefix_tokens:]
+        return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], H, W)  # B, N, C -> B, C, H, W
 
 
 class LITStage(nn.Module):
@@ -467,16 +548,20 @@ class LITStage(nn.Module):
             attn_drop: float = 0.,
             drop_path: Sequence[float] = (),
             fused_attn: bool = True,
+            fused_mlp: bool = True,
             norm_layer: Callable[..., nn.Module] = partial(nn.LayerNorm, eps=1e-6),
+            device: Optional[torch.device] = None,
+            dtype: Optional[torch.dtype] = None,
     ):
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         self.grid_size = tuple(grid_size)
         self.num_prefix_tokens = 1 if class_token else 0
         self.downsample = downsample
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if class_token else None
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim, **dd)) if class_token else None
         if abs_pos_embed:
             self.pos_embed = nn.Parameter(
-                torch.zeros(1, self.num_prefix_tokens + self.grid_size[0] * self.grid_size[1], dim))
+                torch.zeros(1, self.num_prefix_tokens + self.grid_size[0] * self.grid_size[1], dim, **dd))
         else:
             self.pos_embed = None
         self.pos_drop = nn.Dropout(proj_drop)
@@ -486,13 +571,16 @@ class LITStage(nn.Module):
                 proj_drop=proj_drop, attn_drop=attn_drop, drop_path=drop_path[j] if drop_path else 0.,
                 rel_pos_size=self.grid_size if rel_pos and attn_type != "none" else None,
                 sr_ratio=sr_ratio, num_prefix_tokens=self.num_prefix_tokens, fused_attn=fused_attn,
-                norm_layer=norm_layer)
+                fused_mlp=fused_mlp, norm_layer=norm_layer, **dd)
             for j in range(depth)])
+        self.to_map = TokenMap(self.num_prefix_tokens)
         self.grad_checkpointing = False
         self._pos_embed_cache: Dict[tuple, Tensor] = {}
 
     def _pos_embed(self, feat_size: Tuple[int, int]) -> Tensor:
-        if not _exporting() and tuple(feat_size) == self.grid_size:
+        if is_fx_proxy(*feat_size):  # torch.fx: one call node, run with the real sizes
+            return resize_abs_pos_embed(self.pos_embed, self.grid_size, feat_size, self.num_prefix_tokens)
+        if not is_exporting() and tuple(feat_size) == self.grid_size:
             return self.pos_embed
         # resized bicubically for other sizes: cached per size when no gradient is needed
         return _param_cache(
@@ -512,6 +600,8 @@ class LITStage(nn.Module):
                 x = torch.utils.checkpoint.checkpoint(blk, x, feat_size, use_reentrant=False)
             else:
                 x = blk(x, feat_size)
+        if is_fx_proxy(x):
+            self.to_map(x, feat_size)  # a named node holding the stage's map, for fx feature extraction
         return x, feat_size
 
 
@@ -542,9 +632,12 @@ class LIT(nn.Module):
         attn_drop_rate (float): dropout on attention probabilities.
         drop_path_rate (float): stochastic depth, increasing linearly over all blocks.
         norm_eps (float): LayerNorm eps of blocks and the final norm (1e-6 LIT-Ti, 1e-5 LIT-S/M/B).
-        fused_attn (bool): the fused path: ``scaled_dot_product_attention``, and in CPU inference
-            oneDNN's fused linear+GELU / linear+residual in the MLPs (else the plain path).
+        fused_attn (bool): attention through ``scaled_dot_product_attention`` (else explicit softmax).
+        fused_mlp (bool): in CPU inference, oneDNN's fused linear+GELU / linear+residual in the MLPs
+            where this CPU supports them in the dtype at hand (probed once; else timm's ``Mlp``).
         dtm_impl (str): DTM implementation, ``"fast"`` or ``"torchvision"``.
+        device (torch.device, optional): where the parameters are created (``"meta"`` works).
+        dtype (torch.dtype, optional): dtype of the parameters.
 
     Examples::
         >>> m = LIT(img_size=64, embed_dims=(8, 16, 32, 64), depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 4))
@@ -574,9 +667,13 @@ class LIT(nn.Module):
             drop_path_rate: float = 0.,
             norm_eps: float = 1e-6,
             fused_attn: bool = True,
+            fused_mlp: bool = True,
             dtm_impl: str = "fast",
+            device: Optional[torch.device] = None,
+            dtype: Optional[torch.dtype] = None,
     ):
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         self.img_size = _to_2tuple(img_size)
         per_stage = dict(embed_dims=embed_dims, depths=depths, num_heads=num_heads, mlp_ratios=mlp_ratios,
                          attn_types=attn_types, sr_ratios=sr_ratios)
@@ -614,7 +711,7 @@ class LIT(nn.Module):
         self.reduction = stride
         norm_layer = partial(nn.LayerNorm, eps=norm_eps)
 
-        self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dims[0])
+        self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dims[0], **dd)
         dpr = [x.tolist() for x in torch.linspace(0, drop_path_rate, sum(depths), device="cpu").split(list(depths))]
         stages = []
         self.feature_info = []
@@ -623,11 +720,11 @@ class LIT(nn.Module):
             downsample = None
             if i > 0:
                 if merge == "dtm":
-                    downsample = DTMDownsample(embed_dims[i - 1], embed_dims[i], impl=dtm_impl)
+                    downsample = DTMDownsample(embed_dims[i - 1], embed_dims[i], impl=dtm_impl, **dd)
                 elif merge == "conv":
-                    downsample = ConvMerge(embed_dims[i - 1], embed_dims[i])
+                    downsample = ConvMerge(embed_dims[i - 1], embed_dims[i], **dd)
                 else:
-                    downsample = PatchMerging(embed_dims[i - 1], embed_dims[i], norm_layer=norm_layer)
+                    downsample = PatchMerging(embed_dims[i - 1], embed_dims[i], norm_layer=norm_layer, **dd)
             stages.append(LITStage(
                 dim=embed_dims[i],
                 depth=depths[i],
@@ -645,13 +742,17 @@ class LIT(nn.Module):
                 attn_drop=attn_drop_rate,
                 drop_path=dpr[i],
                 fused_attn=fused_attn,
+                fused_mlp=fused_mlp,
                 norm_layer=norm_layer,
+                **dd,
             ))
-            self.feature_info.append(dict(num_chs=embed_dims[i], reduction=patch_size * 2 ** i, module=f"stages.{i}"))
+            # the stage's output as a (B, C, H, W) map is the node of its ``to_map`` (fx extraction)
+            self.feature_info.append(
+                dict(num_chs=embed_dims[i], reduction=patch_size * 2 ** i, module=f"stages.{i}.to_map"))
         self.stages = nn.Sequential(*stages)
-        self.norm = norm_layer(self.num_features)
+        self.norm = norm_layer(self.num_features, **dd)
         self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = nn.Linear(self.num_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -713,16 +814,26 @@ class LIT(nn.Module):
             if global_pool == "token" and not self.num_prefix_tokens:
                 raise ValueError("global_pool='token' needs a class token")
             self.global_pool = global_pool
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        if num_classes > 0:
+            # on the device and in the dtype of the model, in its train/eval mode
+            ref = next(self.parameters())
+            self.head = nn.Linear(self.num_features, num_classes, device=ref.device, dtype=ref.dtype)
+        else:
+            self.head = nn.Identity()
+        self.head.train(self.training)
 
     def set_fused_attn(self, enable: bool = True) -> None:
-        """Switch between the fused and the plain path: ``F.scaled_dot_product_attention`` vs explicit
-        softmax in every attention module, and (CPU inference only) oneDNN's fused linear+GELU and
-        linear+residual vs ``Mlp`` in every block. The plain path is the reference."""
+        """Switch every attention module between ``F.scaled_dot_product_attention`` (fused) and the
+        explicit softmax (plain, the reference and what attention maps are read from)."""
         for m in self.modules():
             if isinstance(m, Attention):
                 m.fused_attn = enable
-            elif isinstance(m, Block):
+
+    def set_fused_mlp(self, enable: bool = True) -> None:
+        """Switch every block's CPU-inference MLP between oneDNN's fused kernels (used only where the
+        probe in :mod:`litvit.ops.fused_mlp` says they work) and timm's ``Mlp`` (the reference)."""
+        for m in self.modules():
+            if isinstance(m, Block):
                 m.fused_mlp = enable
 
     def set_dtm_impl(self, impl: str) -> None:
@@ -732,24 +843,9 @@ class LIT(nn.Module):
                 m.impl = impl
 
     # --- forward --------------------------------------------------------------------------------
-    def _check_input(self, x: Tensor) -> None:
-        if x.dim() != 4:
-            raise ValueError(f"Expected a 4-D image batch (B, {self.in_chans}, H, W), got shape {tuple(x.shape)}")
-        B, C, H, W = x.shape
-        if C != self.in_chans:
-            raise ValueError(f"Expected {self.in_chans} input channels, got {C} (input shape {tuple(x.shape)})")
-        if H % self.reduction or W % self.reduction:
-            raise ValueError(f"Input height ({H}) and width ({W}) must be multiples of {self.reduction}; "
-                             f"pad or resize the image (e.g. to {math.ceil(H / self.reduction) * self.reduction}x"
-                             f"{math.ceil(W / self.reduction) * self.reduction})")
-
-    def _to_map(self, x: Tensor, feat_size: Tuple[int, int], prefix: int) -> Tensor:
-        H, W = feat_size
-        return x[:, prefix:].transpose(1, 2).reshape(x.shape[0], x.shape[2], H, W)  # B, N, C -> B, C, H, W
-
     def forward_features(self, x: Tensor) -> Tensor:
         """Tokens after the final norm: (B, P + H/32 * W/32, C) with P = 1 class token or 0."""
-        self._check_input(x)
+        check_image_batch(x, self.in_chans, self.reduction)
         x, feat_size = self.patch_embed(x)
         for stage in self.stages:
             x, feat_size = stage(x, feat_size)
@@ -790,7 +886,7 @@ class LIT(nn.Module):
         """
         if output_fmt not in ("NCHW", "NLC"):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
-        self._check_input(x)
+        check_image_batch(x, self.in_chans, self.reduction)
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
         stages = self.stages[:max_index + 1] if stop_early else self.stages
         intermediates = []
@@ -801,7 +897,7 @@ class LIT(nn.Module):
             if i in take_indices:
                 y = self.norm(x) if norm and i == last else x
                 if output_fmt == "NCHW":
-                    intermediates.append(self._to_map(y, feat_size, stage.num_prefix_tokens))
+                    intermediates.append(stage.to_map(y, feat_size))
                 else:
                     intermediates.append(y[:, stage.num_prefix_tokens:])
         if intermediates_only:

@@ -18,15 +18,17 @@ the 2x2 kernel) channel ``2k`` is the shift along y (rows) and ``2k + 1`` along 
 ``(p, q)`` samples input point ``(2p + i + dy, 2q + j + dx)`` bilinearly; points with ``y <= -1``,
 ``y >= H``, ``x <= -1`` or ``x >= W`` sample zero and corners outside the map contribute zero.
 """
-import contextlib
 import math
-from typing import Callable, Dict, Optional, Tuple, Union
+from collections import OrderedDict
+from typing import Callable, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 import torchvision
+from timm.models import register_notrace_module
 from torch import Tensor, nn
-from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+from .tracing import autocast_dtype, autocast_off, is_tracing
 
 __all__ = ["deform_merge2x2", "DeformMerge2x2", "DeformableTokenMerging", "DTM_IMPLS"]
 
@@ -51,24 +53,30 @@ def _check_shapes(input: Tensor, offset: Tensor, weight: Tensor, bias: Optional[
     return Ho, Wo
 
 
-_BASE_CACHE: Dict[Tuple[int, int, str, torch.dtype], Tuple[Tensor, Tensor]] = {}
+_BASE_CACHE: "OrderedDict[Tuple[int, int, str, torch.dtype], Tuple[Tensor, Tensor]]" = OrderedDict()
+_BASE_CACHE_SIZE = 32  # grids kept (least recently used dropped): a few sizes per device and dtype
 
 
 def _base_coords(Ho: int, Wo: int, device: torch.device, dtype: torch.dtype) -> Tuple[Tensor, Tensor]:
     """Pixel coordinates ``(x, y)`` of the regular 2x2 grid, each (1, 4, Ho, Wo): ``(2q + j, 2p + i)``
     for kernel point ``k = i * 2 + j`` of output ``(p, q)``.
 
-    Built once per size, device and dtype and cached (outside autograd and inference mode, so a
-    tensor cached under ``torch.inference_mode`` still serves training). Under tracing
-    (torch.compile, ONNX export) it is built inline so that it becomes part of the graph.
+    Built once per size, device and dtype and cached, the last ``_BASE_CACHE_SIZE`` of them (outside
+    autograd and inference mode, so a tensor cached under ``torch.inference_mode`` still serves
+    training). Under tracing (torch.compile, ONNX export) it is built inline so that it becomes part
+    of the graph.
     """
-    if _tracing():
+    if is_tracing():
         return _build_base_coords(Ho, Wo, device, dtype)
     key = (Ho, Wo, str(device), dtype)
     base = _BASE_CACHE.get(key)
     if base is None:
         with torch.inference_mode(False), torch.no_grad():
             base = _BASE_CACHE[key] = _build_base_coords(Ho, Wo, device, dtype)
+        while len(_BASE_CACHE) > _BASE_CACHE_SIZE:
+            _BASE_CACHE.popitem(last=False)
+    else:
+        _BASE_CACHE.move_to_end(key)
     return base
 
 
@@ -77,12 +85,6 @@ def _build_base_coords(Ho: int, Wo: int, device: torch.device, dtype: torch.dtyp
     ys = (2 * torch.arange(Ho, device=device)).view(1, 1, Ho, 1) + (k // 2).view(1, 4, 1, 1)  # 1, 4, Ho, 1
     xs = (2 * torch.arange(Wo, device=device)).view(1, 1, 1, Wo) + (k % 2).view(1, 4, 1, 1)  # 1, 4, 1, Wo
     return xs.to(dtype).expand(1, 4, Ho, Wo), ys.to(dtype).expand(1, 4, Ho, Wo)
-
-
-def _tracing() -> bool:
-    # compile/export tracing, or a dispatch mode (FakeTensorMode, FlopCounterMode): never cache then
-    return (torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing()
-            or torch.onnx.is_in_onnx_export() or _get_current_dispatch_mode() is not None)
 
 
 def _sample_grid(offset: Tensor, H: int, W: int) -> Tensor:
@@ -105,16 +107,9 @@ def _sample_grid(offset: Tensor, H: int, W: int) -> Tensor:
     return torch.stack((gx, gy), dim=-1).view(B, 4 * Ho, Wo, 2)  # B, 4, Ho, Wo, 2 -> B, 4*Ho, Wo, 2
 
 
-def _no_autocast(input: Tensor):
-    kind = input.device.type  # "meta" (shape tracing, FLOP counting) has no autocast
-    return torch.autocast(kind, enabled=False) if torch.amp.is_autocast_available(kind) else contextlib.nullcontext()
-
-
 def _out_dtype(input: Tensor) -> torch.dtype:
-    kind = input.device.type
-    if torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind):
-        return torch.get_autocast_dtype(kind)
-    return input.dtype
+    """The dtype a convolution would answer in: the autocast dtype where autocast is on."""
+    return autocast_dtype(input.device.type) or input.dtype
 
 
 def _merge_fast(input: Tensor, offset: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
@@ -124,7 +119,7 @@ def _merge_fast(input: Tensor, offset: Tensor, weight: Tensor, bias: Optional[Te
     dtype = _out_dtype(input)
     # Sampling coordinates need float32 at least: bf16/fp16 cannot hold a pixel position to < 0.1 px.
     work = torch.float64 if input.dtype == torch.float64 else torch.float32
-    with _no_autocast(input):
+    with autocast_off(input.device.type):
         grid = _sample_grid(offset.to(work), H, W)
         # one bilinear gather for all four kernel points; zeros padding = corners outside contribute 0
         sampled = F.grid_sample(input.to(work), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
@@ -154,7 +149,7 @@ def _merge_torchvision(input: Tensor, offset: Tensor, weight: Tensor, bias: Opti
     dtype = _out_dtype(input)
     # torchvision's CPU kernel rejects bfloat16/float16: compute those in float32.
     work = input.dtype if input.dtype in (torch.float32, torch.float64) else torch.float32
-    with _no_autocast(input):
+    with autocast_off(input.device.type):
         out = torchvision.ops.deform_conv2d(
             input.to(work), offset.to(work), weight.to(work), None if bias is None else bias.to(work), stride=2)
     return out.to(dtype)
@@ -210,6 +205,8 @@ class DeformMerge2x2(nn.Module):
         out_chans (int): output channels C_out.
         bias (bool): add a learned bias.
         impl (str): ``"fast"`` or ``"torchvision"``, see :func:`deform_merge2x2`.
+        device (torch.device, optional): where the parameters are created (``"meta"`` works).
+        dtype (torch.dtype, optional): dtype of the parameters.
 
     Examples::
         >>> DeformMerge2x2(16, 32)(torch.randn(2, 16, 8, 8)).shape
@@ -222,16 +219,19 @@ class DeformMerge2x2(nn.Module):
             out_chans: int,
             bias: bool = True,
             impl: str = "fast",
+            device: Optional[torch.device] = None,
+            dtype: Optional[torch.dtype] = None,
     ):
         super().__init__()
         if impl not in DTM_IMPLS:
             raise ValueError(f"impl must be one of {DTM_IMPLS}, got {impl!r}")
+        dd = dict(device=device, dtype=dtype)
         self.in_chans = in_chans
         self.out_chans = out_chans
         self.impl = impl
-        self.weight = nn.Parameter(torch.empty(out_chans, in_chans, 2, 2))
-        self.bias = nn.Parameter(torch.empty(out_chans)) if bias else None
-        self.conv_offset = nn.Conv2d(in_chans, 8, kernel_size=2, stride=2, bias=True)
+        self.weight = nn.Parameter(torch.empty(out_chans, in_chans, 2, 2, **dd))
+        self.bias = nn.Parameter(torch.empty(out_chans, **dd)) if bias else None
+        self.conv_offset = nn.Conv2d(in_chans, 8, kernel_size=2, stride=2, bias=True, **dd)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -258,6 +258,7 @@ class DeformMerge2x2(nn.Module):
         return f"{self.in_chans}, {self.out_chans}, kernel_size=2, stride=2, impl={self.impl!r}"
 
 
+@register_notrace_module  # torch.fx: one leaf (its shape checks are Python control flow)
 class DeformableTokenMerging(nn.Module):
     """DTM: deformable 2x2 merge -> BatchNorm2d -> GELU, on a (B, C, H, W) map.
 
@@ -269,6 +270,8 @@ class DeformableTokenMerging(nn.Module):
         norm_layer (Callable[..., nn.Module]): normalisation over the merged map (BatchNorm2d).
         act_layer (Callable[..., nn.Module]): activation (exact GELU).
         impl (str): ``"fast"`` or ``"torchvision"``, see :func:`deform_merge2x2`.
+        device (torch.device, optional): where the parameters are created.
+        dtype (torch.dtype, optional): dtype of the parameters.
 
     Examples::
         >>> DeformableTokenMerging(64, 128)(torch.randn(2, 64, 56, 56)).shape
@@ -282,10 +285,13 @@ class DeformableTokenMerging(nn.Module):
             norm_layer: Callable[..., nn.Module] = nn.BatchNorm2d,
             act_layer: Callable[..., nn.Module] = nn.GELU,
             impl: str = "fast",
+            device: Optional[torch.device] = None,
+            dtype: Optional[torch.dtype] = None,
     ):
         super().__init__()
-        self.dconv = DeformMerge2x2(in_chans, out_chans, bias=True, impl=impl)
-        self.norm_layer = norm_layer(out_chans)
+        dd = dict(device=device, dtype=dtype)
+        self.dconv = DeformMerge2x2(in_chans, out_chans, bias=True, impl=impl, **dd)
+        self.norm_layer = norm_layer(out_chans, **dd)
         self.act = act_layer()
 
     @property
