@@ -210,10 +210,13 @@ class SyncBatchNorm(nn.SyncBatchNorm):
         import torch.distributed as dist
         if x.device.type != "cpu" or not (self.training and dist.is_available() and dist.is_initialized()):
             return super().forward(x)  # torch's: CUDA, or no synchronisation needed
-        from torch.distributed.nn.functional import all_reduce
+        import warnings
+        from torch.distributed.nn.functional import all_reduce  # autograd-aware, in every torch we support
         dims = [d for d in range(x.dim()) if d != 1]
         count = torch.tensor([x.numel() / x.shape[1]], dtype=x.dtype)
-        stats = all_reduce(torch.cat([x.sum(dims), (x * x).sum(dims), count]))  # C sums, C square sums, count
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # newer torch prefers a private module
+            stats = all_reduce(torch.cat([x.sum(dims), (x * x).sum(dims), count]))  # C sums, C square sums, count
         C = x.shape[1]
         n = stats[-1]
         mean = stats[:C] / n
