@@ -23,9 +23,10 @@ Label PNGs hold one class index per pixel (8-bit grey or palette). ADE20K's conv
 "other" (not evaluated) and 1..150 are the classes; ``reduce_zero_label=True`` (default) maps 0 to
 the ignore index 255 and v to v - 1, giving classes 0..149. With ``reduce_zero_label=False`` the
 values are the classes themselves and 255 is ignored. Any other value out of range is an error.
-Training: random rescale (ratio 0.5-2.0 of a 2048x512 scale), random 512x512 crop (no class above
-75 % of the crop when avoidable), horizontal flip, photometric distortion, ImageNet normalisation,
-padding with the ignore index. Evaluation: resize to the 2048x512 scale; labels stay at full size.
+Training (mmsegmentation's ADE20K pipeline): random rescale (ratio 0.5-2.0 of a 2048x512 scale),
+random 512x512 crop (re-drawn up to 10 times while one class covers >= 75 % of it,
+``cat_max_ratio``), horizontal flip, mmsegmentation's photometric distortion
+(:class:`PhotoMetricDistortion`), ImageNet normalisation, padding with the ignore index. Evaluation: resize to the 2048x512 scale; labels stay at full size.
 """
 import contextlib
 import io
@@ -45,7 +46,7 @@ from torch.utils.data import Dataset
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 __all__ = ["read_image", "image_to_tensor", "CocoDetection", "detection_collate", "SegmentationDataset",
-           "SegTrainTransform", "SegEvalTransform", "segmentation_collate", "palette", "IMAGE_EXTENSIONS", "IGNORE_INDEX"]
+           "PhotoMetricDistortion", "SegTrainTransform", "SegEvalTransform", "segmentation_collate", "palette", "IMAGE_EXTENSIONS", "IGNORE_INDEX"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 IGNORE_INDEX = 255
@@ -282,6 +283,98 @@ def _normalize(img: Image.Image) -> Tensor:
     return (x - mean) / std
 
 
+def _rgb_to_hsv8(rgb: np.ndarray) -> np.ndarray:
+    """uint8 RGB -> uint8 HSV as OpenCV's 8-bit conversion (H in 0..179, degrees / 2; S, V in 0..255)."""
+    x = rgb.astype(np.float32)
+    r, g, b = x[..., 0], x[..., 1], x[..., 2]
+    v = x.max(-1)
+    delta = v - x.min(-1)
+    s = np.where(v > 0, 255 * delta / np.maximum(v, 1e-6), 0)
+    d = np.maximum(delta, 1e-6)
+    h = np.where(v == r, 60 * (g - b) / d, np.where(v == g, 120 + 60 * (b - r) / d, 240 + 60 * (r - g) / d))
+    h = np.where(delta > 0, h % 360, 0)
+    hsv = np.stack([np.round(h / 2) % 180, np.round(s), v], axis=-1)
+    return hsv.astype(np.uint8)
+
+
+def _hsv8_to_rgb(hsv: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`_rgb_to_hsv8`, rounded to uint8."""
+    h = hsv[..., 0].astype(np.float32) * 2 / 60  # sector 0..6
+    s = hsv[..., 1].astype(np.float32) / 255
+    v = hsv[..., 2].astype(np.float32)
+    c = v * s
+    x = c * (1 - np.abs(h % 2 - 1))
+    z = np.zeros_like(c)
+    sector = np.floor(h).astype(np.int64) % 6
+    rgb = np.select([sector[..., None] == k for k in range(6)],
+                    [np.stack(t, -1) for t in ((c, x, z), (x, c, z), (z, c, x), (z, x, c), (x, z, c), (c, z, x))])
+    return np.clip(np.round(rgb + (v - c)[..., None]), 0, 255).astype(np.uint8)
+
+
+class PhotoMetricDistortion:
+    """mmsegmentation's ``PhotoMetricDistortion``, applied in its order and with its semantics.
+
+    Each step happens with probability 0.5 and rounds back to uint8, as mmseg's: brightness (add a
+    value drawn from +-``brightness_delta``), then contrast (multiply by a factor from
+    ``contrast_range``) either here or last (a coin decides), saturation (multiply the HSV
+    saturation), hue (add an integer from ``[-hue_delta, hue_delta)`` to the hue on OpenCV's 0-180
+    scale, wrapping). Unlike torchvision's ColorJitter, contrast scales pixel values (it does not
+    blend with the mean grey) and brightness is additive. Random numbers come from ``np.random``.
+
+    Examples::
+
+        >>> img = np.full((4, 4, 3), 100, np.uint8)
+        >>> PhotoMetricDistortion()(img).shape
+        (4, 4, 3)
+    """
+
+    def __init__(
+            self,
+            brightness_delta: int = 32,
+            contrast_range: Tuple[float, float] = (0.5, 1.5),
+            saturation_range: Tuple[float, float] = (0.5, 1.5),
+            hue_delta: int = 18,
+    ):
+        self.brightness_delta = brightness_delta
+        self.contrast_range = contrast_range
+        self.saturation_range = saturation_range
+        self.hue_delta = hue_delta
+
+    @staticmethod
+    def _convert(img: np.ndarray, alpha: float = 1.0, beta: float = 0.0) -> np.ndarray:
+        return np.clip(img.astype(np.float32) * alpha + beta, 0, 255).astype(np.uint8)
+
+    def _contrast(self, img: np.ndarray) -> np.ndarray:
+        if np.random.randint(2):
+            img = self._convert(img, alpha=np.random.uniform(*self.contrast_range))
+        return img
+
+    def __call__(self, img: np.ndarray) -> np.ndarray:
+        """
+        Args:
+            img (np.ndarray[H, W, 3]): uint8 RGB.
+
+        Returns:
+            np.ndarray[H, W, 3]: uint8 RGB.
+        """
+        if np.random.randint(2):
+            img = self._convert(img, beta=np.random.uniform(-self.brightness_delta, self.brightness_delta))
+        contrast_last = np.random.randint(2) == 0
+        if not contrast_last:
+            img = self._contrast(img)
+        if np.random.randint(2):
+            hsv = _rgb_to_hsv8(img)
+            hsv[..., 1] = self._convert(hsv[..., 1], alpha=np.random.uniform(*self.saturation_range))
+            img = _hsv8_to_rgb(hsv)
+        if np.random.randint(2):
+            hsv = _rgb_to_hsv8(img)
+            hsv[..., 0] = (hsv[..., 0].astype(np.int64) + np.random.randint(-self.hue_delta, self.hue_delta)) % 180
+            img = _hsv8_to_rgb(hsv)
+        if contrast_last:
+            img = self._contrast(img)
+        return img
+
+
 class SegTrainTransform:
     """Training augmentation of mmsegmentation's ADE20K pipeline.
 
@@ -289,9 +382,10 @@ class SegTrainTransform:
         crop_size (int): square crop (512).
         scale (Tuple[int, int]): (long, short) side limits at ratio 1 (2048, 512).
         ratio_range (Tuple[float, float]): random rescale ratio (0.5, 2.0).
-        cat_max_ratio (float): retry a crop (up to 10 times) while one class covers more of it.
+        cat_max_ratio (float): re-draw a crop (up to 10 times) while one class covers this share of
+            it or more (ignored pixels not counted), as mmseg's ``RandomCrop``; 1 turns it off.
         hflip_prob (float): horizontal flip probability.
-        photometric (bool): brightness/contrast/saturation/hue jitter.
+        photometric (bool): mmseg's :class:`PhotoMetricDistortion`.
     """
 
     def __init__(
@@ -303,28 +397,26 @@ class SegTrainTransform:
             hflip_prob: float = 0.5,
             photometric: bool = True,
     ):
-        from torchvision.transforms import ColorJitter
         self.crop_size = crop_size
         self.scale = scale
         self.ratio_range = ratio_range
         self.cat_max_ratio = cat_max_ratio
         self.hflip_prob = hflip_prob
-        self.jitter = ColorJitter(brightness=0.125, contrast=0.5, saturation=0.5, hue=0.05) if photometric else None
+        self.photometric = PhotoMetricDistortion() if photometric else None
 
     def _crop_box(self, label: np.ndarray) -> Tuple[int, int, int, int]:
+        """mmseg's RandomCrop: one draw, then up to 10 checks, each failed one drawing again."""
         H, W = label.shape
         ch, cw = min(self.crop_size, H), min(self.crop_size, W)
-        box = (0, 0, ch, cw)
-        for _ in range(10):
-            y, x = random.randint(0, H - ch), random.randint(0, W - cw)
-            box = (y, x, ch, cw)
-            if self.cat_max_ratio >= 1:
-                break
-            crop = label[y:y + ch, x:x + cw]
-            _, counts = np.unique(crop[crop != IGNORE_INDEX], return_counts=True)
-            if len(counts) > 1 and counts.max() / counts.sum() < self.cat_max_ratio:
-                break
-        return box
+        y, x = random.randint(0, H - ch), random.randint(0, W - cw)
+        if self.cat_max_ratio < 1:
+            for _ in range(10):
+                crop = label[y:y + ch, x:x + cw]
+                _, counts = np.unique(crop[crop != IGNORE_INDEX], return_counts=True)
+                if len(counts) > 1 and counts.max() / counts.sum() < self.cat_max_ratio:
+                    break
+                y, x = random.randint(0, H - ch), random.randint(0, W - cw)
+        return y, x, ch, cw
 
     def __call__(self, img: Image.Image, label: np.ndarray) -> Tuple[Tensor, Tensor]:
         r = random.uniform(*self.ratio_range)
@@ -337,8 +429,8 @@ class SegTrainTransform:
         if random.random() < self.hflip_prob:
             img = img.transpose(Image.FLIP_LEFT_RIGHT)
             label = label[:, ::-1]
-        if self.jitter is not None:
-            img = self.jitter(img)
+        if self.photometric is not None:
+            img = Image.fromarray(self.photometric(np.asarray(img, dtype=np.uint8)))
         image = _normalize(img)
         target = torch.from_numpy(np.array(label, dtype=np.int64))
         pad_h, pad_w = self.crop_size - ch, self.crop_size - cw

@@ -1,13 +1,16 @@
 """RetinaNet and Mask R-CNN with a LIT backbone, on torchvision's detection models.
 
 The paper (Pan et al., AAAI 2022, Table 6) trains RetinaNet and Mask R-CNN with LIT-Ti and LIT-S
-backbones on COCO with the 1x schedule (12 epochs, lr x0.1 after epochs 8 and 11), AdamW lr 1e-4,
-weight decay 0.05, images resized to 1333x800. The authors used forked mmdetection trees; here the
-same architectures are assembled from ``torchvision.models.detection``:
+backbones on COCO with the 1x schedule (12 epochs, lr x0.1 after epochs 8 and 11), AdamW lr 1e-4
+(RetinaNet) / 2e-4 (Mask R-CNN), weight decay 1e-4, images resized to (1333, 800) (the recipes
+``retinanet-1x`` and ``mask-rcnn-1x`` of :mod:`litvit.recipes`). The authors used forked
+mmdetection 2.11 trees; here the same architectures are assembled from ``torchvision.models.detection``:
 
 * RetinaNet: an FPN over stages 2-4 (strides 8-32, P3-P5) plus P6/P7 from stride-2 3x3 convs on
-  the *input* of the last level (C5), as mmdetection's ``add_extra_convs='on_input'``; 9 anchors
-  per location (3 octave scales x 3 ratios, sizes 32-512); focal loss.
+  the *input* of the last level (C5), as mmdetection's ``add_extra_convs='on_input'``, without a
+  ReLU before P7 (mmdetection 2.11's ``relu_before_extra_convs=False``; torchvision's
+  ``LastLevelP6P7`` has one); 9 anchors per location (3 octave scales x 3 ratios, sizes 32-512);
+  focal loss.
 * Mask R-CNN: an FPN over all four stages (P2-P5) plus a max-pooled P6 for the RPN; RoIAlign
   7x7 box head (two 1024-d FC layers) and 14x14 mask head (four convs + deconv).
 
@@ -22,41 +25,45 @@ Examples::
     >>> sorted(out[0])
     ['boxes', 'labels', 'scores']
 """
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
-from torch import nn
+from torch import Tensor, nn
 from torchvision.models.detection import MaskRCNN, RetinaNet
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from .models.backbone import LITFPN, build_backbone, count_parameters, default_backbone_img_size
+from .models.backbone import LITFPN, backbone_family, build_backbone, count_parameters, default_backbone_img_size
+from .recipes import DENSE_RECIPES
 
 __all__ = ["retinanet", "mask_rcnn", "build_detector", "DETECTORS", "DETECTION_DEFAULTS", "PAPER_PARAMS",
-           "detector_backbone", "default_backbone_img_size"]
+           "LastLevelP6P7OnInput", "detector_backbone", "default_backbone_img_size"]
 
 DETECTORS = ("retinanet", "mask_rcnn")
+RECIPE_OF = {"retinanet": "retinanet-1x", "mask_rcnn": "mask-rcnn-1x"}
 
-# The paper's COCO recipe (1x schedule); multi-scale training picks a shorter side per batch.
-DETECTION_DEFAULTS = dict(
-    epochs=12,
-    lr=1e-4,
-    weight_decay=0.05,
-    lr_steps=(8, 11),
-    lr_gamma=0.1,
-    warmup_iters=500,
-    warmup_ratio=0.001,
-    batch_size=2,                               # per GPU, 8 GPUs in the paper
-    min_size=(640, 672, 704, 736, 768, 800),    # shorter side, sampled per batch when training
-    test_min_size=800,
-    max_size=1333,
-)
+# The paper's COCO recipe (1x schedule, single scale (1333, 800)), family-independent values; the
+# whole recipe, family rules included, is litvit.recipes.DENSE_RECIPES["retinanet-1x" | "mask-rcnn-1x"].
+DETECTION_DEFAULTS = {k: v for k, v in DENSE_RECIPES["retinanet-1x"].items() if k != "by_family"}
 
 # Parameter counts the paper reports (COCO, 80 classes), millions.
 PAPER_PARAMS = {
     ("retinanet", "lit_ti"): 30.0, ("retinanet", "lit_s"): 39.0,
     ("mask_rcnn", "lit_ti"): 40.0, ("mask_rcnn", "lit_s"): 48.0,
 }
+
+
+class LastLevelP6P7OnInput(LastLevelP6P7):
+    """RetinaNet's P6 and P7 as mmdetection 2.11 builds them (``add_extra_convs='on_input'``,
+    ``relu_before_extra_convs=False``): P6 = conv3x3/2(C5), P7 = conv3x3/2(P6), no ReLU between.
+    Parameters are torchvision's ``p6`` / ``p7``."""
+
+    def forward(self, p: List[Tensor], c: List[Tensor], names: List[str]) -> Tuple[List[Tensor], List[str]]:
+        p6 = self.p6(c[-1])
+        p7 = self.p7(p6)
+        p.extend([p6, p7])
+        names.extend(["p6", "p7"])
+        return p, names
 
 
 def detector_backbone(
@@ -69,10 +76,14 @@ def detector_backbone(
         backbone_kwargs: Optional[Dict] = None,
         fpn_channels: int = 256,
 ) -> LITFPN:
-    """A LIT backbone with an FPN over ``fpn_stages`` and the given extra levels."""
+    """A LIT backbone with an FPN over ``fpn_stages`` and the given extra levels; output norms and
+    position-embedding resizing as the authors' detection backbones of the model's family."""
     kwargs = dict(backbone_kwargs or {})
     if "img_size" not in kwargs and default_backbone_img_size(backbone, "detection"):
         kwargs["img_size"] = default_backbone_img_size(backbone, "detection")
+    family = DENSE_RECIPES["retinanet-1x"]["by_family"][backbone_family(backbone)]
+    kwargs.setdefault("out_norms", family["out_norm_stages"])
+    kwargs.setdefault("pos_embed_interpolation", family["pos_embed_interpolation"])
     body = build_backbone(backbone, pretrained=pretrained_backbone, out_indices=tuple(sorted(fpn_stages)),
                           frozen_stages=frozen_stages, norm_eval=norm_eval, **kwargs)
     return LITFPN(body, fpn_stages=fpn_stages, out_channels=fpn_channels, extra_blocks=extra_blocks)
@@ -117,7 +128,7 @@ def retinanet(
         torchvision's RetinaNet: ``model(images, targets)`` returns the loss dict when training
         and a list of ``{'boxes', 'scores', 'labels'}`` in input-image coordinates in eval mode.
     """
-    bb = detector_backbone(backbone, (1, 2, 3), LastLevelP6P7(_c5(backbone, backbone_kwargs), fpn_channels),
+    bb = detector_backbone(backbone, (1, 2, 3), LastLevelP6P7OnInput(_c5(backbone, backbone_kwargs), fpn_channels),
                            pretrained_backbone, frozen_stages, norm_eval, backbone_kwargs, fpn_channels)
     kwargs.setdefault("detections_per_img", 100)  # mmdetection's max_per_img
     return RetinaNet(bb, num_classes=num_classes + 1, **_transform_kwargs(min_size, max_size), **kwargs)

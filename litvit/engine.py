@@ -8,8 +8,9 @@ its model and datasets, how to compute a training loss from a batch, and how to 
   from the environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``; gloo on CPU, NCCL on CUDA), wraps
   the model in ``DistributedDataParallel``, shards the data, reduces metrics across ranks and lets
   only rank 0 write;
-* AdamW over :func:`param_groups` (no weight decay on 1-D parameters, biases, position embeddings,
-  class tokens and relative position tables; DTM offset predictors at ``lr x offset_lr_mult``),
+* AdamW over :func:`param_groups` (the authors' rules: no weight decay on 1-D parameters, biases,
+  class tokens and relative position tables; DTM offset-predictor weights in a group at
+  ``lr x offset_lr_mult``; dense tasks pass mmcv-style ``no_decay_keys``),
   timm's cosine schedule with linear warm-up updated every optimizer step, gradient accumulation,
   gradient clipping, optional EMA of the weights (timm ``ModelEmaV3``), gradient checkpointing;
 * mixed precision: bf16 autocast on CPU, fp16 with a ``GradScaler`` or bf16 on CUDA;
@@ -34,6 +35,7 @@ The task interface::
         def collate_fn(self) -> Callable | None                             # default None
         def train_sampler(self, dataset, dist) -> Sampler | None            # default: shuffled, sharded
         def param_groups(self, model, cfg) -> list[dict]                    # default: engine.param_groups
+        def on_epoch_start(self, model, epoch)                              # default: nothing
         def build_scheduler(self, optimizer, cfg, steps_per_epoch)          # default: cosine + warm-up
         def train_step(self, model, batch, device) -> tuple[Tensor, dict]   # loss, metrics to log
         def evaluate(self, model, loader, device, dist) -> dict             # reduced across ranks; "score"
@@ -97,7 +99,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from .utils import atomic_path, atomic_write
 
 __all__ = [
-    "Task", "TrainConfig", "DistInfo", "fit", "evaluate", "param_groups", "save_checkpoint_atomic",
+    "Task", "TrainConfig", "DistInfo", "fit", "evaluate", "param_groups", "describe_param_groups", "save_checkpoint_atomic",
     "load_checkpoint", "setup_distributed", "per_process_batch_size", "autocast", "unwrap_model", "sync_buffers",
     "LAST", "BEST", "AMP_MODES",
 ]
@@ -372,6 +374,9 @@ class Task:
     def param_groups(self, model: nn.Module, cfg: TrainConfig) -> List[dict]:
         return param_groups(model, cfg.weight_decay, offset_lr_mult=cfg.offset_lr_mult)
 
+    def on_epoch_start(self, model: nn.Module, epoch: int) -> None:
+        """Called with the unwrapped model before each training epoch (0-based); default nothing."""
+
     def build_scheduler(self, optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
         """A timm scheduler stepped with ``step_update(optimizer_step)``; default: cosine with linear
         warm-up over ``cfg.epochs``. Dense tasks override it (step decay, poly)."""
@@ -440,52 +445,92 @@ def param_groups(
         weight_decay: float,
         lr: Optional[float] = None,
         offset_lr_mult: float = 0.01,
+        no_decay_keys: Optional[Sequence[str]] = None,
 ) -> List[dict]:
-    """AdamW parameter groups with the paper's rules.
+    """AdamW parameter groups with the authors' rules.
+
+    ImageNet rules (``no_decay_keys=None``; the ``set_weight_decay`` of both official codebases):
 
     * no weight decay: parameters with ``ndim <= 1`` (norms, biases), names ending in ``.bias``,
       and every name returned by ``no_weight_decay()`` of the model or any submodule (prefixed
-      with the submodule's path; a backbone inside a detector keeps its rules);
-    * learning rate x ``offset_lr_mult``: every parameter whose name contains ``conv_offset``
-      (the DTM offset predictors), through timm's ``lr_scale`` group key.
+      with the submodule's path; a backbone inside a detector keeps its rules): LIT-Ti's class
+      token, LIT-S/M/B's relative position tables (LIT-Ti's position embeddings *are* decayed);
+    * the DTM offset predictors' *weights* (names containing ``conv_offset``, not exempt from
+      decay) form their own decayed group ``offset`` at ``lr x offset_lr_mult``; their bias stays
+      in ``no_decay`` at the full lr. With ``offset_lr_mult == 1`` there is no such group.
+
+    Dense rules (``no_decay_keys`` a sequence, possibly empty; mmcv's ``paramwise_cfg.custom_keys``
+    with ``decay_mult=0``): every parameter is decayed except those whose name contains one of
+    the keys; offsets as above (``offset_lr_mult`` is 1.0 in every dense config).
+
+    A group's lr is ``lr_mult`` times the peak lr, set as the group's own ``lr``: timm's
+    schedulers then decay each group from its own base toward the one shared minimum, as the
+    authors' runs did (a ``lr_scale`` would scale the minimum too).
 
     Args:
         model (nn.Module): the (unwrapped) model; frozen parameters are skipped.
         weight_decay (float): decay of the decayed groups.
-        lr (float, optional): if given, each group's ``lr`` is set to ``lr * lr_scale``.
-        offset_lr_mult (float): the offset predictors' multiplier (0.01 in both official codebases).
+        lr (float, optional): if given, each group's ``lr`` is set to ``lr * lr_mult``.
+        offset_lr_mult (float): the offset predictors' multiplier (0.01 in both ImageNet codebases).
+        no_decay_keys (Sequence[str], optional): dense rules, see above.
 
     Returns:
-        Up to four groups, each with ``name``, ``params``, ``param_names``, ``weight_decay`` and
-        ``lr_scale``; empty groups are left out.
+        Up to three groups ``decay``, ``no_decay``, ``offset``, each with ``name``, ``params``,
+        ``param_names``, ``weight_decay`` and ``lr_mult``; empty groups are left out.
 
     Examples::
         >>> import litvit
         >>> m = litvit.create_model('lit_ti', img_size=64, embed_dims=(8, 16, 32, 64), depths=(1, 1, 1, 1),
         ...                         num_heads=(1, 1, 2, 4))
-        >>> [g['name'] for g in param_groups(m, 0.05)]
-        ['decay', 'no_decay', 'offset_decay', 'offset_no_decay']
+        >>> [(g['name'], g['lr_mult'], g['weight_decay']) for g in param_groups(m, 0.05)]
+        [('decay', 1.0, 0.05), ('no_decay', 1.0, 0.0), ('offset', 0.01, 0.05)]
     """
-    nwd = _no_weight_decay_names(model)
-    nwd_leaves = {n.rsplit(".", 1)[-1] for n in nwd}
+    if no_decay_keys is None:
+        nwd = _no_weight_decay_names(model)
+        nwd_leaves = {n.rsplit(".", 1)[-1] for n in nwd}
+
+        def exempt(name: str, p: Tensor) -> bool:
+            return (p.ndim <= 1 or name.endswith(".bias") or name in nwd
+                    or any(name.endswith("." + leaf) for leaf in nwd_leaves))
+    else:
+        keys = tuple(no_decay_keys)
+
+        def exempt(name: str, p: Tensor) -> bool:
+            return any(k in name for k in keys)
     groups: Dict[str, dict] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        no_decay = (p.ndim <= 1 or name.endswith(".bias") or name in nwd
-                    or any(name.endswith("." + leaf) for leaf in nwd_leaves))
-        offset = "conv_offset" in name
-        key = ("offset_" if offset else "") + ("no_decay" if no_decay else "decay")
+        no_decay = exempt(name, p)
+        if no_decay:
+            key = "no_decay"
+        elif "conv_offset" in name and offset_lr_mult != 1.0:
+            key = "offset"
+        else:
+            key = "decay"
         g = groups.setdefault(key, dict(name=key, params=[], param_names=[],
                                         weight_decay=0.0 if no_decay else weight_decay,
-                                        lr_scale=offset_lr_mult if offset else 1.0))
+                                        lr_mult=offset_lr_mult if key == "offset" else 1.0))
         g["params"].append(p)
         g["param_names"].append(name)
-    order = ["decay", "no_decay", "offset_decay", "offset_no_decay"]
-    out = [groups[k] for k in order if k in groups]
+    out = [groups[k] for k in ("decay", "no_decay", "offset") if k in groups]
     if lr is not None:
         for g in out:
-            g["lr"] = lr * g["lr_scale"]
+            g["lr"] = lr * g["lr_mult"]
+    return out
+
+
+def describe_param_groups(groups: Sequence[dict], peak_lr: Optional[float] = None) -> List[dict]:
+    """Plain values of :func:`param_groups` for printing: name, lr multiplier (and lr), weight
+    decay, numbers of tensors and parameters, the first few names."""
+    out = []
+    for g in groups:
+        d = dict(name=g["name"], lr_mult=g["lr_mult"], weight_decay=g["weight_decay"],
+                 tensors=len(g["params"]), parameters=int(sum(p.numel() for p in g["params"])),
+                 examples=list(g["param_names"][:4]))
+        if peak_lr is not None:
+            d["lr"] = peak_lr * g["lr_mult"]
+        out.append(d)
     return out
 
 
@@ -849,7 +894,7 @@ def _fit(task: Task, cfg: TrainConfig, dist: DistInfo) -> Dict[str, Any]:
     peak_lr = cfg.lr * global_batch / 512 if cfg.scale_lr else cfg.lr
     groups = task.param_groups(model, cfg)
     optimizer = torch.optim.AdamW(
-        [{k: v for k, v in g.items() if k != "param_names"} for g in groups],
+        [dict({k: v for k, v in g.items() if k != "param_names"}, lr=peak_lr * g["lr_mult"]) for g in groups],
         lr=peak_lr, betas=tuple(cfg.opt_betas), eps=cfg.opt_eps, weight_decay=cfg.weight_decay)
     scheduler = task.build_scheduler(optimizer, cfg, steps_per_epoch)
     scaler = torch.amp.GradScaler("cuda") if cfg.amp == "fp16" else None
@@ -944,6 +989,7 @@ def _fit(task: Task, cfg: TrainConfig, dist: DistInfo) -> Dict[str, Any]:
         say(f"nothing to do: the run in {out} already finished {start_epoch} epochs")
     for epoch in range(start_epoch, cfg.epochs):
         batches.set_epoch(epoch)
+        task.on_epoch_start(model, epoch)
         first = start_batch if epoch == start_epoch else 0
         batches.skip_batches = first
         train_model.train()

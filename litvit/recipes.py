@@ -7,11 +7,21 @@ values every recipe starts from are in :data:`BASE`.
 * ``lit-ti``: the DeiT recipe LIT-Ti was trained with (LIT.md): AdamW, lr 5e-4 x batch/512, weight
   decay 0.05, eps 1e-8, cosine to 1e-5, 5 warm-up epochs from 1e-6, 300 epochs, drop path 0.1,
   RandAugment ``rand-m9-mstd0.5-inc1``, mixup 0.8, cutmix 1.0, label smoothing 0.1, random erasing
-  0.25, repeated augmentation (3), bicubic; global batch 1024 (8 GPUs x 128).
+  0.25, repeated augmentation (3), bicubic, fp16 AMP on CUDA; global batch 1024 (8 GPUs x 128).
+  The offset predictors' weights train at lr x 0.01 in a group of their own (their bias at the
+  full lr, without decay). Ablation models other than ``lit_ti`` train without drop path for
+  their first 100 epochs (``drop_path_off_epochs``), as the authors' runs.
 * ``lit-smb``: the Swin recipe of LIT-S/M/B: as above but 20 warm-up epochs from 5e-7, min lr 5e-6,
-  gradient clipping 5.0, no repeated augmentation; drop path from the model (0.2 / 0.3 / 0.5).
+  both scaled by batch/512 like the lr, gradient clipping 5.0, no repeated augmentation; drop
+  path from the model (0.2 / 0.3 / 0.5).
 * ``digits``: a LIT-Ti-shaped model with narrow stages at 32x32 on the embedded digits; about a
   minute on two CPU cores to >= 99% validation top-1 (what ``litvit demo`` runs).
+
+Dense recipes (:data:`DENSE_RECIPES`, the authors' mmdetection 2.11 / mmsegmentation configs):
+``retinanet-1x`` and ``mask-rcnn-1x`` for ``litvit detect train``, ``semantic-fpn-80k`` for
+``litvit segment train``. Values that depend on the backbone's family (``pvt``: LIT-Ti and the
+PVT ablations; ``swin``: LIT-S/M/B) are under ``by_family`` and resolved by
+:func:`resolve_dense_recipe`.
 
 Examples::
 
@@ -25,7 +35,7 @@ Examples::
 """
 from typing import Dict, Optional
 
-__all__ = ["BASE", "RECIPES", "get_recipe", "default_recipe_for"]
+__all__ = ["BASE", "RECIPES", "DENSE_RECIPES", "get_recipe", "default_recipe_for", "resolve_dense_recipe"]
 
 # Every key a recipe may set, with the value used when neither the recipe nor a flag sets it.
 BASE: Dict[str, object] = dict(
@@ -45,6 +55,12 @@ BASE: Dict[str, object] = dict(
     opt_eps=1e-8,
     clip_grad=None,
     ema_decay=0.0,
+    scale_warmup_min_lr=False,  # also scale warmup_lr and min_lr by batch_size / 512 (the Swin trainer)
+    offset_lr_mult=0.01,       # lr multiplier of the DTM offset predictors' weights (their own group)
+    drop_path_off_epochs=None,  # epochs without drop path first; None: 100 for ablation models under lit-ti, else 0
+    amp="fp16",                # on CUDA (none on the CPU, where fp16 autocast does not exist)
+    sched_on="epoch",          # cosine updated per "epoch" (DeiT's trainer) or per "step" (Swin's)
+    warmup_prefix=False,       # False: the cosine spans all epochs, warm-up overwrites its start (both trainers)
     # augmentation
     aa="rand-m9-mstd0.5-inc1",
     scale=(0.08, 1.0),
@@ -66,7 +82,8 @@ BASE: Dict[str, object] = dict(
 RECIPES: Dict[str, Dict[str, object]] = {
     "lit-ti": dict(BASE),
     "lit-smb": dict(
-        BASE, model="lit_s", warmup_epochs=20, warmup_lr=5e-7, min_lr=5e-6, clip_grad=5.0, repeated_aug=0),
+        BASE, model="lit_s", warmup_epochs=20, warmup_lr=5e-7, min_lr=5e-6, scale_warmup_min_lr=True, clip_grad=5.0,
+        repeated_aug=0, sched_on="step"),
     "digits": dict(
         BASE,
         model="lit_ti", img_size=32,
@@ -76,8 +93,82 @@ RECIPES: Dict[str, Dict[str, object]] = {
         weight_decay=0.05, clip_grad=5.0,
         aa=None, scale=(0.7, 1.0), hflip=0.0, color_jitter=0.0, reprob=0.0,
         mixup=0.0, cutmix=0.0, smoothing=0.1, repeated_aug=0,
-        crop_pct=1.0,
+        crop_pct=1.0, amp="none", sched_on="step", warmup_prefix=True,
     ),
+}
+
+# The backbone families of the dense configs: parameters without weight decay (mmcv's
+# ``paramwise_cfg.custom_keys``, matched as substrings of the full parameter name).
+_SWIN_NO_DECAY_KEYS = ("norm", "relative_position_bias_table", "absolute_pos_embed")
+
+_DETECTION_1X = dict(
+    task="detection",
+    epochs=12,
+    lr_steps=(8, 11),           # lr x lr_gamma after these epochs
+    lr_gamma=0.1,
+    warmup_iters=500,           # linear warm-up from lr x warmup_ratio
+    warmup_ratio=0.001,
+    weight_decay=1e-4,
+    opt_eps=1e-8,
+    clip_grad=None,
+    offset_lr_mult=1.0,         # no offset multiplier in any dense config
+    batch_size=2,               # per GPU; 8 GPUs x 2 = 16
+    min_size=(800,),            # shorter side: single scale (1333, 800); several values = multi-scale training
+    max_size=1333,
+    test_min_size=800,
+    hflip=0.5,
+    size_divisor=32,
+    fpn_channels=256,
+    drop_path=None,             # the model's: 0.1 LIT-Ti, 0.2 LIT-S
+    amp="none",
+    grad_checkpointing=False,
+)
+
+DENSE_RECIPES: Dict[str, Dict[str, object]] = {
+    "retinanet-1x": dict(
+        _DETECTION_1X, arch="retinanet", lr=1e-4,
+        fpn_stages=(1, 2, 3), extra_levels="p6p7_on_input_no_relu",
+        by_family=dict(
+            pvt=dict(no_decay_keys=(), out_norm_stages=(), pos_embed_interpolation="bilinear"),
+            swin=dict(no_decay_keys=_SWIN_NO_DECAY_KEYS, out_norm_stages=(1, 2, 3), pos_embed_interpolation=None),
+        )),
+    "mask-rcnn-1x": dict(
+        _DETECTION_1X, arch="mask_rcnn", lr=2e-4,
+        fpn_stages=(0, 1, 2, 3), extra_levels="p6_maxpool",
+        by_family=dict(
+            pvt=dict(no_decay_keys=(), out_norm_stages=(), pos_embed_interpolation="bilinear"),
+            swin=dict(no_decay_keys=_SWIN_NO_DECAY_KEYS, out_norm_stages=(1, 2, 3), pos_embed_interpolation=None,
+                      amp="fp16", grad_checkpointing=True),
+        )),
+    "semantic-fpn-80k": dict(
+        task="segmentation",
+        iters=80_000,
+        lr=1e-4,
+        weight_decay=1e-4,
+        opt_eps=1e-8,
+        clip_grad=None,
+        offset_lr_mult=1.0,
+        poly_power=0.9,
+        min_lr=1e-6,
+        batch_size=2,           # per GPU; 8 GPUs x 2 = 16
+        crop_size=512,
+        scale=(2048, 512),      # (long, short) side limits at ratio 1, and the test scale
+        ratio_range=(0.5, 2.0),
+        cat_max_ratio=0.75,
+        hflip=0.5,
+        photometric="mmseg",    # PhotoMetricDistortion: brightness +-32, contrast/saturation 0.5-1.5, hue +-18 (0-180)
+        fpn_channels=256,
+        fpn_stages=(0, 1, 2, 3),
+        head_channels=128,
+        head_norm="SyncBN",     # BatchNorm, SyncBatchNorm under DDP
+        dropout=0.1,
+        drop_path=None,
+        amp="none",
+        grad_checkpointing=False,
+        by_family=dict(
+            pvt=dict(no_decay_keys=(), out_norm_stages=(), pos_embed_interpolation="bilinear"),
+            swin=dict(no_decay_keys=(), out_norm_stages=(0, 1, 2, 3), pos_embed_interpolation=None),
+        )),
 }
 
 
@@ -86,6 +177,24 @@ def get_recipe(name: str) -> Dict[str, object]:
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)}")
     return dict(RECIPES[name])
+
+
+def resolve_dense_recipe(name: str, family: str) -> Dict[str, object]:
+    """A dense recipe with the values of the backbone's ``family`` (``"pvt"`` or ``"swin"``) merged in.
+
+    Examples::
+
+        >>> resolve_dense_recipe("mask-rcnn-1x", "swin")["no_decay_keys"]
+        ('norm', 'relative_position_bias_table', 'absolute_pos_embed')
+    """
+    if name not in DENSE_RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; choose one of {', '.join(DENSE_RECIPES)}")
+    recipe = dict(DENSE_RECIPES[name])
+    by_family = recipe.pop("by_family")
+    if family not in by_family:
+        raise ValueError(f"unknown backbone family {family!r}; one of {', '.join(by_family)}")
+    recipe.update(by_family[family])
+    return recipe
 
 
 def default_recipe_for(data: Optional[str], model: Optional[str]) -> str:

@@ -3,10 +3,13 @@
 The paper (Pan et al., AAAI 2022, Table 7) evaluates LIT-Ti and LIT-S on ADE20K with Semantic FPN
 (Kirillov et al., *Panoptic Feature Pyramid Networks*, CVPR 2019): an FPN with 256 channels over
 the four stage maps (strides 4-32); each level passes through ``max(1, log2(s / 4))`` blocks of
-3x3 conv (128 channels) + GroupNorm + ReLU, each block but the stride-4 one followed by a 2x bilinear
+3x3 conv (128 channels) + BatchNorm + ReLU, each block but the stride-4 one followed by a 2x bilinear
 upsampling, so that all levels arrive at stride 4; they are summed, a 1x1 conv classifies each
-pixel, and the logits are upsampled x4 to the image. Recipe: 512x512 crops, AdamW, poly learning
-rate schedule (power 0.9), 80k iterations, batch 16 (LIT.md).
+pixel, and the logits are upsampled x4 to the image. The head's BatchNorms become SyncBatchNorms
+under DDP (:func:`convert_head_sync_batchnorm`; the authors' ``norm_cfg=dict(type='SyncBN')``), the
+backbone's DTM BatchNorms stay per-process. Recipe ``semantic-fpn-80k`` of :mod:`litvit.recipes`:
+512x512 crops, AdamW lr 1e-4, weight decay 1e-4, poly (power 0.9) to 1e-6 over 80k iterations,
+batch 16 (LIT.md).
 
 Metrics come from a confusion matrix accumulated over the evaluation set: per-class IoU
 ``TP / (TP + FP + FN)``, mIoU (mean over classes that occur in the labels or the predictions),
@@ -19,32 +22,24 @@ Examples::
     torch.Size([1, 150, 200, 300])
 """
 import math
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .models.backbone import LITFPN, build_backbone, count_parameters, default_backbone_img_size
+from .models.backbone import LITFPN, backbone_family, build_backbone, count_parameters, default_backbone_img_size
+from .recipes import DENSE_RECIPES
 
 __all__ = ["SemanticFPNHead", "SemanticFPN", "semantic_fpn", "SEGMENTATION_DEFAULTS", "PAPER_PARAMS",
-           "confusion_matrix", "segmentation_metrics", "IGNORE_INDEX"]
+           "SyncBatchNorm", "convert_head_sync_batchnorm", "confusion_matrix", "segmentation_metrics", "IGNORE_INDEX"]
 
 IGNORE_INDEX = 255
 
-# The paper's ADE20K recipe.
-SEGMENTATION_DEFAULTS = dict(
-    iters=80_000,
-    lr=1e-4,
-    weight_decay=0.05,     # the issue's setting; the authors' released configs use 1e-4
-    poly_power=0.9,
-    min_lr=0.0,
-    batch_size=2,          # per GPU; 8 GPUs x 2 = 16 in the paper
-    crop_size=512,
-    scale=(2048, 512),     # (long, short) side limits before the random ratio
-    ratio_range=(0.5, 2.0),
-)
+# The paper's ADE20K recipe, family-independent values (the whole recipe, family rules included, is
+# litvit.recipes.DENSE_RECIPES["semantic-fpn-80k"]).
+SEGMENTATION_DEFAULTS = {k: v for k, v in DENSE_RECIPES["semantic-fpn-80k"].items() if k != "by_family"}
 
 # Parameter counts the paper reports (ADE20K, 150 classes), millions.
 PAPER_PARAMS = {("semantic_fpn", "lit_ti"): 24.0, ("semantic_fpn", "lit_s"): 32.0}
@@ -59,7 +54,8 @@ class SemanticFPNHead(nn.Module):
         channels (int): width of the per-level branches.
         num_classes (int): classes.
         dropout (float): dropout before the classifier.
-        num_groups (int): GroupNorm groups.
+        norm_layer (Callable[..., nn.Module]): normalisation after each conv (BatchNorm2d, as the
+            authors' SyncBN once converted under DDP).
 
     Examples::
         >>> head = SemanticFPNHead(256, (4, 8, 16, 32), 128, 150)
@@ -75,13 +71,11 @@ class SemanticFPNHead(nn.Module):
             channels: int = 128,
             num_classes: int = 150,
             dropout: float = 0.1,
-            num_groups: int = 32,
+            norm_layer: Callable[..., nn.Module] = nn.BatchNorm2d,
     ):
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be at least 1, got {num_classes}")
-        if channels % num_groups:
-            num_groups = math.gcd(channels, num_groups)
         self.strides = tuple(strides)
         self.branches = nn.ModuleList()
         for s in self.strides:
@@ -90,7 +84,7 @@ class SemanticFPNHead(nn.Module):
             for k in range(max(1, ups)):
                 layers += [
                     nn.Conv2d(in_channels if k == 0 else channels, channels, 3, padding=1, bias=False),
-                    nn.GroupNorm(num_groups, channels),
+                    norm_layer(channels),
                     nn.ReLU(inplace=True),
                 ]
                 if ups > 0:
@@ -188,13 +182,67 @@ def semantic_fpn(
         backbone_kwargs (dict, optional): passed to :func:`litvit.create_model`; LIT-S/M/B default to
             ``img_size=512`` (relative tables learned for 512x512 crops, as the authors').
         fpn_channels (int): FPN width (256 in the paper; smaller only for quick tests).
+
+    The backbone follows the authors' segmentation backbones of its family: LIT-S/M/B normalise all
+    four stage outputs, LIT-Ti resizes its position embeddings bilinearly.
     """
     kwargs = dict(backbone_kwargs or {})
     if "img_size" not in kwargs and default_backbone_img_size(backbone, "segmentation"):
         kwargs["img_size"] = default_backbone_img_size(backbone, "segmentation")
+    family = DENSE_RECIPES["semantic-fpn-80k"]["by_family"][backbone_family(backbone)]
+    kwargs.setdefault("out_norms", family["out_norm_stages"])
+    kwargs.setdefault("pos_embed_interpolation", family["pos_embed_interpolation"])
     body = build_backbone(backbone, pretrained=pretrained_backbone, frozen_stages=frozen_stages,
                           norm_eval=norm_eval, **kwargs)
     return SemanticFPN(LITFPN(body, (0, 1, 2, 3), fpn_channels), num_classes, channels, dropout)
+
+
+class SyncBatchNorm(nn.SyncBatchNorm):
+    """``nn.SyncBatchNorm`` that also synchronises CPU processes (gloo), where torch's refuses.
+
+    On CUDA it is torch's. On the CPU, while training under an initialised process group of
+    several processes, the batch statistics are summed over processes with the autograd-aware
+    ``torch.distributed.nn.all_reduce`` (the gradient flows through the statistics as in torch's
+    implementation) and the running statistics are updated with the unbiased global variance.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        import torch.distributed as dist
+        if x.device.type != "cpu" or not (self.training and dist.is_available() and dist.is_initialized()):
+            return super().forward(x)  # torch's: CUDA, or no synchronisation needed
+        import warnings
+        from torch.distributed.nn.functional import all_reduce  # autograd-aware, in every torch we support
+        dims = [d for d in range(x.dim()) if d != 1]
+        count = torch.tensor([x.numel() / x.shape[1]], dtype=x.dtype)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # newer torch prefers a private module
+            stats = all_reduce(torch.cat([x.sum(dims), (x * x).sum(dims), count]))  # C sums, C square sums, count
+        C = x.shape[1]
+        n = stats[-1]
+        mean = stats[:C] / n
+        var = (stats[C:2 * C] / n - mean * mean).clamp(min=0)
+        if self.track_running_stats and self.running_mean is not None:
+            with torch.no_grad():
+                m = self.momentum if self.momentum is not None else 0.1
+                self.running_mean.mul_(1 - m).add_(m * mean.detach())
+                self.running_var.mul_(1 - m).add_(m * var.detach() * n / (n - 1).clamp(min=1))
+                self.num_batches_tracked.add_(1)
+        shape = [1, C] + [1] * (x.dim() - 2)
+        y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y
+
+
+def convert_head_sync_batchnorm(model: "SemanticFPN") -> "SemanticFPN":
+    """Turn the head's BatchNorms into :class:`SyncBatchNorm` (statistics over every process), in
+    place; the backbone's BatchNorms (DTM) stay per-process, as in the authors' runs."""
+    head = nn.SyncBatchNorm.convert_sync_batchnorm(model.head)
+    for m in head.modules():
+        if type(m) is nn.SyncBatchNorm:
+            m.__class__ = SyncBatchNorm
+    model.head = head
+    return model
 
 
 def parameter_table(num_classes: int = 150):

@@ -69,6 +69,15 @@ def _dtm(tokens, sd, prefix, feat_size, training):
     return x.flatten(2).transpose(1, 2), (H // 2, W // 2)
 
 
+def _conv_merge(tokens, sd, prefix, feat_size):
+    """PVT's plain patch embedding between stages: Conv2d(C, C', 2, stride 2) then LayerNorm eps 1e-5."""
+    B, N, C = tokens.shape
+    H, W = feat_size
+    x = F.conv2d(tokens.transpose(1, 2).reshape(B, C, H, W), sd[prefix + ".proj.weight"], sd[prefix + ".proj.bias"],
+                 stride=2)
+    return _ln(x.flatten(2).transpose(1, 2), sd, prefix + ".norm", 1e-5), (H // 2, W // 2)
+
+
 def _stem(x, sd, prefix):
     x = F.conv2d(x, sd[prefix + ".proj.weight"], sd[prefix + ".proj.bias"], stride=4)
     feat_size = (x.shape[2], x.shape[3])
@@ -76,10 +85,14 @@ def _stem(x, sd, prefix):
 
 
 def reference_forward_pvt(sd, x, num_heads, training=False):
-    """LIT-Ti layout: patch_embed1..4, pos_embed1..4, cls_token, block1..4, norm, head."""
+    """LIT-Ti layout: patch_embed1..4, pos_embed1..4, cls_token, block1..4, norm, head. The same
+    function reads PVT-S w/ MSA (``pvt_full_msa.pth``): its patch_embed2..4 are plain conv merges
+    (``proj``, ``norm``) and its stage 1-2 blocks have attention."""
     x, feat_size = _stem(x, sd, "patch_embed1")
     for s in range(1, 5):
-        if s > 1:
+        if s > 1 and f"patch_embed{s}.proj.weight" in sd:
+            x, feat_size = _conv_merge(x, sd, f"patch_embed{s}", feat_size)
+        elif s > 1:
             x, feat_size = _dtm(x, sd, f"patch_embed{s}", feat_size, training)
         if s == 4:
             x = torch.cat((sd["cls_token"].expand(x.shape[0], -1, -1), x), dim=1)

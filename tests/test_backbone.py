@@ -1,10 +1,12 @@
 """LITBackbone / LITFPN: multi-scale maps, arbitrary sizes, freezing, norm-eval, backbone-only loading."""
+import copy
 import pytest
 import torch
 from torch import nn
 
 import litvit
 import litvit.detection
+import litvit.segmentation
 from litvit.engine import param_groups
 from litvit.models import CheckpointMismatchError
 from litvit.models.backbone import LITBackbone, LITFPN, build_backbone
@@ -36,7 +38,8 @@ def test_matches_forward_intermediates_when_keeping_class_token(name):
     x = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
         ref = model.forward_intermediates(x, intermediates_only=True)
-        body = LITBackbone(model, keep_class_token=True, out_norms=False).eval()
+        # the classifier resizes position embeddings bicubically, the dense backbone bilinearly by default
+        body = LITBackbone(model, keep_class_token=True, out_norms=False, pos_embed_interpolation="bicubic").eval()
         feats = body(x)
     for a, b in zip(feats, ref):
         torch.testing.assert_close(a, b)
@@ -58,6 +61,48 @@ def test_class_token_dropped_only_changes_stage_4():
 def test_out_norms_for_swin_family():
     body = LITBackbone(tiny("lit_s"))
     assert sorted(body.out_norms) == ["1", "2", "3"]  # stages 2-4, as the authors' LIT-S dense backbone
+    assert sorted(LITBackbone(tiny("lit_s"), out_norms=(0, 1, 2, 3)).out_norms) == ["0", "1", "2", "3"]
+    # the dense models pick them by task: detection stages 2-4, segmentation all four (LIT.md)
+    det = litvit.detection.retinanet("lit_s", num_classes=2, backbone_kwargs=dict(TINY), fpn_channels=16)
+    seg = litvit.segmentation.semantic_fpn("lit_s", num_classes=2, backbone_kwargs=dict(TINY), fpn_channels=16)
+    assert sorted(det.backbone.body.out_norms) == ["1", "2", "3"]
+    assert sorted(seg.backbone.body.out_norms) == ["0", "1", "2", "3"]
+    for name in ("lit_ti", "pvt_s_msa"):  # the PVT family has none
+        assert not litvit.segmentation.semantic_fpn(name, num_classes=2, backbone_kwargs=dict(TINY),
+                                                    fpn_channels=16).backbone.body.out_norms
+
+
+@pytest.mark.parametrize("name,expected", [("lit_ti", "bilinear"), ("pvt_s_msa", "bilinear")])
+def test_pos_embed_resize_by_family(name, expected):
+    """Dense backbones of the PVT family resize their absolute position embeddings bilinearly (the
+    authors' dense LIT-Ti), the classifier bicubically; the mode reaches the forward."""
+    import torch.nn.functional as F
+    from litvit.models.lit import resize_abs_pos_embed
+    model = randomize_(tiny(name)).eval()
+    x = torch.randn(1, 3, 96, 64)  # stage grids 24x16 ... 3x2, not the 16x16 ... 2x2 they were learned for
+    stage = model.stages[0]
+    pe = stage.pos_embed.detach()
+    for mode in ("bilinear", "bicubic"):
+        grid = pe.reshape(1, 16, 16, -1).permute(0, 3, 1, 2)  # 1, N, C -> 1, C, H, W
+        ref = F.interpolate(grid, size=(24, 16), mode=mode, align_corners=False).flatten(2).transpose(1, 2)
+        torch.testing.assert_close(resize_abs_pos_embed(pe, (16, 16), (24, 16), 0, mode), ref)
+    with torch.no_grad():
+        classifier = model.forward_intermediates(x, intermediates_only=True)
+    assert stage.pos_embed_interpolation == "bicubic"
+    for interp in (None, "bilinear", "bicubic"):
+        body = LITBackbone(copy.deepcopy(model), keep_class_token=True, out_norms=False,
+                           pos_embed_interpolation=interp).eval()
+        assert body.pos_embed_interpolation == (interp or expected)
+        assert all(s.pos_embed_interpolation == (interp or expected) for s in body.model.stages)
+        with torch.no_grad():
+            feats = body(x)
+        same = all(torch.allclose(a, b, atol=1e-6) for a, b in zip(feats, classifier))
+        assert same == ((interp or expected) == "bicubic")
+    # the detector and the segmenter pick the family's mode
+    det = litvit.detection.retinanet(name, num_classes=2, backbone_kwargs=dict(TINY), fpn_channels=16)
+    assert det.backbone.body.pos_embed_interpolation == expected
+    with pytest.raises(ValueError, match="pos_embed_interpolation"):
+        LITBackbone(tiny(name), pos_embed_interpolation="nearest")
 
 
 def test_every_parameter_gets_a_gradient():
@@ -111,11 +156,12 @@ def test_loads_official_layout_checkpoint_into_backbone_only(name, tmp_path):
 
 
 def test_param_groups_inside_a_detector():
-    """The engine's rules reach the backbone inside torchvision's model: no decay on position
-    embeddings, offset predictors at lr x 0.01."""
+    """The ImageNet rules reach the backbone inside torchvision's model: no decay on the class token,
+    offset-predictor weights at lr x 0.01 (the dense tasks use their own rules, test_recipes.py)."""
     det = litvit.detection.mask_rcnn("lit_ti", num_classes=2, backbone_kwargs=dict(TINY), fpn_channels=32)
     groups = {g["name"]: g for g in param_groups(det, 0.05)}
-    assert "backbone.body.model.stages.0.pos_embed" in groups["no_decay"]["param_names"]
-    assert all("conv_offset" in n for n in groups["offset_decay"]["param_names"] + groups["offset_no_decay"]["param_names"])
-    assert groups["offset_decay"]["lr_scale"] == 0.01
+    assert "backbone.body.model.stages.0.pos_embed" in groups["decay"]["param_names"]
+    assert all("conv_offset.weight" in n for n in groups["offset"]["param_names"])
+    assert groups["offset"]["lr_mult"] == 0.01
+    assert "backbone.body.model.stages.1.downsample.dtm.dconv.conv_offset.bias" in groups["no_decay"]["param_names"]
     assert "backbone.fpn.inner_blocks.0.0.weight" in groups["decay"]["param_names"]

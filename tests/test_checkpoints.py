@@ -13,7 +13,7 @@ from conftest import TINY, randomize_
 from reference_lit import reference_forward_pvt, reference_forward_swin
 
 DATA = Path(__file__).parent / "data"
-FAMILY = {"lit_ti": "pvt", "lit_s": "swin", "lit_m": "swin", "lit_b": "swin"}
+FAMILY = {"lit_ti": "pvt", "lit_s": "swin", "lit_m": "swin", "lit_b": "swin", "pvt_s_msa": "pvt"}
 
 
 def _official_layout(name):
@@ -41,7 +41,7 @@ def _save_official(model, family, path):
     return sd
 
 
-CASES = [("lit_ti", reference_forward_pvt), ("lit_s", reference_forward_swin)]
+CASES = [("lit_ti", reference_forward_pvt), ("lit_s", reference_forward_swin), ("pvt_s_msa", reference_forward_pvt)]
 
 
 @pytest.mark.parametrize("name,reference", CASES)
@@ -80,6 +80,23 @@ def test_timm_pretrained_overlay_file(tmp_path, name):
 def test_pretrained_cfg_points_at_the_release():
     model = timm.create_model("lit_b", pretrained=False, **TINY)
     assert model.pretrained_cfg["url"] == "https://github.com/ziplab/LIT/releases/download/v1.0/lit_b.pth"
+    model = timm.create_model("pvt_s_msa", pretrained=False, **TINY)
+    assert model.pretrained_cfg["url"] == "https://github.com/zhuang-group/LIT/releases/download/v2.1/pvt_full_msa.pth"
+
+
+def test_pvt_s_msa_release_layout(tmp_path):
+    """The authors' pvt_full_msa.pth (bare state dict, conv merges as patch_embed{2,3,4}.proj/norm)
+    loads into pvt_s_msa, through create_model and through timm's pretrained machinery."""
+    expected = _official_layout("pvt_s_msa")
+    assert sum(int(torch.Size(eval(v)).numel()) for v in expected.values()) == 20_185_384
+    src = randomize_(litvit.create_model("pvt_s_msa", **TINY))
+    path = tmp_path / "pvt_full_msa.pth"
+    sd = _save_official(src, "pvt", path)
+    assert "patch_embed3.proj.weight" in sd and "patch_embed3.norm.bias" in sd and "block1.0.attn.qkv.weight" in sd
+    for model in (litvit.create_model("pvt_s_msa", checkpoint_path=str(path), **TINY),
+                  timm.create_model("pvt_s_msa", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **TINY)):
+        for (k, a), b in zip(src.state_dict().items(), model.state_dict().values()):
+            assert torch.equal(a, b), k
 
 
 def test_wrong_model_fails_with_one_clear_error(tmp_path):

@@ -287,3 +287,74 @@ def test_attention_memory_guard():
     check_attention_memory(model, (224, 224))
     with pytest.raises(ValueError, match="smaller --img-size"):
         check_attention_memory(model, (1024, 1024))
+
+
+# --- the authors' methods --------------------------------------------------------------------------------
+
+def test_official_walk_back_rounds_and_drops():
+    """Round each point to the nearest cell, read the offset there, drop points leaving the grid."""
+    fields = [torch.zeros(8, 8, 8), torch.zeros(8, 4, 4), torch.zeros(8, 2, 2)]
+    fields[2][:, 0, 0] = torch.tensor([0.4, 0.0, 0.0, 0.6, -1.0, 0.0, 0.0, 0.0])  # (dy, dx) per kernel point
+    fields[1][:, 0, 1] = 0.25  # the bilinear walk reads some of it at (0, 1.6); the official one rounds to (0, 2)
+    steps = trace_sampling_points(fields, torch.tensor([[0., 0.]]), walk_back="official")
+    s1 = steps[1][0]
+    torch.testing.assert_close(s1, torch.tensor([[0.4, 0.], [0., 1.6], [0., 0.], [1., 1.]], dtype=torch.float64))
+    s2 = steps[2][0]
+    # kernel point 0 of step 1 sits at (0.4, 0) -> cell (0, 0), zero offsets: the plain 2x2 block
+    torch.testing.assert_close(s2[:4], torch.tensor([[0., 0.], [0., 1.], [1., 0.], [1., 1.]], dtype=torch.float64))
+    # kernel point 1 at (0, 1.6) -> cell (0, 2): offsets 0 there
+    torch.testing.assert_close(s2[4:8], torch.tensor([[0., 4.], [0., 5.], [1., 4.], [1., 5.]], dtype=torch.float64))
+    # the bilinear walk instead reads the field at the fractional point
+    bil = trace_sampling_points(fields, torch.tensor([[0., 0.]]))[2][0]
+    assert not torch.allclose(bil[4:8], s2[4:8])
+    # a point pushed off the grid is dropped (NaN) with everything it leads to
+    fields[2][:, 0, 0] = torch.tensor([-2.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
+    steps = trace_sampling_points(fields, torch.tensor([[0., 0.]]), walk_back="official")
+    assert steps[1][0, 0].tolist() == [-2.0, 0.0]  # lands at row -2: off the 4x4 grid it is read on next
+    assert torch.isnan(steps[2][0, :4]).all() and not torch.isnan(steps[2][0, 4:]).any()
+    assert torch.isnan(steps[3][0, :16]).all() and not torch.isnan(steps[3][0, 16:]).any()
+    with pytest.raises(ValueError, match="walk_back"):
+        trace_sampling_points(fields, torch.tensor([[0., 0.]]), walk_back="nearest")
+
+
+def test_official_attention_averages_at_the_official_tokens():
+    from litvit.tools.viz.attention import official_attention, official_query, official_query_maps
+    assert [official_query(s, (g, g)) for s, g in ((1, 56), (2, 28), (3, 14), (4, 7))] == \
+        [(22, 28), (10, 14), (6, 8), (2, 3)]
+    assert official_query(1, (28, 28)) == (11, 14)  # other input sizes: the same relative position
+    model = randomize_(litvit.create_model("pvt_s_msa", **TINY)).eval()
+    xs = [torch.randn(1, 3, 64, 64) for _ in range(3)]
+    stages, n = official_attention(model, xs)
+    assert n == 3 and [s.stage for s in stages] == [1, 2, 3, 4]
+    singles = [official_query_maps(collect_attention(model, x), model, (64, 64)) for x in xs]
+    for i, s in enumerate(stages):
+        np.testing.assert_allclose(s.maps, np.mean([one[i].maps for one in singles], axis=0), rtol=1e-5, atol=1e-7)
+    # stage 4 (2x2 tokens + class token): the class token's row and column removed, not renormalised
+    probs = collect_attention(model, xs[0])
+    name = stages[3].blocks[0]
+    a = probs[name][0]  # heads, 5, 5
+    row, col = stages[3].query
+    np.testing.assert_allclose(singles[0][3].maps[0], a[:, 1 + row * 2 + col, 1:].reshape(-1, 2, 2).numpy(), rtol=1e-6)
+    assert (singles[0][3].maps[0].sum(axis=(1, 2)) < 1).all()
+
+
+def test_viz_official_methods_commands(tmp_path, capsys):
+    pvt = _checkpoint(tmp_path / "pvt.pth", "pvt_s_msa")
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(3):
+        _image(folder / f"im{i}.png", seed=i)
+    out = tmp_path / "att"
+    assert main(["viz", "attention", str(folder), "--checkpoint", str(pvt), "--out", str(out),
+                 "--method", "official", "--num-images", "2", "--img-size", "64"]) == 0
+    printed = capsys.readouterr().out
+    assert "averaged over 2 image(s)" in printed
+    for stage in (1, 2, 3, 4):
+        assert _valid_png(out / f"official_attention_stage{stage}.png")
+        assert np.load(out / f"official_attention_stage{stage}.npy").ndim == 4
+    ckpt = _checkpoint(tmp_path / "lit_ti.pth", "lit_ti")
+    out = tmp_path / "off"
+    assert main(["viz", "offsets", str(folder / "im0.png"), "--checkpoint", str(ckpt), "--out", str(out),
+                 "--walk-back", "official"]) == 0
+    assert _valid_png(out / "im0_offsets.png")
+    assert np.load(out / "im0_offsets.npz")["points_step3"].shape[-1] == 2

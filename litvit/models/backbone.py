@@ -11,7 +11,10 @@ are resized by the model). It follows the authors' detection/segmentation backbo
 * the class token of the PVT family (LIT-Ti) is a classification device and is dropped: stage 4
   adds ``pos_embed[:, 1:]`` to its map tokens only;
 * the final classification norm and the head are removed;
-* the Swin family (LIT-S/M/B) gets a fresh LayerNorm on the outputs of stages 2-4 (``out_norms``).
+* the PVT family's absolute position embeddings are resized *bilinearly* to the grid at hand on
+  every forward (the classification model resizes bicubically);
+* the Swin family (LIT-S/M/B) gets a fresh LayerNorm on the outputs of stages 2-4 (detection) or
+  of all four stages (segmentation) (``out_norms``).
 
 :class:`LITFPN` adds torchvision's :class:`~torchvision.ops.FeaturePyramidNetwork` and returns an
 ``OrderedDict`` of 256-channel maps with an ``out_channels`` attribute, the interface
@@ -26,7 +29,7 @@ Examples::
 """
 import logging
 from collections import OrderedDict
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +42,8 @@ from torchvision.ops.feature_pyramid_network import ExtraFPNBlock
 from .convert import checkpoint_filter_fn, load_state_dict_file, official_to_litvit, unwrap_state_dict
 from .lit import check_image_batch
 
-__all__ = ["LITBackbone", "LITFPN", "build_backbone", "count_parameters", "default_backbone_img_size"]
+__all__ = ["LITBackbone", "LITFPN", "build_backbone", "backbone_family", "count_parameters",
+           "default_backbone_img_size"]
 
 _logger = logging.getLogger(__name__)
 
@@ -63,8 +67,14 @@ class LITBackbone(nn.Module):
             not updating the ImageNet statistics (useful with small per-GPU batches).
         keep_class_token (bool): keep the PVT family's class token in stage 4, as classification
             does; the authors' dense code drops it (default).
-        out_norms (bool, optional): LayerNorm on the outputs of stages 2-4, as the authors' Swin-family
-            dense backbones have. ``None``: on for models without a class token (LIT-S/M/B).
+        out_norms (bool | Sequence[int], optional): LayerNorm on stage outputs, as the authors'
+            Swin-family dense backbones have: ``True`` for stages 2-4 (their detection backbone), a
+            sequence of stage indices (0-3) for exactly those (``(0, 1, 2, 3)``: their segmentation
+            backbone), ``False`` for none. ``None``: stages 2-4 for models without a class token
+            (LIT-S/M/B), none otherwise.
+        pos_embed_interpolation (str, optional): how absolute position embeddings are resized to
+            the grid at hand, ``"bilinear"`` or ``"bicubic"``. ``None``: bilinear, as the authors'
+            dense LIT-Ti backbones (models without absolute embeddings are unaffected).
 
     Examples::
         >>> import litvit
@@ -81,7 +91,8 @@ class LITBackbone(nn.Module):
             frozen_stages: int = -1,
             norm_eval: bool = False,
             keep_class_token: bool = False,
-            out_norms: Optional[bool] = None,
+            out_norms: Optional[Union[bool, Sequence[int]]] = None,
+            pos_embed_interpolation: Optional[str] = None,
     ):
         super().__init__()
         if not hasattr(model, "stages") or len(model.stages) != 4:
@@ -108,8 +119,18 @@ class LITBackbone(nn.Module):
         self.strides = [model.patch_size * 2 ** i for i in out_indices]
         if out_norms is None:
             out_norms = model.num_prefix_tokens == 0
+        if isinstance(out_norms, bool):
+            out_norms = (1, 2, 3) if out_norms else ()
+        if any(int(i) not in range(4) for i in out_norms):
+            raise ValueError(f"out_norms must name stages in 0..3, got {tuple(out_norms)}")
         self.out_norms = nn.ModuleDict({
-            str(i): nn.LayerNorm(model.embed_dims[i]) for i in out_indices if out_norms and i > 0})
+            str(i): nn.LayerNorm(model.embed_dims[i]) for i in out_indices if i in {int(j) for j in out_norms}})
+        mode = pos_embed_interpolation or "bilinear"
+        if mode not in ("bilinear", "bicubic"):
+            raise ValueError(f"pos_embed_interpolation must be 'bilinear' or 'bicubic', got {mode!r}")
+        self.pos_embed_interpolation = mode
+        for stage in model.stages:
+            stage.pos_embed_interpolation = mode
         self._freeze_stages()
 
     @property
@@ -140,7 +161,7 @@ class LITBackbone(nn.Module):
         return self
 
     def no_weight_decay(self) -> set:
-        """Position embeddings and relative position tables (names relative to this module)."""
+        """The model's class token and relative position tables (names relative to this module)."""
         return {f"model.{n}" for n in self.model.no_weight_decay()}
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -264,7 +285,8 @@ def build_backbone(
         frozen_stages: int = -1,
         norm_eval: bool = False,
         keep_class_token: bool = False,
-        out_norms: Optional[bool] = None,
+        out_norms: Optional[Union[bool, Sequence[int]]] = None,
+        pos_embed_interpolation: Optional[str] = None,
         **model_kwargs,
 ) -> LITBackbone:
     """Build a LIT model by name and wrap it as a :class:`LITBackbone`.
@@ -273,7 +295,8 @@ def build_backbone(
         name (str): any of :func:`litvit.list_models`.
         pretrained (str, optional): an ImageNet checkpoint file (official or litvit) loaded into the
             backbone only (classifier dropped, position tables resized).
-        out_indices, frozen_stages, norm_eval, keep_class_token, out_norms: see :class:`LITBackbone`.
+        out_indices, frozen_stages, norm_eval, keep_class_token, out_norms, pos_embed_interpolation: see
+            :class:`LITBackbone`.
         **model_kwargs: passed to :func:`litvit.create_model` (``img_size``, ``drop_path_rate``,
             ``embed_dims``, ...). ``img_size`` sets the grid that position embeddings and relative
             tables are learned for: the authors' dense LIT-S used 800 (COCO) and 512 (ADE20K).
@@ -285,7 +308,8 @@ def build_backbone(
     from . import create_model  # local: models/__init__ imports this package's modules
     model = create_model(name, num_classes=0, **model_kwargs)
     backbone = LITBackbone(model, out_indices=out_indices, frozen_stages=frozen_stages, norm_eval=norm_eval,
-                           keep_class_token=keep_class_token, out_norms=out_norms)
+                           keep_class_token=keep_class_token, out_norms=out_norms,
+                           pos_embed_interpolation=pos_embed_interpolation)
     if pretrained:
         backbone.load_pretrained(pretrained)
         backbone._freeze_stages()
@@ -303,3 +327,13 @@ def default_backbone_img_size(backbone: str, task: str = "detection") -> Optiona
     if not has_rel:
         return None
     return 800 if task == "detection" else 512
+
+
+def backbone_family(backbone: str) -> str:
+    """``"pvt"`` for LIT-Ti and the PVT-S ablations (class token, absolute position embeddings),
+    ``"swin"`` for LIT-S/M/B and ``lit_s_no_dtm``: the two families the authors' dense configs treat
+    differently (:func:`litvit.recipes.resolve_dense_recipe`)."""
+    from . import create_model  # local: models/__init__ imports this package's modules
+    with torch.device("meta"):
+        model = create_model(backbone, num_classes=0)
+    return "pvt" if model.num_prefix_tokens else "swin"

@@ -4,12 +4,14 @@ The released checkpoints come in two key layouts (see ``tests/data/lit_*.txt``):
 
 * PVT family (``lit_ti.pth``, a bare state dict): ``patch_embed1`` (stem), ``patch_embed{2,3,4}``
   (DTM before stages 2-4), ``pos_embed{1..4}``, ``cls_token``, ``block{1..4}.{j}``, ``norm``, ``head``.
+  The ablation models (``pvt_full_msa.pth``, PVT-S w/ MSA) merge with a plain conv instead:
+  ``patch_embed{2,3,4}.proj`` (Conv2d k2 s2) and ``patch_embed{2,3,4}.norm`` (LayerNorm).
 * Swin family (``lit_{s,m,b}.pth``, ``{'model': state_dict, ...}``): ``patch_embed``,
   ``layers.{i}.blocks.{j}``, ``layers.{i}.downsample`` (DTM *after* stage i), ``norm``, ``head``,
   plus ``relative_position_index`` buffers that carry no information.
 
 litvit keeps one layout for both: ``patch_embed``, ``stages.{i}.downsample.dtm`` (merging *into*
-stage i), ``stages.{i}.pos_embed``, ``stages.3.cls_token``, ``stages.{i}.blocks.{j}``, ``norm``, ``head``.
+stage i; ``stages.{i}.downsample.{proj,norm}`` for a plain conv merge), ``stages.{i}.pos_embed``, ``stages.3.cls_token``, ``stages.{i}.blocks.{j}``, ``norm``, ``head``.
 """
 import re
 from typing import Dict, Mapping
@@ -60,6 +62,7 @@ def detect_layout(state_dict: Mapping[str, Tensor]) -> str:
 
 _PVT_RULES = [
     (re.compile(r"^patch_embed1\.(.*)$"), lambda m: f"patch_embed.{m[1]}"),
+    (re.compile(r"^patch_embed([234])\.((?:proj|norm)\..*)$"), lambda m: f"stages.{int(m[1]) - 1}.downsample.{m[2]}"),
     (re.compile(r"^patch_embed([234])\.(.*)$"), lambda m: f"stages.{int(m[1]) - 1}.downsample.dtm.{m[2]}"),
     (re.compile(r"^pos_embed([1234])$"), lambda m: f"stages.{int(m[1]) - 1}.pos_embed"),
     (re.compile(r"^cls_token$"), lambda m: "stages.3.cls_token"),
@@ -92,6 +95,7 @@ def official_to_litvit(state_dict: Mapping[str, Tensor]) -> Dict[str, Tensor]:
 _INV_PVT_RULES = [
     (re.compile(r"^patch_embed\.(.*)$"), lambda m: f"patch_embed1.{m[1]}"),
     (re.compile(r"^stages\.(\d)\.downsample\.dtm\.(.*)$"), lambda m: f"patch_embed{int(m[1]) + 1}.{m[2]}"),
+    (re.compile(r"^stages\.(\d)\.downsample\.((?:proj|norm)\..*)$"), lambda m: f"patch_embed{int(m[1]) + 1}.{m[2]}"),
     (re.compile(r"^stages\.(\d)\.pos_embed$"), lambda m: f"pos_embed{int(m[1]) + 1}"),
     (re.compile(r"^stages\.3\.cls_token$"), lambda m: "cls_token"),
     (re.compile(r"^stages\.(\d)\.blocks\.(\d+)\.(.*)$"), lambda m: f"block{int(m[1]) + 1}.{m[2]}.{m[3]}"),

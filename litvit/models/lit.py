@@ -56,14 +56,18 @@ def resize_abs_pos_embed(
         old_size: Tuple[int, int],
         new_size: Tuple[int, int],
         num_prefix_tokens: int = 0,
+        interpolation: str = "bicubic",
 ) -> Tensor:
-    """Resize a learned absolute position embedding bicubically to another grid.
+    """Resize a learned absolute position embedding to another grid.
 
     Args:
         pos_embed (Tensor[1, P + H * W, C]): embedding with ``P = num_prefix_tokens`` leading tokens.
         old_size (Tuple[int, int]): the grid (H, W) it was learned for.
         new_size (Tuple[int, int]): the target grid (H', W').
         num_prefix_tokens (int): leading tokens (class token) kept as they are.
+        interpolation (str): ``"bicubic"`` (loading a checkpoint at another size, timm's way) or
+            ``"bilinear"`` (what the authors' dense LIT-Ti backbones do on every forward);
+            align_corners False either way.
 
     Returns:
         Tensor[1, P + H' * W', C].
@@ -75,7 +79,7 @@ def resize_abs_pos_embed(
     prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
     C = grid.shape[-1]
     grid = grid.reshape(1, old_size[0], old_size[1], C).permute(0, 3, 1, 2)  # 1, H*W, C -> 1, C, H, W
-    grid = F.interpolate(grid.float(), size=new_size, mode="bicubic", align_corners=False).to(pos_embed.dtype)
+    grid = F.interpolate(grid.float(), size=new_size, mode=interpolation, align_corners=False).to(pos_embed.dtype)
     grid = grid.flatten(2).transpose(1, 2)  # 1, C, H', W' -> 1, H'*W', C
     return torch.cat((prefix, grid), dim=1)
 
@@ -575,6 +579,7 @@ class LITStage(nn.Module):
             for j in range(depth)])
         self.to_map = TokenMap(self.num_prefix_tokens)
         self.grad_checkpointing = False
+        self.pos_embed_interpolation = "bicubic"  # of the run-time resize; dense LIT-Ti backbones use bilinear
         self._pos_embed_cache: Dict[tuple, Tensor] = {}
 
     def _pos_embed(self, feat_size: Tuple[int, int]) -> Tensor:
@@ -582,11 +587,12 @@ class LITStage(nn.Module):
             return resize_abs_pos_embed(self.pos_embed, self.grid_size, feat_size, self.num_prefix_tokens)
         if not is_exporting() and tuple(feat_size) == self.grid_size:
             return self.pos_embed
-        # resized bicubically for other sizes: cached per size when no gradient is needed
+        # resized for other sizes: cached per size and mode when no gradient is needed
+        mode = self.pos_embed_interpolation
         return _param_cache(
-            self._pos_embed_cache, (tuple(feat_size), str(self.pos_embed.device), self.pos_embed.dtype),
+            self._pos_embed_cache, (tuple(feat_size), mode, str(self.pos_embed.device), self.pos_embed.dtype),
             (self.pos_embed,),
-            lambda: resize_abs_pos_embed(self.pos_embed, self.grid_size, feat_size, self.num_prefix_tokens))
+            lambda: resize_abs_pos_embed(self.pos_embed, self.grid_size, feat_size, self.num_prefix_tokens, mode))
 
     def forward(self, x: Tensor, feat_size: Tuple[int, int]) -> Tuple[Tensor, Tuple[int, int]]:
         if self.downsample is not None:
@@ -781,10 +787,10 @@ class LIT(nn.Module):
     # --- timm model API -------------------------------------------------------------------------
     @torch.jit.ignore
     def no_weight_decay(self) -> set:
-        """Position embeddings, class token and relative position tables (1-D params are handled
-        by timm's optimizer factory)."""
-        return {n for n, _ in self.named_parameters()
-                if n.endswith(("pos_embed", "cls_token", "relative_position_bias_table"))}
+        """The class token and relative position tables, as the authors' two codebases exempt them
+        (1-D parameters and biases are exempt by the optimizer's rule); LIT-Ti's absolute position
+        embeddings are decayed, as they were in the official run."""
+        return {n for n, _ in self.named_parameters() if n.endswith(("cls_token", "relative_position_bias_table"))}
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict:
@@ -954,7 +960,8 @@ default_cfgs = generate_default_cfgs({
     "lit_m.in1k": _cfg(url=_RELEASE + "lit_m.pth"),
     "lit_b.in1k": _cfg(url=_RELEASE + "lit_b.pth"),
     "pvt_s.untrained": _cfg(),
-    "pvt_s_msa.untrained": _cfg(),
+    # the authors' PVT-S w/ MSA (pvt_small_full_msa), the model of the attention figure; 80.9 top-1
+    "pvt_s_msa.in1k": _cfg(url="https://github.com/zhuang-group/LIT/releases/download/v2.1/pvt_full_msa.pth"),
     "pvt_s_msa_no_attn1.untrained": _cfg(),
     "pvt_s_msa_no_attn12.untrained": _cfg(),
     "lit_ti_no_dtm.untrained": _cfg(),

@@ -1,5 +1,5 @@
-"""Command-line plumbing shared by ``litvit detect`` and ``litvit segment`` (engine options,
-checkpoint metadata, atomic PNG writes)."""
+"""Command-line plumbing shared by ``litvit detect`` and ``litvit segment`` (engine options, recipe
+resolution, ``--print-config``, checkpoint metadata, atomic PNG writes)."""
 import argparse
 import json
 import os
@@ -19,16 +19,21 @@ def is_main_process() -> bool:
 
 
 def add_engine_args(p: argparse.ArgumentParser, batch_size: int, lr: float, weight_decay: float) -> None:
-    """Options every dense ``train`` command passes to :class:`litvit.engine.TrainConfig`."""
+    """Options every dense ``train`` command passes to :class:`litvit.engine.TrainConfig`; the
+    defaults shown are the recipe's (``--recipe``), which ``None`` stands for."""
     g = p.add_argument_group("training engine")
-    g.add_argument("--output", required=True, help="run folder: checkpoints (last.pth, best.pth), logs, curves")
-    g.add_argument("--batch-size", type=int, default=batch_size, help=f"images per process (default {batch_size})")
+    g.add_argument("--output", default=None, help="run folder: checkpoints (last.pth, best.pth), logs, curves (required)")
+    g.add_argument("--batch-size", type=int, default=None, help=f"images per process (recipe: {batch_size})")
     g.add_argument("--accum-steps", type=int, default=1, help="micro-batches per optimizer step")
-    g.add_argument("--lr", type=float, default=lr, help=f"AdamW learning rate, not scaled by batch (default {lr:g})")
-    g.add_argument("--weight-decay", type=float, default=weight_decay, help=f"AdamW weight decay (default {weight_decay:g})")
-    g.add_argument("--clip-grad", type=float, default=None, help="clip the gradient norm")
-    g.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"), help="mixed precision")
-    g.add_argument("--grad-checkpointing", action="store_true", help="recompute backbone activations (less memory)")
+    g.add_argument("--lr", type=float, default=None, help=f"AdamW learning rate, not scaled by batch (recipe: {lr:g})")
+    g.add_argument("--weight-decay", type=float, default=None, help=f"AdamW weight decay (recipe: {weight_decay:g})")
+    g.add_argument("--clip-grad", type=float, default=None, help="clip the gradient norm (recipe: none)")
+    g.add_argument("--amp", default=None, choices=("none", "bf16", "fp16"),
+                   help="mixed precision (recipe: none; fp16 on CUDA for LIT-S Mask R-CNN)")
+    g.add_argument("--grad-checkpointing", action="store_true",
+                   help="recompute backbone activations (less memory; on in the recipe of LIT-S Mask R-CNN)")
+    g.add_argument("--print-config", action="store_true",
+                   help="print the fully resolved configuration as JSON and exit (no data is read)")
     g.add_argument("--workers", type=int, default=2, help="data-loader workers per process")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--resume", default="auto", help="'auto' (continue OUTPUT/last.pth if present), a path, or 'never'")
@@ -49,7 +54,7 @@ def add_backbone_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--norm-eval", action="store_true", help="keep the DTM BatchNorms in eval mode")
     g.add_argument("--drop-path", type=float, default=None,
                    help="backbone stochastic depth (default: the model's, 0.1 LIT-Ti, 0.2 LIT-S, as the authors')")
-    g.add_argument("--fpn-channels", type=int, default=256, help="FPN/head width (256 as in the paper)")
+    g.add_argument("--fpn-channels", type=int, default=None, help="FPN/head width (recipe: 256, as in the paper)")
     g.add_argument("--backbone-kwargs", default=None, help="JSON object of litvit.create_model overrides")
 
 
@@ -62,11 +67,51 @@ def add_eval_args(p: argparse.ArgumentParser, batch_size: int) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
 
 
-def train_config(args: argparse.Namespace, epochs: int, max_steps: Optional[int] = None) -> TrainConfig:
+# recipe keys a dense ``train`` flag of the same name overrides (``--lr`` -> ``lr``, ...)
+_FLAG_KEYS = ("epochs", "lr_steps", "warmup_iters", "min_size", "max_size", "iters", "crop_size", "scale",
+              "ratio_range", "batch_size", "lr", "weight_decay", "clip_grad", "amp", "drop_path", "fpn_channels")
+
+
+def resolve_recipe(args: argparse.Namespace, name: str) -> Dict[str, Any]:
+    """The dense recipe ``name`` for ``args.backbone``'s family, overridden by the flags given."""
+    from ..models.backbone import backbone_family
+    from ..recipes import resolve_dense_recipe
+    from .classification import _uses_cuda
+    family = backbone_family(args.backbone)
+    r = resolve_dense_recipe(name, family)
+    r.update(recipe=name, backbone_family=family, overridden=[])
+    for key in _FLAG_KEYS:
+        value = getattr(args, key, None)
+        if key in r and value is not None:
+            r[key] = tuple(value) if isinstance(value, list) else value
+            r["overridden"].append(key)
+    if args.grad_checkpointing:
+        r["grad_checkpointing"] = True
+    if args.amp is None and r["amp"] == "fp16" and not _uses_cuda(args.device):
+        r["amp"] = "none"  # the recipe's fp16 is for CUDA; the CPU has no fp16 autocast
+    return r
+
+
+def check_output(args: argparse.Namespace) -> None:
+    if not args.output:
+        raise ValueError("--output is required (the run folder)")
+
+
+def optimizer_summary(task, model, tc: TrainConfig, r: Dict[str, Any]) -> Dict[str, Any]:
+    """The optimizer section of ``--print-config``: settings and each parameter group."""
+    from ..engine import describe_param_groups
+    return dict(type="AdamW", lr=tc.lr, weight_decay=tc.weight_decay, eps=tc.opt_eps, betas=list(tc.opt_betas),
+                clip_grad=tc.clip_grad, offset_lr_mult=tc.offset_lr_mult, no_decay_keys=list(r["no_decay_keys"]),
+                param_groups=describe_param_groups(task.param_groups(model, tc), tc.lr))
+
+
+def train_config(args: argparse.Namespace, r: Dict[str, Any], epochs: int, max_steps: Optional[int] = None) -> TrainConfig:
+    """The engine configuration of a dense run from its resolved recipe ``r`` and the run flags."""
     return TrainConfig(
-        output_dir=args.output, epochs=epochs, batch_size=args.batch_size, accum_steps=args.accum_steps,
-        lr=args.lr, scale_lr=False, min_lr=0.0, warmup_epochs=0.0, weight_decay=args.weight_decay,
-        clip_grad=args.clip_grad, amp=args.amp, grad_checkpointing=args.grad_checkpointing, seed=args.seed,
+        output_dir=args.output or "", epochs=epochs, batch_size=int(r["batch_size"]), accum_steps=args.accum_steps,
+        lr=float(r["lr"]), scale_lr=False, min_lr=float(r.get("min_lr", 0.0)), warmup_epochs=0.0,
+        weight_decay=float(r["weight_decay"]), opt_eps=float(r["opt_eps"]), offset_lr_mult=float(r["offset_lr_mult"]),
+        clip_grad=r["clip_grad"], amp=r["amp"], grad_checkpointing=bool(r["grad_checkpointing"]), seed=args.seed,
         workers=args.workers, save_every_steps=args.save_every_steps, resume=args.resume,
         log_every=args.log_every, eval_every=args.eval_every,
         max_steps=max_steps if max_steps is not None else args.max_steps,

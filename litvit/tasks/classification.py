@@ -10,6 +10,7 @@ Run from a shell (``python -m litvit`` works as ``litvit``)::
     litvit demo                                                  # digits, >= 99% top-1 in about a minute on 2 cores
     litvit train --output runs/digits                            # the embedded digits, 'digits' recipe
     litvit train --recipe lit-ti --data /data/imagenet --output runs/lit_ti --batch-size 1024 --accum-steps 8
+    litvit train --recipe lit-smb --model lit_m --data /data/imagenet --print-config   # the resolved recipe as JSON
     torchrun --nproc_per_node 2 -m litvit train --output runs/digits2 # same global batch, two processes (gloo on CPU)
     litvit train --output runs/digits                            # again: continues from runs/digits/last.pth
     litvit validate --checkpoint runs/digits/best.pth            # top-1 / top-5 / loss on the run's own data
@@ -26,6 +27,8 @@ Examples::
 """
 import argparse
 import csv
+import json
+import math
 import os
 import sys
 import time
@@ -68,6 +71,10 @@ class ClassificationConfig:
         classes (List[str], optional): a fixed class list (from a checkpoint); otherwise the training set's.
         bad_images (str): ``"fail"`` or ``"skip"`` for images that cannot be decoded.
         seed (int): seeds the repeated-augmentation order.
+        drop_path_off_epochs (int): train the first epochs without drop path (the authors' ablation runs).
+        sched_on (str): cosine schedule updated per ``"epoch"`` (DeiT's trainer) or per ``"step"`` (Swin's).
+        warmup_prefix (bool): the cosine starts after the warm-up (True) or spans the whole run with the
+            warm-up overwriting its start (False, both official trainers).
         aa ... crop_pct: augmentation and evaluation transform, see :data:`litvit.recipes.BASE`.
     """
     model: str = "lit_ti"
@@ -81,6 +88,9 @@ class ClassificationConfig:
     classes: Optional[List[str]] = None
     bad_images: str = "fail"
     seed: int = 0
+    drop_path_off_epochs: int = 0
+    sched_on: str = "step"
+    warmup_prefix: bool = True
     aa: Optional[str] = None
     scale: Tuple[float, float] = (0.08, 1.0)
     hflip: float = 0.5
@@ -209,6 +219,34 @@ class ClassificationTask(Task):
             self.build_datasets()
         return len(self.classes)
 
+    def build_scheduler(self, optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
+        """timm's cosine with linear warm-up, as the official trainers: per epoch (DeiT) or per step
+        (Swin), toward ``cfg.min_lr`` for every group from the group's own lr."""
+        from timm.scheduler import CosineLRScheduler
+        c = self.cfg
+        if c.sched_on not in ("epoch", "step"):
+            raise ValueError(f"sched_on must be 'epoch' or 'step', got {c.sched_on!r}")
+        unit = 1 if c.sched_on == "epoch" else steps_per_epoch
+        total = cfg.epochs * unit
+        warmup = int(round(cfg.warmup_epochs * unit))
+        inner = CosineLRScheduler(
+            optimizer, t_initial=max(1, total - warmup if c.warmup_prefix else total), lr_min=cfg.min_lr,
+            warmup_t=warmup, warmup_lr_init=cfg.warmup_lr, warmup_prefix=c.warmup_prefix,
+            t_in_epochs=c.sched_on == "epoch")
+        return _PerEpoch(inner, steps_per_epoch) if c.sched_on == "epoch" else inner
+
+    def on_epoch_start(self, model: nn.Module, epoch: int) -> None:
+        """Drop path off for the first ``drop_path_off_epochs`` epochs, then the model's rates (the
+        authors' ``reset_drop_path``)."""
+        if not self.cfg.drop_path_off_epochs:
+            return
+        from timm.layers import DropPath
+        for m in model.modules():
+            if isinstance(m, DropPath):
+                if not hasattr(m, "scheduled_drop_prob"):
+                    m.scheduled_drop_prob = m.drop_prob
+                m.drop_prob = 0.0 if epoch < self.cfg.drop_path_off_epochs else m.scheduled_drop_prob
+
     def train_sampler(self, dataset: Dataset, dist: DistInfo) -> Optional[Sampler]:
         if self.cfg.repeated_aug > 0:
             return _SeededRepeatAugSampler(dataset, dist.world_size, dist.rank, self.cfg.repeated_aug, self.cfg.seed)
@@ -270,6 +308,24 @@ class ClassificationTask(Task):
         return dict(score=acc1, top1=acc1, top5=100.0 * top5 / n, loss=loss_sum / n, images=n)
 
 
+class _PerEpoch:
+    """A timm scheduler with ``t_in_epochs`` stepped once per epoch from the engine's per-step updates:
+    the steps of epoch e train at the schedule's value for e."""
+
+    def __init__(self, scheduler, steps_per_epoch: int):
+        self.scheduler = scheduler
+        self.steps_per_epoch = steps_per_epoch
+
+    def step_update(self, num_updates: int) -> None:
+        self.scheduler.step(num_updates // self.steps_per_epoch)
+
+    def state_dict(self) -> dict:
+        return self.scheduler.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.scheduler.load_state_dict(state)
+
+
 def _plain(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {k: _plain(v) for k, v in obj.items()}
@@ -303,7 +359,15 @@ def _resolve_recipe(args: argparse.Namespace) -> Tuple[str, Dict[str, Any]]:
         recipe["clip_grad"] = None
     if args.warmup_epochs is None and recipe["warmup_epochs"] >= recipe["epochs"]:
         recipe["warmup_epochs"] = recipe["epochs"] / 10  # a short run keeps a proportionate warm-up
+    if recipe["drop_path_off_epochs"] is None:  # the authors' runs: ablation models only, under the DeiT recipe
+        recipe["drop_path_off_epochs"] = 100 if name == "lit-ti" and recipe["model"] != "lit_ti" else 0
+    if args.amp is None and recipe["amp"] == "fp16" and not _uses_cuda(args.device):
+        recipe["amp"] = "none"  # the recipe's fp16 is for CUDA; the CPU has no fp16 autocast
     return name, recipe
+
+
+def _uses_cuda(device: str) -> bool:
+    return torch.cuda.is_available() if device == "auto" else str(device).startswith("cuda")
 
 
 def _class_config(r: Dict[str, Any], args: argparse.Namespace) -> ClassificationConfig:
@@ -313,7 +377,8 @@ def _class_config(r: Dict[str, Any], args: argparse.Namespace) -> Classification
     return ClassificationConfig(
         model=r["model"], data=args.data or D.DIGITS, img_size=int(r["img_size"]), model_kwargs=model_kwargs,
         init_checkpoint=args.init_checkpoint, pretrained=args.pretrained, bad_images=args.bad_images,
-        seed=args.seed, aa=r["aa"], scale=tuple(r["scale"]), hflip=float(r["hflip"]),
+        seed=args.seed, drop_path_off_epochs=int(r["drop_path_off_epochs"]), sched_on=r["sched_on"],
+        warmup_prefix=bool(r["warmup_prefix"]), aa=r["aa"], scale=tuple(r["scale"]), hflip=float(r["hflip"]),
         color_jitter=float(r["color_jitter"]), reprob=float(r["reprob"]), remode=r["remode"], recount=int(r["recount"]),
         mixup=float(r["mixup"]), cutmix=float(r["cutmix"]), mixup_prob=float(r["mixup_prob"]),
         mixup_switch_prob=float(r["mixup_switch_prob"]), smoothing=float(r["smoothing"]),
@@ -325,15 +390,63 @@ def _train_config(r: Dict[str, Any], args: argparse.Namespace) -> TrainConfig:
     if (r["mixup"] > 0 or r["cutmix"] > 0) and r["mixup_prob"] > 0 and per_process % 2:
         raise ValueError(f"mixup/cutmix need an even batch per process; batch size {r['batch_size']} gives "
                          f"{per_process} per process and accumulation step")
+    scale = int(r["batch_size"]) / 512 if r["scale_warmup_min_lr"] else 1.0  # the Swin trainer scales all three
     return TrainConfig(
         output_dir=args.output, epochs=int(r["epochs"]), batch_size=per_process, accum_steps=args.accum_steps,
-        lr=float(r["lr"]), min_lr=float(r["min_lr"]), warmup_epochs=float(r["warmup_epochs"]),
-        warmup_lr=float(r["warmup_lr"]), weight_decay=float(r["weight_decay"]), opt_eps=float(r["opt_eps"]),
-        clip_grad=r["clip_grad"], amp=args.amp, ema_decay=float(r["ema_decay"]),
+        lr=float(r["lr"]), min_lr=float(r["min_lr"]) * scale, warmup_epochs=float(r["warmup_epochs"]),
+        warmup_lr=float(r["warmup_lr"]) * scale, weight_decay=float(r["weight_decay"]), opt_eps=float(r["opt_eps"]),
+        clip_grad=r["clip_grad"], offset_lr_mult=float(r["offset_lr_mult"]), amp=r["amp"], ema_decay=float(r["ema_decay"]),
         grad_checkpointing=args.grad_checkpointing, seed=args.seed, workers=args.workers, threads=args.threads,
         val_batch_size=args.val_batch_size, save_every_steps=args.save_every_steps, resume=args.resume,
         log_every=args.log_every, eval_every=args.eval_every, max_steps=args.max_steps, device=args.device,
         progress=not args.no_progress, sync_bn=args.sync_bn)
+
+
+def resolved_config(args: argparse.Namespace) -> Dict[str, Any]:
+    """Everything ``litvit train`` would train with, as plain values, without reading any data: the
+    model is built on the meta device for its parameter groups (the class count comes from the
+    data: 10 for the digits, else shown as null and built with 1000)."""
+    name, r = _resolve_recipe(args)
+    cfg = _class_config(r, args)
+    tc = _train_config(r, args)
+    task = ClassificationTask(cfg)
+    digits = cfg.data == D.DIGITS
+    with torch.device("meta"):
+        model = create_model(cfg.model, num_classes=10 if digits else 1000, img_size=cfg.img_size, **cfg.model_kwargs)
+    from timm.layers import DropPath
+    drop_path = max([m.drop_prob for m in model.modules() if isinstance(m, DropPath)], default=0.0)
+    global_batch = int(r["batch_size"])
+    peak = tc.lr * global_batch / 512
+    overridden = sorted(k for k in BASE if getattr(args, k, None) is not None)
+    return _plain(dict(
+        command="train", recipe=name, overridden=overridden,
+        model=dict(name=cfg.model, img_size=cfg.img_size, num_classes=10 if digits else None,
+                   drop_path=round(drop_path, 6), drop_path_off_epochs=cfg.drop_path_off_epochs,
+                   kwargs=dict(cfg.model_kwargs), pretrained=cfg.pretrained, init_checkpoint=cfg.init_checkpoint,
+                   parameters=sum(p.numel() for p in model.parameters())),
+        data=dict(data=str(cfg.data), train_split="train", eval_split=cfg.eval_split, bad_images=cfg.bad_images,
+                  eval_img_size=cfg.eval_img_size or cfg.img_size, crop_pct=cfg.crop_pct,
+                  interpolation=cfg.interpolation, mean=cfg.mean, std=cfg.std),
+        optimizer=dict(type="AdamW", lr_per_512=tc.lr, lr=peak, weight_decay=tc.weight_decay, eps=tc.opt_eps,
+                       betas=tc.opt_betas, clip_grad=tc.clip_grad, offset_lr_mult=tc.offset_lr_mult,
+                       param_groups=engine.describe_param_groups(task.param_groups(model, tc), peak)),
+        schedule=dict(type="cosine", sched_on=cfg.sched_on, epochs=tc.epochs, warmup_epochs=tc.warmup_epochs,
+                      warmup_prefix=cfg.warmup_prefix, warmup_lr=tc.warmup_lr, min_lr=tc.min_lr,
+                      scale_warmup_min_lr=bool(r["scale_warmup_min_lr"])),
+        augmentation=dict(aa=cfg.aa, scale=cfg.scale, hflip=cfg.hflip, color_jitter=cfg.color_jitter,
+                          reprob=cfg.reprob, remode=cfg.remode, recount=cfg.recount, mixup=cfg.mixup,
+                          cutmix=cfg.cutmix, mixup_prob=cfg.mixup_prob, mixup_switch_prob=cfg.mixup_switch_prob,
+                          smoothing=cfg.smoothing, repeated_aug=cfg.repeated_aug, interpolation=cfg.interpolation),
+        engine=dict(batch_size=global_batch, batch_per_process=tc.batch_size, accum_steps=tc.accum_steps,
+                    amp=tc.amp, ema_decay=tc.ema_decay, grad_checkpointing=tc.grad_checkpointing,
+                    sync_bn=tc.sync_bn, device=tc.device, seed=tc.seed, workers=tc.workers, output=tc.output_dir),
+    ))
+
+
+def print_config(config: Dict[str, Any]) -> int:
+    """``--print-config``: the resolved configuration as JSON on stdout; exit code 0."""
+    print(json.dumps(config, indent=2))
+    return 0
 
 
 def run_training(args: argparse.Namespace) -> Dict[str, Any]:
@@ -360,6 +473,8 @@ def _report(summary: Dict[str, Any]) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.print_config:
+        return print_config(resolved_config(args))
     _report(run_training(args))
     return 0
 
@@ -487,6 +602,8 @@ def _imagenet_names() -> List[str]:
 def cmd_demo(args: argparse.Namespace) -> int:
     """``litvit train`` with the digits recipe into ``runs/demo``, then the best checkpoint
     re-evaluated through ``validate``'s code path; exit 1 if it is below 99% top-1."""
+    if args.print_config:
+        return print_config(resolved_config(args))
     t0 = time.perf_counter()
     summary = run_training(args)
     _report(summary)
@@ -534,6 +651,10 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--opt-eps", type=float, default=None)
     g.add_argument("--clip-grad", type=float, default=None, help="max gradient norm (0: off)")
     g.add_argument("--ema-decay", type=float, default=None, help="EMA of the weights (0: off)")
+    g.add_argument("--offset-lr-mult", type=float, default=None,
+                   help="lr multiplier of the DTM offset predictors' weights (recipe: 0.01)")
+    g.add_argument("--drop-path-off-epochs", type=int, default=None,
+                   help="first epochs without drop path (recipe: 100 for ablation models under lit-ti, else 0)")
     g = p.add_argument_group("augmentation (recipe values unless given)")
     g.add_argument("--aa", default=None, help="RandAugment policy, e.g. rand-m9-mstd0.5-inc1 ('none': off)")
     g.add_argument("--scale", type=float, nargs=2, default=None, metavar=("MIN", "MAX"),
@@ -555,7 +676,10 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--resume", default="auto",
                    help="auto (continue from OUTPUT/last.pth if there), never (refuse to overwrite), or a checkpoint")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--amp", default="none", help="none, bf16 (CPU or CUDA), fp16 (CUDA)")
+    g.add_argument("--amp", default=None, choices=engine.AMP_MODES,
+                   help="none, bf16 (CPU or CUDA), fp16 (CUDA); default: the recipe's (fp16 on CUDA for the paper's)")
+    g.add_argument("--print-config", action="store_true",
+                   help="print the fully resolved configuration as JSON and exit (no data is read)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda")
     g.add_argument("--workers", type=int, default=0, help="data-loader processes per rank")
     g.add_argument("--threads", type=int, default=None,

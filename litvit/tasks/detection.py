@@ -2,14 +2,17 @@
 
 RetinaNet or Mask R-CNN with a LIT backbone (:mod:`litvit.detection`) trained by the shared
 engine (:func:`litvit.engine.fit`: torchrun/DDP, AMP, atomic checkpoints, resume) with the
-paper's 1x recipe: 12 epochs, AdamW lr 1e-4, weight decay 0.05, linear warm-up over 500
-iterations from lr x 0.001, lr x 0.1 after epochs 8 and 11, shorter side drawn from 640-800
-(longer side <= 1333), horizontal flips. Evaluation runs pycocotools: box AP (and mask AP for
-Mask R-CNN), in %; "score" is the box AP.
+authors' 1x recipes (``--recipe retinanet-1x | mask-rcnn-1x``, :data:`litvit.recipes.DENSE_RECIPES`):
+12 epochs, AdamW lr 1e-4 (RetinaNet) / 2e-4 (Mask R-CNN), weight decay 1e-4 (LIT-S: none on
+names containing ``norm``, ``relative_position_bias_table``, ``absolute_pos_embed``), linear
+warm-up over 500 iterations from lr x 0.001, lr x 0.1 after epochs 8 and 11, single scale
+(1333, 800), horizontal flips. Evaluation runs pycocotools: box AP (and mask AP for Mask R-CNN),
+in %; "score" is the box AP.
 
 Examples::
 
     litvit detect params
+    litvit detect train --recipe mask-rcnn-1x --backbone lit_s --print-config     # the resolved recipe as JSON
     litvit detect train --arch retinanet --backbone lit_ti --pretrained lit_ti.pth \\
         --train-images coco/train2017 --train-ann coco/annotations/instances_train2017.json \\
         --val-images coco/val2017 --val-ann coco/annotations/instances_val2017.json --output runs/retina_lit_ti
@@ -28,8 +31,8 @@ import torch
 from torch import Tensor, nn
 
 from ..dense_data import CocoDetection, detection_collate, image_to_tensor, palette, read_image
-from ..detection import DETECTION_DEFAULTS, DETECTORS, build_detector
-from ..engine import DistInfo, Task, TrainConfig, evaluate as engine_evaluate, fit
+from ..detection import DETECTION_DEFAULTS, DETECTORS, RECIPE_OF, build_detector
+from ..engine import DistInfo, Task, TrainConfig, evaluate as engine_evaluate, fit, param_groups
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -144,6 +147,8 @@ class DetectionTask(Task):
         warmup_iters (int), warmup_ratio (float): linear warm-up from ``lr x warmup_ratio``.
         backbone_kwargs (dict, optional): ``litvit.create_model`` overrides (``drop_path_rate``, ...).
         fpn_channels (int): FPN/head width (256).
+        no_decay_keys (Sequence[str]): parameters whose names contain one of these get no weight
+            decay; all others are decayed (mmdetection's ``paramwise_cfg``; none for LIT-Ti).
     """
     name = "detection"
     curve_metrics = ("score", "bbox_AP50")
@@ -169,6 +174,7 @@ class DetectionTask(Task):
             warmup_ratio: float = DETECTION_DEFAULTS["warmup_ratio"],
             backbone_kwargs: Optional[Dict[str, Any]] = None,
             fpn_channels: int = 256,
+            no_decay_keys: Sequence[str] = (),
     ):
         if arch not in DETECTORS:
             raise ValueError(f"unknown detector {arch!r}; choose one of {', '.join(DETECTORS)}")
@@ -186,6 +192,7 @@ class DetectionTask(Task):
         self.warmup_ratio = float(warmup_ratio)
         self.backbone_kwargs = dict(backbone_kwargs or {})
         self.fpn_channels = int(fpn_channels)
+        self.no_decay_keys = tuple(no_decay_keys)
         self.find_unused_parameters = arch == "mask_rcnn"  # a batch without boxes leaves the mask head idle
         self._train_set: Optional[CocoDetection] = None
         self._val_set: Optional[CocoDetection] = None
@@ -246,6 +253,11 @@ class DetectionTask(Task):
 
     def collate_fn(self):
         return detection_collate
+
+    def param_groups(self, model: nn.Module, cfg: TrainConfig) -> List[dict]:
+        """mmdetection's rules: everything decayed but names containing ``no_decay_keys``; the offset
+        predictors at ``cfg.offset_lr_mult`` (1.0 in the authors' configs)."""
+        return param_groups(model, cfg.weight_decay, offset_lr_mult=cfg.offset_lr_mult, no_decay_keys=self.no_decay_keys)
 
     def build_scheduler(self, optimizer, cfg: TrainConfig, steps_per_epoch: int):
         """The 1x schedule: linear warm-up over ``warmup_iters`` from ``lr x warmup_ratio``, then lr
@@ -359,27 +371,85 @@ def _require_pycocotools() -> None:
         raise CLIError("COCO-format data and metrics need pycocotools: pip install 'litvit[detection]'") from None
 
 
-def _backbone_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
+def _backbone_kwargs(args: argparse.Namespace, r: Dict[str, Any]) -> Dict[str, Any]:
     from ._dense import json_arg
     kwargs = json_arg(args.backbone_kwargs, "--backbone-kwargs")
-    if args.drop_path is not None:
-        kwargs["drop_path_rate"] = args.drop_path
+    if r["drop_path"] is not None:
+        kwargs["drop_path_rate"] = r["drop_path"]
     return kwargs
 
 
+def _resolve(args: argparse.Namespace) -> Dict[str, Any]:
+    """The recipe (``--recipe``, else the one of ``--arch``) for the backbone's family, flags applied."""
+    from ._dense import resolve_recipe
+    name = args.recipe or RECIPE_OF[args.arch or "retinanet"]
+    r = resolve_recipe(args, name)
+    if args.arch is not None and args.arch != r["arch"]:
+        raise ValueError(f"--arch {args.arch} does not match --recipe {name} (a {r['arch']} recipe); give one of them")
+    return r
+
+
+def _task(args: argparse.Namespace, r: Dict[str, Any], **data) -> DetectionTask:
+    return DetectionTask(
+        arch=r["arch"], backbone=args.backbone, pretrained=args.pretrained, min_size=r["min_size"],
+        max_size=r["max_size"], frozen_stages=args.frozen_stages, norm_eval=args.norm_eval, lr_steps=r["lr_steps"],
+        warmup_iters=r["warmup_iters"], warmup_ratio=r["warmup_ratio"], backbone_kwargs=_backbone_kwargs(args, r),
+        fpn_channels=r["fpn_channels"], no_decay_keys=r["no_decay_keys"], **data)
+
+
+def resolved_config(args: argparse.Namespace) -> Dict[str, Any]:
+    """Everything ``litvit detect train`` would train with, as plain values, without reading any
+    data: the detector is built on the meta device (80 classes) for its parameter groups."""
+    from timm.layers import DropPath
+    from ._dense import optimizer_summary, train_config
+    r = _resolve(args)
+    task = _task(args, r, num_classes=80)
+    tc = train_config(args, r, r["epochs"])
+    with torch.device("meta"):
+        model = task.build_model()
+    body = model.backbone.body
+    drop_path = max([m.drop_prob for m in model.modules() if isinstance(m, DropPath)], default=0.0)
+    return dict(
+        command="detect train", recipe=r["recipe"], overridden=r["overridden"],
+        model=dict(arch=r["arch"], backbone=args.backbone, backbone_family=r["backbone_family"],
+                   backbone_img_size=list(body.model.img_size), drop_path=round(drop_path, 6),
+                   out_norm_stages=sorted(int(i) for i in body.out_norms),
+                   pos_embed_interpolation=body.pos_embed_interpolation
+                   if any(stage.pos_embed is not None for stage in body.model.stages) else None,
+                   fpn_channels=r["fpn_channels"],
+                   fpn_stages=list(model.backbone.fpn_stages), extra_levels=r["extra_levels"],
+                   frozen_stages=args.frozen_stages, norm_eval=args.norm_eval, pretrained=args.pretrained,
+                   num_classes=None, parameters_80_classes=sum(p.numel() for p in model.parameters())),
+        data=dict(train_images=args.train_images, train_ann=args.train_ann, val_images=args.val_images,
+                  val_ann=args.val_ann, min_size=list(r["min_size"]), max_size=r["max_size"],
+                  test_min_size=int(r["min_size"][-1]), size_divisor=r["size_divisor"], mean=list(model.transform.image_mean),
+                  std=list(model.transform.image_std)),
+        optimizer=optimizer_summary(task, model, tc, r),
+        schedule=dict(type="step", epochs=r["epochs"], lr_steps=list(r["lr_steps"]), lr_gamma=r["lr_gamma"],
+                      warmup="linear", warmup_iters=r["warmup_iters"], warmup_ratio=r["warmup_ratio"]),
+        augmentation=dict(resize="keep ratio, shorter side min_size, longer <= max_size",
+                          multi_scale=len(r["min_size"]) > 1, hflip=r["hflip"]),
+        engine=dict(batch_size=tc.batch_size, accum_steps=tc.accum_steps, amp=tc.amp,
+                    grad_checkpointing=tc.grad_checkpointing, device=tc.device, seed=tc.seed, workers=tc.workers,
+                    output=args.output),
+    )
+
+
 def _train(args: argparse.Namespace) -> int:
+    from ._dense import check_output, is_main_process, train_config
+    if args.print_config:
+        from .classification import print_config
+        return print_config(resolved_config(args))
+    check_output(args)
+    if not args.train_images or not args.train_ann:
+        raise ValueError("--train-images and --train-ann are required")
     _require_pycocotools()
-    from ._dense import is_main_process, train_config
-    task = DetectionTask(
-        arch=args.arch, backbone=args.backbone, train_images=args.train_images, train_ann=args.train_ann,
-        val_images=args.val_images, val_ann=args.val_ann, pretrained=args.pretrained,
-        min_size=args.min_size, max_size=args.max_size, frozen_stages=args.frozen_stages, norm_eval=args.norm_eval,
-        lr_steps=args.lr_steps, warmup_iters=args.warmup_iters,
-        backbone_kwargs=_backbone_kwargs(args),
-        fpn_channels=args.fpn_channels)
+    r = _resolve(args)
+    task = _task(args, r, train_images=args.train_images, train_ann=args.train_ann, val_images=args.val_images,
+                 val_ann=args.val_ann)
     if args.pretrained is None and is_main_process():
         print("note: no --pretrained ImageNet checkpoint; the backbone starts from random weights")
-    summary = fit(task, train_config(args, args.epochs))
+    summary = fit(task, train_config(args, r, r["epochs"]))
     if not is_main_process():
         return 0
     if task.last_summary:
@@ -431,17 +501,20 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
 
     t = cmds.add_parser("train", help="train a detector (the paper's 1x COCO recipe by default)")
-    t.add_argument("--arch", default="retinanet", choices=DETECTORS)
-    t.add_argument("--train-images", required=True, help="folder of training images")
-    t.add_argument("--train-ann", required=True, help="COCO instances JSON of the training images")
+    t.add_argument("--recipe", default=None, choices=tuple(RECIPE_OF.values()),
+                   help="the authors' config (default: the one of --arch; see --print-config)")
+    t.add_argument("--arch", default=None, choices=DETECTORS, help="retinanet (default) or mask_rcnn")
+    t.add_argument("--train-images", default=None, help="folder of training images (required)")
+    t.add_argument("--train-ann", default=None, help="COCO instances JSON of the training images (required)")
     t.add_argument("--val-images", default=None, help="folder of validation images")
     t.add_argument("--val-ann", default=None, help="COCO instances JSON of the validation images")
-    t.add_argument("--epochs", type=int, default=d["epochs"], help=f"(default {d['epochs']}, the 1x schedule)")
-    t.add_argument("--lr-steps", type=int, nargs="+", default=list(d["lr_steps"]), help="epochs after which lr x 0.1")
-    t.add_argument("--warmup-iters", type=int, default=d["warmup_iters"])
-    t.add_argument("--min-size", type=int, nargs="+", default=list(d["min_size"]),
-                   help="shorter image side; several = multi-scale training (the last one is used for evaluation)")
-    t.add_argument("--max-size", type=int, default=d["max_size"], help="longer-side limit")
+    t.add_argument("--epochs", type=int, default=None, help=f"(recipe: {d['epochs']}, the 1x schedule)")
+    t.add_argument("--lr-steps", type=int, nargs="+", default=None, help="epochs after which lr x 0.1 (recipe: 8 11)")
+    t.add_argument("--warmup-iters", type=int, default=None, help=f"(recipe: {d['warmup_iters']})")
+    t.add_argument("--min-size", type=int, nargs="+", default=None,
+                   help="shorter image side (recipe: 800, single scale); several = multi-scale training, e.g. "
+                        "640 672 704 736 768 800 (the last one is used for evaluation)")
+    t.add_argument("--max-size", type=int, default=None, help=f"longer-side limit (recipe: {d['max_size']})")
     add_backbone_args(t)
     add_engine_args(t, batch_size=d["batch_size"], lr=d["lr"], weight_decay=d["weight_decay"])
     t.set_defaults(func=_train)

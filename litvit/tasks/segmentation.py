@@ -1,9 +1,11 @@
 """Semantic segmentation on ADE20K-format data: ``litvit segment``.
 
 Semantic FPN with a LIT backbone (:mod:`litvit.segmentation`) trained by the shared engine
-(:func:`litvit.engine.fit`) with the paper's ADE20K recipe: 512x512 crops of images rescaled by
-0.5-2.0, flips and photometric distortion, AdamW, poly learning-rate decay (power 0.9) over 80k
-iterations, cross-entropy ignoring label 255. Evaluation: whole-image inference at the 2048x512
+(:func:`litvit.engine.fit`) with the authors' ADE20K recipe (``--recipe semantic-fpn-80k``,
+:data:`litvit.recipes.DENSE_RECIPES`): 512x512 crops (``cat_max_ratio`` 0.75) of images rescaled by
+0.5-2.0, flips and mmseg's photometric distortion, AdamW lr 1e-4 with weight decay 1e-4 on every
+parameter, poly learning-rate decay (power 0.9) to 1e-6 over 80k iterations, a BatchNorm head
+synchronised across processes under DDP, cross-entropy ignoring label 255. Evaluation: whole-image inference at the 2048x512
 scale, logits resized to the label's size; mIoU, mean class accuracy and pixel accuracy from a
 confusion matrix summed over ranks; "score" is the mIoU (%).
 
@@ -13,6 +15,7 @@ Training is counted in iterations (optimizer steps) as in mmsegmentation: the en
 Examples::
 
     litvit segment params
+    litvit segment train --recipe semantic-fpn-80k --backbone lit_s --print-config    # the resolved recipe as JSON
     litvit segment train --data ADEChallengeData2016 --backbone lit_ti --pretrained lit_ti.pth --output runs/fpn_lit_ti
     torchrun --nproc_per_node 8 -m litvit segment train --data ADEChallengeData2016 --backbone lit_s ... --output runs/fpn_lit_s
     litvit segment eval --checkpoint runs/fpn_lit_ti/best.pth --data ADEChallengeData2016
@@ -22,7 +25,7 @@ import argparse
 import math
 import os
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -31,8 +34,9 @@ from torch import Tensor, nn
 
 from ..dense_data import (IGNORE_INDEX, SegEvalTransform, SegmentationDataset, SegTrainTransform, palette,
                           read_image, segmentation_collate)
-from ..engine import DistInfo, Task, TrainConfig, evaluate as engine_evaluate, fit
-from ..segmentation import SEGMENTATION_DEFAULTS, confusion_matrix, segmentation_metrics, semantic_fpn
+from ..engine import DistInfo, Task, TrainConfig, evaluate as engine_evaluate, fit, param_groups
+from ..segmentation import (SEGMENTATION_DEFAULTS, confusion_matrix, convert_head_sync_batchnorm, segmentation_metrics,
+                            semantic_fpn)
 
 __all__ = ["SegmentationTask", "colorize", "add_parsers"]
 
@@ -61,6 +65,10 @@ class SegmentationTask(Task):
         backbone_kwargs (dict, optional): ``litvit.create_model`` overrides.
         fpn_channels (int), head_channels (int): widths (256, 128).
         class_names (Sequence[str], optional): names for logs and legends.
+        cat_max_ratio (float): crops are re-drawn while one class covers this share (mmseg's RandomCrop).
+        no_decay_keys (Sequence[str]): parameters whose names contain one of these get no weight
+            decay; all others are decayed (none in the authors' configs).
+        sync_bn (bool): under DDP, the head's BatchNorms become SyncBatchNorms (the authors' SyncBN).
     """
     name = "segmentation"
     curve_metrics = ("score", "aAcc")
@@ -84,6 +92,9 @@ class SegmentationTask(Task):
             fpn_channels: int = 256,
             head_channels: int = 128,
             class_names: Optional[Sequence[str]] = None,
+            cat_max_ratio: float = SEGMENTATION_DEFAULTS["cat_max_ratio"],
+            no_decay_keys: Sequence[str] = (),
+            sync_bn: bool = True,
     ):
         if num_classes < 1:
             raise ValueError(f"num_classes must be at least 1, got {num_classes}")
@@ -102,14 +113,28 @@ class SegmentationTask(Task):
         self.backbone_kwargs = dict(backbone_kwargs or {})
         self.fpn_channels = int(fpn_channels)
         self.head_channels = int(head_channels)
+        self.cat_max_ratio = float(cat_max_ratio)
+        self.no_decay_keys = tuple(no_decay_keys)
+        self.sync_bn = bool(sync_bn)
         self.class_names = list(class_names) if class_names is not None else [f"class_{i}" for i in range(num_classes)]
         if len(self.class_names) != self.num_classes:
             raise ValueError(f"{len(self.class_names)} class names for {self.num_classes} classes")
 
     def build_model(self) -> nn.Module:
-        return semantic_fpn(self.backbone, num_classes=self.num_classes, pretrained_backbone=self.pretrained,
-                            frozen_stages=self.frozen_stages, norm_eval=self.norm_eval, channels=self.head_channels,
-                            backbone_kwargs=self.backbone_kwargs, fpn_channels=self.fpn_channels)
+        """Semantic FPN; inside a process group of several processes (``fit`` under torchrun) the
+        head's BatchNorms are converted to SyncBatchNorms, the backbone's stay per-process."""
+        model = semantic_fpn(self.backbone, num_classes=self.num_classes, pretrained_backbone=self.pretrained,
+                             frozen_stages=self.frozen_stages, norm_eval=self.norm_eval, channels=self.head_channels,
+                             backbone_kwargs=self.backbone_kwargs, fpn_channels=self.fpn_channels)
+        import torch.distributed as dist
+        if self.sync_bn and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            convert_head_sync_batchnorm(model)
+        return model
+
+    def param_groups(self, model: nn.Module, cfg: TrainConfig) -> List[dict]:
+        """mmsegmentation's default: every parameter decayed (but names containing ``no_decay_keys``),
+        the offset predictors at ``cfg.offset_lr_mult`` (1.0 in the authors' configs)."""
+        return param_groups(model, cfg.weight_decay, offset_lr_mult=cfg.offset_lr_mult, no_decay_keys=self.no_decay_keys)
 
     def _dataset(self, split: str, transform) -> SegmentationDataset:
         if self.data is None:
@@ -126,7 +151,8 @@ class SegmentationTask(Task):
         train = val = None
         if self.iters > 0 and present(self.train_split):
             train = self._dataset(self.train_split, SegTrainTransform(
-                crop_size=self.crop_size, scale=self.scale, ratio_range=self.ratio_range))
+                crop_size=self.crop_size, scale=self.scale, ratio_range=self.ratio_range,
+                cat_max_ratio=self.cat_max_ratio))
         if present(self.val_split):
             val = self._dataset(self.val_split, SegEvalTransform(scale=self.scale))
         if train is None and val is None:
@@ -217,33 +243,81 @@ def _read_class_names(path: Optional[str]) -> Optional[list]:
         return [line.strip() for line in f if line.strip()]
 
 
-def _backbone_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
+def _backbone_kwargs(args: argparse.Namespace, r: Dict[str, Any]) -> Dict[str, Any]:
     from ._dense import json_arg
     kwargs = json_arg(args.backbone_kwargs, "--backbone-kwargs")
-    if args.drop_path is not None:
-        kwargs["drop_path_rate"] = args.drop_path
+    if r["drop_path"] is not None:
+        kwargs["drop_path_rate"] = r["drop_path"]
     return kwargs
 
 
-def _train(args: argparse.Namespace) -> int:
-    from ._dense import is_main_process, train_config
-    task = SegmentationTask(
+def _task(args: argparse.Namespace, r: Dict[str, Any], class_names=None) -> SegmentationTask:
+    return SegmentationTask(
         backbone=args.backbone, data=args.data, num_classes=args.num_classes, reduce_zero_label=not args.no_reduce_zero_label,
-        pretrained=args.pretrained, iters=args.iters, crop_size=args.crop_size, scale=args.scale,
-        ratio_range=args.ratio_range, frozen_stages=args.frozen_stages, norm_eval=args.norm_eval,
-        backbone_kwargs=_backbone_kwargs(args),
-        fpn_channels=args.fpn_channels, class_names=_read_class_names(args.class_names))
+        pretrained=args.pretrained, iters=r["iters"], crop_size=r["crop_size"], scale=r["scale"],
+        ratio_range=r["ratio_range"], frozen_stages=args.frozen_stages, norm_eval=args.norm_eval,
+        backbone_kwargs=_backbone_kwargs(args, r), fpn_channels=r["fpn_channels"], head_channels=r["head_channels"],
+        class_names=class_names, cat_max_ratio=r["cat_max_ratio"], no_decay_keys=r["no_decay_keys"])
+
+
+def resolved_config(args: argparse.Namespace) -> Dict[str, Any]:
+    """Everything ``litvit segment train`` would train with, as plain values, without reading any
+    data: the model is built on the meta device for its parameter groups."""
+    from timm.layers import DropPath
+    from ._dense import optimizer_summary, resolve_recipe, train_config
+    r = resolve_recipe(args, args.recipe)
+    task = _task(args, r)
+    tc = train_config(args, r, 1, max_steps=r["iters"])
+    with torch.device("meta"):
+        model = task.build_model()
+    body = model.backbone.body
+    drop_path = max([m.drop_prob for m in model.modules() if isinstance(m, DropPath)], default=0.0)
+    has_abs = any(stage.pos_embed is not None for stage in body.model.stages)
+    norms = sorted({type(m).__name__ for m in model.head.modules() if isinstance(m, nn.modules.batchnorm._NormBase)})
+    return dict(
+        command="segment train", recipe=r["recipe"], overridden=r["overridden"],
+        model=dict(backbone=args.backbone, backbone_family=r["backbone_family"],
+                   backbone_img_size=list(body.model.img_size), drop_path=round(drop_path, 6),
+                   out_norm_stages=sorted(int(i) for i in body.out_norms),
+                   pos_embed_interpolation=body.pos_embed_interpolation if has_abs else None,
+                   fpn_channels=r["fpn_channels"], fpn_stages=list(model.backbone.fpn_stages),
+                   head_channels=r["head_channels"], head_norm=r["head_norm"], head_norm_modules=norms,
+                   dropout=r["dropout"], num_classes=args.num_classes, frozen_stages=args.frozen_stages,
+                   norm_eval=args.norm_eval, pretrained=args.pretrained,
+                   parameters=sum(p.numel() for p in model.parameters())),
+        data=dict(data=args.data, reduce_zero_label=not args.no_reduce_zero_label, scale=list(r["scale"]),
+                  test_scale=list(r["scale"]), test_mode="whole"),
+        optimizer=optimizer_summary(task, model, tc, r),
+        schedule=dict(type="poly", power=r["poly_power"], iters=r["iters"], min_lr=tc.min_lr),
+        augmentation=dict(ratio_range=list(r["ratio_range"]), crop_size=r["crop_size"],
+                          cat_max_ratio=r["cat_max_ratio"], hflip=r["hflip"], photometric=r["photometric"]),
+        engine=dict(batch_size=tc.batch_size, accum_steps=tc.accum_steps, amp=tc.amp,
+                    grad_checkpointing=tc.grad_checkpointing, device=tc.device, seed=tc.seed, workers=tc.workers,
+                    output=args.output),
+    )
+
+
+def _train(args: argparse.Namespace) -> int:
+    from ._dense import check_output, is_main_process, resolve_recipe, train_config
+    if args.print_config:
+        from .classification import print_config
+        return print_config(resolved_config(args))
+    check_output(args)
+    if not args.data:
+        raise ValueError("--data is required (a folder in ADE20K layout)")
+    r = resolve_recipe(args, args.recipe)
+    task = _task(args, r, _read_class_names(args.class_names))
     if args.pretrained is None and is_main_process():
         print("note: no --pretrained ImageNet checkpoint; the backbone starts from random weights")
     n_train = len(SegmentationDataset(args.data, task.train_split, task.num_classes, None, task.reduce_zero_label))
-    per_step = args.batch_size * _world_size() * args.accum_steps
+    per_step = int(r["batch_size"]) * _world_size() * args.accum_steps
     steps_per_epoch = n_train // per_step
     if steps_per_epoch == 0:
         raise ValueError(f"global batch {per_step} is larger than the training set ({n_train} images)")
-    epochs = math.ceil(args.iters / steps_per_epoch)
+    epochs = math.ceil(r["iters"] / steps_per_epoch)
     if is_main_process():
-        print(f"{args.iters} iterations = {epochs} epoch(s) of {steps_per_epoch} steps ({n_train} images, batch {per_step})")
-    summary = fit(task, train_config(args, epochs, max_steps=args.iters))
+        print(f"{r['iters']} iterations = {epochs} epoch(s) of {steps_per_epoch} steps ({n_train} images, batch {per_step})")
+    summary = fit(task, train_config(args, r, epochs, max_steps=r["iters"]))
     if not is_main_process():
         return 0
     best = summary["best_score"]
@@ -305,16 +379,18 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
 
     t = cmds.add_parser("train", help="train Semantic FPN (the paper's ADE20K recipe by default)")
-    t.add_argument("--data", required=True, help="dataset root: images/{training,validation}, annotations/{...}")
+    t.add_argument("--recipe", default="semantic-fpn-80k", choices=("semantic-fpn-80k",),
+                   help="the authors' config (see --print-config)")
+    t.add_argument("--data", default=None, help="dataset root: images/{training,validation}, annotations/{...} (required)")
     t.add_argument("--num-classes", type=int, default=150)
     t.add_argument("--class-names", default=None, help="text file with one class name per line (K lines)")
     t.add_argument("--no-reduce-zero-label", action="store_true",
                    help="labels are 0..K-1 with 255 = ignore (default: ADE20K's 0 = ignore, 1..K = classes)")
-    t.add_argument("--iters", type=int, default=d["iters"], help=f"optimizer steps (default {d['iters']})")
-    t.add_argument("--crop-size", type=int, default=d["crop_size"])
-    t.add_argument("--scale", type=int, nargs=2, default=list(d["scale"]), metavar=("LONG", "SHORT"),
-                   help="resize limits at ratio 1 and for evaluation")
-    t.add_argument("--ratio-range", type=float, nargs=2, default=list(d["ratio_range"]))
+    t.add_argument("--iters", type=int, default=None, help=f"optimizer steps (recipe: {d['iters']})")
+    t.add_argument("--crop-size", type=int, default=None, help=f"(recipe: {d['crop_size']})")
+    t.add_argument("--scale", type=int, nargs=2, default=None, metavar=("LONG", "SHORT"),
+                   help="resize limits at ratio 1 and for evaluation (recipe: 2048 512)")
+    t.add_argument("--ratio-range", type=float, nargs=2, default=None, help="(recipe: 0.5 2.0)")
     t.add_argument("--val-batch-size", type=int, default=1)
     add_backbone_args(t)
     add_engine_args(t, batch_size=d["batch_size"], lr=d["lr"], weight_decay=d["weight_decay"])

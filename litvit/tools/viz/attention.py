@@ -9,6 +9,13 @@ The query pixel (image coordinates of the network input) falls in one token of e
 (stride 4, 8, 16, 32); its row of the probabilities, over the spatial keys, is the map drawn. Keys
 live on the stage grid for full attention and on the reduced grid (H/r, W/r) for PVT's
 spatial-reduction attention; the class token's share (LIT-Ti, PVT-S stage 4) is reported beside.
+
+The authors' method (``--method official``, their ``generate_attention_maps.py``) differs: the
+probabilities are averaged over many images (the first 100 of the validation set, centre-cropped
+to 224), the query is a fixed token per stage (flat indices 1260, 294, 92, 17 of the 56x56, 28x28,
+14x14 and 7x7 grids: rows/cols (22, 28), (10, 14), (6, 8), (2, 3)), the stage-4 class token's
+row and column are removed (without renormalising), and the maps are drawn on their own grid
+rather than over one image. :func:`official_attention` computes that average.
 """
 import argparse
 from dataclasses import dataclass, field
@@ -19,8 +26,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["AttentionMaps", "check_attention_memory", "collect_attention", "query_maps", "plot_stage", "plot_overview",
-           "visualize_attention", "add_parser"]
+__all__ = ["AttentionMaps", "OFFICIAL_QUERY_TOKENS", "check_attention_memory", "collect_attention", "query_maps",
+           "official_query", "official_query_maps", "official_attention", "plot_stage", "plot_overview",
+           "plot_official", "visualize_attention", "add_parser"]
 
 
 @dataclass
@@ -161,6 +169,128 @@ def query_maps(
     return out
 
 
+# The authors' query tokens: flat index on each stage's grid at 224x224 input (stage 4 without its class token).
+OFFICIAL_QUERY_TOKENS = {1: (1260, 56), 2: (294, 28), 3: (92, 14), 4: (17, 7)}
+
+
+def official_query(stage: int, feat_size: Tuple[int, int]) -> Tuple[int, int]:
+    """The authors' query token (row, col) of ``stage`` (1-4) on a ``feat_size`` grid; at other input
+    sizes than 224 it keeps its relative position."""
+    index, side = OFFICIAL_QUERY_TOKENS[stage]
+    row, col = divmod(index, side)
+    h, w = feat_size
+    return (row, col) if (h, w) == (side, side) else (row * h // side, col * w // side)
+
+
+def official_query_maps(probs: Dict[str, Tensor], model: nn.Module, image_size: Tuple[int, int]) -> List[AttentionMaps]:
+    """The authors' rows of the attention probabilities, averaged over the batch: the class token's
+    row and column removed (not renormalised), the official query token of each stage.
+
+    Args:
+        probs (Dict[str, Tensor[B, heads, N, M]]): from :func:`collect_attention`.
+        model (nn.Module): the LIT model.
+        image_size (Tuple[int, int]): network input (H, W).
+
+    Returns:
+        One :class:`AttentionMaps` per stage with attention (``prefix_mass`` empty).
+    """
+    H, W = image_size
+    patch = getattr(model, "patch_size", 4)
+    by_stage: Dict[int, List[str]] = {}
+    for name in probs:
+        by_stage.setdefault(_stage_of(name), []).append(name)
+    out = []
+    for stage, names in sorted(by_stage.items()):
+        stride = patch * 2 ** (stage - 1)
+        h, w = H // stride, W // stride
+        row, col = official_query(stage, (h, w))
+        maps = []
+        for name in names:
+            attn = model.get_submodule(name)
+            p = attn.num_prefix_tokens
+            r = attn.sr_ratio if getattr(attn, "sr_ratio", 1) > 1 else 1
+            a = probs[name].double().mean(0)[:, p:, p:]  # B, heads, N, M -> heads, N - p, M - p
+            maps.append(a[:, row * w + col].reshape(-1, h // r, w // r).float().numpy())  # heads, Hk, Wk
+        out.append(AttentionMaps(stage, names, (h, w), (row, col), np.stack(maps)))
+    return out
+
+
+def official_attention(model: nn.Module, inputs) -> Tuple[List[AttentionMaps], int]:
+    """The authors' attention maps: :func:`official_query_maps` averaged over every image of ``inputs``.
+
+    Args:
+        model (nn.Module): the LIT model.
+        inputs (Iterable[Tensor[B, C, H, W]]): batches of normalised images, all of one size.
+
+    Returns:
+        (per-stage maps averaged over all images, number of images).
+    """
+    total: Optional[List[AttentionMaps]] = None
+    n = 0
+    for x in inputs:
+        stages = official_query_maps(collect_attention(model, x), model, tuple(x.shape[-2:]))
+        b = x.shape[0]
+        if total is None:
+            total = stages
+            for s in total:
+                s.maps = s.maps.astype(np.float64) * b
+        else:
+            for t, s in zip(total, stages):
+                t.maps += s.maps * b
+        n += b
+    if total is None:
+        raise ValueError("no images to average")
+    for s in total:
+        s.maps = (s.maps / n).astype(np.float32)
+    return total, n
+
+
+def load_official_input(path: Path, img_size: int, mean, std) -> Tensor:
+    """The evaluation transform of the authors' script: shorter side to ``img_size / 0.875``
+    (bicubic), centre crop ``img_size`` x ``img_size``, normalise. Returns Tensor[1, 3, S, S]."""
+    from PIL import Image, UnidentifiedImageError
+    if img_size <= 0 or img_size % 32:
+        raise ValueError(f"--img-size must be a positive multiple of 32, got {img_size}")
+    try:
+        with Image.open(path) as im:
+            img = im.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise ValueError(f"cannot read image {path}: {e}") from None
+    short = int(img_size / 0.875)
+    scale = short / min(img.size)
+    img = img.resize((max(img_size, round(img.width * scale)), max(img_size, round(img.height * scale))), Image.BICUBIC)
+    left, top = (img.width - img_size) // 2, (img.height - img_size) // 2
+    img = img.crop((left, top, left + img_size, top + img_size))
+    x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)  # H, W, 3 -> 3, H, W
+    m = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+    sd = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+    return ((x - m) / sd).unsqueeze(0)
+
+
+def plot_official(stage: AttentionMaps, title: str = ""):
+    """The authors' drawing: each map on its own grid (no image under it), "OrRd" colours, the
+    query cell outlined in lime; a row per block, a column per head."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+    nb, nh = stage.maps.shape[:2]
+    fig, axes = plt.subplots(nb, nh, figsize=(1.9 * nh + 0.4, 1.9 * nb + 0.8), squeeze=False)
+    hk, wk = stage.maps.shape[2:]
+    qy = stage.query[0] * hk / stage.feat_size[0]
+    qx = stage.query[1] * wk / stage.feat_size[1]
+    for b in range(nb):
+        for hd in range(nh):
+            ax = axes[b][hd]
+            ax.imshow(stage.maps[b, hd], cmap="OrRd", interpolation="nearest")
+            ax.add_patch(Rectangle((qx - 0.5, qy - 0.5), 1, 1, linewidth=1.5, edgecolor="lime", facecolor="none"))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(f"block {b + 1} head {hd + 1}", fontsize=6)
+    fig.suptitle(f"{title}stage {stage.stage}: query token {stage.query} of {stage.feat_size[0]}x{stage.feat_size[1]}",
+                 fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def _overlay(ax, rgb: np.ndarray, amap: np.ndarray, query: Tuple[int, int]) -> None:
     H, W = rgb.shape[:2]
     ax.imshow(rgb, extent=(0, W, H, 0))
@@ -270,8 +400,39 @@ def _parse_query(value: Optional[str]) -> Optional[Tuple[int, int]]:
     return y, x
 
 
+def _cmd_official(args: argparse.Namespace) -> int:
+    """``--method official``: the first ``--num-images`` images, centre-cropped, averaged."""
+    import matplotlib
+    from . import find_images, load_model, save_figure, save_npy
+    matplotlib.use("Agg")
+    if args.num_images < 1:
+        raise ValueError(f"--num-images must be at least 1, got {args.num_images}")
+    if args.query is not None:
+        raise ValueError("--query is for the default method; the official one uses the authors' query tokens")
+    files = find_images(args.image)[:args.num_images]
+    model, info = load_model(args.model, args.checkpoint)
+    size = args.img_size or info["img_size"]
+    check_attention_memory(model, (size, size))
+    inputs = [load_official_input(f, size, info["mean"], info["std"]) for f in files]  # all read before writing
+    print(f"model {info['model']}: the authors' attention maps averaged over {len(inputs)} image(s) at {size}x{size}")
+    stages, n = official_attention(model, inputs)
+    out = Path(args.out)
+    written = []
+    for s in stages:
+        title = f"{info['model']}, mean of {n} image(s): "
+        written.append(save_figure(plot_official(s, title), out / f"official_attention_stage{s.stage}.png"))
+        written.append(save_npy(s.maps, out / f"official_attention_stage{s.stage}.npy"))
+        print(f"stage {s.stage}: query token {s.query} of {s.feat_size[0]}x{s.feat_size[1]}, {s.maps.shape[0]} block(s) "
+              f"x {s.maps.shape[1]} head(s), mean attention distance {_spread(s):.2f} tokens")
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
 def cmd_attention(args: argparse.Namespace) -> int:
     from . import prepare
+    if args.method == "official":
+        return _cmd_official(args)
     query = _parse_query(args.query)
     model, info, images = prepare(args)
     out = Path(args.out)
@@ -308,4 +469,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "per stage, over the image (PNG grids) and save the raw maps (.npy).")
     add_common_arguments(p)
     p.add_argument("--query", metavar="Y,X", help="query pixel in the network input (default: the centre)")
+    p.add_argument("--method", default="query", choices=("query", "official"),
+                   help="query (default): one image, any query pixel, maps over the image; official: the authors' "
+                        "maps, averaged over --num-images images at their query tokens, class token removed")
+    p.add_argument("--num-images", type=int, default=100,
+                   help="official method: how many images of the folder to average (default 100, the authors')")
     p.set_defaults(func=cmd_attention)

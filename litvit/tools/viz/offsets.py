@@ -15,6 +15,13 @@ with (dy, dx) the offset field bilinearly interpolated at (y, x) (clamped to the
 border). For integer points this is exactly what the DTM computes; in between it interpolates the
 sampling pattern of the neighbours, the same way the DTM's own bilinear sampling interpolates the
 features they carry. Points outside the map are kept (the DTM samples zero there).
+
+The authors' walk-back (``--walk-back official``, their ``show_offset.py``): at each step every
+point is rounded to the nearest cell of the DTM's output grid (numpy's round, halves to even), a
+point that then lies outside that grid is dropped with everything it would have led to, and the
+offsets are read at that cell; the stage-1 points are dropped when their drawn pixel
+``round(4 y + 2)`` leaves the image. Dropped points are NaN in the returned arrays and not drawn.
+The bilinear walk-back (default) keeps the fractional positions and every point.
 """
 import argparse
 from pathlib import Path
@@ -24,8 +31,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["collect_offsets", "sample_field", "trace_sampling_points", "regular_points", "grid_of_points",
+__all__ = ["WALK_BACKS", "collect_offsets", "sample_field", "trace_sampling_points", "regular_points", "grid_of_points",
            "to_pixels", "plot_sampling_points", "plot_offset_fields", "visualize_offsets", "add_parser"]
+
+
+WALK_BACKS = ("bilinear", "official")
 
 
 def collect_offsets(model: nn.Module, x: Tensor) -> List[Tuple[str, Tensor]]:
@@ -89,13 +99,16 @@ def sample_field(field: Tensor, y: Tensor, x: Tensor) -> Tensor:
             + wy * (1 - wx) * f[y1, x0] + wy * wx * f[y1, x1])
 
 
-def trace_sampling_points(offsets: Sequence[Tensor], points: Tensor) -> List[Tensor]:
+def trace_sampling_points(offsets: Sequence[Tensor], points: Tensor, walk_back: str = "bilinear") -> List[Tensor]:
     """Walk points of the last grid back through a chain of DTMs.
 
     Args:
         offsets (Sequence[Tensor[8, h_d, w_d]]): offset fields of the DTMs, first DTM first (the
             last one merges into the grid ``points`` live on).
         points (Tensor[N, 2]): (y, x) points on the last DTM's output grid.
+        walk_back (str): ``"bilinear"`` (fractional points read the bilinearly interpolated field)
+            or ``"official"`` (the authors': round to the nearest cell, drop points off the grid;
+            dropped points are NaN), see the module docstring.
 
     Returns:
         List of Tensor[N, 4^s, 2] for s = 0 .. len(offsets): the points on each grid from the last
@@ -107,16 +120,31 @@ def trace_sampling_points(offsets: Sequence[Tensor], points: Tensor) -> List[Ten
         >>> pts[-1].shape, pts[-1].amax(dim=(0, 1))
         (torch.Size([1, 64, 2]), tensor([7., 7.]))
     """
+    if walk_back not in WALK_BACKS:
+        raise ValueError(f"walk_back must be one of {WALK_BACKS}, got {walk_back!r}")
     kernel = torch.tensor([[0., 0.], [0., 1.], [1., 0.], [1., 1.]], dtype=torch.float64)  # k = i * 2 + j -> (i, j)
     cur = points.to(torch.float64).reshape(points.shape[0], 1, 2)  # N, 2 -> N, 1, 2
     steps = [cur]
     for field in reversed(list(offsets)):
         N, K, _ = cur.shape
         flat = cur.reshape(N * K, 2)  # N, K, 2 -> N*K, 2
-        off = sample_field(field.to(torch.float64), flat[:, 0], flat[:, 1]).reshape(N * K, 4, 2)  # dy, dx per k
-        nxt = 2 * flat[:, None, :] + kernel[None] + off  # N*K, 4, 2
+        if walk_back == "official":
+            h, w = field.shape[-2:]
+            flat = torch.round(flat)  # halves to even, as np.round
+            inside = (flat[:, 0] >= 0) & (flat[:, 0] <= h - 1) & (flat[:, 1] >= 0) & (flat[:, 1] <= w - 1)
+            flat = torch.where(inside[:, None], flat, torch.full_like(flat, float("nan")))
+            cell = flat.nan_to_num(0).long()
+            off = field.to(torch.float64)[:, cell[:, 0], cell[:, 1]].T.reshape(N * K, 4, 2)  # 8, M -> M, 4, (dy, dx)
+        else:
+            off = sample_field(field.to(torch.float64), flat[:, 0], flat[:, 1]).reshape(N * K, 4, 2)  # dy, dx per k
+        nxt = 2 * flat[:, None, :] + kernel[None] + off  # N*K, 4, 2 (NaN stays NaN)
         cur = nxt.reshape(N, K * 4, 2)  # N*K, 4, 2 -> N, 4K, 2 (parent major, kernel point minor)
         steps.append(cur)
+    if walk_back == "official" and offsets:
+        h1, w1 = 2 * offsets[0].shape[-2], 2 * offsets[0].shape[-1]  # the first DTM's input grid (stage 1)
+        px = torch.round(cur * 4 + 2)
+        off_image = (px[..., 0] < 0) | (px[..., 0] > 4 * h1 - 1) | (px[..., 1] < 0) | (px[..., 1] > 4 * w1 - 1)
+        steps[-1] = torch.where(off_image[..., None], torch.full_like(cur, float("nan")), cur)
     return steps
 
 
@@ -166,7 +194,8 @@ def plot_sampling_points(rgb: np.ndarray, starts: Tensor, learned: Tensor, regul
     reg_px = to_pixels(regular.reshape(-1, 2), 4).reshape(len(starts), -1, 2)  # N*64, 2 -> N, 64, 2
     learn_px = to_pixels(learned.reshape(-1, 2), 4).reshape(len(starts), -1, 2)
     shift = learn_px - reg_px
-    max_shift = float(np.hypot(shift[..., 0], shift[..., 1]).max()) if shift.size else 0.0
+    dist = np.hypot(shift[..., 0], shift[..., 1])
+    max_shift = float(np.nanmax(dist)) if np.isfinite(dist).any() else 0.0  # official walk-back: NaN = dropped
     k = _magnification(max_shift, 4.0)  # the largest shift drawn about one stage-1 cell (4 px) long
     size = 9 if len(starts) > 1 else 22
     for ax, pix, name in ((axes[0], reg_px, "regular 2x2 merging"), (axes[1], learn_px, "DTM (learned offsets)")):
@@ -236,6 +265,7 @@ def visualize_offsets(
         points: Optional[Tensor] = None,
         grid: int = 3,
         title: str = "",
+        walk_back: str = "bilinear",
 ) -> List[Path]:
     """Figure 2 for one image: sampling locations PNG, offset-field PNG and the raw numbers (.npz).
 
@@ -247,6 +277,7 @@ def visualize_offsets(
             ``<prefix>_offsets.npz``.
         points (Tensor[N, 2], optional): last-stage points (y, x); default an evenly spread grid.
         grid (int): points per side of the default grid.
+        walk_back (str): ``"bilinear"`` or ``"official"`` (:func:`trace_sampling_points`).
 
     Returns:
         The paths written.
@@ -260,7 +291,7 @@ def visualize_offsets(
     bad = [(int(p[0]), int(p[1])) for p in points if not (0 <= p[0] < h and 0 <= p[1] < w)]
     if bad:
         raise ValueError(f"--points {bad} are outside the last stage's {h}x{w} grid (rows 0..{h - 1}, cols 0..{w - 1})")
-    steps = trace_sampling_points([f for _, f in offsets], points)
+    steps = trace_sampling_points([f for _, f in offsets], points, walk_back)
     regular = regular_points(points, len(offsets))
     out_prefix = Path(out_prefix)
     written = [
@@ -298,7 +329,8 @@ def cmd_offsets(args: argparse.Namespace) -> int:
     out = Path(args.out)
     for img in images:
         title = f"{info['model']}: {img.path.name}"
-        for path in visualize_offsets(model, img.tensor, img.rgb, out / img.path.stem, points, args.grid, title):
+        for path in visualize_offsets(model, img.tensor, img.rgb, out / img.path.stem, points, args.grid, title,
+                                      args.walk_back):
             print(f"wrote {path}")
     return 0
 
@@ -313,4 +345,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--points", nargs="+", metavar="Y,X",
                    help="last-stage grid points to trace (default: an evenly spread --grid x --grid set)")
     p.add_argument("--grid", type=int, default=3, help="points per side of the default grid (default 3)")
+    p.add_argument("--walk-back", default="bilinear", choices=WALK_BACKS,
+                   help="bilinear (default: fractional points read the interpolated offset field, all kept) or "
+                        "official (the authors': round to the nearest cell, drop points leaving the map)")
     p.set_defaults(func=cmd_offsets)
