@@ -583,12 +583,12 @@ class LITStage(nn.Module):
         self._pos_embed_cache: Dict[tuple, Tensor] = {}
 
     def _pos_embed(self, feat_size: Tuple[int, int]) -> Tensor:
+        mode = self.pos_embed_interpolation
         if is_fx_proxy(*feat_size):  # torch.fx: one call node, run with the real sizes
-            return resize_abs_pos_embed(self.pos_embed, self.grid_size, feat_size, self.num_prefix_tokens)
+            return resize_abs_pos_embed(self.pos_embed, self.grid_size, feat_size, self.num_prefix_tokens, mode)
         if not is_exporting() and tuple(feat_size) == self.grid_size:
             return self.pos_embed
         # resized for other sizes: cached per size and mode when no gradient is needed
-        mode = self.pos_embed_interpolation
         return _param_cache(
             self._pos_embed_cache, (tuple(feat_size), mode, str(self.pos_embed.device), self.pos_embed.dtype),
             (self.pos_embed,),
