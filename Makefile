@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # torch/torchvision are pinned for the venv (local wheels on the build machines; see README).
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: venv test demo clean bench
+.PHONY: venv test demo clean bench gpu-check
 
 venv: $(VENV)/.installed
 
@@ -28,6 +28,13 @@ bench: venv
 	$(BIN)/litvit bench --models lit_ti lit_s --threads 2 --batch-size 16 --img-size 224 --dtype fp32 bf16 --mode infer train --reps 5 --out bench/main.json --plot bench/main.png
 	$(BIN)/litvit bench --models lit_ti lit_s --threads 2 --batch-size 16 --img-size 224 --mode infer --dtype fp32 --compile --reps 5 --out bench/compile.json --plot bench/compile.png
 	$(BIN)/litvit bench --models lit_ti pvt_s_msa --threads 2 --batch-size 1 --img-size 224 512 1024 --mode infer --dtype fp32 --memory --reps 3 --warmup 1 --out bench/res.json --plot bench/res.png
+
+# CUDA checks for a machine with a GPU (CI has none): parity vs CPU, fp16/bf16 training steps, DTM gradcheck,
+# compile (fp32/bf16, infer/train, CUDA graphs), `litvit train/bench --device cuda`. Writes gpu-check.json.
+# Uses .venv where it exists, else the machine's python3 with this folder on PYTHONPATH (no install needed).
+GPU_PY := $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON))
+gpu-check:
+	PYTHONPATH=$(CURDIR) $(GPU_PY) -m litvit.tools.gpu_check --out gpu-check.json
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
