@@ -503,20 +503,14 @@ def _write_text_atomic(path: Path, text: str) -> None:
 
 
 def load_checkpoint(path: Union[str, Path]) -> dict:
-    """Read a litvit training checkpoint (on the CPU, tensors and plain values only).
+    """Read a litvit training checkpoint on the CPU (tensors and plain values only, through the one
+    reader :func:`litvit.models.convert.load_state_dict_file`).
 
     Raises FileNotFoundError for a missing file and CheckpointMismatchError (a ValueError) for a
     file that is not a readable checkpoint.
     """
-    from .models.convert import CheckpointMismatchError
-    path = str(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated, not a torch file, or foreign pickled objects
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointMismatchError(f"cannot read checkpoint {path}: {first}") from None
+    from .models.convert import CheckpointMismatchError, load_state_dict_file
+    ckpt = load_state_dict_file(path)
     if not isinstance(ckpt, dict):
         raise CheckpointMismatchError(f"{path} holds a {type(ckpt).__name__}, not a checkpoint dict")
     return ckpt

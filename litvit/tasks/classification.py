@@ -502,103 +502,143 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 # --- argument parsers --------------------------------------------------------------------------------
 
-def _add_train_args(p: argparse.ArgumentParser) -> None:
+INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "box", "hamming", "lanczos")
+
+
+def aa_arg(text: str) -> str:
+    """``--aa``: a timm auto-augment policy string (checked by building it) or none/off."""
+    if text.lower() in ("", "none", "off"):
+        return text
+    from timm.data.auto_augment import augment_and_mix_transform, auto_augment_transform, rand_augment_transform
+    hparams = dict(translate_const=100, img_mean=(124, 116, 104))
+    build = (rand_augment_transform if text.startswith("rand") else
+             augment_and_mix_transform if text.startswith("augmix") else auto_augment_transform)
+    try:
+        build(text, hparams)
+    except Exception:  # timm asserts or raises on unknown policies and sections
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a timm auto-augment policy (e.g. rand-m9-mstd0.5-inc1, augmix-m5-w3, original, "
+            f"v0; 'none' turns it off)") from None
+    return text
+
+
+aa_arg.__name__ = "policy"
+
+
+def _add_train_args(p: argparse.ArgumentParser, output: str = "runs/train") -> None:
+    from ..cli import (device_arg, float_arg, img_size_arg, int_arg, nonneg_int, positive_int, prob_arg, seed_arg,
+                       threads_arg)
     g = p.add_argument_group("recipe and data")
-    g.add_argument("--recipe", default=None,
+    g.add_argument("--recipe", default=None, choices=tuple(RECIPES),
                    help=f"named defaults: {', '.join(RECIPES)} (default: digits on the embedded data, "
                         "else the paper's recipe of the model's family)")
     g.add_argument("--data", default=None, help="'digits' (embedded, default) or a folder with train/<class>/ and val/<class>/")
-    g.add_argument("--output", default="runs/train", help="checkpoints, logs and curves (default: runs/train)")
+    g.add_argument("--output", default=output, help=f"checkpoints, logs and curves (default: {output})")
     g.add_argument("--bad-images", default="fail", choices=D.BAD_IMAGE_MODES,
-                   help="an unreadable image stops the run with its path (fail) or is skipped with a warning")
+                   help="an unreadable image stops the run before training starts, naming it (fail), or is "
+                        "left out with a warning (skip)")
     g = p.add_argument_group("model (recipe values unless given)")
-    g.add_argument("--model", default=None, help=f"one of {', '.join(MODEL_NAMES)}")
-    g.add_argument("--img-size", type=int, default=None)
-    g.add_argument("--drop-path", type=float, default=None)
-    g.add_argument("--embed-dims", type=int, nargs=4, default=None, metavar=("C1", "C2", "C3", "C4"))
-    g.add_argument("--depths", type=int, nargs=4, default=None, metavar=("D1", "D2", "D3", "D4"))
-    g.add_argument("--num-heads", type=int, nargs=4, default=None, metavar=("H1", "H2", "H3", "H4"))
-    g.add_argument("--mlp-ratios", type=float, nargs=4, default=None, metavar=("R1", "R2", "R3", "R4"))
+    g.add_argument("--model", default=None, choices=MODEL_NAMES, metavar="MODEL", help=f"one of {', '.join(MODEL_NAMES)}")
+    g.add_argument("--img-size", type=img_size_arg, default=None, help="training resolution, a multiple of 32")
+    g.add_argument("--drop-path", type=float_arg(0, 1, hi_open=True), default=None, help="stochastic depth rate, [0, 1)")
+    g.add_argument("--embed-dims", type=positive_int, nargs=4, default=None, metavar=("C1", "C2", "C3", "C4"),
+                   help="stage widths")
+    g.add_argument("--depths", type=positive_int, nargs=4, default=None, metavar=("D1", "D2", "D3", "D4"),
+                   help="blocks per stage")
+    g.add_argument("--num-heads", type=positive_int, nargs=4, default=None, metavar=("H1", "H2", "H3", "H4"),
+                   help="attention heads per stage (each must divide its width)")
+    g.add_argument("--mlp-ratios", type=float_arg(0, lo_open=True), nargs=4, default=None,
+                   metavar=("R1", "R2", "R3", "R4"), help="MLP expansion per stage")
     g.add_argument("--pretrained", action="store_true", help="start from the official release")
     g.add_argument("--init-checkpoint", default=None, help="start from these weights (official or litvit)")
     g = p.add_argument_group("optimisation (recipe values unless given)")
-    g.add_argument("--epochs", type=int, default=None)
-    g.add_argument("--batch-size", type=int, default=None,
+    g.add_argument("--epochs", type=positive_int, default=None, help="training epochs")
+    g.add_argument("--batch-size", type=positive_int, default=None,
                    help="global batch per optimizer step, over all processes and accumulation steps")
-    g.add_argument("--accum-steps", type=int, default=1)
-    g.add_argument("--lr", type=float, default=None, help="peak lr per 512 images (scaled by batch/512)")
-    g.add_argument("--min-lr", type=float, default=None)
-    g.add_argument("--warmup-epochs", type=float, default=None)
-    g.add_argument("--warmup-lr", type=float, default=None)
-    g.add_argument("--weight-decay", type=float, default=None)
-    g.add_argument("--opt-eps", type=float, default=None)
-    g.add_argument("--clip-grad", type=float, default=None, help="max gradient norm (0: off)")
-    g.add_argument("--ema-decay", type=float, default=None, help="EMA of the weights (0: off)")
+    g.add_argument("--accum-steps", type=positive_int, default=1, help="micro-batches per optimizer step (default 1)")
+    g.add_argument("--lr", type=float_arg(0, lo_open=True), default=None,
+                   help="peak lr per 512 images (scaled by batch/512)")
+    g.add_argument("--min-lr", type=float_arg(0), default=None, help="end of the cosine schedule")
+    g.add_argument("--warmup-epochs", type=float_arg(0), default=None, help="linear warm-up length in epochs")
+    g.add_argument("--warmup-lr", type=float_arg(0), default=None, help="lr at the first step of the warm-up")
+    g.add_argument("--weight-decay", type=float_arg(0), default=None, help="AdamW weight decay")
+    g.add_argument("--opt-eps", type=float_arg(0, lo_open=True), default=None, help="AdamW epsilon")
+    g.add_argument("--clip-grad", type=float_arg(0), default=None, help="max gradient norm (0: off)")
+    g.add_argument("--ema-decay", type=float_arg(0, 1, hi_open=True), default=None, help="EMA of the weights (0: off)")
     g = p.add_argument_group("augmentation (recipe values unless given)")
-    g.add_argument("--aa", default=None, help="RandAugment policy, e.g. rand-m9-mstd0.5-inc1 ('none': off)")
-    g.add_argument("--scale", type=float, nargs=2, default=None, metavar=("MIN", "MAX"),
-                   help="random-resized-crop area range")
-    g.add_argument("--hflip", type=float, default=None)
-    g.add_argument("--color-jitter", type=float, default=None)
-    g.add_argument("--reprob", type=float, default=None, help="random erasing probability")
-    g.add_argument("--remode", default=None)
-    g.add_argument("--recount", type=int, default=None)
-    g.add_argument("--mixup", type=float, default=None, help="mixup alpha (0: off)")
-    g.add_argument("--cutmix", type=float, default=None, help="cutmix alpha (0: off)")
-    g.add_argument("--mixup-prob", type=float, default=None)
-    g.add_argument("--mixup-switch-prob", type=float, default=None)
-    g.add_argument("--smoothing", type=float, default=None, help="label smoothing")
-    g.add_argument("--repeated-aug", type=int, default=None, help="repeats per image (0: off)")
-    g.add_argument("--interpolation", default=None)
-    g.add_argument("--crop-pct", type=float, default=None)
+    g.add_argument("--aa", type=aa_arg, default=None, help="RandAugment policy, e.g. rand-m9-mstd0.5-inc1 ('none': off)")
+    g.add_argument("--scale", type=float_arg(0, 1, lo_open=True), nargs=2, default=None, metavar=("MIN", "MAX"),
+                   help="random-resized-crop area range, 0 < MIN <= MAX <= 1")
+    g.add_argument("--hflip", type=prob_arg, default=None, help="horizontal flip probability")
+    g.add_argument("--color-jitter", type=float_arg(0), default=None, help="colour jitter strength (without --aa)")
+    g.add_argument("--reprob", type=prob_arg, default=None, help="random erasing probability")
+    g.add_argument("--remode", default=None, choices=("pixel", "rand", "const"), help="random erasing fill")
+    g.add_argument("--recount", type=positive_int, default=None, help="random erasing boxes per image")
+    g.add_argument("--mixup", type=float_arg(0), default=None, help="mixup alpha (0: off)")
+    g.add_argument("--cutmix", type=float_arg(0), default=None, help="cutmix alpha (0: off)")
+    g.add_argument("--mixup-prob", type=prob_arg, default=None, help="probability of mixing a batch")
+    g.add_argument("--mixup-switch-prob", type=prob_arg, default=None, help="probability of cutmix instead of mixup")
+    g.add_argument("--smoothing", type=float_arg(0, 1, hi_open=True), default=None, help="label smoothing")
+    g.add_argument("--repeated-aug", type=nonneg_int, default=None, help="repeats per image (0: off)")
+    g.add_argument("--interpolation", default=None, choices=INTERPOLATIONS, help="resize filter (recipes: bicubic)")
+    g.add_argument("--crop-pct", type=float_arg(0, 1, lo_open=True), default=None,
+                   help="evaluation: resize to img_size / crop_pct, centre crop")
     g = p.add_argument_group("run")
     g.add_argument("--resume", default="auto",
                    help="auto (continue from OUTPUT/last.pth if there), never (refuse to overwrite), or a checkpoint")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--amp", default="none", help="none, bf16 (CPU or CUDA), fp16 (CUDA)")
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda")
-    g.add_argument("--workers", type=int, default=0, help="data-loader processes per rank")
-    g.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads per process (default: torch's; 1 on a busy shared CPU)")
-    g.add_argument("--val-batch-size", type=int, default=None)
-    g.add_argument("--grad-checkpointing", action="store_true")
-    g.add_argument("--sync-bn", action="store_true")
-    g.add_argument("--save-every-steps", type=int, default=0, help="also checkpoint every N steps")
-    g.add_argument("--log-every", type=int, default=10)
-    g.add_argument("--eval-every", type=int, default=1)
-    g.add_argument("--max-steps", type=int, default=None, help="stop (checkpointed) after N steps")
+    g.add_argument("--resume-changed", action="store_true",
+                   help="resume although settings differ from the checkpoint's (the new ones apply)")
+    g.add_argument("--seed", type=seed_arg, default=0, help="seeds initialisation, data order and augmentation")
+    g.add_argument("--amp", default="none", choices=engine.AMP_MODES, help="none, bf16 (CPU or CUDA), fp16 (CUDA)")
+    g.add_argument("--device", type=device_arg(), default="auto", help="auto, cpu, cuda, cuda:N")
+    g.add_argument("--workers", type=nonneg_int, default=0, help="data-loader processes per rank")
+    g.add_argument("--threads", type=threads_arg, default="auto",
+                   help="torch CPU threads per process; auto (default): torch's default on an idle machine, "
+                        "fewer when the load average shows other jobs (see README, 'Threads')")
+    g.add_argument("--val-batch-size", type=positive_int, default=None, help="evaluation batch per process")
+    g.add_argument("--grad-checkpointing", action="store_true", help="recompute activations in the backward pass")
+    g.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across processes (CUDA)")
+    g.add_argument("--save-every-steps", type=nonneg_int, default=0, help="also checkpoint every N steps (0: epoch ends)")
+    g.add_argument("--log-every", type=positive_int, default=10, help="log the loss every N steps")
+    g.add_argument("--eval-every", type=positive_int, default=1, help="evaluate every N epochs")
+    g.add_argument("--max-steps", type=positive_int, default=None, help="stop (checkpointed) after N steps")
     g.add_argument("--no-progress", action="store_true", help="no tqdm bars")
 
 
 def _add_eval_args(p: argparse.ArgumentParser, predict: bool = False) -> None:
+    from ..cli import device_arg, float_arg, img_size_arg, nonneg_int, positive_int, threads_arg
     p.add_argument("--checkpoint", required=True,
                    help="a litvit checkpoint (model and classes inside) or an official release (give --model)")
-    p.add_argument("--model", default=None, help="model of an official checkpoint (a litvit one names its own)")
+    p.add_argument("--model", default=None, choices=MODEL_NAMES, metavar="MODEL",
+                   help="model of an official checkpoint (a litvit one names its own)")
     if not predict:
         p.add_argument("--data", default=None, help="'digits' or a dataset folder (default: the checkpoint's)")
         p.add_argument("--split", default="val", help="sub-folder to evaluate (default: val)")
     else:
-        p.add_argument("--num-classes", type=int, default=None, help="classes of an official checkpoint (1000)")
-        p.add_argument("--topk", type=int, default=5)
+        p.add_argument("--num-classes", type=positive_int, default=None, help="classes of an official checkpoint (1000)")
+        p.add_argument("--topk", type=positive_int, default=5, help="classes printed per image (default 5)")
         p.add_argument("--output", default=None, help="write predictions to this CSV")
-    p.add_argument("--img-size", type=int, default=None, help="evaluation resolution (multiple of 32)")
-    p.add_argument("--crop-pct", type=float, default=None, help="resize to img_size / crop_pct, centre crop")
-    p.add_argument("--interpolation", default=None)
+    p.add_argument("--img-size", type=img_size_arg, default=None, help="evaluation resolution (multiple of 32)")
+    p.add_argument("--crop-pct", type=float_arg(0, 1, lo_open=True), default=None,
+                   help="resize to img_size / crop_pct, centre crop")
+    p.add_argument("--interpolation", default=None, choices=INTERPOLATIONS, help="resize filter (default: the checkpoint's)")
     if not predict:
         p.add_argument("--ema", action="store_true", help="use the checkpoint's EMA weights")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--workers", type=int, default=0)
-    p.add_argument("--bad-images", default="fail", choices=D.BAD_IMAGE_MODES)
+    p.add_argument("--batch-size", type=positive_int, default=128, help="images per batch (default 128)")
+    p.add_argument("--workers", type=nonneg_int, default=0, help="data-loader processes")
+    p.add_argument("--threads", type=threads_arg, default="auto", help="torch CPU threads (default auto, as for train)")
+    p.add_argument("--bad-images", default="fail", choices=D.BAD_IMAGE_MODES,
+                   help="an unreadable image stops the command (fail) or is reported and left out (skip)")
     if not predict:
-        p.add_argument("--amp", default="none")
-        p.add_argument("--device", default="auto")
+        p.add_argument("--amp", default="none", choices=engine.AMP_MODES, help="mixed precision")
+        p.add_argument("--device", type=device_arg(), default="auto", help="auto, cpu, cuda, cuda:N")
 
 
-_HELP = dict(
+_HELP = dict(  # plain text; argparse %-formats help= strings, so "%" is doubled where they are used as such
     train="train a LIT classifier (the embedded digits by default; torchrun for several processes)",
     validate="top-1 / top-5 / loss of a checkpoint (litvit or official) on a dataset",
     predict="classify the images of a folder with a checkpoint",
-    demo="train LIT on the embedded digits to >= 99%% validation top-1 and say where the results are",
+    demo="train LIT on the embedded digits to >= 99% validation top-1 and say where the results are",
 )
 
 
@@ -613,8 +653,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("images", help="an image file or a folder of images")
     _add_eval_args(p, predict=True)
     p.set_defaults(func=cmd_predict)
-    p = sub.add_parser("demo", help=_HELP["demo"], description=_HELP["demo"] + "; every `litvit train` flag works")
-    _add_train_args(p)
+    p = sub.add_parser("demo", help=_HELP["demo"].replace("%", "%%"),
+                       description=_HELP["demo"] + " (runs/demo); every `litvit train` flag works")
+    _add_train_args(p, output="runs/demo")
     # one thread: the demo's model is small, and on a CPU shared with other jobs OpenMP threads waiting
     # for each other make two threads many times slower than one
-    p.set_defaults(func=cmd_demo, recipe="digits", output="runs/demo", threads=1)
+    p.set_defaults(func=cmd_demo, recipe="digits", threads=1)
