@@ -214,7 +214,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print("litvit: interrupted", file=sys.stderr)
         return 130
-    except (CLIError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError, OSError) as e:
+    except (CLIError, ValueError, OSError, FloatingPointError) as e:  # OSError covers missing files, full disks
         print(f"litvit {args.command}: error: {one_line(e)}", file=sys.stderr)
         return 2
     return int(result or 0)

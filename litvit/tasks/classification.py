@@ -26,6 +26,7 @@ Examples::
 """
 import argparse
 import csv
+import dataclasses
 import os
 import sys
 import time
@@ -240,6 +241,11 @@ class ClassificationTask(Task):
                 f"{path}: its classifier does not fit {model.num_classes} classes "
                 f"({', '.join(result['missing'])} not loaded)")
 
+    def run_config(self) -> dict:
+        """Model, resolution, augmentation and evaluation settings (compared when a run is resumed)."""
+        skip = ("data", "classes", "bad_images", "init_checkpoint", "pretrained", "eval_split", "seed")
+        return {k: _plain(v) for k, v in dataclasses.asdict(self.cfg).items() if k not in skip}
+
     def checkpoint_extra(self) -> dict:
         c = self.cfg
         return dict(model=c.model, model_kwargs=_plain(self.model_kwargs()), classes=list(self.classes or []),
@@ -332,6 +338,7 @@ def _train_config(r: Dict[str, Any], args: argparse.Namespace) -> TrainConfig:
         clip_grad=r["clip_grad"], amp=args.amp, ema_decay=float(r["ema_decay"]),
         grad_checkpointing=args.grad_checkpointing, seed=args.seed, workers=args.workers, threads=args.threads,
         val_batch_size=args.val_batch_size, save_every_steps=args.save_every_steps, resume=args.resume,
+        resume_changed=args.resume_changed,
         log_every=args.log_every, eval_every=args.eval_every, max_steps=args.max_steps, device=args.device,
         progress=not args.no_progress, sync_bn=args.sync_bn)
 
