@@ -47,7 +47,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from .data import scan_files
 
-__all__ = ["read_image", "image_to_tensor", "CocoDetection", "detection_collate", "SegmentationDataset",
+__all__ = ["read_image", "image_to_tensor", "CocoDetection", "detection_collate", "pad_extreme_aspect", "SegmentationDataset",
            "SegTrainTransform", "SegEvalTransform", "segmentation_collate", "palette", "IMAGE_EXTENSIONS", "IGNORE_INDEX"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -284,6 +284,30 @@ class CocoDetection(Dataset):
             raise ValueError(f"annotation {ann.get('id')} in {self.ann_file}: mask of size {m.shape} for an image "
                              f"of {H}x{W}")
         return m.astype(np.uint8)
+
+
+def pad_extreme_aspect(image: Tensor, max_size: int, target: Optional[Dict[str, Tensor]] = None,
+                       min_side: int = 32) -> Tuple[Tensor, Optional[Dict[str, Tensor]]]:
+    """Pad an image so that its shorter side is still ``min_side`` px after the detector's resize.
+
+    torchvision's detection transform scales an image by ``min(min_size / short, max_size / long)``;
+    for an extreme aspect ratio (4000x20) the short side rounds to 0 px. Padding at the bottom/right
+    with zeros keeps box coordinates as they are (masks are padded alike).
+
+    Args:
+        image (Tensor[3, H, W]): the image.
+        max_size (int): the detector's longer-side limit.
+        target (dict, optional): with ``masks`` (Tensor[N, H, W]) to pad alike.
+    """
+    H, W = image.shape[-2:]
+    need = -(-max(H, W) * min_side // max_size)  # ceil(long * min_side / max_size)
+    pad_h, pad_w = (max(0, need - H), 0) if H <= W else (0, max(0, need - W))
+    if not (pad_h or pad_w):
+        return image, target
+    image = F.pad(image, (0, pad_w, 0, pad_h))
+    if target is not None and "masks" in target:
+        target = dict(target, masks=F.pad(target["masks"], (0, pad_w, 0, pad_h)))
+    return image, target
 
 
 def detection_collate(batch):
