@@ -187,6 +187,29 @@ def one_line(e: BaseException) -> str:
     return " ".join(msg.split("\n")).strip()
 
 
+_warned = set()
+
+
+def warn_grid_change(command: str, trained: Sequence[int], used: Sequence[int]) -> None:
+    """Say once, on stderr, when a model runs at an input whose token grid holds more than twice (or
+    less than half) the positions of its training grid: position embeddings and relative tables
+    are then interpolated far from what was learned, and accuracy usually drops.
+
+    Args:
+        command (str): the command's name, for the message.
+        trained, used ((H, W)): the training input size and the one fed now, in pixels.
+    """
+    th, tw = (trained, trained) if isinstance(trained, int) else tuple(trained)
+    uh, uw = (used, used) if isinstance(used, int) else tuple(used)
+    ratio = (uh * uw) / max(th * tw, 1)
+    key = (command, th, tw, uh, uw)
+    if (ratio > 2 or ratio < 0.5) and key not in _warned:
+        _warned.add(key)
+        print(f"litvit {command}: warning: the model was trained at {th}x{tw} px and runs at {uh}x{uw}: its "
+              f"position tables are resized to {ratio:.3g}x the positions, far from what was learned; accuracy "
+              f"usually drops unless the model is fine-tuned at this size", file=sys.stderr)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="litvit", description="LIT vision transformers: models, training, tools.",
@@ -205,7 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help (0) or a bad flag (2, one line already printed)
+        return e.code if isinstance(e.code, int) else 2
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -420,20 +420,23 @@ def task_for_checkpoint(
 
 
 def validate_checkpoint(checkpoint: str, batch_size: int = 128, workers: int = 0, amp: str = "none",
-                        device: str = "auto", use_ema: bool = False, quiet: bool = False, **task_kwargs) -> Dict[str, float]:
+                        device: str = "auto", use_ema: bool = False, quiet: bool = False, threads=None,
+                        **task_kwargs) -> Dict[str, float]:
     """``litvit validate`` as a function: top-1 / top-5 (percent), loss, images; DDP-aware under torchrun.
 
     ``task_kwargs`` go to :func:`task_for_checkpoint` (``model``, ``data``, ``split``, ``img_size``,
     ``crop_pct``, ``interpolation``, ``bad_images``).
     """
     task, extra = task_for_checkpoint(checkpoint, **task_kwargs)
-    tc = TrainConfig(batch_size=batch_size, workers=workers, amp=amp, device=device)
+    tc = TrainConfig(batch_size=batch_size, workers=workers, amp=amp, device=device, threads=threads, progress=not quiet)
     tc.check()
     c = task.cfg
     if not quiet:
         _print(f"validate {checkpoint}{' (EMA weights)' if use_ema else ''}: {c.model} "
                f"{'litvit checkpoint' if extra else 'official layout'} | data {c.data}/{c.eval_split} | "
                f"{c.eval_img_size}px, crop {c.crop_pct}, {c.interpolation}")
+        from ..cli import warn_grid_change
+        warn_grid_change("validate", c.img_size, c.eval_img_size)
     task.eval_dataset()  # fixes the class list before the model is built
     return engine.evaluate(task, tc, checkpoint, use_ema=use_ema)
 
@@ -441,11 +444,34 @@ def validate_checkpoint(checkpoint: str, batch_size: int = 128, workers: int = 0
 def cmd_validate(args: argparse.Namespace) -> int:
     m = validate_checkpoint(
         args.checkpoint, batch_size=args.batch_size, workers=args.workers, amp=args.amp, device=args.device,
-        use_ema=args.ema, model=args.model, data=args.data, split=args.split, img_size=args.img_size,
+        use_ema=args.ema, threads=args.threads, model=args.model, data=args.data, split=args.split, img_size=args.img_size,
         crop_pct=args.crop_pct, interpolation=args.interpolation, bad_images=args.bad_images)
     _print(f"top-1 {m['top1']:.2f}%  top-5 {m['top5']:.2f}%  loss {m['loss']:.4f}  "
            f"({int(m['images'])} images, {m['eval_time_s']:.1f} s)")
     return 0
+
+
+class _PredictImages(Dataset):
+    """Image files for ``predict``: item ``(tensor or None, index, why it could not be read)``, so a
+    skipped file keeps its own row."""
+
+    def __init__(self, files: Sequence[Path], transform):
+        self.files, self.transform = list(files), transform
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int):
+        try:
+            return self.transform(D.load_image(self.files[index])), index, ""
+        except D.UnreadableImageError as e:
+            return None, index, str(e)
+
+
+def _collate_predict(batch):
+    good = [(x, i) for x, i, _ in batch if x is not None]
+    images = torch.stack([x for x, _ in good]) if good else None
+    return images, [i for _, i in good], [(i, why) for x, i, why in batch if x is None]
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -453,32 +479,59 @@ def cmd_predict(args: argparse.Namespace) -> int:
     task, extra = task_for_checkpoint(args.checkpoint, model=args.model, img_size=args.img_size,
                                       crop_pct=args.crop_pct, interpolation=args.interpolation,
                                       bad_images=args.bad_images)
+    engine.set_threads(args.threads)
+    if args.bad_images == "fail":  # every file checked (cheaply) before the model runs
+        bad = D.scan_files(files, D.check_image, desc="checking images")
+        if bad:
+            raise D.UnreadableImageError(bad[0][1] + (f" (and {len(bad) - 1} more; --bad-images skip reports them "
+                                                      f"and goes on)" if len(bad) > 1 else ""))
     if task.classes is None:
         task.classes = _imagenet_names() if args.num_classes in (None, 1000) else [str(i) for i in range(args.num_classes)]
     model = task.build_model()
     task.load_weights(model, args.checkpoint)
     model.eval()
-    ds = D.ImageList(files, transform=task._transform(False), bad_images=args.bad_images)
-    loader = DataLoader(ds, batch_size=args.batch_size, num_workers=args.workers)
+    from ..cli import warn_grid_change
+    warn_grid_change("predict", task.cfg.img_size, task.cfg.eval_img_size)
+    ds = _PredictImages(files, task._transform(False))
+    loader = DataLoader(ds, batch_size=args.batch_size, num_workers=args.workers, collate_fn=_collate_predict)
     k = min(args.topk, len(task.classes))
-    rows = []
+    rows: Dict[int, Any] = {}
     from tqdm import tqdm
     with torch.inference_mode():
-        for images, idx in tqdm(loader, desc="predict", disable=len(files) <= args.batch_size, file=sys.stderr):
+        for images, idx, skipped in tqdm(loader, desc="predict", disable=len(files) <= args.batch_size, file=sys.stderr):
+            for i, why in skipped:
+                if args.bad_images == "fail":
+                    raise D.UnreadableImageError(why)
+                rows[i] = why
+            if images is None:
+                continue
             prob = model(images).float().softmax(dim=1)
             p, c = prob.topk(k, dim=1)
-            for i, pi, ci in zip(idx.tolist(), p.tolist(), c.tolist()):
-                rows.append((str(ds.samples[i][0]), [(task.classes[j], q) for j, q in zip(ci, pi)]))
-    for path, preds in rows:
-        print(f"{path}\t" + "  ".join(f"{name} {q:.3f}" for name, q in preds))
+            for i, pi, ci in zip(idx, p.tolist(), c.tolist()):
+                rows[i] = [(task.classes[j], q) for j, q in zip(ci, pi)]
+    n_skipped = 0
+    for i, path in enumerate(files):
+        preds = rows[i]
+        if isinstance(preds, str):
+            n_skipped += 1
+            print(f"{path}\tskipped: {preds}")
+        else:
+            print(f"{path}\t" + "  ".join(f"{name} {q:.3f}" for name, q in preds))
+    if n_skipped:
+        print(f"{n_skipped} of {len(files)} image(s) skipped (unreadable)", file=sys.stderr)
     if args.output:
         out = Path(args.output)
         with atomic_path(out) as tmp, open(tmp, "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(["image"] + [h for r in range(1, k + 1) for h in (f"class{r}", f"prob{r}")])
-            for path, preds in rows:
-                w.writerow([path] + [v for name, q in preds for v in (name, f"{q:.6f}")])
-        print(f"{len(rows)} predictions written to {out}", file=sys.stderr)
+            skip_column = ["skipped"] if args.bad_images == "skip" else []  # why a file has no prediction
+            w.writerow(["image"] + [h for r in range(1, k + 1) for h in (f"class{r}", f"prob{r}")] + skip_column)
+            for i, path in enumerate(files):
+                preds = rows[i]
+                if isinstance(preds, str):
+                    w.writerow([str(path)] + [""] * (2 * k) + [preds])
+                else:
+                    w.writerow([str(path)] + [v for name, q in preds for v in (name, f"{q:.6f}")] + [""] * len(skip_column))
+        print(f"{len(files) - n_skipped} predictions ({n_skipped} skipped) written to {out}", file=sys.stderr)
     return 0
 
 

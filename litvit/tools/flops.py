@@ -480,14 +480,15 @@ def cmd_flops(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
+    from ..cli import img_size_arg
     p = sub.add_parser(
         "flops", help="parameters and FLOPs (MACs) of models, by tracing their forward",
         description="Parameters and FLOPs (the paper's convention: MACs of convs, linears and the two attention "
                     "matrix products; DTM as a dense 2x2 conv) counted by tracing the real forward.")
     p.add_argument("models", nargs="*", metavar="MODEL",
                    help="litvit or timm model names (default: lit_ti lit_s lit_m lit_b)")
-    p.add_argument("--img-size", type=int, default=224, help="square input side (default 224)")
-    p.add_argument("--resolutions", type=int, nargs="+", metavar="SIZE",
+    p.add_argument("--img-size", type=img_size_arg, default=224, help="square input side, a multiple of 32 (default 224)")
+    p.add_argument("--resolutions", type=img_size_arg, nargs="+", metavar="SIZE",
                    help="sweep these input sides and plot FLOPs per stage type (e.g. 224 384 512 768 1024)")
     p.add_argument("--format", choices=("table", "markdown", "csv"), default="table")
     p.add_argument("--paper", action="store_true", help="the paper's Tables 2-4 rows beside the published values")

@@ -304,6 +304,7 @@ def cmd_offsets(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from ...cli import positive_int
     from . import add_common_arguments
     p = sub.add_parser(
         "offsets", help="DTM sampling locations walked back to stage 1, and offset fields (paper Fig. 2)",
@@ -312,5 +313,5 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_common_arguments(p)
     p.add_argument("--points", nargs="+", metavar="Y,X",
                    help="last-stage grid points to trace (default: an evenly spread --grid x --grid set)")
-    p.add_argument("--grid", type=int, default=3, help="points per side of the default grid (default 3)")
+    p.add_argument("--grid", type=positive_int, default=3, help="points per side of the default grid (default 3)")
     p.set_defaults(func=cmd_offsets)
