@@ -6,7 +6,7 @@ the four stage maps (strides 4-32); each level passes through ``max(1, log2(s / 
 3x3 conv (128 channels) + GroupNorm + ReLU, each block but the stride-4 one followed by a 2x bilinear
 upsampling, so that all levels arrive at stride 4; they are summed, a 1x1 conv classifies each
 pixel, and the logits are upsampled x4 to the image. Recipe: 512x512 crops, AdamW, poly learning
-rate schedule (power 0.9), 80k iterations, batch 16 (LIT.md).
+rate schedule (power 0.9), 80k iterations, batch 16 (docs/architecture.md).
 
 Metrics come from a confusion matrix accumulated over the evaluation set: per-class IoU
 ``TP / (TP + FP + FN)``, mIoU (mean over classes that occur in the labels or the predictions),

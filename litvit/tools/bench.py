@@ -9,7 +9,7 @@ spread (min-max over repetitions) are reported. Each figure is also given as
 * a fraction of the machine's **matmul peak** (a float32 2048^3 ``torch.mm``, measured at start-up,
   before every model case and at the end; the best of all is the peak, so load that comes and
   goes cannot understate it):
-  achieved GFLOP/s = FLOPs per image x images/s, FLOPs counted by ``FlopCounterMode`` in LIT.md's
+  achieved GFLOP/s = FLOPs per image x images/s, FLOPs counted by ``FlopCounterMode`` in the paper's
   convention (conv/linear multiply-adds and the two attention products, x2; DTM as its dense 2x2
   conv; bilinear sampling, norms and activations not counted); a training step counts 3x forward.
 
@@ -134,7 +134,7 @@ def _dtm_cls():
 
 
 def count_flops(model: nn.Module, img_size: int, device: torch.device) -> float:
-    """Forward FLOPs of one image (2 x multiply-adds, LIT.md's convention), traced by FlopCounterMode.
+    """Forward FLOPs of one image (2 x multiply-adds, the paper's convention, docs/architecture.md), traced by FlopCounterMode.
 
     Counted on the meta device, on the fast path with the math SDPA kernel, so the attention products appear as matmuls,
     the DTM merge as its one GEMM (= the dense 2x2 conv) and its grid_sample not at all.

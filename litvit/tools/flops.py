@@ -1,6 +1,6 @@
 """``litvit flops``: parameters and FLOPs of LIT, its ablation models and timm baselines.
 
-FLOPs follow the paper's convention (LIT.md, "FLOPs convention"): multiply-accumulates (MACs) of
+FLOPs follow the paper's convention (docs/architecture.md, "FLOPs convention"): multiply-accumulates (MACs) of
 every convolution and linear layer plus the two attention matrix products (q @ k^T and attn @ v),
 DTM counted as a dense 2x2 stride-2 convolution, its bilinear sampling not counted, norms,
 activations, softmax and additions not counted, one image.
@@ -276,7 +276,7 @@ def profile_model(
 
 # --- the paper's tables -----------------------------------------------------------------------------
 
-# Published values as LIT.md states them: params in millions, GFLOPs, ImageNet-1K top-1.
+# Published values as the paper states them: params in millions, GFLOPs, ImageNet-1K top-1.
 # ``None`` where the paper's tables give no number we hold.
 PAPER_TABLES = OrderedDict([
     ("Less attention (PVT-S based)", [
@@ -325,10 +325,11 @@ def paper_rows(reports: Dict[str, FlopReport]) -> List[List[str]]:
 
 PAPER_NOTES = [
     "params M / GFLOPs: ours, traced; paper M / paper G / paper top-1: published (ImageNet-1K, 224).",
-    "top-1 of the ablation rows is LIT.md's stated difference applied to its base: w/o MSA in stage 1 / "
+    "top-1 of the ablation rows is the paper's stated difference applied to its base: w/o MSA in stage 1 / "
     "stages 1-2 = PVT-S w/ MSA - 0.1 / - 0.5; w/o DTM = LIT-Ti - 0.7, LIT-S - 0.3.",
-    "Swin-Ti is timm's swin_tiny_patch4_window7_224 (4.5 G as LIT.md quotes it). "
+    "Swin-Ti is timm's swin_tiny_patch4_window7_224 (4.5 G as the paper quotes it). "
     "PVT-S is checked to +-0.1 G, the others to the paper's 0.1 G rounding.",
+    "the counting rules and the published values: docs/architecture.md in the litvit repository.",
 ]
 
 PAPER_HEADER = ["table", "model", "name", "params M", "paper M", "GFLOPs", "paper G", "paper top-1", "check"]

@@ -2,7 +2,7 @@
 
 Each DTM output point (p, q) samples four input points, one per kernel point (i, j) of the 2x2
 kernel, at ``(2p + i + dy, 2q + j + dx)`` with the offsets its offset predictor produced
-(LIT.md, "DTM"). Starting from a point of the last stage and walking back through the three DTMs
+(docs/architecture.md, "Layers"). Starting from a point of the last stage and walking back through the three DTMs
 gives 4 -> 16 -> 64 points on the stage-1 grid; a stage-1 grid point (y, x) covers image pixels
 ``[4y, 4y + 4)``, so it is drawn at ``((y + 0.5) * 4, (x + 0.5) * 4)``. With zero offsets the walk
 lands on the regular 8x8 block of stage-1 points under the starting point: what regular 2x2
