@@ -1315,7 +1315,8 @@ def _fit(task: Task, cfg: TrainConfig, dist: DistInfo, threads: str = "", lock: 
         plot_curves(log.jsonl, curves, getattr(task, "curve_metrics", ("score",)))
     dist.barrier()
     summary = dict(
-        best_score=best_score if best_epoch is not None else None, best_epoch=best_epoch, final=final,
+        best_score=best_score if best_epoch is not None and math.isfinite(best_score) else None,
+        best_epoch=best_epoch, final=final,
         epochs_done=len(history), steps=step, last_checkpoint=str(out / LAST), best_checkpoint=str(out / BEST),
         log=str(log.jsonl), csv=str(log.csv), curves=str(curves), train_time_s=train_time,
         world_size=dist.world_size,

@@ -269,7 +269,12 @@ def load_checkpoint(model, path, use_ema: bool = False) -> Dict[str, list]:
     ckpt = load_state_dict_file(path)
     if use_ema and isinstance(ckpt, Mapping) and isinstance(ckpt.get("model_ema"), Mapping):
         ckpt = ckpt["model_ema"]
-    sd = checkpoint_filter_fn(ckpt, model)
+    try:
+        sd = checkpoint_filter_fn(ckpt, model)
+    except CheckpointMismatchError as e:
+        if str(path) in str(e):
+            raise
+        raise CheckpointMismatchError(f"{path}: {e}") from None
     result = model.load_state_dict(sd, strict=False)
     if result.missing_keys:
         logging.getLogger(__name__).warning(

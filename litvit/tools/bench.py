@@ -661,7 +661,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="square input sides to time, multiples of 32")
     p.add_argument("--dtype", nargs="+", default=DEFAULTS["dtype"], choices=DTYPES,
                    help="fp32, bf16 (autocast), fp16 (CUDA)")
-    p.add_argument("--mode", nargs="+", default=DEFAULTS["mode"], choices=("infer", "train"))
+    p.add_argument("--mode", nargs="+", default=DEFAULTS["mode"], choices=("infer", "train"),
+                   help="time inference and/or a training step")
     p.add_argument("--paths", nargs="+", default=["ref", "fast"], choices=("ref", "fast"),
                    help="LIT paths to time: the reference path and/or the fast path")
     p.add_argument("--compile", action="store_true", help="also time torch.compile(model, fullgraph=True)")

@@ -491,7 +491,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--img-size", type=img_size_arg, default=224, help="square input side, a multiple of 32 (default 224)")
     p.add_argument("--resolutions", type=img_size_arg, nargs="+", metavar="SIZE",
                    help="sweep these input sides and plot FLOPs per stage type (e.g. 224 384 512 768 1024)")
-    p.add_argument("--format", choices=("table", "markdown", "csv"), default="table")
+    p.add_argument("--format", choices=("table", "markdown", "csv"), default="table", help="output format (default table)")
     p.add_argument("--paper", action="store_true", help="the paper's Tables 2-4 rows beside the published values")
     p.add_argument("--by-stage", action="store_true", help="also print the FLOPs of every stage")
     p.add_argument("--fused", action="store_true", help="trace the fused (SDPA) attention path instead of the plain one")
