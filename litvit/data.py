@@ -1,9 +1,11 @@
 """Classification datasets and transforms: image folders and the embedded digits.
 
 * :class:`ImageFolder`: the ImageNet layout, ``root/train/<class>/<image>`` and
-  ``root/val/<class>/<image>``; classes are the sorted sub-folder names of ``train``. An image
-  that cannot be decoded either stops the run with its path (``bad_images="fail"``) or is replaced
-  by the next readable one with a warning (``bad_images="skip"``).
+  ``root/val/<class>/<image>``; classes are the sorted sub-folder names of ``train``. Before
+  training, :meth:`ImageFolder.scan` checks every file cheaply (:func:`check_image`); an image
+  that cannot be read either stops the run with its path (``bad_images="fail"``) or is left out
+  with a warning (``bad_images="skip"``; one that fails later, while decoding, is replaced by the
+  next readable one).
 * :class:`DigitsDataset`: scikit-learn's handwritten digits (1,797 real 8x8 scans of 10 classes,
   shipped inside scikit-learn, so nothing is downloaded), upscaled bicubically to RGB images, with
   a fixed stratified train/val split (1,437 / 360 images).
@@ -20,9 +22,10 @@ Examples::
     (1437, torch.Size([3, 32, 32]), ['0', '1', '2'])
 """
 import os
+import sys
 import warnings
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image
@@ -30,7 +33,7 @@ from torch.utils.data import Dataset
 
 __all__ = [
     "IMG_EXTENSIONS", "UnreadableImageError", "ImageFolder", "DigitsDataset", "ImageList", "build_transform",
-    "find_images", "load_image", "DIGITS", "BAD_IMAGE_MODES",
+    "find_images", "load_image", "check_image", "scan_files", "DIGITS", "BAD_IMAGE_MODES",
 ]
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -67,6 +70,72 @@ def load_image(path: Union[str, Path]) -> Image.Image:
         raise UnreadableImageError(f"cannot read image {path}: {e}") from None
 
 
+# the bytes every complete file of a format ends with (JPEG: end-of-image marker; PNG: the IEND chunk)
+_FORMAT_END = {"JPEG": b"\xff\xd9", "PNG": b"IEND\xaeB`\x82"}
+
+
+def check_image(path: Union[str, Path]) -> Tuple[int, int]:
+    """Check cheaply that an image can be read, without decoding it: PIL parses its header (format,
+    size), and for JPEG and PNG the last 4 KiB must hold the format's end marker (a truncated file
+    fails). Only a file that looks off is decoded in full, to be sure.
+
+    Returns:
+        (width, height).
+
+    Raises:
+        UnreadableImageError: missing, not an image, truncated, or empty (the message names the file).
+    """
+    try:
+        with Image.open(path) as img:
+            size, fmt = img.size, img.format
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 4096))
+            tail = f.read()
+    except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as e:
+        raise UnreadableImageError(f"cannot read image {path}: {e}") from None
+    if size[0] < 1 or size[1] < 1:
+        raise UnreadableImageError(f"cannot read image {path}: it is {size[0]}x{size[1]} pixels")
+    if fmt in _FORMAT_END and _FORMAT_END[fmt] not in tail:
+        load_image(path)  # decoded in full: raises if it is really truncated
+    return size
+
+
+def scan_files(items: Sequence, check: Callable, progress: bool = True, desc: str = "checking images",
+               threads: int = 8) -> List[Tuple[int, str]]:
+    """Run ``check(item)`` over every item in a few threads (file reads release the GIL), with a
+    tqdm bar on stderr for 1,000 items or more.
+
+    Returns:
+        ``(index, message)`` of every item whose check raised ValueError or OSError, in order.
+    """
+    def run(chunk: range) -> List[Tuple[int, str]]:
+        bad = []
+        for i in chunk:
+            try:
+                check(items[i])
+            except (ValueError, OSError) as e:
+                bad.append((i, str(e) or type(e).__name__))
+        return bad
+
+    from concurrent.futures import ThreadPoolExecutor
+    n, step = len(items), 256
+    chunks = [range(a, min(a + step, n)) for a in range(0, n, step)]
+    bad: List[Tuple[int, str]] = []
+    bar = None
+    if progress and n >= 1000:
+        from tqdm import tqdm
+        bar = tqdm(total=n, desc=desc, unit="file", leave=False, dynamic_ncols=True, file=sys.stderr)
+    with ThreadPoolExecutor(max_workers=max(1, min(threads, os.cpu_count() or 1))) as pool:
+        for chunk, found in zip(chunks, pool.map(run, chunks)):
+            bad += found
+            if bar is not None:
+                bar.update(len(chunk))
+    if bar is not None:
+        bar.close()
+    return bad
+
+
 def find_images(folder: Union[str, Path], recursive: bool = True) -> List[Path]:
     """Image files under ``folder`` (by extension), sorted. FileNotFoundError / ValueError when the
     folder is missing or holds none."""
@@ -96,6 +165,32 @@ class _ImageDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def scan(self, progress: bool = True) -> List[int]:
+        """Check every file cheaply (:func:`check_image`) before it is used.
+
+        Returns:
+            indices to leave out (unreadable images, with a warning each) under ``bad_images="skip"``.
+
+        Raises:
+            UnreadableImageError: under ``bad_images="fail"``, naming the first unreadable file.
+        """
+        where = getattr(self, "split", "images")
+        bad = scan_files([p for p, _ in self.samples], check_image, progress, desc=f"checking {where}")
+        if bad and self.bad_images == "fail":
+            more = f" (and {len(bad) - 1} more unreadable image(s); --bad-images skip leaves them out)" \
+                if len(bad) > 1 else ""
+            raise UnreadableImageError(bad[0][1] + more)
+        for _, msg in bad:
+            warnings.warn(f"skipping unreadable image: {msg}")
+        return [i for i, _ in bad]
+
+    def drop(self, indices: Iterable[int]) -> None:
+        """Leave these items out (after :meth:`scan`)."""
+        out = set(indices)
+        self.samples = [s for i, s in enumerate(self.samples) if i not in out]
+        if hasattr(self, "targets"):
+            self.targets = [t for _, t in self.samples]
 
     def _load(self, index: int):
         path, target = self.samples[index]

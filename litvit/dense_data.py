@@ -10,8 +10,9 @@ COCO format (what ``detect train`` reads)::
 
 Category ids may be any integers; they are mapped in increasing order to labels 1..K (0 is
 background, torchvision's convention) and back when results are written for pycocotools.
-Training drops crowd boxes and boxes narrower or lower than one pixel; images left without a box
-are skipped (mmdetection's ``filter_empty_gt``). The resize to 1333x800 (multi-scale) happens in
+Training drops crowd boxes and boxes narrower or lower than one pixel once clipped to the image
+(a box wholly outside its image is dropped); images left without a box are skipped
+(mmdetection's ``filter_empty_gt``). Before training, ``scan`` opens every image's header. The resize to 1333x800 (multi-scale) happens in
 the detector (torchvision's ``GeneralizedRCNNTransform``); the dataset only flips.
 
 ADE20K format (what ``segment train`` reads)::
@@ -34,7 +35,7 @@ import json
 import os
 import random
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -45,8 +46,11 @@ from torch.utils.data import Dataset
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-__all__ = ["read_image", "image_to_tensor", "CocoDetection", "detection_collate", "SegmentationDataset",
-           "PhotoMetricDistortion", "SegTrainTransform", "SegEvalTransform", "segmentation_collate", "palette", "IMAGE_EXTENSIONS", "IGNORE_INDEX"]
+from .data import scan_files
+
+__all__ = ["read_image", "image_to_tensor", "CocoDetection", "detection_collate", "pad_extreme_aspect", "SegmentationDataset",
+           "PhotoMetricDistortion", "SegTrainTransform", "SegEvalTransform", "segmentation_collate", "palette",
+           "IMAGE_EXTENSIONS", "IGNORE_INDEX"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 IGNORE_INDEX = 255
@@ -192,8 +196,45 @@ class CocoDetection(Dataset):
     def num_classes(self) -> int:
         return len(self.cat_ids)
 
-    def _keep(self, ann: dict) -> bool:
-        return not ann.get("iscrowd", 0) and ann["bbox"][2] >= 1 and ann["bbox"][3] >= 1
+    def _keep(self, ann: dict, size: Optional[Tuple[int, int]] = None) -> bool:
+        """A training box: not crowd, at least one pixel wide and high (inside ``size`` = (W, H) when given)."""
+        if ann.get("iscrowd", 0):
+            return False
+        x, y, w, h = ann["bbox"]
+        if size is not None:
+            W, H = size
+            x, y, w, h = max(x, 0), max(y, 0), min(x + w, W) - max(x, 0), min(y + h, H) - max(y, 0)
+        return w >= 1 and h >= 1
+
+    def scan(self, progress: bool = True) -> List[int]:
+        """Open every image's header (:func:`litvit.data.check_image`: readable, not truncated) before
+        training; in training mode, also find the images whose boxes all fall outside the image.
+
+        Returns:
+            indices to leave out (training images left without a box).
+
+        Raises:
+            OSError: an image that will not open, named.
+        """
+        from .data import check_image
+        sizes: Dict[int, Tuple[int, int]] = {}
+
+        def check(index: int) -> None:
+            info = self.coco.imgs[self.ids[index]]
+            sizes[index] = check_image(os.path.join(self.img_dir, info["file_name"]))
+
+        bad = scan_files(list(range(len(self.ids))), check, progress, desc=f"checking {self.img_dir}")
+        if bad:
+            more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+            raise OSError(f"{bad[0][1]}{more}; images of {self.ann_file} must all open")
+        if not self.train:
+            return []
+        return [i for i in range(len(self.ids))
+                if not any(self._keep(a, sizes[i]) for a in self.coco.imgToAnns.get(self.ids[i], []))]
+
+    def drop(self, indices) -> None:
+        out = set(indices)
+        self.ids = [img_id for i, img_id in enumerate(self.ids) if i not in out]
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -205,7 +246,7 @@ class CocoDetection(Dataset):
         W, H = img.size
         anns = self.coco.imgToAnns.get(img_id, [])
         if self.train:
-            anns = [a for a in anns if self._keep(a)]
+            anns = [a for a in anns if self._keep(a, (W, H))]  # boxes outside the image are dropped
         boxes = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
         boxes[:, 2:] += boxes[:, :2]  # x, y, w, h -> x1, y1, x2, y2
         boxes[:, 0::2].clamp_(0, W)
@@ -245,6 +286,30 @@ class CocoDetection(Dataset):
             raise ValueError(f"annotation {ann.get('id')} in {self.ann_file}: mask of size {m.shape} for an image "
                              f"of {H}x{W}")
         return m.astype(np.uint8)
+
+
+def pad_extreme_aspect(image: Tensor, max_size: int, target: Optional[Dict[str, Tensor]] = None,
+                       min_side: int = 32) -> Tuple[Tensor, Optional[Dict[str, Tensor]]]:
+    """Pad an image so that its shorter side is still ``min_side`` px after the detector's resize.
+
+    torchvision's detection transform scales an image by ``min(min_size / short, max_size / long)``;
+    for an extreme aspect ratio (4000x20) the short side rounds to 0 px. Padding at the bottom/right
+    with zeros keeps box coordinates as they are (masks are padded alike).
+
+    Args:
+        image (Tensor[3, H, W]): the image.
+        max_size (int): the detector's longer-side limit.
+        target (dict, optional): with ``masks`` (Tensor[N, H, W]) to pad alike.
+    """
+    H, W = image.shape[-2:]
+    need = -(-max(H, W) * min_side // max_size)  # ceil(long * min_side / max_size)
+    pad_h, pad_w = (max(0, need - H), 0) if H <= W else (0, max(0, need - W))
+    if not (pad_h or pad_w):
+        return image, target
+    image = F.pad(image, (0, pad_w, 0, pad_h))
+    if target is not None and "masks" in target:
+        target = dict(target, masks=F.pad(target["masks"], (0, pad_w, 0, pad_h)))
+    return image, target
 
 
 def detection_collate(batch):
@@ -510,6 +575,58 @@ class SegmentationDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def scan(self, progress: bool = True) -> List[int]:
+        """Check every pair before training: the image's header (readable, not truncated), the label
+        PNG's mode and size, and its value range (``getextrema`` on the decoded label: labels are
+        small 8-bit maps; images are never decoded).
+
+        Raises:
+            ValueError / OSError: the first bad pair, named.
+        """
+        from .data import check_image
+
+        def check(pair) -> None:
+            img_path, label_path = pair
+            size = check_image(img_path)
+            self._check_label(label_path, size)
+
+        bad = scan_files(self.samples, check, progress, desc=f"checking {os.path.dirname(self.samples[0][0])}")
+        if bad:
+            more = f" (and {len(bad) - 1} more bad pair(s))" if len(bad) > 1 else ""
+            raise ValueError(bad[0][1] + more)
+        return []
+
+    def drop(self, indices) -> None:
+        out = set(indices)
+        self.samples = [p for i, p in enumerate(self.samples) if i not in out]
+
+    def _check_label(self, path: str, size: Tuple[int, int]) -> None:
+        """Mode, size (``(W, H)`` of the image) and value range of one label PNG, as :meth:`load_label` reads it."""
+        K = self.num_classes
+        try:
+            with Image.open(path) as im:
+                if im.mode not in ("L", "P", "I", "I;16"):
+                    raise ValueError(f"label {path} has mode {im.mode}; expected a single-channel PNG of class indices")
+                if im.size != tuple(size):
+                    raise ValueError(f"label {path} is {im.size[0]}x{im.size[1]} but its image is {size[0]}x{size[1]}")
+                lo, hi = im.getextrema()  # palette images: the indices, which are the class values
+                hist = None
+                if not self.reduce_zero_label and hi == IGNORE_INDEX:  # values between K and 255 hide below the max
+                    hist = im.histogram() if im.mode in ("L", "P") else \
+                        np.bincount(np.asarray(im).ravel().clip(0, 256), minlength=257).tolist()
+        except (UnidentifiedImageError, OSError) as e:
+            raise OSError(f"cannot open label {path}: {e}") from None
+        if self.reduce_zero_label:  # raw 0 = ignore, raw 1..K = classes 0..K-1
+            bad = hi if hi > K else None
+            expected = f"1..{K}, 0 = ignore"
+        else:  # raw 0..K-1 = classes, 255 = ignore
+            above = [v for v in range(K, IGNORE_INDEX) if hist and hist[v]] if hist else []
+            bad = above[-1] if above else (hi if hi >= K and hi != IGNORE_INDEX else None)
+            expected = f"0..{K - 1}, {IGNORE_INDEX} = ignore"
+        if lo < 0 or bad is not None:
+            raise ValueError(f"label {path} holds value {bad if bad is not None else lo}, outside the {K} classes "
+                             f"({expected})")
 
     def load_label(self, path: str) -> np.ndarray:
         """The label map (uint8 [H, W]) after the zero-label reduction, range-checked."""

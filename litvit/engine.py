@@ -14,11 +14,15 @@ its model and datasets, how to compute a training loss from a batch, and how to 
   timm's cosine schedule with linear warm-up updated every optimizer step, gradient accumulation,
   gradient clipping, optional EMA of the weights (timm ``ModelEmaV3``), gradient checkpointing;
 * mixed precision: bf16 autocast on CPU, fp16 with a ``GradScaler`` or bf16 on CUDA;
-* nothing lost: a checkpoint with the full state (model, optimizer, scheduler, scaler, EMA, epoch,
-  step, position inside the epoch, every rank's RNG states, config, task extras) written atomically
-  (temporary file, fsync, ``os.replace``) at the end of every epoch and every ``save_every_steps``
-  optimizer steps; ``last.pth`` and ``best.pth`` kept; ``resume="auto"`` continues from
-  ``output_dir/last.pth``;
+* nothing lost: every item of every split is checked (cheaply) before the first step
+  (:func:`check_datasets`); a checkpoint with the full state (model, optimizer, scheduler, scaler,
+  EMA, epoch, step, position inside the epoch and the epoch's loss sums so far, every rank's RNG
+  states, config, task settings and extras) written atomically (temporary file, fsync,
+  ``os.replace``) at the end of every epoch, *before* that epoch is evaluated, and every
+  ``save_every_steps`` optimizer steps; ``last.pth`` and ``best.pth`` kept; ``resume="auto"``
+  continues from ``output_dir/last.pth``, and refuses changed settings unless ``resume_changed``;
+  a full disk stops the run with one line and the previous checkpoint in place;
+* one writer per output folder: ``output_dir/.lock`` (:class:`OutputLock`);
 * reproducible resume: the data order is a function of ``(seed, epoch)`` and every sample is
   augmented under RNGs seeded from ``(seed, epoch, rank, position)``, whatever the number of
   loader workers; a run killed mid-epoch and resumed sees the same batches with the same
@@ -31,7 +35,8 @@ The task interface::
     class Task:
         name: str
         def build_model(self) -> nn.Module
-        def build_datasets(self) -> tuple[Dataset, Dataset | None]          # (train, val)
+        def build_datasets(self) -> tuple[Dataset, Dataset | None]          # (train, val); each may have
+                                                                            # scan(progress) / drop(indices)
         def collate_fn(self) -> Callable | None                             # default None
         def train_sampler(self, dataset, dist) -> Sampler | None            # default: shuffled, sharded
         def param_groups(self, model, cfg) -> list[dict]                    # default: engine.param_groups
@@ -39,6 +44,7 @@ The task interface::
         def build_scheduler(self, optimizer, cfg, steps_per_epoch)          # default: cosine + warm-up
         def train_step(self, model, batch, device) -> tuple[Tensor, dict]   # loss, metrics to log
         def evaluate(self, model, loader, device, dist) -> dict             # reduced across ranks; "score"
+        def run_config(self) -> dict                                        # compared on resume
         def checkpoint_extra(self) -> dict                                  # stored in every checkpoint
         def load_weights(self, model, path, use_ema=False)                  # for evaluate()
 
@@ -100,6 +106,7 @@ from .utils import atomic_path, atomic_write
 
 __all__ = [
     "Task", "TrainConfig", "DistInfo", "fit", "evaluate", "param_groups", "describe_param_groups", "save_checkpoint_atomic",
+    "CheckpointWriteError", "OutputLock", "OutputLockedError", "check_datasets", "changed_settings", "auto_threads",
     "load_checkpoint", "setup_distributed", "per_process_batch_size", "autocast", "unwrap_model", "sync_buffers",
     "LAST", "BEST", "AMP_MODES",
 ]
@@ -137,13 +144,16 @@ class TrainConfig:
         grad_checkpointing (bool): recompute activations in the backward pass.
         seed (int): seeds model initialisation, data order, augmentation and dropout.
         workers (int): data-loader worker processes per rank.
-        threads (int, optional): ``torch.set_num_threads`` for this process; None keeps torch's
-            default. On a CPU shared with other jobs, 1 avoids OpenMP threads spinning while they
-            wait for each other (many times slower than one thread when the cores are busy).
+        threads (int | str, optional): ``torch.set_num_threads`` for this process; None keeps torch's
+            default; ``"auto"`` picks it from the load average (:func:`auto_threads`). On a CPU shared
+            with other jobs, 1 avoids OpenMP threads spinning while they wait for each other (many
+            times slower than one thread when the cores are busy).
         val_batch_size (int, optional): per-process evaluation batch; ``batch_size`` when None.
         save_every_steps (int): also checkpoint every N optimizer steps (0: only at epoch ends).
         resume (str, optional): ``"auto"`` (continue from ``output_dir/last.pth`` if present), a
             checkpoint path, or ``"never"`` (start fresh; refuses to overwrite an existing run).
+        resume_changed (bool): resume although the settings differ from the checkpoint's (the new
+            ones apply, the schedule included); without it such a resume is refused, naming the changes.
         log_every (int): log the training loss every N optimizer steps.
         eval_every (int): evaluate every N epochs (and always after the last one).
         max_steps (int, optional): stop after this many optimizer steps in total (checkpointed);
@@ -172,10 +182,11 @@ class TrainConfig:
     grad_checkpointing: bool = False
     seed: int = 0
     workers: int = 0
-    threads: Optional[int] = None
+    threads: Optional[Union[int, str]] = None
     val_batch_size: Optional[int] = None
     save_every_steps: int = 0
     resume: Optional[str] = "auto"
+    resume_changed: bool = False
     log_every: int = 50
     eval_every: int = 1
     max_steps: Optional[int] = None
@@ -201,8 +212,8 @@ class TrainConfig:
             raise ValueError(f"clip_grad must be positive (or None), got {self.clip_grad}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
-        if self.threads is not None and self.threads < 1:
-            raise ValueError(f"threads must be at least 1 (or None), got {self.threads}")
+        if self.threads is not None and self.threads != "auto" and int(self.threads) < 1:
+            raise ValueError(f"threads must be at least 1, 'auto' or None, got {self.threads}")
         if self.workers < 0 or self.save_every_steps < 0:
             raise ValueError("workers and save_every_steps must be >= 0")
         if self.max_steps is not None and self.max_steps < 1:
@@ -225,6 +236,41 @@ def per_process_batch_size(global_batch: int, accum_steps: int = 1, world_size: 
         raise ValueError(f"batch size {global_batch} does not divide into {world} process(es) x "
                          f"{accum_steps} accumulation step(s); use a multiple of {parts}")
     return global_batch // parts
+
+
+def auto_threads() -> Optional[int]:
+    """CPU threads for one process: None (torch's default, every core) when ``OMP_NUM_THREADS`` is
+    set (torchrun sets it to 1) or the machine is idle, else the cores the 1-minute load average
+    leaves free, at least 1. On a CPU busy with other jobs, OpenMP threads that wait for each other
+    make N threads many times slower than the free cores alone.
+
+    Examples::
+        >>> auto_threads() is None or auto_threads() >= 1
+        True
+    """
+    if os.environ.get("OMP_NUM_THREADS"):
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        busy = round(os.getloadavg()[0])
+    except (AttributeError, OSError):  # no load average on this platform
+        return None
+    if busy <= 0:
+        return None
+    return max(1, min(cores, torch.get_num_threads()) - busy)
+
+
+def set_threads(threads: Optional[Union[int, str]]) -> str:
+    """Apply ``TrainConfig.threads`` and say what was chosen (for the run's header)."""
+    if threads == "auto":
+        chosen = auto_threads()
+        if chosen is not None:
+            torch.set_num_threads(chosen)
+            return f"{chosen} (auto: load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)"
+        return f"{torch.get_num_threads()} (auto)"
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    return str(torch.get_num_threads())
 
 
 # --- distributed ----------------------------------------------------------------------------------
@@ -397,6 +443,12 @@ class Task:
         ``"score"`` (higher is better) picks the best checkpoint."""
         raise NotImplementedError
 
+    def run_config(self) -> dict:
+        """The task's settings that define a run (plain values), saved in every checkpoint; a resume
+        with other values is refused unless ``TrainConfig.resume_changed``. Data paths are left out
+        (a dataset may move between a run and its resume)."""
+        return {}
+
     def checkpoint_extra(self) -> dict:
         """Plain values (str, numbers, lists, dicts) saved in every checkpoint under ``"extra"``,
         e.g. what is needed to rebuild the model without the command line."""
@@ -536,11 +588,107 @@ def describe_param_groups(groups: Sequence[dict], peak_lr: Optional[float] = Non
 
 # --- checkpoints ---------------------------------------------------------------------------------------
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (full disk, quota, permissions); the message says whether
+    the previous checkpoint at that path is kept."""
+
+
 def save_checkpoint_atomic(obj: Any, path: Union[str, Path]) -> None:
     """``torch.save`` to a temporary file in the same folder, fsync, then ``os.replace``: the file
-    at ``path`` is always either the previous complete checkpoint or the new complete one."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    at ``path`` is always either the previous complete checkpoint or the new complete one.
+
+    Raises:
+        CheckpointWriteError: the write failed (the message names the reason and says that the
+            previous checkpoint is kept, or that there was none).
+    """
+    path = Path(path)
+    existed = path.is_file()
+    try:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            torch.save(obj, f)  # through a file object, so the OSError of a failed write is kept
+    except (OSError, RuntimeError) as e:
+        cause, seen = e, set()
+        while cause is not None and not isinstance(cause, OSError) and id(cause) not in seen:
+            seen.add(id(cause))
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            raise
+        kept = f"the previous {path.name} is kept" if existed else f"no {path.name} was written"
+        raise CheckpointWriteError(f"cannot write checkpoint {path}: {cause.strerror or cause}; {kept}") from None
+
+
+LOCK = ".lock"
+
+
+class OutputLockedError(OSError):
+    """Another process is writing to the same output folder."""
+
+
+class OutputLock:
+    """``OUTPUT/.lock``: one writer per output folder.
+
+    The file holds the owner's pid and host; it is locked with ``fcntl.flock`` for as long as the
+    run lives, so the kernel releases it when the process dies, even by SIGKILL: a lock file left
+    behind by a dead process is stale and taken over (with a note), a live one refuses the second
+    writer. Released (and the file removed) by :meth:`release`; a folder the lock created and
+    nothing else filled is removed too.
+
+    Examples::
+        >>> import tempfile
+        >>> lock = OutputLock(tempfile.mkdtemp()).acquire()
+        >>> lock.release()
+    """
+
+    def __init__(self, folder: Union[str, Path]):
+        self.folder = Path(folder)
+        self.path = self.folder / LOCK
+        self.fd: Optional[int] = None
+        self.stale_owner: Optional[str] = None
+        self._created = False
+
+    def acquire(self) -> "OutputLock":
+        import fcntl
+        import socket
+        self._created = not self.folder.exists()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for _ in range(3):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                owner = os.read(fd, 200).decode(errors="replace").split() or ["unknown"]
+                os.close(fd)
+                raise OutputLockedError(
+                    f"{self.folder} is in use by another litvit process (pid {owner[0]}"
+                    f"{' on ' + owner[1] if len(owner) > 1 else ''}; lock file {self.path}): wait for it to end "
+                    f"or pick another --output") from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:  # not a file its previous owner removed while we opened it
+                break
+            os.close(fd)
+        else:
+            raise OutputLockedError(f"cannot lock {self.path}: it keeps being replaced by another process")
+        previous = os.read(fd, 200).decode(errors="replace").strip()
+        self.stale_owner = previous.split()[0] if previous else None
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+        os.close(self.fd)  # closing releases the flock
+        self.fd = None
+        if self._created:
+            with contextlib.suppress(OSError):
+                self.folder.rmdir()  # only when empty: the run failed before writing anything
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
@@ -548,20 +696,14 @@ def _write_text_atomic(path: Path, text: str) -> None:
 
 
 def load_checkpoint(path: Union[str, Path]) -> dict:
-    """Read a litvit training checkpoint (on the CPU, tensors and plain values only).
+    """Read a litvit training checkpoint on the CPU (tensors and plain values only, through the one
+    reader :func:`litvit.models.convert.load_state_dict_file`).
 
     Raises FileNotFoundError for a missing file and CheckpointMismatchError (a ValueError) for a
     file that is not a readable checkpoint.
     """
-    from .models.convert import CheckpointMismatchError
-    path = str(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated, not a torch file, or foreign pickled objects
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointMismatchError(f"cannot read checkpoint {path}: {first}") from None
+    from .models.convert import CheckpointMismatchError, load_state_dict_file
+    ckpt = load_state_dict_file(path)
     if not isinstance(ckpt, dict):
         raise CheckpointMismatchError(f"{path} holds a {type(ckpt).__name__}, not a checkpoint dict")
     return ckpt
@@ -820,22 +962,104 @@ def _move(obj: Any, device: torch.device) -> Any:
     return obj
 
 
+def check_datasets(datasets: Sequence[Optional[Dataset]], dist: "DistInfo", progress: bool = True) -> None:
+    """Check every item of every dataset that will be read, before the first step: rank 0 calls
+    each dataset's ``scan(progress)`` (cheap: file headers, sizes, label ranges; see the dataset
+    classes), every rank then leaves out what it says cannot be used (``drop(indices)``: skipped
+    unreadable images, detection images left without a box). A dataset without ``scan`` is taken
+    as it is. A bad item raises, on every rank, the dataset's one-line error."""
+    for ds in datasets:
+        scan = getattr(ds, "scan", None)
+        if scan is None:
+            continue
+        error, drop = None, []
+        if dist.is_main:
+            try:
+                drop = list(scan(progress=progress))
+            except (ValueError, OSError) as e:
+                error = str(e) or type(e).__name__
+        error, drop = dist.broadcast_object((error, drop))
+        if error is not None:
+            raise ValueError(error)
+        if drop:
+            ds.drop(drop)
+
+
+# Settings a resumed run may change freely: where and how it runs, not what it computes.
+_RESUME_FREE = ("output_dir", "resume", "resume_changed", "progress", "verbose", "workers", "threads", "device",
+                "val_batch_size", "save_every_steps", "log_every", "eval_every", "max_steps", "grad_checkpointing",
+                "sync_bn", "batch_size", "accum_steps")
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def changed_settings(ckpt: Mapping, cfg: TrainConfig, task_config: Mapping, world_size: int) -> List[str]:
+    """What differs between a checkpoint's recorded settings and this run's, as ``"--flag old -> new"``
+    (settings in :data:`_RESUME_FREE` and ones the checkpoint did not record are not compared; the
+    global batch is compared instead of the per-process batch)."""
+    changes = []
+    old_cfg = ckpt.get("config") or {}
+    new_cfg = dataclasses.asdict(cfg)
+    for key, new in new_cfg.items():
+        if key in _RESUME_FREE or key not in old_cfg:
+            continue
+        if _plain(old_cfg[key]) != _plain(new):
+            changes.append(f"--{key.replace('_', '-')} {_plain(old_cfg[key])} -> {_plain(new)}")
+    if "batch_size" in old_cfg:
+        old_batch = old_cfg["batch_size"] * ckpt.get("world_size", 1) * old_cfg.get("accum_steps", 1)
+        new_batch = cfg.batch_size * world_size * cfg.accum_steps
+        if old_batch != new_batch:
+            changes.append(f"global batch {old_batch} -> {new_batch}")
+    old_task, new_task = _flat(ckpt.get("task_config") or {}), _flat(task_config)
+    for key, new in new_task.items():
+        if key in old_task and old_task[key] != new:
+            changes.append(f"{key} {old_task[key]} -> {new}")
+    for key in old_task.keys() - new_task.keys():
+        changes.append(f"{key} {old_task[key]} -> (unset)")
+    return changes
+
+
+def _flat(d: Mapping, prefix: str = "") -> Dict[str, Any]:
+    """Nested settings as ``{"model_kwargs.embed_dims": [...], ...}``."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = _plain(v)
+    return out
+
+
 def fit(task: Task, cfg: TrainConfig) -> Dict[str, Any]:
     """Train ``task`` as ``cfg`` says; see the module docstring. Returns a summary on every rank:
     ``best_score``, ``best_epoch``, ``final`` (last evaluation), ``epochs_done``, ``steps``,
-    ``last_checkpoint``, ``best_checkpoint``, ``log``, ``csv``, ``curves``, ``train_time_s``."""
+    ``last_checkpoint``, ``best_checkpoint``, ``log``, ``csv``, ``curves``, ``train_time_s``.
+
+    Rank 0 holds ``output_dir/.lock`` (:class:`OutputLock`) for the whole run: a second writer to
+    the same folder is refused."""
     cfg.check()
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
-    dist = setup_distributed(cfg.device)
+    lock = OutputLock(cfg.output_dir).acquire() if int(os.environ.get("RANK", 0)) == 0 else None
     try:
-        return _fit(task, cfg, dist)
+        threads = set_threads(cfg.threads)
+        dist = setup_distributed(cfg.device)
+        try:
+            return _fit(task, cfg, dist, threads, lock)
+        finally:
+            if dist.initialized_here and torch_dist.is_initialized():
+                torch_dist.destroy_process_group()
     finally:
-        if dist.initialized_here and torch_dist.is_initialized():
-            torch_dist.destroy_process_group()
+        if lock is not None:
+            lock.release()
 
 
-def _fit(task: Task, cfg: TrainConfig, dist: DistInfo) -> Dict[str, Any]:
+def _fit(task: Task, cfg: TrainConfig, dist: DistInfo, threads: str = "", lock: Optional[OutputLock] = None
+         ) -> Dict[str, Any]:
     device = dist.device
 
     def say(msg: str) -> None:
@@ -845,28 +1069,18 @@ def _fit(task: Task, cfg: TrainConfig, dist: DistInfo) -> Dict[str, Any]:
     if cfg.amp == "fp16" and device.type != "cuda":
         raise ValueError("amp='fp16' needs CUDA; use --amp bf16 on the CPU")
     out = Path(cfg.output_dir)
+    if lock is not None and lock.stale_owner:
+        say(f"note: {lock.path} was left by process {lock.stale_owner}, which has ended; taking it over")
     resume_path = _resolve_resume(cfg, out)
     ckpt = load_checkpoint(resume_path) if resume_path is not None else None
 
-    # model: identical initialisation on every rank
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    random.seed(cfg.seed)
-    model = task.build_model()
-    if cfg.grad_checkpointing:
-        hooks = [m for m in model.modules() if hasattr(m, "set_grad_checkpointing")]
-        if not hooks:
-            raise ValueError(f"grad_checkpointing: {type(model).__name__} has no set_grad_checkpointing()")
-        for m in hooks:
-            m.set_grad_checkpointing(True)
-    if cfg.sync_bn and dist.distributed and device.type == "cuda":
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    model.to(device)
-
-    # data
+    # data: every item of every split checked before anything is built or trained
     train_set, val_set = task.build_datasets()
     if len(train_set) == 0:
         raise ValueError("the training set is empty")
+    check_datasets([train_set, val_set], dist, progress=cfg.progress)
+    if len(train_set) == 0:
+        raise ValueError("no image of the training set can be read")
     sampler = task.train_sampler(train_set, dist)
     if sampler is None:
         sampler = DistributedSampler(train_set, num_replicas=dist.world_size, rank=dist.rank,
@@ -889,6 +1103,32 @@ def _fit(task: Task, cfg: TrainConfig, dist: DistInfo) -> Dict[str, Any]:
                                 num_workers=cfg.workers, collate_fn=task.collate_fn(),
                                 pin_memory=device.type == "cuda", persistent_workers=cfg.workers > 0)
 
+    # a resumed run must be the same run: refuse changed settings unless told otherwise
+    task_config = _plain(task.run_config())
+    if ckpt is not None:
+        changes = changed_settings(ckpt, cfg, task_config, dist.world_size)
+        if changes and not cfg.resume_changed:
+            raise ValueError(f"{resume_path} was written with other settings: {'; '.join(changes)}; resume with "
+                             f"the checkpoint's settings, add --resume-changed to continue with the new ones, "
+                             f"or pick another --output")
+        if changes:
+            say(f"resuming {resume_path} with changed settings (--resume-changed): {'; '.join(changes)}")
+
+    # model: identical initialisation on every rank
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    random.seed(cfg.seed)
+    model = task.build_model()
+    if cfg.grad_checkpointing:
+        hooks = [m for m in model.modules() if hasattr(m, "set_grad_checkpointing")]
+        if not hooks:
+            raise ValueError(f"grad_checkpointing: {type(model).__name__} has no set_grad_checkpointing()")
+        for m in hooks:
+            m.set_grad_checkpointing(True)
+    if cfg.sync_bn and dist.distributed and device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model.to(device)
+
     # optimisation
     global_batch = cfg.batch_size * dist.world_size * cfg.accum_steps
     peak_lr = cfg.lr * global_batch / 512 if cfg.scale_lr else cfg.lr
@@ -906,6 +1146,8 @@ def _fit(task: Task, cfg: TrainConfig, dist: DistInfo) -> Dict[str, Any]:
     # state
     start_epoch, start_batch, step, best_score, best_epoch = 0, 0, 0, -math.inf, None
     history: List[dict] = []
+    loss_sum, loss_n = 0.0, 0  # this rank's training loss over the current epoch (kept across a resume)
+    pending_eval = False
     if ckpt is not None:
         from .models.convert import CheckpointMismatchError
         if "optimizer" not in ckpt or "model" not in ckpt:
@@ -915,7 +1157,10 @@ def _fit(task: Task, cfg: TrainConfig, dist: DistInfo) -> Dict[str, Any]:
             optimizer.load_state_dict(ckpt["optimizer"])
         except ValueError as e:
             raise CheckpointMismatchError(f"{resume_path}: optimizer state does not fit: {e}") from None
-        scheduler.load_state_dict(ckpt["scheduler"])
+        if cfg.resume_changed:  # the schedule of the new settings, at the step reached
+            scheduler.step_update(ckpt["step"])
+        else:
+            scheduler.load_state_dict(ckpt["scheduler"])
         if scaler is not None and ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
         if ema is not None and ckpt.get("model_ema") is not None:
@@ -924,10 +1169,17 @@ def _fit(task: Task, cfg: TrainConfig, dist: DistInfo) -> Dict[str, Any]:
         best_score = ckpt.get("best_score", -math.inf)
         best_epoch = ckpt.get("best_epoch")
         history = list(ckpt.get("history", []))
+        pending_eval = bool(ckpt.get("pending_eval"))
         saved_world = ckpt.get("world_size", 1)
         if ckpt.get("steps_per_epoch") not in (None, steps_per_epoch):
             raise ValueError(f"{resume_path} was trained with {ckpt['steps_per_epoch']} steps per epoch, this run has "
                              f"{steps_per_epoch}: resume with the same global batch, processes and dataset")
+        sums = ckpt.get("epoch_loss") or []
+        if start_batch and sums:
+            if len(sums) == dist.world_size:
+                loss_sum, loss_n = float(sums[dist.rank][0]), int(sums[dist.rank][1])
+            elif dist.is_main:  # another number of processes: rank 0 carries the epoch's sums so far
+                loss_sum, loss_n = sum(float(a) for a, _ in sums), sum(int(b) for _, b in sums)
         rngs = ckpt.get("rng") or []
         if saved_world == dist.world_size and len(rngs) == dist.world_size:
             _set_rng_state(rngs[dist.rank])
@@ -954,7 +1206,7 @@ def _fit(task: Task, cfg: TrainConfig, dist: DistInfo) -> Dict[str, Any]:
     offset_params = sum(p.numel() for g in groups if g["name"].startswith("offset") for p in g["params"])
     say(f"{task.name}: {type(model).__name__} {n_params:,} parameters ({offset_params:,} offset-predictor) | "
         f"device {device} x {dist.world_size} process(es)"
-        f"{f' x {torch.get_num_threads()} thread(s)' if device.type == 'cpu' else ''}, amp {cfg.amp} | "
+        f"{f' x {threads or torch.get_num_threads()} thread(s)' if device.type == 'cpu' else ''}, amp {cfg.amp} | "
         f"global batch {global_batch} = {cfg.batch_size} x {dist.world_size} x {cfg.accum_steps} accum | "
         f"lr {peak_lr:.3g} ({cfg.lr:g} x {global_batch}/512{'' if cfg.scale_lr else ', unscaled'}) | "
         f"{cfg.epochs} epochs x {steps_per_epoch} steps | {len(train_set)} train / "
@@ -962,13 +1214,15 @@ def _fit(task: Task, cfg: TrainConfig, dist: DistInfo) -> Dict[str, Any]:
 
     def state(epoch: int, batch_in_epoch: int) -> dict:
         rng = dist.all_gather_object(_rng_state())
+        epoch_loss = dist.all_gather_object((loss_sum, loss_n))
         return dict(
             model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
             scaler=scaler.state_dict() if scaler is not None else None,
             model_ema=ema.module.state_dict() if ema is not None else None,
             epoch=epoch, batch_in_epoch=batch_in_epoch, step=step, steps_per_epoch=steps_per_epoch,
-            world_size=dist.world_size, rng=rng, best_score=best_score, best_epoch=best_epoch,
-            history=history, config=dataclasses.asdict(cfg), task=task.name, extra=task.checkpoint_extra(),
+            world_size=dist.world_size, rng=rng, epoch_loss=epoch_loss, pending_eval=pending_eval,
+            best_score=best_score, best_epoch=best_epoch, history=history, config=dataclasses.asdict(cfg),
+            task=task.name, task_config=task_config, extra=task.checkpoint_extra(),
         )
 
     def save(epoch: int, batch_in_epoch: int, best: bool = False) -> None:
@@ -982,9 +1236,43 @@ def _fit(task: Task, cfg: TrainConfig, dist: DistInfo) -> Dict[str, Any]:
                 save_checkpoint_atomic(s, out / BEST)
         dist.barrier()
 
+    def finish_epoch(epoch: int, record: dict) -> dict:
+        """Evaluate epoch ``epoch`` (1-based) when due, log it and checkpoint it; the epoch's training
+        is already in ``last.pth`` (``pending_eval``) when the evaluation starts."""
+        nonlocal best_score, best_epoch, pending_eval
+        is_best = False
+        if pending_eval:
+            sync_buffers(model, dist)
+            if ema is not None:
+                sync_buffers(ema.module, dist)
+            model.eval()
+            with autocast(device, cfg.amp):
+                metrics = task.evaluate(model, val_loader, device, dist)
+            model.train()
+            record.update({f"val_{k}": float(v) for k, v in metrics.items()})
+            if ema is not None:
+                with autocast(device, cfg.amp):
+                    ema_metrics = task.evaluate(ema.module, val_loader, device, dist)
+                record.update({f"ema_{k}": float(v) for k, v in ema_metrics.items()})
+            score = float(metrics["score"])
+            if score > best_score:
+                best_score, best_epoch, is_best = score, epoch, True
+        elif val_loader is None:
+            best_epoch, is_best = epoch, True
+        pending_eval = False
+        log.write(dict(event="epoch", **record))
+        log.write_csv(history)
+        save(epoch, 0, best=is_best)
+        shown = "  ".join(f"{k} {v:.4g}" for k, v in record.items() if k not in ("epoch", "step"))
+        say(f"epoch {epoch}/{cfg.epochs}  {shown}")
+        return record
+
     t_start = time.perf_counter()
     final: Dict[str, float] = dict(history[-1]) if history else {}
     stop = False
+    if pending_eval and history:  # killed while evaluating: the epoch was saved, its evaluation was not
+        say(f"evaluating epoch {start_epoch}, which was saved but not evaluated")
+        final = finish_epoch(start_epoch, history[-1])
     if ckpt is not None and start_epoch >= cfg.epochs:
         say(f"nothing to do: the run in {out} already finished {start_epoch} epochs")
     for epoch in range(start_epoch, cfg.epochs):
@@ -993,7 +1281,9 @@ def _fit(task: Task, cfg: TrainConfig, dist: DistInfo) -> Dict[str, Any]:
         first = start_batch if epoch == start_epoch else 0
         batches.skip_batches = first
         train_model.train()
-        loss_sum, loss_n, micro = 0.0, 0, first
+        if epoch != start_epoch or not first:
+            loss_sum, loss_n = 0.0, 0
+        micro = first
         t_epoch, images = time.perf_counter(), 0
         bar = None
         if dist.is_main and cfg.progress:
@@ -1057,33 +1347,11 @@ def _fit(task: Task, cfg: TrainConfig, dist: DistInfo) -> Dict[str, Any]:
         tot = dist.reduce_sum([loss_sum, loss_n, images])
         record = dict(epoch=epoch + 1, step=step, lr=optimizer.param_groups[0]["lr"],
                       train_loss=tot[0] / max(tot[1], 1), img_per_s=tot[2] / dt, epoch_time_s=dt)
-        evaluated = val_loader is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs)
-        is_best = False
-        if evaluated:
-            sync_buffers(model, dist)
-            if ema is not None:
-                sync_buffers(ema.module, dist)
-            model.eval()
-            with autocast(device, cfg.amp):
-                metrics = task.evaluate(model, val_loader, device, dist)
-            model.train()
-            record.update({f"val_{k}": float(v) for k, v in metrics.items()})
-            if ema is not None:
-                with autocast(device, cfg.amp):
-                    ema_metrics = task.evaluate(ema.module, val_loader, device, dist)
-                record.update({f"ema_{k}": float(v) for k, v in ema_metrics.items()})
-            score = float(metrics["score"])
-            if score > best_score:
-                best_score, best_epoch, is_best = score, epoch + 1, True
-        elif val_loader is None:
-            best_epoch, is_best = epoch + 1, True
         history.append(record)
-        final = record
-        log.write(dict(event="epoch", **record))
-        log.write_csv(history)
-        save(epoch + 1, 0, best=is_best)
-        shown = "  ".join(f"{k} {v:.4g}" for k, v in record.items() if k not in ("epoch", "step"))
-        say(f"epoch {epoch + 1}/{cfg.epochs}  {shown}")
+        if val_loader is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
+            pending_eval = True
+            save(epoch + 1, 0)  # the epoch's training is kept whatever happens in its evaluation
+        final = finish_epoch(epoch + 1, record)
         if stop:
             break
     train_time = time.perf_counter() - t_start
@@ -1093,7 +1361,8 @@ def _fit(task: Task, cfg: TrainConfig, dist: DistInfo) -> Dict[str, Any]:
         plot_curves(log.jsonl, curves, getattr(task, "curve_metrics", ("score",)))
     dist.barrier()
     summary = dict(
-        best_score=best_score if best_epoch is not None else None, best_epoch=best_epoch, final=final,
+        best_score=best_score if best_epoch is not None and math.isfinite(best_score) else None,
+        best_epoch=best_epoch, final=final,
         epochs_done=len(history), steps=step, last_checkpoint=str(out / LAST), best_checkpoint=str(out / BEST),
         log=str(log.jsonl), csv=str(log.csv), curves=str(curves), train_time_s=train_time,
         world_size=dist.world_size,
@@ -1131,17 +1400,19 @@ def evaluate(
     Uses ``cfg.device``, ``cfg.amp``, ``cfg.val_batch_size or cfg.batch_size`` and ``cfg.workers``.
     Returns the reduced metrics (the same on every rank) plus ``images`` and ``eval_time_s``.
     """
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
+    set_threads(cfg.threads)
     dist = setup_distributed(cfg.device)
     try:
+        _, val_set = task.build_datasets()
+        if val_set is None or len(val_set) == 0:
+            raise ValueError("the task has no validation set to evaluate on")
+        check_datasets([val_set], dist, progress=cfg.progress)
+        if len(val_set) == 0:
+            raise ValueError("no item of the validation set can be read")
         model = task.build_model()
         if checkpoint is not None:
             task.load_weights(model, checkpoint, use_ema=use_ema)
         model.to(dist.device).eval()
-        _, val_set = task.build_datasets()
-        if val_set is None or len(val_set) == 0:
-            raise ValueError("the task has no validation set to evaluate on")
         loader = DataLoader(val_set, batch_size=cfg.val_batch_size or cfg.batch_size,
                             sampler=_ShardSampler(len(val_set), dist.rank, dist.world_size),
                             num_workers=cfg.workers, collate_fn=task.collate_fn())

@@ -4,7 +4,7 @@ A recipe is a flat dict of defaults for ``litvit train``; every key is also a co
 (``lr`` is ``--lr``, ``embed_dims`` is ``--embed-dims``) and the flag wins. The keys and the
 values every recipe starts from are in :data:`BASE`.
 
-* ``lit-ti``: the DeiT recipe LIT-Ti was trained with (LIT.md): AdamW, lr 5e-4 x batch/512, weight
+* ``lit-ti``: the DeiT recipe LIT-Ti was trained with (docs/architecture.md): AdamW, lr 5e-4 x batch/512, weight
   decay 0.05, eps 1e-8, cosine to 1e-5, 5 warm-up epochs from 1e-6, 300 epochs, drop path 0.1,
   RandAugment ``rand-m9-mstd0.5-inc1``, mixup 0.8, cutmix 1.0, label smoothing 0.1, random erasing
   0.25, repeated augmentation (3), bicubic, fp16 AMP on CUDA; global batch 1024 (8 GPUs x 128).

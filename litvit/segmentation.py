@@ -9,7 +9,7 @@ pixel, and the logits are upsampled x4 to the image. The head's BatchNorms becom
 under DDP (:func:`convert_head_sync_batchnorm`; the authors' ``norm_cfg=dict(type='SyncBN')``), the
 backbone's DTM BatchNorms stay per-process. Recipe ``semantic-fpn-80k`` of :mod:`litvit.recipes`:
 512x512 crops, AdamW lr 1e-4, weight decay 1e-4, poly (power 0.9) to 1e-6 over 80k iterations,
-batch 16 (LIT.md).
+batch 16 (docs/architecture.md).
 
 Metrics come from a confusion matrix accumulated over the evaluation set: per-class IoU
 ``TP / (TP + FP + FN)``, mIoU (mean over classes that occur in the labels or the predictions),

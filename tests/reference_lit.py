@@ -1,4 +1,4 @@
-"""A reference LIT forward written from LIT.md alone, fed a state dict in the *official* key layout.
+"""A reference LIT forward written from docs/architecture.md alone, fed a state dict in the *official* key layout.
 
 It shares no code with ``litvit``: plain functional ops, torchvision's ``deform_conv2d`` for DTM,
 explicit softmax attention, and the relative position index built with Python loops from the

@@ -1,4 +1,4 @@
-"""The paper's ablation models: configurations as LIT.md describes them, build, run, train a step."""
+"""The paper's ablation models: configurations as docs/architecture.md describes them, build, run, train a step."""
 import pytest
 import torch
 
@@ -60,11 +60,11 @@ def test_parameter_counts():
         with torch.device("meta"):
             counts[name] = sum(p.numel() for p in litvit.create_model(name).parameters())
     assert counts["pvt_s_msa"] == 20_185_384           # the issue's exact count
-    assert round(counts["pvt_s"] / 1e6, 1) == 24.5     # LIT.md: 24.5 M
+    assert round(counts["pvt_s"] / 1e6, 1) == 24.5     # the paper: 24.5 M
     # removing attention from a stage removes its norm1 + qkv + proj
     assert counts["pvt_s_msa"] - counts["pvt_s_msa_no_attn1"] == 3 * (2 * 64 + 64 * 192 + 192 + 64 * 64 + 64)
     assert counts["pvt_s_msa_no_attn12"] == counts["lit_ti_no_dtm"]
-    # DTM vs regular merging: "negligible params" (LIT.md); the DTM has the same 2x2 weight plus
+    # DTM vs regular merging: "negligible params" (the paper); the DTM has the same 2x2 weight plus
     # an offset predictor, BatchNorm instead of LayerNorm
     offset = sum(c * 8 * 4 + 8 for c in (64, 128, 320))
     assert counts["lit_ti"] - counts["lit_ti_no_dtm"] == offset

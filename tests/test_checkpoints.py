@@ -1,5 +1,5 @@
 """Official checkpoints: key layouts, loading through a saved file, logits against a reference
-forward written from LIT.md and fed the official layout."""
+forward written from docs/architecture.md and fed the official layout."""
 from pathlib import Path
 
 import pytest

@@ -9,7 +9,7 @@ from litvit.ops import DeformableTokenMerging, DeformMerge2x2, deform_merge2x2
 
 
 def bilinear_reference(x, offset, weight, bias):
-    """Deformable 2x2 stride-2 conv by explicit loops, from the rule in LIT.md (float64)."""
+    """Deformable 2x2 stride-2 conv by explicit loops, from the rule in docs/architecture.md (float64)."""
     B, C, H, W = x.shape
     Ho, Wo = H // 2, W // 2
     out = torch.zeros(B, weight.shape[0], Ho, Wo, dtype=torch.float64)

@@ -12,7 +12,7 @@ from litvit.tools import flops as F
 
 from conftest import TINY
 
-# LIT.md: GFLOPs at 224, rounded to 0.1 G (PVT-S within 0.1 G); Swin-Ti 4.5 G through timm.
+# The paper: GFLOPs at 224, rounded to 0.1 G (PVT-S within 0.1 G); Swin-Ti 4.5 G through timm.
 PAPER_GFLOPS = {"lit_ti": 3.6, "lit_s": 4.1, "lit_m": 8.6, "lit_b": 15.0, "pvt_s_msa": 8.4, "pvt_s": 3.8,
                 "swin_tiny_patch4_window7_224": 4.5}
 PAPER_PARAMS = {"lit_ti": 19_886_272, "lit_s": 27_973_720, "lit_m": 49_372_264, "lit_b": 87_292_384,

@@ -195,7 +195,7 @@ def test_errors_are_one_line(ade, tmp_path, capsys):
     worker = common[:common.index("--workers")] + ["--workers", "1"] + common[common.index("--workers") + 2:]
     assert main(["segment", "train", "--data", str(broken), "--output", str(tmp_path / "r2")] + worker) == 2
     err = capsys.readouterr().err
-    assert "cannot open image" in err and "training_1.jpg" in err
+    assert "cannot read image" in err and "training_1.jpg" in err  # found by the check before training
     # an image without a label
     (broken / "annotations" / "validation" / "validation_0.png").unlink()
     with pytest.raises(FileNotFoundError, match="no label PNG"):

@@ -333,8 +333,10 @@ def test_unreadable_image_fails_with_path_or_is_skipped(tmp_path, capsys):
     code, _, err = run_cli(capsys, *argv)
     assert_one_line_error(code, err, "cannot read image", str(bad))
     with pytest.warns(UserWarning, match="skipping unreadable image"):
-        code, out, err = run_cli(capsys, *argv, "--bad-images", "skip", "--output", str(tmp_path / "o2"))
+        code, out, err = run_cli(capsys, *argv, "--bad-images", "skip", "--output", str(tmp_path / "o2"),
+                                 "--batch-size", "2")
     assert code == 0, err
+    assert "3 train" in out  # the unreadable image is left out before training, not replaced
     assert (tmp_path / "o2" / "last.pth").exists()
 
 
@@ -363,6 +365,8 @@ def test_checkpoint_of_another_model(trained, tmp_path, capsys):
     before = (run / "last.pth").read_bytes()
     wider = [("24" if f == "16" else f) for f in TINY_FLAGS]  # embed_dims (24, 32, 48, 64)
     code, _, err = run_cli(capsys, "train", "--output", str(run), *wider)
+    assert_one_line_error(code, err, "written with other settings", "model_kwargs", "--resume-changed")
+    code, _, err = run_cli(capsys, "train", "--output", str(run), *wider, "--resume-changed")
     assert_one_line_error(code, err, "does not fit the model", "last.pth")
     assert (run / "last.pth").read_bytes() == before
     (tmp_path / "trunc.pth").write_bytes(before[: len(before) // 2])
@@ -379,7 +383,7 @@ def test_bad_batch_size_recipe_and_overwrite(trained, tmp_path, capsys):
                            "--output", str(tmp_path / "o"))
     assert_one_line_error(code, err, "even batch", "15 per process")
     code, _, err = run_cli(capsys, "train", "--recipe", "lit-xl", "--output", str(tmp_path / "o"))
-    assert_one_line_error(code, err, "unknown recipe 'lit-xl'", "lit-ti, lit-smb, digits")
+    assert_one_line_error(code, err, "invalid choice: 'lit-xl'", "'lit-ti', 'lit-smb', 'digits'")
     code, _, err = run_cli(capsys, "train", "--amp", "fp16", "--device", "cpu", "--output", str(tmp_path / "o"),
                            *TINY_FLAGS)
     assert_one_line_error(code, err, "fp16' needs CUDA")

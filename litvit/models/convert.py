@@ -13,6 +13,8 @@ The released checkpoints come in two key layouts (see ``tests/data/lit_*.txt``):
 litvit keeps one layout for both: ``patch_embed``, ``stages.{i}.downsample.dtm`` (merging *into*
 stage i; ``stages.{i}.downsample.{proj,norm}`` for a plain conv merge), ``stages.{i}.pos_embed``, ``stages.3.cls_token``, ``stages.{i}.blocks.{j}``, ``norm``, ``head``.
 """
+import collections
+import contextlib
 import re
 from typing import Dict, Mapping
 
@@ -189,21 +191,70 @@ def checkpoint_filter_fn(state_dict: Mapping, model) -> Dict[str, Tensor]:
     return sd
 
 
+class _ConfigAsDict:
+    """Stands in for a pickled config object (the Swin trainer's ``yacs.config.CfgNode``, a dict
+    subclass): the unpickler builds a plain OrderedDict of its items; no code of the class runs."""
+
+    def __new__(cls, *args, **kwargs):
+        return collections.OrderedDict()
+
+
+def _checkpoint_globals() -> list:
+    """The only non-tensor objects a checkpoint may hold, beyond what ``weights_only=True`` reads:
+    ``argparse.Namespace`` (the DeiT/PVT trainers save their arguments), numpy scalars and dtypes
+    (metrics saved as numpy numbers), and yacs configs (the Swin trainer), read as plain dicts."""
+    import argparse
+    import numpy as np
+    core = getattr(np, "_core", None) or np.core
+    dtypes = [getattr(np.dtypes, n) for n in dir(getattr(np, "dtypes", object)) if n.endswith("DType")]
+    return [argparse.Namespace, core.multiarray.scalar, np.dtype, *dtypes, (_ConfigAsDict, "yacs.config.CfgNode")]
+
+
 def load_state_dict_file(path) -> Mapping:
-    """``torch.load`` a checkpoint on the CPU: tensors only when possible, else (checkpoints that
-    pickled a config object, as the Swin trainer did) a full unpickle, with a warning."""
+    """Read a checkpoint file on the CPU without running code from it: ``torch.load(weights_only=True)``
+    with exactly the extra objects official releases and training scripts pickle allowed (see
+    :func:`_checkpoint_globals`); nothing else is ever unpickled.
+
+    Raises:
+        FileNotFoundError: no such file.
+        CheckpointMismatchError: the file is not a PyTorch checkpoint, is truncated, or pickles
+            other objects (the message names them and the file).
+    """
     import os
     import pickle
-    import warnings
+    path = str(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not (head.startswith(b"PK") or head[:1] == b"\x80"):  # torch's zip format, or its legacy pickle
+        raise CheckpointMismatchError(f"cannot read checkpoint {path}: not a PyTorch checkpoint "
+                                      f"(neither torch.save's zip format nor a pickle)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        warnings.warn(f"{path} holds more than tensors; loading it with full unpickling (trusted files only)")
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError) as e:
-        raise CheckpointMismatchError(f"cannot read checkpoint {path}: {e}") from None
+        with torch.serialization.safe_globals(_checkpoint_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        foreign = []
+        with contextlib.suppress(Exception):
+            allowed = {f"{g[1]}" if isinstance(g, tuple) else f"{g.__module__}.{g.__qualname__}"
+                       for g in _checkpoint_globals()}
+            foreign = [g for g in torch.serialization.get_unsafe_globals_in_checkpoint(path) if g not in allowed]
+        if foreign:
+            raise CheckpointMismatchError(
+                f"{path} pickles objects litvit does not load ({', '.join(foreign[:3])}"
+                f"{', ...' if len(foreign) > 3 else ''}): a checkpoint may hold tensors, plain values, "
+                f"argparse.Namespace and yacs configs only") from None
+        raise CheckpointMismatchError(f"cannot read checkpoint {path}: not a PyTorch checkpoint "
+                                      f"({_first_line(e)})") from None
+    except Exception as e:  # truncated zip, not a torch file at all, ...
+        raise CheckpointMismatchError(f"cannot read checkpoint {path}: {_first_line(e)}") from None
+
+
+def _first_line(e: BaseException) -> str:
+    """The first sentence of an exception's message (torch's messages run to several lines)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    first = lines[0] if lines else type(e).__name__
+    return first.split(". ")[0].rstrip(".") if len(first) > 100 else first
 
 
 def load_checkpoint(model, path, use_ema: bool = False) -> Dict[str, list]:
@@ -222,7 +273,12 @@ def load_checkpoint(model, path, use_ema: bool = False) -> Dict[str, list]:
     ckpt = load_state_dict_file(path)
     if use_ema and isinstance(ckpt, Mapping) and isinstance(ckpt.get("model_ema"), Mapping):
         ckpt = ckpt["model_ema"]
-    sd = checkpoint_filter_fn(ckpt, model)
+    try:
+        sd = checkpoint_filter_fn(ckpt, model)
+    except CheckpointMismatchError as e:
+        if str(path) in str(e):
+            raise
+        raise CheckpointMismatchError(f"{path}: {e}") from None
     result = model.load_state_dict(sd, strict=False)
     if result.missing_keys:
         logging.getLogger(__name__).warning(

@@ -29,8 +29,7 @@ from torch import Tensor, nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, Mlp, trunc_normal_
 from timm.models._features import feature_take_indices
-from timm.models import (build_model_with_cfg, generate_default_cfgs, register_model, register_notrace_function,
-                         register_notrace_module)
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, register_notrace_function
 
 from ..ops import fused_mlp
 from ..ops.dtm import DTM_IMPLS, DeformableTokenMerging

@@ -1,11 +1,11 @@
 """Command-line plumbing shared by ``litvit detect`` and ``litvit segment`` (engine options, recipe
 resolution, ``--print-config``, checkpoint metadata, atomic PNG writes)."""
 import argparse
-import json
 import os
 import tempfile
+from collections import Counter
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 from PIL import Image
 
@@ -21,50 +21,121 @@ def is_main_process() -> bool:
 def add_engine_args(p: argparse.ArgumentParser, batch_size: int, lr: float, weight_decay: float) -> None:
     """Options every dense ``train`` command passes to :class:`litvit.engine.TrainConfig`; the
     defaults shown are the recipe's (``--recipe``), which ``None`` stands for."""
+    from ..cli import device_arg, float_arg, nonneg_int, positive_int, seed_arg, threads_arg
     g = p.add_argument_group("training engine")
     g.add_argument("--output", default=None, help="run folder: checkpoints (last.pth, best.pth), logs, curves (required)")
-    g.add_argument("--batch-size", type=int, default=None, help=f"images per process (recipe: {batch_size})")
-    g.add_argument("--accum-steps", type=int, default=1, help="micro-batches per optimizer step")
-    g.add_argument("--lr", type=float, default=None, help=f"AdamW learning rate, not scaled by batch (recipe: {lr:g})")
-    g.add_argument("--weight-decay", type=float, default=None, help=f"AdamW weight decay (recipe: {weight_decay:g})")
-    g.add_argument("--clip-grad", type=float, default=None, help="clip the gradient norm (recipe: none)")
+    g.add_argument("--batch-size", type=positive_int, default=None, help=f"images per process (recipe: {batch_size})")
+    g.add_argument("--accum-steps", type=positive_int, default=1, help="micro-batches per optimizer step")
+    g.add_argument("--lr", type=float_arg(0, lo_open=True), default=None,
+                   help=f"AdamW learning rate, not scaled by batch (recipe: {lr:g})")
+    g.add_argument("--weight-decay", type=float_arg(0), default=None,
+                   help=f"AdamW weight decay (recipe: {weight_decay:g})")
+    g.add_argument("--clip-grad", type=float_arg(0, lo_open=True), default=None,
+                   help="clip the gradient norm (recipe: none)")
     g.add_argument("--amp", default=None, choices=("none", "bf16", "fp16"),
                    help="mixed precision (recipe: none; fp16 on CUDA for LIT-S Mask R-CNN)")
     g.add_argument("--grad-checkpointing", action="store_true",
                    help="recompute backbone activations (less memory; on in the recipe of LIT-S Mask R-CNN)")
     g.add_argument("--print-config", action="store_true",
                    help="print the fully resolved configuration as JSON and exit (no data is read)")
-    g.add_argument("--workers", type=int, default=2, help="data-loader workers per process")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--workers", type=nonneg_int, default=2, help="data-loader workers per process")
+    g.add_argument("--threads", type=threads_arg, default="auto",
+                   help="torch CPU threads per process (default auto: fewer when other jobs load the CPU)")
+    g.add_argument("--seed", type=seed_arg, default=0, help="seeds initialisation, data order and augmentation")
     g.add_argument("--resume", default="auto", help="'auto' (continue OUTPUT/last.pth if present), a path, or 'never'")
-    g.add_argument("--save-every-steps", type=int, default=0, help="also checkpoint every N optimizer steps")
-    g.add_argument("--eval-every", type=int, default=1, help="evaluate every N epochs")
-    g.add_argument("--log-every", type=int, default=20, help="log the loss every N steps")
-    g.add_argument("--max-steps", type=int, default=None, help="stop after N optimizer steps (resumable)")
-    g.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    g.add_argument("--resume-changed", action="store_true",
+                   help="resume although settings differ from the checkpoint's (the new ones apply)")
+    g.add_argument("--save-every-steps", type=nonneg_int, default=0, help="also checkpoint every N optimizer steps")
+    g.add_argument("--eval-every", type=positive_int, default=1, help="evaluate every N epochs")
+    g.add_argument("--log-every", type=positive_int, default=20, help="log the loss every N steps")
+    g.add_argument("--max-steps", type=positive_int, default=None, help="stop after N optimizer steps (resumable)")
+    g.add_argument("--device", type=device_arg(), default="auto", help="auto, cpu, cuda or cuda:N")
     g.add_argument("--no-progress", action="store_true", help="no tqdm bars")
 
 
 def add_backbone_args(p: argparse.ArgumentParser) -> None:
     """The LIT backbone options every dense ``train`` command takes."""
+    from ..cli import float_arg, int_arg, positive_int
+    from ..models import MODEL_NAMES
     g = p.add_argument_group("backbone")
-    g.add_argument("--backbone", default="lit_ti", help="a LIT model name (lit_ti, lit_s, ... or an ablation model)")
+    g.add_argument("--backbone", default="lit_ti", choices=MODEL_NAMES, metavar="MODEL",
+                   help=f"a LIT model name: {', '.join(MODEL_NAMES)} (default lit_ti)")
     g.add_argument("--pretrained", default=None, help="ImageNet checkpoint for the backbone (official or litvit)")
-    g.add_argument("--frozen-stages", type=int, default=-1, help="-1: none; 0: patch embedding; n: also stages 1..n")
+    g.add_argument("--frozen-stages", type=int_arg(-1, 4), default=-1,
+                   help="-1: none; 0: patch embedding; n: also stages 1..n (at most 4)")
     g.add_argument("--norm-eval", action="store_true", help="keep the DTM BatchNorms in eval mode")
-    g.add_argument("--drop-path", type=float, default=None,
+    g.add_argument("--drop-path", type=float_arg(0, 1, hi_open=True), default=None,
                    help="backbone stochastic depth (default: the model's, 0.1 LIT-Ti, 0.2 LIT-S, as the authors')")
-    g.add_argument("--fpn-channels", type=int, default=None, help="FPN/head width (recipe: 256, as in the paper)")
-    g.add_argument("--backbone-kwargs", default=None, help="JSON object of litvit.create_model overrides")
+    g.add_argument("--fpn-channels", type=positive_int, default=None,
+                   help="FPN/head width (recipe: 256, as in the paper)")
+    g.add_argument("--backbone-kwargs", default=None,
+                   help="JSON object of litvit.create_model overrides, e.g. '{\"embed_dims\": [32, 64, 96, 128]}'")
 
 
 def add_eval_args(p: argparse.ArgumentParser, batch_size: int) -> None:
     """Options every dense ``eval`` command passes to :func:`eval_config`."""
-    p.add_argument("--batch-size", type=int, default=batch_size, help=f"images per process (default {batch_size})")
+    from ..cli import device_arg, nonneg_int, positive_int, threads_arg
+    p.add_argument("--batch-size", type=positive_int, default=batch_size, help=f"images per process (default {batch_size})")
     p.add_argument("--ema", action="store_true", help="evaluate the EMA weights")
     p.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"), help="mixed precision")
-    p.add_argument("--workers", type=int, default=2, help="data-loader workers per process")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--workers", type=nonneg_int, default=2, help="data-loader workers per process")
+    p.add_argument("--threads", type=threads_arg, default="auto", help="torch CPU threads (default auto)")
+    p.add_argument("--device", type=device_arg(), default="auto", help="auto, cpu, cuda or cuda:N")
+
+
+def add_predict_args(p: argparse.ArgumentParser) -> None:
+    """Options every dense ``predict`` command takes."""
+    p.add_argument("--checkpoint", required=True, help="a checkpoint written by the task's train command")
+    p.add_argument("images", nargs="+", help="image files and/or folders of images (searched recursively)")
+    p.add_argument("--output", default="predictions", help="folder for the PNGs (default: predictions)")
+    p.add_argument("--ema", action="store_true", help="use the checkpoint's EMA weights")
+
+
+def expand_images(inputs: Sequence[str]) -> List[Path]:
+    """Image files named on the command line, folders replaced by the images inside (sorted);
+    FileNotFoundError / ValueError naming a missing input or an empty folder."""
+    from ..data import find_images
+    files: List[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if not path.exists():
+            raise FileNotFoundError(f"image not found: {item}")
+        files += find_images(path)
+    return files
+
+
+def output_stems(paths: Sequence[Path]) -> List[str]:
+    """One output name per input image, distinct even when file names repeat: the file's stem;
+    where stems collide, its path below the colliding files' common folder (``a__x``, ``b__x``),
+    then with its extension (``x_jpg``), then numbered (the same file given twice).
+
+    Examples::
+        >>> output_stems([Path("a/x.jpg"), Path("b/x.jpg"), Path("b/y.png")])
+        ['a__x', 'b__x', 'y']
+    """
+    full = [Path(os.path.abspath(p)) for p in paths]
+    names = [p.stem for p in full]
+    for rule in ("path", "suffix", "number"):
+        counts = Counter(names)
+        groups: Dict[str, List[int]] = {}
+        for i, n in enumerate(names):
+            if counts[n] > 1:
+                groups.setdefault(n, []).append(i)
+        if not groups:
+            break
+        for members in groups.values():
+            if rule == "path":
+                root = Path(os.path.commonpath([str(full[i].parent) for i in members]))
+                for i in members:
+                    rel = full[i].relative_to(root).with_suffix("")
+                    names[i] = "__".join(rel.parts)
+            elif rule == "suffix":
+                for i in members:
+                    names[i] = f"{names[i]}_{full[i].suffix.lstrip('.').lower()}"
+            else:
+                for k, i in enumerate(members[1:], start=2):
+                    names[i] = f"{names[i]}_{k}"
+    return names
 
 
 # recipe keys a dense ``train`` flag of the same name overrides (``--lr`` -> ``lr``, ...)
@@ -114,26 +185,25 @@ def train_config(args: argparse.Namespace, r: Dict[str, Any], epochs: int, max_s
         clip_grad=r["clip_grad"], amp=r["amp"], grad_checkpointing=bool(r["grad_checkpointing"]), seed=args.seed,
         workers=args.workers, save_every_steps=args.save_every_steps, resume=args.resume,
         log_every=args.log_every, eval_every=args.eval_every,
-        max_steps=max_steps if max_steps is not None else args.max_steps,
-        device=args.device, progress=not args.no_progress, val_batch_size=getattr(args, "val_batch_size", None))
+        max_steps=max_steps if max_steps is not None else args.max_steps, resume_changed=args.resume_changed,
+        threads=args.threads, device=args.device, progress=not args.no_progress,
+        val_batch_size=getattr(args, "val_batch_size", None))
 
 
 def eval_config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(output_dir=tempfile.gettempdir(), batch_size=args.batch_size, amp=args.amp,
-                       workers=args.workers, device=args.device, progress=False)
+                       workers=args.workers, threads=args.threads, device=args.device, progress=False)
 
 
-def json_arg(text: Optional[str], what: str) -> Dict[str, Any]:
-    """A JSON object given on the command line (e.g. ``--backbone-kwargs '{"drop_path_rate": 0.2}'``)."""
-    if not text:
-        return {}
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{what} must be a JSON object, got {text!r} ({e})") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"{what} must be a JSON object, got {text!r}")
-    return value
+def backbone_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
+    """``--backbone-kwargs`` (a JSON object of :class:`litvit.models.LIT` arguments, each checked)
+    plus ``--drop-path``."""
+    from ..cli import check_json_object, check_model_kwargs
+    kwargs = check_json_object(args.backbone_kwargs, "--backbone-kwargs")
+    check_model_kwargs(kwargs, "--backbone-kwargs", args.backbone)
+    if args.drop_path is not None:
+        kwargs["drop_path_rate"] = args.drop_path
+    return kwargs
 
 
 def checkpoint_extra(path: str, task: str) -> Dict[str, Any]:

@@ -27,8 +27,8 @@ Examples::
 """
 import argparse
 import csv
+import dataclasses
 import json
-import math
 import os
 import sys
 import time
@@ -278,6 +278,11 @@ class ClassificationTask(Task):
                 f"{path}: its classifier does not fit {model.num_classes} classes "
                 f"({', '.join(result['missing'])} not loaded)")
 
+    def run_config(self) -> dict:
+        """Model, resolution, augmentation and evaluation settings (compared when a run is resumed)."""
+        skip = ("data", "classes", "bad_images", "init_checkpoint", "pretrained", "eval_split", "seed")
+        return {k: _plain(v) for k, v in dataclasses.asdict(self.cfg).items() if k not in skip}
+
     def checkpoint_extra(self) -> dict:
         c = self.cfg
         return dict(model=c.model, model_kwargs=_plain(self.model_kwargs()), classes=list(self.classes or []),
@@ -398,6 +403,7 @@ def _train_config(r: Dict[str, Any], args: argparse.Namespace) -> TrainConfig:
         clip_grad=r["clip_grad"], offset_lr_mult=float(r["offset_lr_mult"]), amp=r["amp"], ema_decay=float(r["ema_decay"]),
         grad_checkpointing=args.grad_checkpointing, seed=args.seed, workers=args.workers, threads=args.threads,
         val_batch_size=args.val_batch_size, save_every_steps=args.save_every_steps, resume=args.resume,
+        resume_changed=args.resume_changed,
         log_every=args.log_every, eval_every=args.eval_every, max_steps=args.max_steps, device=args.device,
         progress=not args.no_progress, sync_bn=args.sync_bn)
 
@@ -528,20 +534,23 @@ def task_for_checkpoint(
 
 
 def validate_checkpoint(checkpoint: str, batch_size: int = 128, workers: int = 0, amp: str = "none",
-                        device: str = "auto", use_ema: bool = False, quiet: bool = False, **task_kwargs) -> Dict[str, float]:
+                        device: str = "auto", use_ema: bool = False, quiet: bool = False, threads=None,
+                        **task_kwargs) -> Dict[str, float]:
     """``litvit validate`` as a function: top-1 / top-5 (percent), loss, images; DDP-aware under torchrun.
 
     ``task_kwargs`` go to :func:`task_for_checkpoint` (``model``, ``data``, ``split``, ``img_size``,
     ``crop_pct``, ``interpolation``, ``bad_images``).
     """
     task, extra = task_for_checkpoint(checkpoint, **task_kwargs)
-    tc = TrainConfig(batch_size=batch_size, workers=workers, amp=amp, device=device)
+    tc = TrainConfig(batch_size=batch_size, workers=workers, amp=amp, device=device, threads=threads, progress=not quiet)
     tc.check()
     c = task.cfg
     if not quiet:
         _print(f"validate {checkpoint}{' (EMA weights)' if use_ema else ''}: {c.model} "
                f"{'litvit checkpoint' if extra else 'official layout'} | data {c.data}/{c.eval_split} | "
                f"{c.eval_img_size}px, crop {c.crop_pct}, {c.interpolation}")
+        from ..cli import warn_grid_change
+        warn_grid_change("validate", c.img_size, c.eval_img_size)
     task.eval_dataset()  # fixes the class list before the model is built
     return engine.evaluate(task, tc, checkpoint, use_ema=use_ema)
 
@@ -549,11 +558,34 @@ def validate_checkpoint(checkpoint: str, batch_size: int = 128, workers: int = 0
 def cmd_validate(args: argparse.Namespace) -> int:
     m = validate_checkpoint(
         args.checkpoint, batch_size=args.batch_size, workers=args.workers, amp=args.amp, device=args.device,
-        use_ema=args.ema, model=args.model, data=args.data, split=args.split, img_size=args.img_size,
+        use_ema=args.ema, threads=args.threads, model=args.model, data=args.data, split=args.split, img_size=args.img_size,
         crop_pct=args.crop_pct, interpolation=args.interpolation, bad_images=args.bad_images)
     _print(f"top-1 {m['top1']:.2f}%  top-5 {m['top5']:.2f}%  loss {m['loss']:.4f}  "
            f"({int(m['images'])} images, {m['eval_time_s']:.1f} s)")
     return 0
+
+
+class _PredictImages(Dataset):
+    """Image files for ``predict``: item ``(tensor or None, index, why it could not be read)``, so a
+    skipped file keeps its own row."""
+
+    def __init__(self, files: Sequence[Path], transform):
+        self.files, self.transform = list(files), transform
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int):
+        try:
+            return self.transform(D.load_image(self.files[index])), index, ""
+        except D.UnreadableImageError as e:
+            return None, index, str(e)
+
+
+def _collate_predict(batch):
+    good = [(x, i) for x, i, _ in batch if x is not None]
+    images = torch.stack([x for x, _ in good]) if good else None
+    return images, [i for _, i in good], [(i, why) for x, i, why in batch if x is None]
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -561,32 +593,59 @@ def cmd_predict(args: argparse.Namespace) -> int:
     task, extra = task_for_checkpoint(args.checkpoint, model=args.model, img_size=args.img_size,
                                       crop_pct=args.crop_pct, interpolation=args.interpolation,
                                       bad_images=args.bad_images)
+    engine.set_threads(args.threads)
+    if args.bad_images == "fail":  # every file checked (cheaply) before the model runs
+        bad = D.scan_files(files, D.check_image, desc="checking images")
+        if bad:
+            raise D.UnreadableImageError(bad[0][1] + (f" (and {len(bad) - 1} more; --bad-images skip reports them "
+                                                      f"and goes on)" if len(bad) > 1 else ""))
     if task.classes is None:
         task.classes = _imagenet_names() if args.num_classes in (None, 1000) else [str(i) for i in range(args.num_classes)]
     model = task.build_model()
     task.load_weights(model, args.checkpoint)
     model.eval()
-    ds = D.ImageList(files, transform=task._transform(False), bad_images=args.bad_images)
-    loader = DataLoader(ds, batch_size=args.batch_size, num_workers=args.workers)
+    from ..cli import warn_grid_change
+    warn_grid_change("predict", task.cfg.img_size, task.cfg.eval_img_size)
+    ds = _PredictImages(files, task._transform(False))
+    loader = DataLoader(ds, batch_size=args.batch_size, num_workers=args.workers, collate_fn=_collate_predict)
     k = min(args.topk, len(task.classes))
-    rows = []
+    rows: Dict[int, Any] = {}
     from tqdm import tqdm
     with torch.inference_mode():
-        for images, idx in tqdm(loader, desc="predict", disable=len(files) <= args.batch_size, file=sys.stderr):
+        for images, idx, skipped in tqdm(loader, desc="predict", disable=len(files) <= args.batch_size, file=sys.stderr):
+            for i, why in skipped:
+                if args.bad_images == "fail":
+                    raise D.UnreadableImageError(why)
+                rows[i] = why
+            if images is None:
+                continue
             prob = model(images).float().softmax(dim=1)
             p, c = prob.topk(k, dim=1)
-            for i, pi, ci in zip(idx.tolist(), p.tolist(), c.tolist()):
-                rows.append((str(ds.samples[i][0]), [(task.classes[j], q) for j, q in zip(ci, pi)]))
-    for path, preds in rows:
-        print(f"{path}\t" + "  ".join(f"{name} {q:.3f}" for name, q in preds))
+            for i, pi, ci in zip(idx, p.tolist(), c.tolist()):
+                rows[i] = [(task.classes[j], q) for j, q in zip(ci, pi)]
+    n_skipped = 0
+    for i, path in enumerate(files):
+        preds = rows[i]
+        if isinstance(preds, str):
+            n_skipped += 1
+            print(f"{path}\tskipped: {preds}")
+        else:
+            print(f"{path}\t" + "  ".join(f"{name} {q:.3f}" for name, q in preds))
+    if n_skipped:
+        print(f"{n_skipped} of {len(files)} image(s) skipped (unreadable)", file=sys.stderr)
     if args.output:
         out = Path(args.output)
         with atomic_path(out) as tmp, open(tmp, "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(["image"] + [h for r in range(1, k + 1) for h in (f"class{r}", f"prob{r}")])
-            for path, preds in rows:
-                w.writerow([path] + [v for name, q in preds for v in (name, f"{q:.6f}")])
-        print(f"{len(rows)} predictions written to {out}", file=sys.stderr)
+            skip_column = ["skipped"] if args.bad_images == "skip" else []  # why a file has no prediction
+            w.writerow(["image"] + [h for r in range(1, k + 1) for h in (f"class{r}", f"prob{r}")] + skip_column)
+            for i, path in enumerate(files):
+                preds = rows[i]
+                if isinstance(preds, str):
+                    w.writerow([str(path)] + [""] * (2 * k) + [preds])
+                else:
+                    w.writerow([str(path)] + [v for name, q in preds for v in (name, f"{q:.6f}")] + [""] * len(skip_column))
+        print(f"{len(files) - n_skipped} predictions ({n_skipped} skipped) written to {out}", file=sys.stderr)
     return 0
 
 
@@ -619,110 +678,150 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 # --- argument parsers --------------------------------------------------------------------------------
 
-def _add_train_args(p: argparse.ArgumentParser) -> None:
+INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "box", "hamming", "lanczos")
+
+
+def aa_arg(text: str) -> str:
+    """``--aa``: a timm auto-augment policy string (checked by building it) or none/off."""
+    if text.lower() in ("", "none", "off"):
+        return text
+    from timm.data.auto_augment import augment_and_mix_transform, auto_augment_transform, rand_augment_transform
+    hparams = dict(translate_const=100, img_mean=(124, 116, 104))
+    build = (rand_augment_transform if text.startswith("rand") else
+             augment_and_mix_transform if text.startswith("augmix") else auto_augment_transform)
+    try:
+        build(text, hparams)
+    except Exception:  # timm asserts or raises on unknown policies and sections
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a timm auto-augment policy (e.g. rand-m9-mstd0.5-inc1, augmix-m5-w3, original, "
+            f"v0; 'none' turns it off)") from None
+    return text
+
+
+aa_arg.__name__ = "policy"
+
+
+def _add_train_args(p: argparse.ArgumentParser, output: str = "runs/train") -> None:
+    from ..cli import (device_arg, float_arg, img_size_arg, int_arg, nonneg_int, positive_int, prob_arg, seed_arg,
+                       threads_arg)
     g = p.add_argument_group("recipe and data")
-    g.add_argument("--recipe", default=None,
+    g.add_argument("--recipe", default=None, choices=tuple(RECIPES),
                    help=f"named defaults: {', '.join(RECIPES)} (default: digits on the embedded data, "
                         "else the paper's recipe of the model's family)")
     g.add_argument("--data", default=None, help="'digits' (embedded, default) or a folder with train/<class>/ and val/<class>/")
-    g.add_argument("--output", default="runs/train", help="checkpoints, logs and curves (default: runs/train)")
+    g.add_argument("--output", default=output, help=f"checkpoints, logs and curves (default: {output})")
     g.add_argument("--bad-images", default="fail", choices=D.BAD_IMAGE_MODES,
-                   help="an unreadable image stops the run with its path (fail) or is skipped with a warning")
+                   help="an unreadable image stops the run before training starts, naming it (fail), or is "
+                        "left out with a warning (skip)")
     g = p.add_argument_group("model (recipe values unless given)")
-    g.add_argument("--model", default=None, help=f"one of {', '.join(MODEL_NAMES)}")
-    g.add_argument("--img-size", type=int, default=None)
-    g.add_argument("--drop-path", type=float, default=None)
-    g.add_argument("--embed-dims", type=int, nargs=4, default=None, metavar=("C1", "C2", "C3", "C4"))
-    g.add_argument("--depths", type=int, nargs=4, default=None, metavar=("D1", "D2", "D3", "D4"))
-    g.add_argument("--num-heads", type=int, nargs=4, default=None, metavar=("H1", "H2", "H3", "H4"))
-    g.add_argument("--mlp-ratios", type=float, nargs=4, default=None, metavar=("R1", "R2", "R3", "R4"))
+    g.add_argument("--model", default=None, choices=MODEL_NAMES, metavar="MODEL", help=f"one of {', '.join(MODEL_NAMES)}")
+    g.add_argument("--img-size", type=img_size_arg, default=None, help="training resolution, a multiple of 32")
+    g.add_argument("--drop-path", type=float_arg(0, 1, hi_open=True), default=None, help="stochastic depth rate, [0, 1)")
+    g.add_argument("--embed-dims", type=positive_int, nargs=4, default=None, metavar=("C1", "C2", "C3", "C4"),
+                   help="stage widths")
+    g.add_argument("--depths", type=positive_int, nargs=4, default=None, metavar=("D1", "D2", "D3", "D4"),
+                   help="blocks per stage")
+    g.add_argument("--num-heads", type=positive_int, nargs=4, default=None, metavar=("H1", "H2", "H3", "H4"),
+                   help="attention heads per stage (each must divide its width)")
+    g.add_argument("--mlp-ratios", type=float_arg(0, lo_open=True), nargs=4, default=None,
+                   metavar=("R1", "R2", "R3", "R4"), help="MLP expansion per stage")
     g.add_argument("--pretrained", action="store_true", help="start from the official release")
     g.add_argument("--init-checkpoint", default=None, help="start from these weights (official or litvit)")
     g = p.add_argument_group("optimisation (recipe values unless given)")
-    g.add_argument("--epochs", type=int, default=None)
-    g.add_argument("--batch-size", type=int, default=None,
+    g.add_argument("--epochs", type=positive_int, default=None, help="training epochs")
+    g.add_argument("--batch-size", type=positive_int, default=None,
                    help="global batch per optimizer step, over all processes and accumulation steps")
-    g.add_argument("--accum-steps", type=int, default=1)
-    g.add_argument("--lr", type=float, default=None, help="peak lr per 512 images (scaled by batch/512)")
-    g.add_argument("--min-lr", type=float, default=None)
-    g.add_argument("--warmup-epochs", type=float, default=None)
-    g.add_argument("--warmup-lr", type=float, default=None)
-    g.add_argument("--weight-decay", type=float, default=None)
-    g.add_argument("--opt-eps", type=float, default=None)
-    g.add_argument("--clip-grad", type=float, default=None, help="max gradient norm (0: off)")
-    g.add_argument("--ema-decay", type=float, default=None, help="EMA of the weights (0: off)")
-    g.add_argument("--offset-lr-mult", type=float, default=None,
+    g.add_argument("--accum-steps", type=positive_int, default=1, help="micro-batches per optimizer step (default 1)")
+    g.add_argument("--lr", type=float_arg(0, lo_open=True), default=None,
+                   help="peak lr per 512 images (scaled by batch/512)")
+    g.add_argument("--min-lr", type=float_arg(0), default=None, help="end of the cosine schedule")
+    g.add_argument("--warmup-epochs", type=float_arg(0), default=None, help="linear warm-up length in epochs")
+    g.add_argument("--warmup-lr", type=float_arg(0), default=None, help="lr at the first step of the warm-up")
+    g.add_argument("--weight-decay", type=float_arg(0), default=None, help="AdamW weight decay")
+    g.add_argument("--opt-eps", type=float_arg(0, lo_open=True), default=None, help="AdamW epsilon")
+    g.add_argument("--clip-grad", type=float_arg(0), default=None, help="max gradient norm (0: off)")
+    g.add_argument("--ema-decay", type=float_arg(0, 1, hi_open=True), default=None, help="EMA of the weights (0: off)")
+    g.add_argument("--offset-lr-mult", type=float_arg(0), default=None,
                    help="lr multiplier of the DTM offset predictors' weights (recipe: 0.01)")
-    g.add_argument("--drop-path-off-epochs", type=int, default=None,
+    g.add_argument("--drop-path-off-epochs", type=nonneg_int, default=None,
                    help="first epochs without drop path (recipe: 100 for ablation models under lit-ti, else 0)")
     g = p.add_argument_group("augmentation (recipe values unless given)")
-    g.add_argument("--aa", default=None, help="RandAugment policy, e.g. rand-m9-mstd0.5-inc1 ('none': off)")
-    g.add_argument("--scale", type=float, nargs=2, default=None, metavar=("MIN", "MAX"),
-                   help="random-resized-crop area range")
-    g.add_argument("--hflip", type=float, default=None)
-    g.add_argument("--color-jitter", type=float, default=None)
-    g.add_argument("--reprob", type=float, default=None, help="random erasing probability")
-    g.add_argument("--remode", default=None)
-    g.add_argument("--recount", type=int, default=None)
-    g.add_argument("--mixup", type=float, default=None, help="mixup alpha (0: off)")
-    g.add_argument("--cutmix", type=float, default=None, help="cutmix alpha (0: off)")
-    g.add_argument("--mixup-prob", type=float, default=None)
-    g.add_argument("--mixup-switch-prob", type=float, default=None)
-    g.add_argument("--smoothing", type=float, default=None, help="label smoothing")
-    g.add_argument("--repeated-aug", type=int, default=None, help="repeats per image (0: off)")
-    g.add_argument("--interpolation", default=None)
-    g.add_argument("--crop-pct", type=float, default=None)
+    g.add_argument("--aa", type=aa_arg, default=None, help="RandAugment policy, e.g. rand-m9-mstd0.5-inc1 ('none': off)")
+    g.add_argument("--scale", type=float_arg(0, 1, lo_open=True), nargs=2, default=None, metavar=("MIN", "MAX"),
+                   help="random-resized-crop area range, 0 < MIN <= MAX <= 1")
+    g.add_argument("--hflip", type=prob_arg, default=None, help="horizontal flip probability")
+    g.add_argument("--color-jitter", type=float_arg(0), default=None, help="colour jitter strength (without --aa)")
+    g.add_argument("--reprob", type=prob_arg, default=None, help="random erasing probability")
+    g.add_argument("--remode", default=None, choices=("pixel", "rand", "const"), help="random erasing fill")
+    g.add_argument("--recount", type=positive_int, default=None, help="random erasing boxes per image")
+    g.add_argument("--mixup", type=float_arg(0), default=None, help="mixup alpha (0: off)")
+    g.add_argument("--cutmix", type=float_arg(0), default=None, help="cutmix alpha (0: off)")
+    g.add_argument("--mixup-prob", type=prob_arg, default=None, help="probability of mixing a batch")
+    g.add_argument("--mixup-switch-prob", type=prob_arg, default=None, help="probability of cutmix instead of mixup")
+    g.add_argument("--smoothing", type=float_arg(0, 1, hi_open=True), default=None, help="label smoothing")
+    g.add_argument("--repeated-aug", type=nonneg_int, default=None, help="repeats per image (0: off)")
+    g.add_argument("--interpolation", default=None, choices=INTERPOLATIONS, help="resize filter (recipes: bicubic)")
+    g.add_argument("--crop-pct", type=float_arg(0, 1, lo_open=True), default=None,
+                   help="evaluation: resize to img_size / crop_pct, centre crop")
     g = p.add_argument_group("run")
     g.add_argument("--resume", default="auto",
                    help="auto (continue from OUTPUT/last.pth if there), never (refuse to overwrite), or a checkpoint")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--resume-changed", action="store_true",
+                   help="resume although settings differ from the checkpoint's (the new ones apply)")
+    g.add_argument("--seed", type=seed_arg, default=0, help="seeds initialisation, data order and augmentation")
     g.add_argument("--amp", default=None, choices=engine.AMP_MODES,
                    help="none, bf16 (CPU or CUDA), fp16 (CUDA); default: the recipe's (fp16 on CUDA for the paper's)")
     g.add_argument("--print-config", action="store_true",
                    help="print the fully resolved configuration as JSON and exit (no data is read)")
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda")
-    g.add_argument("--workers", type=int, default=0, help="data-loader processes per rank")
-    g.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads per process (default: torch's; 1 on a busy shared CPU)")
-    g.add_argument("--val-batch-size", type=int, default=None)
-    g.add_argument("--grad-checkpointing", action="store_true")
-    g.add_argument("--sync-bn", action="store_true")
-    g.add_argument("--save-every-steps", type=int, default=0, help="also checkpoint every N steps")
-    g.add_argument("--log-every", type=int, default=10)
-    g.add_argument("--eval-every", type=int, default=1)
-    g.add_argument("--max-steps", type=int, default=None, help="stop (checkpointed) after N steps")
+    g.add_argument("--device", type=device_arg(), default="auto", help="auto, cpu, cuda, cuda:N")
+    g.add_argument("--workers", type=nonneg_int, default=0, help="data-loader processes per rank")
+    g.add_argument("--threads", type=threads_arg, default="auto",
+                   help="torch CPU threads per process; auto (default): torch's default on an idle machine, "
+                        "fewer when the load average shows other jobs (see README, 'Threads')")
+    g.add_argument("--val-batch-size", type=positive_int, default=None, help="evaluation batch per process")
+    g.add_argument("--grad-checkpointing", action="store_true", help="recompute activations in the backward pass")
+    g.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across processes (CUDA)")
+    g.add_argument("--save-every-steps", type=nonneg_int, default=0, help="also checkpoint every N steps (0: epoch ends)")
+    g.add_argument("--log-every", type=positive_int, default=10, help="log the loss every N steps")
+    g.add_argument("--eval-every", type=positive_int, default=1, help="evaluate every N epochs")
+    g.add_argument("--max-steps", type=positive_int, default=None, help="stop (checkpointed) after N steps")
     g.add_argument("--no-progress", action="store_true", help="no tqdm bars")
 
 
 def _add_eval_args(p: argparse.ArgumentParser, predict: bool = False) -> None:
+    from ..cli import device_arg, float_arg, img_size_arg, nonneg_int, positive_int, threads_arg
     p.add_argument("--checkpoint", required=True,
                    help="a litvit checkpoint (model and classes inside) or an official release (give --model)")
-    p.add_argument("--model", default=None, help="model of an official checkpoint (a litvit one names its own)")
+    p.add_argument("--model", default=None, choices=MODEL_NAMES, metavar="MODEL",
+                   help="model of an official checkpoint (a litvit one names its own)")
     if not predict:
         p.add_argument("--data", default=None, help="'digits' or a dataset folder (default: the checkpoint's)")
         p.add_argument("--split", default="val", help="sub-folder to evaluate (default: val)")
     else:
-        p.add_argument("--num-classes", type=int, default=None, help="classes of an official checkpoint (1000)")
-        p.add_argument("--topk", type=int, default=5)
+        p.add_argument("--num-classes", type=positive_int, default=None, help="classes of an official checkpoint (1000)")
+        p.add_argument("--topk", type=positive_int, default=5, help="classes printed per image (default 5)")
         p.add_argument("--output", default=None, help="write predictions to this CSV")
-    p.add_argument("--img-size", type=int, default=None, help="evaluation resolution (multiple of 32)")
-    p.add_argument("--crop-pct", type=float, default=None, help="resize to img_size / crop_pct, centre crop")
-    p.add_argument("--interpolation", default=None)
+    p.add_argument("--img-size", type=img_size_arg, default=None, help="evaluation resolution (multiple of 32)")
+    p.add_argument("--crop-pct", type=float_arg(0, 1, lo_open=True), default=None,
+                   help="resize to img_size / crop_pct, centre crop")
+    p.add_argument("--interpolation", default=None, choices=INTERPOLATIONS, help="resize filter (default: the checkpoint's)")
     if not predict:
         p.add_argument("--ema", action="store_true", help="use the checkpoint's EMA weights")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--workers", type=int, default=0)
-    p.add_argument("--bad-images", default="fail", choices=D.BAD_IMAGE_MODES)
+    p.add_argument("--batch-size", type=positive_int, default=128, help="images per batch (default 128)")
+    p.add_argument("--workers", type=nonneg_int, default=0, help="data-loader processes")
+    p.add_argument("--threads", type=threads_arg, default="auto", help="torch CPU threads (default auto, as for train)")
+    p.add_argument("--bad-images", default="fail", choices=D.BAD_IMAGE_MODES,
+                   help="an unreadable image stops the command (fail) or is reported and left out (skip)")
     if not predict:
-        p.add_argument("--amp", default="none")
-        p.add_argument("--device", default="auto")
+        p.add_argument("--amp", default="none", choices=engine.AMP_MODES, help="mixed precision")
+        p.add_argument("--device", type=device_arg(), default="auto", help="auto, cpu, cuda, cuda:N")
 
 
-_HELP = dict(
+_HELP = dict(  # plain text; argparse %-formats help= strings, so "%" is doubled where they are used as such
     train="train a LIT classifier (the embedded digits by default; torchrun for several processes)",
     validate="top-1 / top-5 / loss of a checkpoint (litvit or official) on a dataset",
     predict="classify the images of a folder with a checkpoint",
-    demo="train LIT on the embedded digits to >= 99%% validation top-1 and say where the results are",
+    demo="train LIT on the embedded digits to >= 99% validation top-1 and say where the results are",
 )
 
 
@@ -737,8 +836,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("images", help="an image file or a folder of images")
     _add_eval_args(p, predict=True)
     p.set_defaults(func=cmd_predict)
-    p = sub.add_parser("demo", help=_HELP["demo"], description=_HELP["demo"] + "; every `litvit train` flag works")
-    _add_train_args(p)
+    p = sub.add_parser("demo", help=_HELP["demo"].replace("%", "%%"),
+                       description=_HELP["demo"] + " (runs/demo); every `litvit train` flag works")
+    _add_train_args(p, output="runs/demo")
     # one thread: the demo's model is small, and on a CPU shared with other jobs OpenMP threads waiting
     # for each other make two threads many times slower than one
-    p.set_defaults(func=cmd_demo, recipe="digits", output="runs/demo", threads=1)
+    p.set_defaults(func=cmd_demo, recipe="digits", threads=1)

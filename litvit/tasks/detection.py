@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..dense_data import CocoDetection, detection_collate, image_to_tensor, palette, read_image
+from ..dense_data import CocoDetection, detection_collate, image_to_tensor, pad_extreme_aspect, palette, read_image
 from ..detection import DETECTION_DEFAULTS, DETECTORS, RECIPE_OF, build_detector
 from ..engine import DistInfo, Task, TrainConfig, evaluate as engine_evaluate, fit, param_groups
 
@@ -272,6 +272,8 @@ class DetectionTask(Task):
     # --- steps ------------------------------------------------------------------------------------
     def train_step(self, model: nn.Module, batch: Any, device: torch.device) -> Tuple[Tensor, Dict[str, float]]:
         images, targets = batch
+        padded = [pad_extreme_aspect(im, self.max_size, t) for im, t in zip(images, targets)]
+        images, targets = [im for im, _ in padded], [t for _, t in padded]
         loss_dict = model(images, targets)
         loss = sum(loss_dict.values())
         return loss, {k: float(v.detach()) for k, v in loss_dict.items()}
@@ -287,7 +289,7 @@ class DetectionTask(Task):
         label_to_cat = [0] + list(self.cat_ids)
         results, image_ids = [], []
         for images, targets in _progress(loader, dist, "evaluating"):
-            images = [im.to(device) for im in images]
+            images = [pad_extreme_aspect(im.to(device), self.max_size)[0] for im in images]
             with float32_heads(model, device):
                 outputs = model(images)
             ids = [int(t["image_id"]) for t in targets]
@@ -304,6 +306,12 @@ class DetectionTask(Task):
         metrics = dist.broadcast_object(metrics)
         metrics["score"] = metrics["bbox_AP"]
         return metrics
+
+    def run_config(self) -> dict:
+        return dict(arch=self.arch, backbone=self.backbone, min_size=list(self.min_size), max_size=self.max_size,
+                    frozen_stages=self.frozen_stages, norm_eval=self.norm_eval, lr_steps=list(self.lr_steps),
+                    warmup_iters=self.warmup_iters, warmup_ratio=self.warmup_ratio,
+                    backbone_kwargs=dict(self.backbone_kwargs), fpn_channels=self.fpn_channels)
 
     def checkpoint_extra(self) -> dict:
         return dict(arch=self.arch, backbone=self.backbone, num_classes=self.num_classes,
@@ -372,8 +380,8 @@ def _require_pycocotools() -> None:
 
 
 def _backbone_kwargs(args: argparse.Namespace, r: Dict[str, Any]) -> Dict[str, Any]:
-    from ._dense import json_arg
-    kwargs = json_arg(args.backbone_kwargs, "--backbone-kwargs")
+    from ._dense import backbone_kwargs
+    kwargs = backbone_kwargs(args)  # --backbone-kwargs, each key checked
     if r["drop_path"] is not None:
         kwargs["drop_path_rate"] = r["drop_path"]
     return kwargs
@@ -386,6 +394,8 @@ def _resolve(args: argparse.Namespace) -> Dict[str, Any]:
     r = resolve_recipe(args, name)
     if args.arch is not None and args.arch != r["arch"]:
         raise ValueError(f"--arch {args.arch} does not match --recipe {name} (a {r['arch']} recipe); give one of them")
+    if max(r["min_size"]) > r["max_size"]:
+        raise ValueError(f"--min-size {max(r['min_size'])} is larger than --max-size {r['max_size']}")
     return r
 
 
@@ -476,31 +486,36 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from ._dense import save_png_atomic
+    from ._dense import expand_images, output_stems, save_png_atomic
+    files = expand_images(args.images)
     task = DetectionTask.from_checkpoint(args.checkpoint)
     model = task.build_model()
     task.load_weights(model, args.checkpoint, use_ema=args.ema)
     model.eval()
     out_dir = Path(args.output)
-    for path in args.images:
+    for path, stem in zip(files, output_stems(files)):
         image = image_to_tensor(read_image(path))
         with torch.no_grad():
-            output = model([image])[0]
+            output = model([pad_extreme_aspect(image, task.max_size)[0]])[0]
         img, n = draw_detections(image, output, task.class_names, args.score_thresh)
-        dst = save_png_atomic(img, out_dir / (Path(path).stem + "_det.png"))
+        dst = save_png_atomic(img, out_dir / f"{stem}_det.png")
         print(f"{path}: {n} detection(s) with score >= {args.score_thresh} -> {dst}")
     return 0
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    from ._dense import add_backbone_args, add_engine_args, add_eval_args
+    from ..cli import nonneg_int, positive_int, prob_arg
+    from ._dense import add_backbone_args, add_engine_args, add_eval_args, add_predict_args
     d = DETECTION_DEFAULTS
     p = sub.add_parser("detect", help="object detection / instance segmentation (RetinaNet, Mask R-CNN) on COCO-format data",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     cmds = p.add_subparsers(dest="detect_command", metavar="{train,eval,predict,params}")
     p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
 
-    t = cmds.add_parser("train", help="train a detector (the paper's 1x COCO recipe by default)")
+    t = cmds.add_parser("train", help="train a detector (the paper's 1x COCO recipe by default)",
+                        description="Train RetinaNet or Mask R-CNN with a LIT backbone on COCO-format data "
+                                    "(the authors' 1x recipe by default, see --print-config); resumable, "
+                                    "torchrun-ready.")
     t.add_argument("--recipe", default=None, choices=tuple(RECIPE_OF.values()),
                    help="the authors' config (default: the one of --arch; see --print-config)")
     t.add_argument("--arch", default=None, choices=DETECTORS, help="retinanet (default) or mask_rcnn")
@@ -508,32 +523,37 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--train-ann", default=None, help="COCO instances JSON of the training images (required)")
     t.add_argument("--val-images", default=None, help="folder of validation images")
     t.add_argument("--val-ann", default=None, help="COCO instances JSON of the validation images")
-    t.add_argument("--epochs", type=int, default=None, help=f"(recipe: {d['epochs']}, the 1x schedule)")
-    t.add_argument("--lr-steps", type=int, nargs="+", default=None, help="epochs after which lr x 0.1 (recipe: 8 11)")
-    t.add_argument("--warmup-iters", type=int, default=None, help=f"(recipe: {d['warmup_iters']})")
-    t.add_argument("--min-size", type=int, nargs="+", default=None,
+    t.add_argument("--epochs", type=positive_int, default=None, help=f"(recipe: {d['epochs']}, the 1x schedule)")
+    t.add_argument("--lr-steps", type=positive_int, nargs="+", default=None,
+                   help="epochs after which lr x 0.1 (recipe: 8 11)")
+    t.add_argument("--warmup-iters", type=nonneg_int, default=None,
+                   help=f"linear warm-up iterations (recipe: {d['warmup_iters']})")
+    t.add_argument("--min-size", type=positive_int, nargs="+", default=None,
                    help="shorter image side (recipe: 800, single scale); several = multi-scale training, e.g. "
                         "640 672 704 736 768 800 (the last one is used for evaluation)")
-    t.add_argument("--max-size", type=int, default=None, help=f"longer-side limit (recipe: {d['max_size']})")
+    t.add_argument("--max-size", type=positive_int, default=None, help=f"longer-side limit (recipe: {d['max_size']})")
     add_backbone_args(t)
     add_engine_args(t, batch_size=d["batch_size"], lr=d["lr"], weight_decay=d["weight_decay"])
     t.set_defaults(func=_train)
 
-    e = cmds.add_parser("eval", help="box / mask AP of a checkpoint with pycocotools")
-    e.add_argument("--checkpoint", required=True)
-    e.add_argument("--val-images", required=True)
-    e.add_argument("--val-ann", required=True)
+    e = cmds.add_parser("eval", help="box / mask AP of a checkpoint with pycocotools",
+                        description="Box AP (and mask AP for Mask R-CNN) of a `litvit detect train` checkpoint "
+                                    "on COCO-format data, with pycocotools; torchrun-ready.")
+    e.add_argument("--checkpoint", required=True, help="a checkpoint written by `litvit detect train`")
+    e.add_argument("--val-images", required=True, help="folder of the images to evaluate on")
+    e.add_argument("--val-ann", required=True, help="COCO instances JSON of those images")
     add_eval_args(e, batch_size=2)
     e.set_defaults(func=_eval)
 
-    r = cmds.add_parser("predict", help="draw a checkpoint's detections on images (PNG)")
-    r.add_argument("--checkpoint", required=True)
-    r.add_argument("images", nargs="+")
-    r.add_argument("--output", default="predictions")
-    r.add_argument("--score-thresh", type=float, default=0.3)
-    r.add_argument("--ema", action="store_true")
+    r = cmds.add_parser("predict", help="draw a checkpoint's detections on images (PNG)",
+                        description="Draw the boxes (and masks) a `litvit detect train` checkpoint finds on "
+                                    "images or folders of images: OUTPUT/NAME_det.png per image.")
+    add_predict_args(r)
+    r.add_argument("--score-thresh", type=prob_arg, default=0.3, help="draw detections scoring at least this (0.3)")
     r.set_defaults(func=_predict)
 
-    q = cmds.add_parser("params", help="parameter counts of the paper's detectors beside the paper's")
-    q.add_argument("--num-classes", type=int, default=80)
+    q = cmds.add_parser("params", help="parameter counts of the paper's detectors beside the paper's",
+                        description="Parameter counts of RetinaNet and Mask R-CNN with LIT-Ti and LIT-S "
+                                    "backbones, beside the paper's.")
+    q.add_argument("--num-classes", type=positive_int, default=80, help="object classes (default 80, COCO)")
     q.set_defaults(func=_params)

@@ -194,6 +194,13 @@ class SegmentationTask(Task):
         self.last_confusion = cm
         return metrics
 
+    def run_config(self) -> dict:
+        return dict(backbone=self.backbone, num_classes=self.num_classes, reduce_zero_label=self.reduce_zero_label,
+                    iters=self.iters, crop_size=self.crop_size, scale=list(self.scale),
+                    ratio_range=list(self.ratio_range), frozen_stages=self.frozen_stages, norm_eval=self.norm_eval,
+                    backbone_kwargs=dict(self.backbone_kwargs), fpn_channels=self.fpn_channels,
+                    head_channels=self.head_channels)
+
     def checkpoint_extra(self) -> dict:
         return dict(backbone=self.backbone, num_classes=self.num_classes, reduce_zero_label=self.reduce_zero_label,
                     crop_size=self.crop_size, scale=list(self.scale), backbone_kwargs=dict(self.backbone_kwargs),
@@ -244,14 +251,17 @@ def _read_class_names(path: Optional[str]) -> Optional[list]:
 
 
 def _backbone_kwargs(args: argparse.Namespace, r: Dict[str, Any]) -> Dict[str, Any]:
-    from ._dense import json_arg
-    kwargs = json_arg(args.backbone_kwargs, "--backbone-kwargs")
+    from ._dense import backbone_kwargs
+    kwargs = backbone_kwargs(args)  # --backbone-kwargs, each key checked
     if r["drop_path"] is not None:
         kwargs["drop_path_rate"] = r["drop_path"]
     return kwargs
 
 
 def _task(args: argparse.Namespace, r: Dict[str, Any], class_names=None) -> SegmentationTask:
+    lo, hi = r["ratio_range"]
+    if lo > hi:
+        raise ValueError(f"--ratio-range {lo:g} {hi:g}: MIN must not exceed MAX")
     return SegmentationTask(
         backbone=args.backbone, data=args.data, num_classes=args.num_classes, reduce_zero_label=not args.no_reduce_zero_label,
         pretrained=args.pretrained, iters=r["iters"], crop_size=r["crop_size"], scale=r["scale"],
@@ -346,70 +356,80 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     from PIL import Image
-    from ._dense import save_png_atomic
+    from ._dense import expand_images, output_stems, save_png_atomic
+    files = expand_images(args.images)
     task = SegmentationTask.from_checkpoint(args.checkpoint)
     model = task.build_model()
     task.load_weights(model, args.checkpoint, use_ema=args.ema)
     model.eval()
     tf = SegEvalTransform(scale=task.scale)
     out_dir = Path(args.output)
-    for path in args.images:
+    for path, stem in zip(files, output_stems(files)):
         img = read_image(path)
         x, _ = tf(img, np.zeros((img.size[1], img.size[0]), np.uint8))
         pred = model.predict(x[None], size=(img.size[1], img.size[0]))[0].numpy().astype(np.uint8)
         colours = colorize(pred, task.num_classes)
         overlay = (0.5 * np.asarray(img, dtype=np.float32) + 0.5 * colours).astype(np.uint8)
         side = np.concatenate([np.asarray(img), overlay, colours], axis=1)  # image | overlay | colour map
-        dst = save_png_atomic(Image.fromarray(side), out_dir / (Path(path).stem + "_seg.png"))
+        dst = save_png_atomic(Image.fromarray(side), out_dir / f"{stem}_seg.png")
         labels = Image.fromarray(pred, mode="L")
-        save_png_atomic(labels, out_dir / (Path(path).stem + "_labels.png"))
+        labels_png = save_png_atomic(labels, out_dir / f"{stem}_labels.png")
         present = np.bincount(pred.ravel(), minlength=task.num_classes)
         top = ", ".join(f"{task.class_names[c]} {100 * present[c] / pred.size:.0f}%" for c in present.argsort()[::-1][:3]
                         if present[c])
-        print(f"{path}: {top} -> {dst} (class indices in {Path(dst).with_name(Path(path).stem + '_labels.png')})")
+        print(f"{path}: {top} -> {dst} (class indices in {labels_png})")
     return 0
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    from ._dense import add_backbone_args, add_engine_args, add_eval_args
+    from ..cli import float_arg, img_size_arg, int_arg, positive_int
+    from ._dense import add_backbone_args, add_engine_args, add_eval_args, add_predict_args
     d = SEGMENTATION_DEFAULTS
     p = sub.add_parser("segment", help="semantic segmentation (Semantic FPN) on ADE20K-format data",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     cmds = p.add_subparsers(dest="segment_command", metavar="{train,eval,predict,params}")
     p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
 
-    t = cmds.add_parser("train", help="train Semantic FPN (the paper's ADE20K recipe by default)")
+    t = cmds.add_parser("train", help="train Semantic FPN (the paper's ADE20K recipe by default)",
+                        description="Train Semantic FPN with a LIT backbone on ADE20K-format data (the authors' "
+                                    "recipe by default, see --print-config); resumable, torchrun-ready.")
     t.add_argument("--recipe", default="semantic-fpn-80k", choices=("semantic-fpn-80k",),
                    help="the authors' config (see --print-config)")
     t.add_argument("--data", default=None, help="dataset root: images/{training,validation}, annotations/{...} (required)")
-    t.add_argument("--num-classes", type=int, default=150)
+    t.add_argument("--num-classes", type=int_arg(1, 255), default=150, help="classes K, at most 255 (default 150)")
     t.add_argument("--class-names", default=None, help="text file with one class name per line (K lines)")
     t.add_argument("--no-reduce-zero-label", action="store_true",
                    help="labels are 0..K-1 with 255 = ignore (default: ADE20K's 0 = ignore, 1..K = classes)")
-    t.add_argument("--iters", type=int, default=None, help=f"optimizer steps (recipe: {d['iters']})")
-    t.add_argument("--crop-size", type=int, default=None, help=f"(recipe: {d['crop_size']})")
-    t.add_argument("--scale", type=int, nargs=2, default=None, metavar=("LONG", "SHORT"),
+    t.add_argument("--iters", type=positive_int, default=None, help=f"optimizer steps (recipe: {d['iters']})")
+    t.add_argument("--crop-size", type=img_size_arg, default=None,
+                   help=f"square training crop, a multiple of 32 (recipe: {d['crop_size']})")
+    t.add_argument("--scale", type=positive_int, nargs=2, default=None, metavar=("LONG", "SHORT"),
                    help="resize limits at ratio 1 and for evaluation (recipe: 2048 512)")
-    t.add_argument("--ratio-range", type=float, nargs=2, default=None, help="(recipe: 0.5 2.0)")
-    t.add_argument("--val-batch-size", type=int, default=1)
+    t.add_argument("--ratio-range", type=float_arg(0, lo_open=True), nargs=2, default=None,
+                   metavar=("MIN", "MAX"), help="random rescale ratio range (recipe: 0.5 2.0)")
+    t.add_argument("--val-batch-size", type=positive_int, default=1, help="evaluation images per process")
     add_backbone_args(t)
     add_engine_args(t, batch_size=d["batch_size"], lr=d["lr"], weight_decay=d["weight_decay"])
     t.set_defaults(func=_train)
 
-    e = cmds.add_parser("eval", help="mIoU / pixel accuracy of a checkpoint")
-    e.add_argument("--checkpoint", required=True)
-    e.add_argument("--data", required=True)
-    e.add_argument("--split", default="validation")
+    e = cmds.add_parser("eval", help="mIoU / pixel accuracy of a checkpoint",
+                        description="mIoU, mean class accuracy, pixel accuracy and per-class IoU of a "
+                                    "`litvit segment train` checkpoint on ADE20K-format data; torchrun-ready.")
+    e.add_argument("--checkpoint", required=True, help="a checkpoint written by `litvit segment train`")
+    e.add_argument("--data", required=True, help="dataset root in ADE20K layout")
+    e.add_argument("--split", default="validation", help="sub-folder of images/ and annotations/ (default validation)")
     add_eval_args(e, batch_size=1)
     e.set_defaults(func=_eval)
 
-    r = cmds.add_parser("predict", help="colour-coded segmentation of images (PNG)")
-    r.add_argument("--checkpoint", required=True)
-    r.add_argument("images", nargs="+")
-    r.add_argument("--output", default="predictions")
-    r.add_argument("--ema", action="store_true")
+    r = cmds.add_parser("predict", help="colour-coded segmentation of images (PNG)",
+                        description="Segment images or folders of images with a `litvit segment train` checkpoint: "
+                                    "OUTPUT/NAME_seg.png (image | overlay | colours) and OUTPUT/NAME_labels.png "
+                                    "(class indices) per image.")
+    add_predict_args(r)
     r.set_defaults(func=_predict)
 
-    q = cmds.add_parser("params", help="parameter counts of the paper's Semantic FPN models beside the paper's")
-    q.add_argument("--num-classes", type=int, default=150)
+    q = cmds.add_parser("params", help="parameter counts of the paper's Semantic FPN models beside the paper's",
+                        description="Parameter counts of Semantic FPN with LIT-Ti and LIT-S backbones, beside "
+                                    "the paper's.")
+    q.add_argument("--num-classes", type=positive_int, default=150, help="classes (default 150, ADE20K)")
     q.set_defaults(func=_params)

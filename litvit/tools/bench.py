@@ -9,7 +9,7 @@ spread (min-max over repetitions) are reported. Each figure is also given as
 * a fraction of the machine's **matmul peak** (a float32 2048^3 ``torch.mm``, measured at start-up,
   before every model case and at the end; the best of all is the peak, so load that comes and
   goes cannot understate it):
-  achieved GFLOP/s = FLOPs per image x images/s, FLOPs counted by ``FlopCounterMode`` in LIT.md's
+  achieved GFLOP/s = FLOPs per image x images/s, FLOPs counted by ``FlopCounterMode`` in the paper's
   convention (conv/linear multiply-adds and the two attention products, x2; DTM as its dense 2x2
   conv; bilinear sampling, norms and activations not counted); a training step counts 3x forward.
 
@@ -134,7 +134,7 @@ def _dtm_cls():
 
 
 def count_flops(model: nn.Module, img_size: int, device: torch.device) -> float:
-    """Forward FLOPs of one image (2 x multiply-adds, LIT.md's convention), traced by FlopCounterMode.
+    """Forward FLOPs of one image (2 x multiply-adds, the paper's convention, docs/architecture.md), traced by FlopCounterMode.
 
     Counted on the meta device, on the fast path with the math SDPA kernel, so the attention products appear as matmuls,
     the DTM merge as its one GEMM (= the dense 2x2 conv) and its grid_sample not at all.
@@ -605,14 +605,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     for s in args.img_size:
         if s % 32:
             raise CLIError(f"--img-size {s} is not a multiple of 32")
+    from ..cli import check_json_object, check_model_kwargs
     from ..models import MODEL_NAMES
     if isinstance(args.model_args, str):
-        try:
-            args.model_args = json.loads(args.model_args) if args.model_args else {}
-        except json.JSONDecodeError as e:
-            raise CLIError(f"--model-args must be a JSON object, e.g. '{{\"embed_dims\": [16, 32, 48, 64]}}': {e}")
-        if not isinstance(args.model_args, dict):
-            raise CLIError(f"--model-args must be a JSON object, got {args.model_args!r}")
+        args.model_args = check_json_object(args.model_args, "--model-args")
+        lit = [n for n in args.models if n in MODEL_NAMES] or ["lit_ti"]
+        check_model_kwargs(args.model_args, "--model-args", lit[0])
     if not args.dtm_only:
         import timm
         for n in args.models:
@@ -650,16 +648,21 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
+    from ..cli import device_arg, img_size_arg, nonneg_int, positive_int
     p = sub.add_parser("bench", help="throughput, latency and peak memory vs the reference path and timm peers",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=DEFAULTS["models"],
                    help="litvit model names (or any timm model name)")
     p.add_argument("--model-args", default="", help="JSON overrides for the litvit models, e.g. a tiny config")
     p.add_argument("--peers", action="store_true", help=f"add the timm peers {', '.join(PEERS)} (random init)")
-    p.add_argument("--batch-size", nargs="+", type=int, default=DEFAULTS["batch_size"])
-    p.add_argument("--img-size", nargs="+", type=int, default=DEFAULTS["img_size"])
-    p.add_argument("--dtype", nargs="+", default=DEFAULTS["dtype"], help="fp32, bf16 (autocast), fp16 (CUDA)")
-    p.add_argument("--mode", nargs="+", default=DEFAULTS["mode"], choices=("infer", "train"))
+    p.add_argument("--batch-size", nargs="+", type=positive_int, default=DEFAULTS["batch_size"],
+                   help="batch sizes to time")
+    p.add_argument("--img-size", nargs="+", type=img_size_arg, default=DEFAULTS["img_size"],
+                   help="square input sides to time, multiples of 32")
+    p.add_argument("--dtype", nargs="+", default=DEFAULTS["dtype"], choices=DTYPES,
+                   help="fp32, bf16 (autocast), fp16 (CUDA)")
+    p.add_argument("--mode", nargs="+", default=DEFAULTS["mode"], choices=("infer", "train"),
+                   help="time inference and/or a training step")
     p.add_argument("--paths", nargs="+", default=["ref", "fast"], choices=("ref", "fast"),
                    help="LIT paths to time: the reference path and/or the fast path")
     p.add_argument("--compile", action="store_true", help="also time torch.compile(model, fullgraph=True)")
@@ -667,10 +670,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="with --compile on CPU: do not freeze weights (inductor's oneDNN pre-packing and fusion)")
     p.add_argument("--memory", action="store_true", help="peak memory per (model, size), each in a fresh process")
     p.add_argument("--dtm-only", action="store_true", help="time the DTM op alone on LIT-Ti's three shapes")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
-    p.add_argument("--warmup", type=int, default=DEFAULTS["warmup"])
-    p.add_argument("--reps", type=int, default=DEFAULTS["reps"])
+    p.add_argument("--device", type=device_arg(auto=False), default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--threads", type=nonneg_int, default=0,
+                   help="torch threads (0: leave as is; on a CPU shared with other jobs, the free cores)")
+    p.add_argument("--warmup", type=nonneg_int, default=DEFAULTS["warmup"], help="untimed repetitions first")
+    p.add_argument("--reps", type=positive_int, default=DEFAULTS["reps"], help="timed repetitions per variant")
     p.add_argument("--out", default=DEFAULTS["out"], help="JSON results")
     p.add_argument("--plot", default=DEFAULTS["plot"], help="PNG plot")
     p.set_defaults(func=cmd_bench)

@@ -1,6 +1,6 @@
 """``litvit flops``: parameters and FLOPs of LIT, its ablation models and timm baselines.
 
-FLOPs follow the paper's convention (LIT.md, "FLOPs convention"): multiply-accumulates (MACs) of
+FLOPs follow the paper's convention (docs/architecture.md, "FLOPs convention"): multiply-accumulates (MACs) of
 every convolution and linear layer plus the two attention matrix products (q @ k^T and attn @ v),
 DTM counted as a dense 2x2 stride-2 convolution, its bilinear sampling not counted, norms,
 activations, softmax and additions not counted, one image.
@@ -276,7 +276,7 @@ def profile_model(
 
 # --- the paper's tables -----------------------------------------------------------------------------
 
-# Published values as LIT.md states them: params in millions, GFLOPs, ImageNet-1K top-1.
+# Published values as the paper states them: params in millions, GFLOPs, ImageNet-1K top-1.
 # ``None`` where the paper's tables give no number we hold.
 PAPER_TABLES = OrderedDict([
     ("Less attention (PVT-S based)", [
@@ -325,10 +325,11 @@ def paper_rows(reports: Dict[str, FlopReport]) -> List[List[str]]:
 
 PAPER_NOTES = [
     "params M / GFLOPs: ours, traced; paper M / paper G / paper top-1: published (ImageNet-1K, 224).",
-    "top-1 of the ablation rows is LIT.md's stated difference applied to its base: w/o MSA in stage 1 / "
+    "top-1 of the ablation rows is the paper's stated difference applied to its base: w/o MSA in stage 1 / "
     "stages 1-2 = PVT-S w/ MSA - 0.1 / - 0.5; w/o DTM = LIT-Ti - 0.7, LIT-S - 0.3.",
-    "Swin-Ti is timm's swin_tiny_patch4_window7_224 (4.5 G as LIT.md quotes it). "
+    "Swin-Ti is timm's swin_tiny_patch4_window7_224 (4.5 G as the paper quotes it). "
     "PVT-S is checked to +-0.1 G, the others to the paper's 0.1 G rounding.",
+    "the counting rules and the published values: docs/architecture.md in the litvit repository.",
 ]
 
 PAPER_HEADER = ["table", "model", "name", "params M", "paper M", "GFLOPs", "paper G", "paper top-1", "check"]
@@ -480,16 +481,17 @@ def cmd_flops(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
+    from ..cli import img_size_arg
     p = sub.add_parser(
         "flops", help="parameters and FLOPs (MACs) of models, by tracing their forward",
         description="Parameters and FLOPs (the paper's convention: MACs of convs, linears and the two attention "
                     "matrix products; DTM as a dense 2x2 conv) counted by tracing the real forward.")
     p.add_argument("models", nargs="*", metavar="MODEL",
                    help="litvit or timm model names (default: lit_ti lit_s lit_m lit_b)")
-    p.add_argument("--img-size", type=int, default=224, help="square input side (default 224)")
-    p.add_argument("--resolutions", type=int, nargs="+", metavar="SIZE",
+    p.add_argument("--img-size", type=img_size_arg, default=224, help="square input side, a multiple of 32 (default 224)")
+    p.add_argument("--resolutions", type=img_size_arg, nargs="+", metavar="SIZE",
                    help="sweep these input sides and plot FLOPs per stage type (e.g. 224 384 512 768 1024)")
-    p.add_argument("--format", choices=("table", "markdown", "csv"), default="table")
+    p.add_argument("--format", choices=("table", "markdown", "csv"), default="table", help="output format (default table)")
     p.add_argument("--paper", action="store_true", help="the paper's Tables 2-4 rows beside the published values")
     p.add_argument("--by-stage", action="store_true", help="also print the FLOPs of every stage")
     p.add_argument("--fused", action="store_true", help="trace the fused (SDPA) attention path instead of the plain one")

@@ -237,10 +237,13 @@ def save_npz(arrays: Dict[str, np.ndarray], path: Path) -> Path:
 # --- command line ----------------------------------------------------------------------------------
 
 def add_common_arguments(p: argparse.ArgumentParser) -> None:
+    from ...cli import img_size_arg
+    from ...models import MODEL_NAMES
     p.add_argument("image", help="an image file or a folder of images")
     p.add_argument("--checkpoint", metavar="CKPT", help="litvit training checkpoint or official LIT release")
-    p.add_argument("--model", help="model name (default: the one the checkpoint records)")
-    p.add_argument("--img-size", type=int, default=None,
+    p.add_argument("--model", choices=MODEL_NAMES, metavar="MODEL",
+                   help="model name (default: the one the checkpoint records)")
+    p.add_argument("--img-size", type=img_size_arg, default=None,
                    help="shorter image side fed to the network, a multiple of 32 (default: the model's)")
     p.add_argument("--out", default=os.path.join("runs", "viz"), help="output folder (default runs/viz)")
 
@@ -253,6 +256,8 @@ def prepare(args: argparse.Namespace) -> Tuple[torch.nn.Module, dict, List[Loade
     model, info = load_model(args.model, args.checkpoint)
     size = args.img_size or info["img_size"]
     images = load_images(args.image, size, info["mean"], info["std"], getattr(model, "in_chans", 3))
+    from ...cli import warn_grid_change
+    warn_grid_change(f"viz {args.viz_command}", info["img_size"], tuple(images[0].tensor.shape[-2:]))
     src = f"checkpoint {args.checkpoint}" if args.checkpoint else "random weights (no --checkpoint)"
     print(f"model {info['model']} from {src}; {len(images)} image(s), network input "
           f"{images[0].tensor.shape[-2]}x{images[0].tensor.shape[-1]}")

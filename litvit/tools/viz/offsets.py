@@ -2,7 +2,7 @@
 
 Each DTM output point (p, q) samples four input points, one per kernel point (i, j) of the 2x2
 kernel, at ``(2p + i + dy, 2q + j + dx)`` with the offsets its offset predictor produced
-(LIT.md, "DTM"). Starting from a point of the last stage and walking back through the three DTMs
+(docs/architecture.md, "Layers"). Starting from a point of the last stage and walking back through the three DTMs
 gives 4 -> 16 -> 64 points on the stage-1 grid; a stage-1 grid point (y, x) covers image pixels
 ``[4y, 4y + 4)``, so it is drawn at ``((y + 0.5) * 4, (x + 0.5) * 4)``. With zero offsets the walk
 lands on the regular 8x8 block of stage-1 points under the starting point: what regular 2x2
@@ -336,6 +336,7 @@ def cmd_offsets(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from ...cli import positive_int
     from . import add_common_arguments
     p = sub.add_parser(
         "offsets", help="DTM sampling locations walked back to stage 1, and offset fields (paper Fig. 2)",
@@ -344,7 +345,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_common_arguments(p)
     p.add_argument("--points", nargs="+", metavar="Y,X",
                    help="last-stage grid points to trace (default: an evenly spread --grid x --grid set)")
-    p.add_argument("--grid", type=int, default=3, help="points per side of the default grid (default 3)")
+    p.add_argument("--grid", type=positive_int, default=3, help="points per side of the default grid (default 3)")
     p.add_argument("--walk-back", default="bilinear", choices=WALK_BACKS,
                    help="bilinear (default: fractional points read the interpolated offset field, all kept) or "
                         "official (the authors': round to the nearest cell, drop points leaving the map)")
