@@ -649,6 +649,8 @@ class OutputLock:
     def acquire(self) -> "OutputLock":
         import fcntl
         import socket
+        if self.folder.exists() and not self.folder.is_dir():
+            raise NotADirectoryError(f"output folder {self.folder} is a file")
         self._created = not self.folder.exists()
         self.folder.mkdir(parents=True, exist_ok=True)
         for _ in range(3):

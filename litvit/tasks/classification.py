@@ -362,6 +362,8 @@ def _resolve_recipe(args: argparse.Namespace) -> Tuple[str, Dict[str, Any]]:
         recipe["aa"] = None
     if recipe.get("clip_grad") is not None and recipe["clip_grad"] <= 0:
         recipe["clip_grad"] = None
+    if recipe["scale"][0] > recipe["scale"][1]:
+        raise ValueError(f"--scale {recipe['scale'][0]:g} {recipe['scale'][1]:g}: MIN must not exceed MAX")
     if args.warmup_epochs is None and recipe["warmup_epochs"] >= recipe["epochs"]:
         recipe["warmup_epochs"] = recipe["epochs"] / 10  # a short run keeps a proportionate warm-up
     if recipe["drop_path_off_epochs"] is None:  # the authors' runs: ablation models only, under the DeiT recipe
