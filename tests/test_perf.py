@@ -209,3 +209,15 @@ def test_flop_counter_sees_the_plain_ops_under_no_grad():
             model(x)
         counts.append(counter.get_total_flops())
     assert counts[0] == counts[1] > 0
+
+
+def test_bench_reference_path_is_the_plain_path():
+    from litvit.models.lit import Attention
+    from litvit.ops.dtm import DeformableTokenMerging
+    from litvit.tools.bench import set_path
+    model = set_path(litvit.create_model("lit_ti", **TINY), "ref")
+    assert not any(m.fused_attn for m in model.modules() if isinstance(m, Attention))
+    assert not any(m.fused_mlp for m in model.modules() if isinstance(m, Block))
+    assert all(m.impl == "torchvision" for m in model.modules() if isinstance(m, DeformableTokenMerging))
+    model = set_path(model, "fast")
+    assert all(m.fused_mlp for m in model.modules() if isinstance(m, Block))

@@ -120,9 +120,11 @@ def is_lit(model: nn.Module) -> bool:
 
 
 def set_path(model: nn.Module, path: str) -> nn.Module:
-    """``"ref"``: plain attention + torchvision DTM; ``"fast"``: SDPA + fused MLP + fast DTM."""
+    """``"ref"``: plain attention, timm's Mlp, torchvision DTM; ``"fast"``: SDPA, the fused MLP (where
+    the CPU supports it), fast DTM."""
     if is_lit(model):
         model.set_fused_attn(path != "ref")
+        model.set_fused_mlp(path != "ref")
         if any(isinstance(m, _dtm_cls()) for m in model.modules()):
             model.set_dtm_impl("torchvision" if path == "ref" else "fast")
     return model
