@@ -1,15 +1,5 @@
-"""``litvit viz``: the paper's two figures for any image and any checkpoint.
-
-* ``litvit viz offsets IMAGE --checkpoint CKPT`` (Fig. 2): the 64 stage-1 sampling locations that
-  the three DTMs reach from chosen points of the last stage, beside the regular 2x2-merging grid,
-  and each DTM's offset field. See :mod:`litvit.tools.viz.offsets`.
-* ``litvit viz attention IMAGE --checkpoint CKPT`` (Fig. 3): the attention probabilities of one
-  query pixel in every head of every attention block, per stage, read from the plain attention
-  path. See :mod:`litvit.tools.viz.attention`.
-
-This module holds what both share: loading a model from ``--model`` / a checkpoint, and loading
-images (a file or a folder) as normalised tensors plus the RGB picture to draw on.
-"""
+"""What the figures share: a model from ``--model`` / a checkpoint, images as normalised tensors plus
+the RGB picture to draw on, atomic figure and array files, the common arguments."""
 import argparse
 import os
 from dataclasses import dataclass
@@ -18,60 +8,43 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor
 
+from ...checkpoint import model_record, read_checkpoint
+from ...data.io import IMG_EXTENSIONS as IMAGE_EXTENSIONS
+from ...data.io import read_image
+from ...models import create_model, MODEL_NAMES
+from ...models.convert import official_to_litvit, unwrap_state_dict
 from ...utils import atomic_write
+from ...cli.args import img_size_arg, warn_grid_change
 
 __all__ = ["IMAGE_EXTENSIONS", "LoadedImage", "find_images", "load_image", "load_model", "checkpoint_metadata",
-           "save_figure", "save_npy", "add_parsers"]
+           "save_figure", "save_npy", "save_npz", "load_images", "add_common_arguments", "prepare"]
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif")
 
 
 # --- model -----------------------------------------------------------------------------------------
-
-_NOT_METADATA = ("model", "model_ema", "state_dict", "optimizer", "scheduler", "scaler", "rng", "history")
-
-
-def _find_key(obj, keys: Sequence[str], want: type, depth: int = 0):
-    """First value of type ``want`` under one of ``keys`` in a checkpoint's metadata: the top level,
-    then nested dicts such as ``extra``, ``args``, ``config`` (never inside the weights)."""
-    if not isinstance(obj, Mapping) or depth > 2:
-        return None
-    for k in keys:
-        if isinstance(obj.get(k), want):
-            return obj[k]
-    for k, v in obj.items():
-        if k not in _NOT_METADATA and isinstance(v, Mapping):
-            found = _find_key(v, keys, want, depth + 1)
-            if found is not None:
-                return found
-    return None
-
 
 def checkpoint_metadata(ckpt: Mapping) -> dict:
     """What a checkpoint says about the model it holds: ``model`` (name), ``model_kwargs``,
     ``num_classes``, ``img_size``, ``mean``, ``std``, whichever are recorded.
 
-    litvit training checkpoints record them next to the weights (the model name and its
-    constructor overrides, the data config); official releases record nothing, and the name must
-    come from ``--model``.
+    litvit training checkpoints record them next to the weights (the task's model record,
+    :func:`litvit.checkpoint.model_record`); official releases record nothing, and the name must
+    come from ``--model``; the number of classes is read from the classifier's weights.
     """
-    from ...models.convert import official_to_litvit, unwrap_state_dict
+    record = model_record(ckpt)
     meta = {}
-    name = _find_key(ckpt, ("model_name", "model", "arch", "architecture"), str)
-    if name is not None:
-        meta["model"] = name
-    kwargs = _find_key(ckpt, ("model_kwargs", "model_args"), Mapping)
-    if kwargs is not None:
-        meta["model_kwargs"] = dict(kwargs)
-    size = _find_key(ckpt, ("img_size",), (int, tuple, list))
-    if size is not None:
-        meta["img_size"] = size
+    if isinstance(record.get("model"), str):
+        meta["model"] = record["model"]
+    if isinstance(record.get("model_kwargs"), Mapping):
+        meta["model_kwargs"] = dict(record["model_kwargs"])
+    if isinstance(record.get("img_size"), (int, tuple, list)):
+        meta["img_size"] = record["img_size"]
     for key in ("mean", "std"):
-        v = _find_key(ckpt, (key,), (tuple, list))
-        if v is not None:
-            meta[key] = tuple(float(c) for c in v)
+        if isinstance(record.get(key), (tuple, list)):
+            meta[key] = tuple(float(c) for c in record[key])
     try:
         sd = official_to_litvit(unwrap_state_dict(ckpt))
     except ValueError:
@@ -102,11 +75,9 @@ def load_model(
         ValueError: no model name anywhere, an unknown name, or a checkpoint of another model
             (:class:`litvit.CheckpointMismatchError`).
     """
-    from ...models import MODEL_NAMES, create_model
-    from ...models.convert import load_state_dict_file
     meta: dict = {}
     if checkpoint is not None:
-        meta = checkpoint_metadata(load_state_dict_file(checkpoint))
+        meta = checkpoint_metadata(read_checkpoint(checkpoint))
     name = model or meta.get("model")
     if name is None:
         raise ValueError(f"checkpoint {checkpoint} does not record its model: pass --model "
@@ -180,15 +151,9 @@ def load_image(
     Raises:
         ValueError: the file is not a readable image, or ``img_size`` is not a positive multiple of 32.
     """
-    from PIL import Image, UnidentifiedImageError
     if img_size <= 0 or img_size % 32:
         raise ValueError(f"--img-size must be a positive multiple of 32, got {img_size}")
-    try:
-        with Image.open(path) as im:
-            im.load()
-            img = im.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise ValueError(f"cannot read image {path}: {e}") from None
+    img = read_image(path)
     h, w = _input_size(img.width, img.height, img_size)
     img = img.resize((w, h), Image.BICUBIC)
     rgb = np.asarray(img, dtype=np.uint8)
@@ -237,8 +202,6 @@ def save_npz(arrays: Dict[str, np.ndarray], path: Path) -> Path:
 # --- command line ----------------------------------------------------------------------------------
 
 def add_common_arguments(p: argparse.ArgumentParser) -> None:
-    from ...cli import img_size_arg
-    from ...models import MODEL_NAMES
     p.add_argument("image", help="an image file or a folder of images")
     p.add_argument("--checkpoint", metavar="CKPT", help="litvit training checkpoint or official LIT release")
     p.add_argument("--model", choices=MODEL_NAMES, metavar="MODEL",
@@ -256,20 +219,8 @@ def prepare(args: argparse.Namespace) -> Tuple[torch.nn.Module, dict, List[Loade
     model, info = load_model(args.model, args.checkpoint)
     size = args.img_size or info["img_size"]
     images = load_images(args.image, size, info["mean"], info["std"], getattr(model, "in_chans", 3))
-    from ...cli import warn_grid_change
     warn_grid_change(f"viz {args.viz_command}", info["img_size"], tuple(images[0].tensor.shape[-2:]))
     src = f"checkpoint {args.checkpoint}" if args.checkpoint else "random weights (no --checkpoint)"
     print(f"model {info['model']} from {src}; {len(images)} image(s), network input "
           f"{images[0].tensor.shape[-2]}x{images[0].tensor.shape[-1]}")
     return model, info, images
-
-
-def add_parsers(sub: argparse._SubParsersAction) -> None:
-    from . import attention, offsets
-    p = sub.add_parser("viz", help="the paper's figures: DTM sampling offsets, attention maps",
-                       description="Visualise a LIT model: DTM sampling locations (paper Fig. 2) and attention "
-                                   "maps (paper Fig. 3).")
-    viz = p.add_subparsers(dest="viz_command", metavar="FIGURE")
-    viz.required = True
-    offsets.add_parser(viz)
-    attention.add_parser(viz)

@@ -1,0 +1,177 @@
+"""Argument types and checks shared by every command group: each numeric and enumerated flag is
+checked while parsing, and a bad value is one line naming the flag."""
+import argparse
+import inspect
+import json
+import math
+import sys
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from ..errors import CLIError
+from ..models import LIT, MODEL_NAMES, create_model
+
+__all__ = ["OneLineParser", "int_arg", "float_arg", "device_arg", "threads_arg", "img_size_arg", "positive_int",
+           "nonneg_int", "prob_arg", "seed_arg", "check_json_object", "check_model_kwargs", "warn_grid_change"]
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line on stderr (``litvit train: error: argument
+    --accum-steps: ...``) and exit code 2, without the usage block. Sub-parsers inherit the class."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see --help)\n")
+
+
+# --- argument types: every numeric and enumerated flag is checked while parsing -----------------------
+
+def int_arg(lo: Optional[int] = None, hi: Optional[int] = None, multiple: Optional[int] = None,
+            extra: Sequence[int] = ()) -> Callable[[str], int]:
+    """An argparse ``type`` for an integer in ``[lo, hi]`` (a multiple of ``multiple``, or one of ``extra``).
+
+    Examples::
+        >>> int_arg(1)("3")
+        3
+    """
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        ok = value is not None and (value in extra or (
+            (lo is None or value >= lo) and (hi is None or value <= hi) and (not multiple or value % multiple == 0)))
+        if not ok:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {describe()}")
+        return value
+
+    def describe() -> str:
+        what = f"a multiple of {multiple}" if multiple else "an integer"
+        if lo is not None and hi is not None:
+            what += f" in [{lo}, {hi}]"
+        elif lo is not None:
+            what += f" >= {lo}"
+        elif hi is not None:
+            what += f" <= {hi}"
+        return what + "".join(f" or {e}" for e in extra)
+
+    parse.__name__ = "int"
+    return parse
+
+
+def float_arg(lo: Optional[float] = None, hi: Optional[float] = None, lo_open: bool = False,
+              hi_open: bool = False) -> Callable[[str], float]:
+    """An argparse ``type`` for a finite float in the interval ``lo .. hi`` (open ends where asked).
+
+    Examples::
+        >>> float_arg(0, 1, hi_open=True)("0.5")
+        0.5
+    """
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        ok = math.isfinite(value) and (lo is None or (value > lo if lo_open else value >= lo)) and \
+            (hi is None or (value < hi if hi_open else value <= hi))
+        if not ok:
+            left = "(" if lo_open else "["
+            right = ")" if hi_open else "]"
+            if lo is not None and hi is not None:
+                what = f"a number in {left}{lo:g}, {hi:g}{right}"
+            elif lo is not None:
+                what = f"a number {'>' if lo_open else '>='} {lo:g}"
+            elif hi is not None:
+                what = f"a number {'<' if hi_open else '<='} {hi:g}"
+            else:
+                what = "a finite number"
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+        return value
+
+    parse.__name__ = "float"
+    return parse
+
+
+def device_arg(auto: bool = True) -> Callable[[str], str]:
+    """An argparse ``type`` for a device: ``cpu``, ``cuda``, ``cuda:N`` (and ``auto``)."""
+    def parse(text: str) -> str:
+        names = ("auto", "cpu", "cuda") if auto else ("cpu", "cuda")
+        if text in names or (text.startswith("cuda:") and text[5:].isdigit()):
+            return text
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device ({', '.join(names)} or cuda:N)")
+
+    parse.__name__ = "device"
+    return parse
+
+
+def threads_arg(text: str):
+    """``--threads``: a positive integer, or ``auto`` (see :func:`litvit.engine.auto_threads`)."""
+    if text == "auto":
+        return text
+    return int_arg(1, extra=())(text)
+
+
+threads_arg.__name__ = "threads"
+
+# positive multiples of 32, the total stride of every LIT model: image sides
+img_size_arg = int_arg(32, 8192, multiple=32)
+positive_int = int_arg(1)
+nonneg_int = int_arg(0)
+prob_arg = float_arg(0, 1)
+seed_arg = int_arg(0, 2 ** 32 - 1)
+
+
+def check_json_object(text: Optional[str], flag: str) -> dict:
+    """A JSON object given on the command line; CLIError naming ``flag`` otherwise."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise CLIError(f"{flag} must be a JSON object, e.g. '{{\"drop_path_rate\": 0.1}}': {e}") from None
+    if not isinstance(value, dict):
+        raise CLIError(f"{flag} must be a JSON object, got {text!r}")
+    return value
+
+
+def check_model_kwargs(kwargs: dict, flag: str, model: str = "lit_ti", allowed: Sequence[str] = ()) -> dict:
+    """Constructor overrides given on the command line (``--model-args``, ``--backbone-kwargs``),
+    checked against :class:`litvit.models.LIT`'s arguments by building the model on the meta device;
+    CLIError naming ``flag`` and the unknown key or bad value."""
+    known = [n for n in inspect.signature(LIT.__init__).parameters if n != "self"] + list(allowed)
+    unknown = [k for k in kwargs if k not in known]
+    if unknown:
+        raise CLIError(f"{flag}: unknown key {unknown[0]!r}; known keys: {', '.join(known)}")
+    if model not in MODEL_NAMES:
+        return kwargs
+    try:
+        with torch.device("meta"):
+            create_model(model, **{k: v for k, v in kwargs.items() if k not in allowed})
+    except (TypeError, ValueError, AssertionError, IndexError, RuntimeError) as e:
+        raise CLIError(f"{flag}: {' '.join(str(e).split()) or type(e).__name__}") from None
+    return kwargs
+
+
+_warned = set()
+
+
+def warn_grid_change(command: str, trained: Sequence[int], used: Sequence[int]) -> None:
+    """Say once, on stderr, when a model runs at an input whose token grid holds more than twice (or
+    less than half) the positions of its training grid: position embeddings and relative tables
+    are then interpolated far from what was learned, and accuracy usually drops.
+
+    Args:
+        command (str): the command's name, for the message.
+        trained, used ((H, W)): the training input size and the one fed now, in pixels.
+    """
+    th, tw = (trained, trained) if isinstance(trained, int) else tuple(trained)
+    uh, uw = (used, used) if isinstance(used, int) else tuple(used)
+    ratio = (uh * uw) / max(th * tw, 1)
+    key = (command, th, tw, uh, uw)
+    if (ratio > 2 or ratio < 0.5) and key not in _warned:
+        _warned.add(key)
+        print(f"litvit {command}: warning: the model was trained at {th}x{tw} px and runs at {uh}x{uw}: its "
+              f"position tables are resized to {ratio:.3g}x the positions, far from what was learned; accuracy "
+              f"usually drops unless the model is fine-tuned at this size", file=sys.stderr)
+
+
