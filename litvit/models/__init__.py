@@ -10,7 +10,7 @@
 from ..errors import CheckpointMismatchError
 from .convert import checkpoint_filter_fn
 from .factory import MODEL_NAMES, create_model, list_models, load_checkpoint, load_weights
-from .lit import LIT, Attention, Block, LITStage, default_cfgs
+from .lit import LIT, Attention, Block, LITStage, default_cfgs  # noqa: F401  (default_cfgs: re-exported)
 
 __all__ = ["LIT", "Attention", "Block", "LITStage", "CheckpointMismatchError", "checkpoint_filter_fn",
            "create_model", "list_models", "load_checkpoint", "load_weights", "MODEL_NAMES"]

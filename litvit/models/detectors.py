@@ -36,7 +36,8 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from ..recipes import DENSE_RECIPES
-from .backbone import LITFPN, backbone_family, build_backbone, count_parameters, default_backbone_img_size
+from ..utils import count_parameters
+from .backbone import LITFPN, backbone_family, build_backbone, default_backbone_img_size
 from .factory import create_model
 
 __all__ = ["retinanet", "mask_rcnn", "build_detector", "DETECTORS", "DETECTION_DEFAULTS", "PAPER_PARAMS",

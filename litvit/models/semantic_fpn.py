@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..recipes import DENSE_RECIPES
-from .backbone import LITFPN, backbone_family, build_backbone, count_parameters, default_backbone_img_size
+from ..utils import count_parameters
+from .backbone import LITFPN, backbone_family, build_backbone, default_backbone_img_size
 
 __all__ = ["SemanticFPNHead", "SemanticFPN", "semantic_fpn", "SEGMENTATION_DEFAULTS", "PAPER_PARAMS",
            "SyncBatchNorm", "convert_head_sync_batchnorm"]
