@@ -8,9 +8,9 @@ Examples::
     >>> model(torch.randn(1, 3, 224, 224)).shape
     torch.Size([1, 1000])
 """
-from .models import LIT, CheckpointMismatchError, create_model, list_models, load_checkpoint
+from .models import LIT, CheckpointMismatchError, create_model, list_models, load_checkpoint, load_weights
 from .ops import DeformableTokenMerging, DeformMerge2x2, deform_merge2x2
 
 __version__ = "0.1.0"
-__all__ = ["LIT", "CheckpointMismatchError", "create_model", "list_models", "load_checkpoint",
+__all__ = ["LIT", "CheckpointMismatchError", "create_model", "list_models", "load_checkpoint", "load_weights",
            "DeformableTokenMerging", "DeformMerge2x2", "deform_merge2x2", "__version__"]

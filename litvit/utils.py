@@ -3,9 +3,9 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterator, Union
+from typing import Any, Callable, Iterator, Mapping, Union
 
-__all__ = ["atomic_path", "atomic_write"]
+__all__ = ["atomic_path", "atomic_write", "plain", "count_parameters"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -58,3 +58,18 @@ def atomic_write(path: PathLike, write: Callable[[str], object], fsync: bool = T
     with atomic_path(path, fsync=fsync) as tmp:
         write(str(tmp))
     return Path(path)
+
+
+def plain(obj: Any) -> Any:
+    """``obj`` with every mapping a dict and every tuple a list (as it reads back from JSON or a
+    checkpoint), so that settings compare equal however they were written."""
+    if isinstance(obj, Mapping):
+        return {k: plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    return obj
+
+
+def count_parameters(module) -> int:
+    """Number of parameters of an ``nn.Module`` (shapes only: works on the meta device)."""
+    return sum(p.numel() for p in module.parameters())

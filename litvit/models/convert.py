@@ -13,22 +13,20 @@ The released checkpoints come in two key layouts (see ``tests/data/lit_*.txt``):
 litvit keeps one layout for both: ``patch_embed``, ``stages.{i}.downsample.dtm`` (merging *into*
 stage i; ``stages.{i}.downsample.{proj,norm}`` for a plain conv merge), ``stages.{i}.pos_embed``, ``stages.3.cls_token``, ``stages.{i}.blocks.{j}``, ``norm``, ``head``.
 """
-import collections
-import contextlib
 import re
 from typing import Dict, Mapping
 
-import torch
 from torch import Tensor
+
+from ..checkpoint import mismatch_message
+from ..checkpoint import read_checkpoint as load_state_dict_file  # the old name of the one reader
+from ..errors import CheckpointMismatchError
+from .pos_embed import relative_position_index, resize_abs_pos_embed, resize_rel_pos_table
 
 __all__ = [
     "CheckpointMismatchError", "detect_layout", "unwrap_state_dict", "official_to_litvit", "litvit_to_official",
-    "checkpoint_filter_fn", "load_checkpoint", "load_state_dict_file",
+    "checkpoint_filter_fn", "load_state_dict_file",
 ]
-
-
-class CheckpointMismatchError(ValueError):
-    """A checkpoint does not fit the model it is loaded into (other model, other size)."""
 
 
 def unwrap_state_dict(checkpoint: Mapping) -> Dict[str, Tensor]:
@@ -119,7 +117,6 @@ def litvit_to_official(state_dict: Mapping[str, Tensor], layout: str) -> Dict[st
         new = _rename(k, rules)
         out[new] = v
         if layout == "swin" and new.endswith("attn.relative_position_bias_table"):
-            from .lit import relative_position_index  # local import: lit.py imports this module
             L = v.shape[0]
             side = int(round((L ** 0.5 + 1) / 2))  # square maps: (2H-1)^2 = L
             out[new.replace("relative_position_bias_table", "relative_position_index")] = \
@@ -136,7 +133,6 @@ def _square_side(n: int, what: str) -> int:
 
 def _fit_position_tables(sd: Dict[str, Tensor], model) -> None:
     """Resize absolute embeddings and relative tables learned for another image size, in place."""
-    from .lit import resize_abs_pos_embed, resize_rel_pos_table  # local import: lit.py imports this module
     target = model.state_dict()
     for k, v in list(sd.items()):
         if k not in target or v.shape == target[k].shape:
@@ -150,12 +146,6 @@ def _fit_position_tables(sd: Dict[str, Tensor], model) -> None:
             attn = model.get_submodule(k.rsplit(".", 1)[0])
             side = (_square_side(v.shape[0], k) + 1) // 2
             sd[k] = resize_rel_pos_table(v, (side, side), attn.rel_pos_size)
-
-
-def _describe(keys, limit: int = 5) -> str:
-    keys = list(keys)
-    more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
-    return ", ".join(keys[:limit]) + more
 
 
 def checkpoint_filter_fn(state_dict: Mapping, model) -> Dict[str, Tensor]:
@@ -174,113 +164,8 @@ def checkpoint_filter_fn(state_dict: Mapping, model) -> Dict[str, Tensor]:
     if any(k not in target or sd[k].shape != target[k].shape for k in head_keys):
         for k in head_keys:
             del sd[k]
-    missing = [k for k in target if k not in sd and not k.startswith("head.")]
-    unexpected = [k for k in sd if k not in target]
-    shapes = [f"{k} {tuple(sd[k].shape)} vs model {tuple(target[k].shape)}"
-              for k in sd if k in target and sd[k].shape != target[k].shape]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"missing keys: {_describe(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys: {_describe(unexpected)}")
-        if shapes:
-            parts.append(f"mis-shaped keys: {_describe(shapes, 3)}")
+    problem = mismatch_message(target, sd, ignore_missing=("head.",))
+    if problem:
         name = getattr(model, "pretrained_cfg", {}).get("architecture", type(model).__name__)
-        raise CheckpointMismatchError(f"checkpoint does not fit {name}: " + "; ".join(parts))
+        raise CheckpointMismatchError(f"checkpoint does not fit {name}: {problem}")
     return sd
-
-
-class _ConfigAsDict:
-    """Stands in for a pickled config object (the Swin trainer's ``yacs.config.CfgNode``, a dict
-    subclass): the unpickler builds a plain OrderedDict of its items; no code of the class runs."""
-
-    def __new__(cls, *args, **kwargs):
-        return collections.OrderedDict()
-
-
-def _checkpoint_globals() -> list:
-    """The only non-tensor objects a checkpoint may hold, beyond what ``weights_only=True`` reads:
-    ``argparse.Namespace`` (the DeiT/PVT trainers save their arguments), numpy scalars and dtypes
-    (metrics saved as numpy numbers), and yacs configs (the Swin trainer), read as plain dicts."""
-    import argparse
-    import numpy as np
-    core = getattr(np, "_core", None) or np.core
-    dtypes = [getattr(np.dtypes, n) for n in dir(getattr(np, "dtypes", object)) if n.endswith("DType")]
-    return [argparse.Namespace, core.multiarray.scalar, np.dtype, *dtypes, (_ConfigAsDict, "yacs.config.CfgNode")]
-
-
-def load_state_dict_file(path) -> Mapping:
-    """Read a checkpoint file on the CPU without running code from it: ``torch.load(weights_only=True)``
-    with exactly the extra objects official releases and training scripts pickle allowed (see
-    :func:`_checkpoint_globals`); nothing else is ever unpickled.
-
-    Raises:
-        FileNotFoundError: no such file.
-        CheckpointMismatchError: the file is not a PyTorch checkpoint, is truncated, or pickles
-            other objects (the message names them and the file).
-    """
-    import os
-    import pickle
-    path = str(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    with open(path, "rb") as f:
-        head = f.read(4)
-    if not (head.startswith(b"PK") or head[:1] == b"\x80"):  # torch's zip format, or its legacy pickle
-        raise CheckpointMismatchError(f"cannot read checkpoint {path}: not a PyTorch checkpoint "
-                                      f"(neither torch.save's zip format nor a pickle)")
-    try:
-        with torch.serialization.safe_globals(_checkpoint_globals()):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        foreign = []
-        with contextlib.suppress(Exception):
-            allowed = {f"{g[1]}" if isinstance(g, tuple) else f"{g.__module__}.{g.__qualname__}"
-                       for g in _checkpoint_globals()}
-            foreign = [g for g in torch.serialization.get_unsafe_globals_in_checkpoint(path) if g not in allowed]
-        if foreign:
-            raise CheckpointMismatchError(
-                f"{path} pickles objects litvit does not load ({', '.join(foreign[:3])}"
-                f"{', ...' if len(foreign) > 3 else ''}): a checkpoint may hold tensors, plain values, "
-                f"argparse.Namespace and yacs configs only") from None
-        raise CheckpointMismatchError(f"cannot read checkpoint {path}: not a PyTorch checkpoint "
-                                      f"({_first_line(e)})") from None
-    except Exception as e:  # truncated zip, not a torch file at all, ...
-        raise CheckpointMismatchError(f"cannot read checkpoint {path}: {_first_line(e)}") from None
-
-
-def _first_line(e: BaseException) -> str:
-    """The first sentence of an exception's message (torch's messages run to several lines)."""
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    first = lines[0] if lines else type(e).__name__
-    return first.split(". ")[0].rstrip(".") if len(first) > 100 else first
-
-
-def load_checkpoint(model, path, use_ema: bool = False) -> Dict[str, list]:
-    """Load a checkpoint file (official or litvit, any wrapping) into ``model``.
-
-    Args:
-        model (LIT): the model.
-        path (str | Path): checkpoint file.
-        use_ema (bool): take ``model_ema`` weights from a litvit training checkpoint when present.
-
-    Returns:
-        dict with ``missing`` keys left at their initialisation (only the classifier, when the
-        checkpoint's number of classes differs).
-    """
-    import logging
-    ckpt = load_state_dict_file(path)
-    if use_ema and isinstance(ckpt, Mapping) and isinstance(ckpt.get("model_ema"), Mapping):
-        ckpt = ckpt["model_ema"]
-    try:
-        sd = checkpoint_filter_fn(ckpt, model)
-    except CheckpointMismatchError as e:
-        if str(path) in str(e):
-            raise
-        raise CheckpointMismatchError(f"{path}: {e}") from None
-    result = model.load_state_dict(sd, strict=False)
-    if result.missing_keys:
-        logging.getLogger(__name__).warning(
-            "classifier not loaded from %s (another number of classes); it keeps its initialisation", path)
-    return {"missing": list(result.missing_keys)}

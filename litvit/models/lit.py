@@ -35,6 +35,8 @@ from ..ops import fused_mlp
 from ..ops.dtm import DTM_IMPLS, DeformableTokenMerging
 from ..ops.tracing import autocast_dtype, is_exporting, is_fx_proxy, is_tracing
 from .convert import checkpoint_filter_fn
+from .pos_embed import (gather_rel_pos_bias, relative_position_index, resize_abs_pos_embed,  # noqa: F401
+                        resize_rel_pos_table)  # re-exported: litvit.models.lit.resize_* are old import paths
 
 __all__ = ["LIT", "Attention", "Block", "LITStage", "PatchEmbed", "ConvMerge", "PatchMerging"]
 
@@ -47,103 +49,6 @@ _int_or_tuple_2 = Union[int, Tuple[int, int]]
 
 def _to_2tuple(x: _int_or_tuple_2) -> Tuple[int, int]:
     return (x, x) if isinstance(x, int) else (int(x[0]), int(x[1]))
-
-
-@register_notrace_function  # torch.fx: called with the real sizes at run time
-def resize_abs_pos_embed(
-        pos_embed: Tensor,
-        old_size: Tuple[int, int],
-        new_size: Tuple[int, int],
-        num_prefix_tokens: int = 0,
-        interpolation: str = "bicubic",
-) -> Tensor:
-    """Resize a learned absolute position embedding to another grid.
-
-    Args:
-        pos_embed (Tensor[1, P + H * W, C]): embedding with ``P = num_prefix_tokens`` leading tokens.
-        old_size (Tuple[int, int]): the grid (H, W) it was learned for.
-        new_size (Tuple[int, int]): the target grid (H', W').
-        num_prefix_tokens (int): leading tokens (class token) kept as they are.
-        interpolation (str): ``"bicubic"`` (loading a checkpoint at another size, timm's way) or
-            ``"bilinear"`` (what the authors' dense LIT-Ti backbones do on every forward);
-            align_corners False either way.
-
-    Returns:
-        Tensor[1, P + H' * W', C].
-
-    Under an exporter the resize always runs (sizes are symbolic; it is exact at equal sizes).
-    """
-    if not is_exporting() and tuple(old_size) == tuple(new_size):
-        return pos_embed
-    prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
-    C = grid.shape[-1]
-    grid = grid.reshape(1, old_size[0], old_size[1], C).permute(0, 3, 1, 2)  # 1, H*W, C -> 1, C, H, W
-    grid = F.interpolate(grid.float(), size=new_size, mode=interpolation, align_corners=False).to(pos_embed.dtype)
-    grid = grid.flatten(2).transpose(1, 2)  # 1, C, H', W' -> 1, H'*W', C
-    return torch.cat((prefix, grid), dim=1)
-
-
-def resize_rel_pos_table(table: Tensor, old_size: Tuple[int, int], new_size: Tuple[int, int]) -> Tensor:
-    """Resize a relative position bias table bicubically, as a (heads, 2H-1, 2W-1) image.
-
-    Args:
-        table (Tensor[(2H-1)*(2W-1), heads]): table learned for an H x W map.
-        old_size (Tuple[int, int]): (H, W).
-        new_size (Tuple[int, int]): (H', W').
-
-    Returns:
-        Tensor[(2H'-1)*(2W'-1), heads].
-    """
-    if not is_exporting() and tuple(old_size) == tuple(new_size):
-        return table
-    heads = table.shape[1]
-    src = (2 * old_size[0] - 1, 2 * old_size[1] - 1)
-    dst = (2 * new_size[0] - 1, 2 * new_size[1] - 1)
-    img = table.transpose(0, 1).reshape(1, heads, src[0], src[1])  # L, heads -> 1, heads, 2H-1, 2W-1
-    img = F.interpolate(img.float(), size=dst, mode="bicubic", align_corners=False).to(table.dtype)
-    return img.reshape(heads, dst[0] * dst[1]).transpose(0, 1)  # 1, heads, 2H'-1, 2W'-1 -> L', heads
-
-
-def relative_position_index(H: int, W: int, device: Optional[torch.device] = None) -> Tensor:
-    """Swin's relative position index for a whole H x W map.
-
-    Entry ``[n, m]`` is ``(dy + H - 1) * (2W - 1) + (dx + W - 1)`` for the displacement
-    ``(dy, dx)`` of query token n minus key token m (tokens in row-major order).
-
-    Returns:
-        Tensor[H*W, H*W] (int64).
-    """
-    coords = torch.stack(torch.meshgrid(
-        torch.arange(H, device=device), torch.arange(W, device=device), indexing="ij")).flatten(1)  # 2, N
-    rel = coords[:, :, None] - coords[:, None, :]  # 2, N, N
-    return (rel[0] + H - 1) * (2 * W - 1) + (rel[1] + W - 1)
-
-
-@register_notrace_function  # torch.fx: called with the real sizes at run time
-def gather_rel_pos_bias(
-        table: Tensor,
-        table_size: Tuple[int, int],
-        feat_size: Tuple[int, int],
-        index: Optional[Tensor] = None,
-) -> Tensor:
-    """The relative position bias of every query/key pair of an H x W map.
-
-    Args:
-        table (Tensor[(2h-1)*(2w-1), heads]): table learned for an h x w map (``table_size``).
-        table_size (Tuple[int, int]): (h, w).
-        feat_size (Tuple[int, int]): the map (H, W); the table is resized when it differs.
-        index (Tensor[H*W*H*W], optional): ``relative_position_index(H, W).flatten()`` if already built.
-
-    Returns:
-        Tensor[heads, H*W, H*W].
-    """
-    H, W = feat_size
-    table = resize_rel_pos_table(table, table_size, (H, W))
-    if index is None:
-        index = relative_position_index(H, W, device=table.device).flatten()
-    N = H * W
-    bias = table[index].view(N, N, -1)  # N*N, heads -> N, N, heads
-    return bias.permute(2, 0, 1).contiguous()  # N, N, heads -> heads, N, N
 
 
 @register_notrace_function  # torch.fx: checked with the real shape at run time
@@ -180,8 +85,20 @@ def _param_cache(
     if hit is None:
         for k in [k for k in cache if k[:len(key)] == key]:
             del cache[k]
-        hit = cache[full] = build()
+        hit = _remember(cache, full, build())
     return hit
+
+
+_CACHED_SIZES = 4  # entries kept per module cache: the last few input sizes (train, eval, a test-time size)
+
+
+def _remember(cache: Dict, key, value: Tensor, limit: int = _CACHED_SIZES) -> Tensor:
+    """Store ``cache[key] = value``, dropping the oldest entries beyond ``limit`` (dicts keep insertion
+    order), so a model run at many sizes holds a bounded amount of derived tensors."""
+    cache[key] = value
+    while len(cache) > limit:
+        del cache[next(iter(cache))]
+    return value
 
 
 _MAX_CACHED_BIAS = 4 * 2 ** 20  # entries of a cached relative-position bias (heads * N * N)
@@ -383,7 +300,7 @@ class Attention(nn.Module):
         if index is None:
             with torch.inference_mode(False):  # usable outside inference mode later
                 index = relative_position_index(H, W, device=device).flatten()
-            self._rel_index_cache[key] = index
+            _remember(self._rel_index_cache, key, index)
         return index
 
     def _build_rel_pos_bias(self, H: int, W: int) -> Tensor:
@@ -393,8 +310,8 @@ class Attention(nn.Module):
     def rel_pos_bias(self, feat_size: Tuple[int, int]) -> Tensor:
         """The relative position bias for an H x W map, (heads, N, N).
 
-        Without gradients (eval, inference) the gathered bias is cached per size (up to 4M entries,
-        16 MB in float32, per module) and recomputed when the table changes (its ``_version``);
+        Without gradients (eval, inference) the gathered bias is cached for the last few sizes (each
+        up to 4M entries, 16 MB in float32, per module) and recomputed when the table changes (its ``_version``);
         with gradients, or for larger maps, it is rebuilt every call.
         """
         H, W = feat_size

@@ -9,19 +9,23 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from PIL import Image
 
-from ..engine import TrainConfig, load_checkpoint
+from ..data.io import find_images
+from ..engine import TrainConfig
 from ..utils import atomic_write
+from ..cli.args import (check_json_object, check_model_kwargs, device_arg, float_arg, int_arg, nonneg_int, positive_int,
+                        seed_arg, threads_arg)
+from ..models import MODEL_NAMES
+from ..models.backbone import backbone_family
+from ..recipes import resolve_dense_recipe
+from .classification import _uses_cuda
+from ..engine import describe_param_groups
 
 
-def is_main_process() -> bool:
-    """Rank 0 under torchrun (or a single process): the one that prints summaries."""
-    return int(os.environ.get("RANK", 0)) == 0
 
 
 def add_engine_args(p: argparse.ArgumentParser, batch_size: int, lr: float, weight_decay: float) -> None:
     """Options every dense ``train`` command passes to :class:`litvit.engine.TrainConfig`; the
     defaults shown are the recipe's (``--recipe``), which ``None`` stands for."""
-    from ..cli import device_arg, float_arg, nonneg_int, positive_int, seed_arg, threads_arg
     g = p.add_argument_group("training engine")
     g.add_argument("--output", default=None, help="run folder: checkpoints (last.pth, best.pth), logs, curves (required)")
     g.add_argument("--batch-size", type=positive_int, default=None, help=f"images per process (recipe: {batch_size})")
@@ -55,8 +59,6 @@ def add_engine_args(p: argparse.ArgumentParser, batch_size: int, lr: float, weig
 
 def add_backbone_args(p: argparse.ArgumentParser) -> None:
     """The LIT backbone options every dense ``train`` command takes."""
-    from ..cli import float_arg, int_arg, positive_int
-    from ..models import MODEL_NAMES
     g = p.add_argument_group("backbone")
     g.add_argument("--backbone", default="lit_ti", choices=MODEL_NAMES, metavar="MODEL",
                    help=f"a LIT model name: {', '.join(MODEL_NAMES)} (default lit_ti)")
@@ -74,7 +76,6 @@ def add_backbone_args(p: argparse.ArgumentParser) -> None:
 
 def add_eval_args(p: argparse.ArgumentParser, batch_size: int) -> None:
     """Options every dense ``eval`` command passes to :func:`eval_config`."""
-    from ..cli import device_arg, nonneg_int, positive_int, threads_arg
     p.add_argument("--batch-size", type=positive_int, default=batch_size, help=f"images per process (default {batch_size})")
     p.add_argument("--ema", action="store_true", help="evaluate the EMA weights")
     p.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"), help="mixed precision")
@@ -94,7 +95,6 @@ def add_predict_args(p: argparse.ArgumentParser) -> None:
 def expand_images(inputs: Sequence[str]) -> List[Path]:
     """Image files named on the command line, folders replaced by the images inside (sorted);
     FileNotFoundError / ValueError naming a missing input or an empty folder."""
-    from ..data import find_images
     files: List[Path] = []
     for item in inputs:
         path = Path(item)
@@ -145,9 +145,6 @@ _FLAG_KEYS = ("epochs", "lr_steps", "warmup_iters", "min_size", "max_size", "ite
 
 def resolve_recipe(args: argparse.Namespace, name: str) -> Dict[str, Any]:
     """The dense recipe ``name`` for ``args.backbone``'s family, overridden by the flags given."""
-    from ..models.backbone import backbone_family
-    from ..recipes import resolve_dense_recipe
-    from .classification import _uses_cuda
     family = backbone_family(args.backbone)
     r = resolve_dense_recipe(name, family)
     r.update(recipe=name, backbone_family=family, overridden=[])
@@ -170,14 +167,14 @@ def check_output(args: argparse.Namespace) -> None:
 
 def optimizer_summary(task, model, tc: TrainConfig, r: Dict[str, Any]) -> Dict[str, Any]:
     """The optimizer section of ``--print-config``: settings and each parameter group."""
-    from ..engine import describe_param_groups
     return dict(type="AdamW", lr=tc.lr, weight_decay=tc.weight_decay, eps=tc.opt_eps, betas=list(tc.opt_betas),
                 clip_grad=tc.clip_grad, offset_lr_mult=tc.offset_lr_mult, no_decay_keys=list(r["no_decay_keys"]),
                 param_groups=describe_param_groups(task.param_groups(model, tc), tc.lr))
 
 
-def train_config(args: argparse.Namespace, r: Dict[str, Any], epochs: int, max_steps: Optional[int] = None) -> TrainConfig:
-    """The engine configuration of a dense run from its resolved recipe ``r`` and the run flags."""
+def train_config(args: argparse.Namespace, r: Dict[str, Any], epochs: int, iters: Optional[int] = None) -> TrainConfig:
+    """The engine configuration of a dense run from its resolved recipe ``r`` and the run flags: ``epochs``
+    long, or ``iters`` optimizer steps (then the engine derives the epochs)."""
     return TrainConfig(
         output_dir=args.output or "", epochs=epochs, batch_size=int(r["batch_size"]), accum_steps=args.accum_steps,
         lr=float(r["lr"]), scale_lr=False, min_lr=float(r.get("min_lr", 0.0)), warmup_epochs=0.0,
@@ -185,7 +182,7 @@ def train_config(args: argparse.Namespace, r: Dict[str, Any], epochs: int, max_s
         clip_grad=r["clip_grad"], amp=r["amp"], grad_checkpointing=bool(r["grad_checkpointing"]), seed=args.seed,
         workers=args.workers, save_every_steps=args.save_every_steps, resume=args.resume,
         log_every=args.log_every, eval_every=args.eval_every,
-        max_steps=max_steps if max_steps is not None else args.max_steps, resume_changed=args.resume_changed,
+        max_steps=args.max_steps, iters=iters, resume_changed=args.resume_changed,
         threads=args.threads, device=args.device, progress=not args.no_progress,
         val_batch_size=getattr(args, "val_batch_size", None))
 
@@ -195,26 +192,27 @@ def eval_config(args: argparse.Namespace) -> TrainConfig:
                        workers=args.workers, threads=args.threads, device=args.device, progress=False)
 
 
-def backbone_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
+def backbone_kwargs(args: argparse.Namespace, r: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """``--backbone-kwargs`` (a JSON object of :class:`litvit.models.LIT` arguments, each checked)
-    plus ``--drop-path``."""
-    from ..cli import check_json_object, check_model_kwargs
+    plus the drop-path rate: the resolved recipe's ``r["drop_path"]`` (which ``--drop-path``
+    overrides), else ``--drop-path``."""
     kwargs = check_json_object(args.backbone_kwargs, "--backbone-kwargs")
     check_model_kwargs(kwargs, "--backbone-kwargs", args.backbone)
     if args.drop_path is not None:
         kwargs["drop_path_rate"] = args.drop_path
+    if r is not None and r.get("drop_path") is not None:
+        kwargs["drop_path_rate"] = r["drop_path"]
     return kwargs
 
 
-def checkpoint_extra(path: str, task: str) -> Dict[str, Any]:
-    """The task metadata stored by ``fit`` in a checkpoint, checked to belong to ``task``."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    ckpt = load_checkpoint(path)
-    if not isinstance(ckpt, dict) or ckpt.get("task") != task or not isinstance(ckpt.get("extra"), dict):
-        found = ckpt.get("task") if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise ValueError(f"{path} is not a litvit {task} checkpoint (task: {found!r})")
-    return ckpt["extra"]
+def print_parameter_table(rows, first: str, note: str) -> int:
+    """The ``--params`` table of a dense command: model, backbone, parameters (and in millions),
+    the paper's millions, backbone parameters; ``note`` below it."""
+    print(f"{first:<14}{'backbone':<9}{'params':>13}{'(M)':>7}{'paper (M)':>11}{'backbone':>13}")
+    for arch, bb, n, n_bb, paper in rows:
+        print(f"{arch:<14}{bb:<9}{n:>13,}{n / 1e6:>7.1f}{paper:>11.0f}{n_bb:>13,}")
+    print(note)
+    return 0
 
 
 def save_png_atomic(img: Image.Image, path: Path) -> Path:

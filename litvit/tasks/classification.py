@@ -7,7 +7,7 @@ smoothing and repeated augmentation, evaluation by top-1 / top-5 / loss.
 
 Run from a shell (``python -m litvit`` works as ``litvit``)::
 
-    litvit demo                                                  # digits, >= 99% top-1 in about a minute on 2 cores
+    litvit demo                                                  # digits, >= 99% top-1 (times: README, Performance)
     litvit train --output runs/digits                            # the embedded digits, 'digits' recipe
     litvit train --recipe lit-ti --data /data/imagenet --output runs/lit_ti --batch-size 1024 --accum-steps 8
     litvit train --recipe lit-smb --model lit_m --data /data/imagenet --print-config   # the resolved recipe as JSON
@@ -29,7 +29,6 @@ import argparse
 import csv
 import dataclasses
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -43,10 +42,15 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .. import data as D
 from .. import engine
-from ..engine import DistInfo, Task, TrainConfig
-from ..models import MODEL_NAMES, create_model
-from ..utils import atomic_path
+from ..checkpoint import model_record, read_checkpoint
+from ..cli.args import (device_arg, float_arg, img_size_arg, nonneg_int, positive_int, prob_arg, seed_arg,
+                        threads_arg, warn_grid_change)
+from ..engine import DistInfo, Task, TrainConfig, is_main_process
+from ..errors import CheckpointMismatchError
+from ..metrics import accuracy_counts
+from ..models import MODEL_NAMES, create_model, load_weights
 from ..recipes import BASE, RECIPES, default_recipe_for, get_recipe
+from ..utils import atomic_path, count_parameters, plain
 
 __all__ = ["ClassificationConfig", "ClassificationTask", "add_parsers", "accuracy_counts"]
 
@@ -112,19 +116,6 @@ class ClassificationConfig:
     @property
     def mixup_active(self) -> bool:
         return (self.mixup > 0 or self.cutmix > 0) and self.mixup_prob > 0
-
-
-def accuracy_counts(logits: Tensor, target: Tensor, ks: Sequence[int] = (1, 5)) -> List[int]:
-    """Number of samples whose target is among the top-k logits, for each k (k capped at the class count).
-
-    Args:
-        logits (Tensor[B, K]): scores.
-        target (Tensor[B]): class indices.
-    """
-    maxk = min(max(ks), logits.shape[1])
-    pred = logits.topk(maxk, dim=1).indices  # B, maxk
-    hit = pred == target[:, None]  # B, maxk
-    return [int(hit[:, :min(k, maxk)].any(dim=1).sum()) for k in ks]
 
 
 class _SeededRepeatAugSampler(Sampler):
@@ -214,9 +205,16 @@ class ClassificationTask(Task):
                 self.mixup_fn.num_classes = len(self.classes)
         return self._train, self._val
 
+    def setup(self) -> Dict[str, Any]:
+        """The datasets (the training split only when training), and from them the class list."""
+        self.build_datasets()
+        return dict(num_classes=len(self.classes), classes=list(self.classes))
+
     def num_classes(self) -> int:
+        """From the class list of the configuration or checkpoint, else from the data (:meth:`setup`,
+        which :func:`litvit.engine.fit` runs before it builds the model)."""
         if self.classes is None:
-            self.build_datasets()
+            self.setup()
         return len(self.classes)
 
     def build_scheduler(self, optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
@@ -261,18 +259,16 @@ class ClassificationTask(Task):
     def build_model(self) -> nn.Module:
         model = create_model(self.cfg.model, pretrained=self.cfg.pretrained, **self.model_kwargs())
         if self.cfg.init_checkpoint:
-            from ..models.convert import load_checkpoint
-            load_checkpoint(model, self.cfg.init_checkpoint)
+            load_weights(model, self.cfg.init_checkpoint)
         return model
 
     def load_weights(self, model: nn.Module, path: str, use_ema: bool = False) -> None:
         """A litvit checkpoint or an official release; the classifier must fit the class list."""
-        from ..models.convert import CheckpointMismatchError, load_checkpoint, load_state_dict_file
         if use_ema:
-            ckpt = load_state_dict_file(path)
+            ckpt = read_checkpoint(path)
             if not (isinstance(ckpt, dict) and isinstance(ckpt.get("model_ema"), dict)):
                 raise ValueError(f"{path} holds no EMA weights (train with --ema-decay to have them)")
-        result = load_checkpoint(model, path, use_ema=use_ema)
+        result = load_weights(model, path, use_ema=use_ema)
         if result["missing"]:
             raise CheckpointMismatchError(
                 f"{path}: its classifier does not fit {model.num_classes} classes "
@@ -281,11 +277,11 @@ class ClassificationTask(Task):
     def run_config(self) -> dict:
         """Model, resolution, augmentation and evaluation settings (compared when a run is resumed)."""
         skip = ("data", "classes", "bad_images", "init_checkpoint", "pretrained", "eval_split", "seed")
-        return {k: _plain(v) for k, v in dataclasses.asdict(self.cfg).items() if k not in skip}
+        return {k: plain(v) for k, v in dataclasses.asdict(self.cfg).items() if k not in skip}
 
     def checkpoint_extra(self) -> dict:
         c = self.cfg
-        return dict(model=c.model, model_kwargs=_plain(self.model_kwargs()), classes=list(self.classes or []),
+        return dict(model=c.model, model_kwargs=plain(self.model_kwargs()), classes=list(self.classes or []),
                     data=str(c.data), img_size=c.img_size, crop_pct=c.crop_pct, interpolation=c.interpolation,
                     mean=list(c.mean), std=list(c.std))
 
@@ -331,22 +327,10 @@ class _PerEpoch:
         self.scheduler.load_state_dict(state)
 
 
-def _plain(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    return obj
-
-
 # --- command line ---------------------------------------------------------------------------------
 
-def _main_process() -> bool:
-    return int(os.environ.get("RANK", 0)) == 0
-
-
 def _print(msg: str) -> None:
-    if _main_process():
+    if is_main_process():
         print(msg, flush=True)
 
 
@@ -426,12 +410,12 @@ def resolved_config(args: argparse.Namespace) -> Dict[str, Any]:
     global_batch = int(r["batch_size"])
     peak = tc.lr * global_batch / 512
     overridden = sorted(k for k in BASE if getattr(args, k, None) is not None)
-    return _plain(dict(
+    return plain(dict(
         command="train", recipe=name, overridden=overridden,
         model=dict(name=cfg.model, img_size=cfg.img_size, num_classes=10 if digits else None,
                    drop_path=round(drop_path, 6), drop_path_off_epochs=cfg.drop_path_off_epochs,
                    kwargs=dict(cfg.model_kwargs), pretrained=cfg.pretrained, init_checkpoint=cfg.init_checkpoint,
-                   parameters=sum(p.numel() for p in model.parameters())),
+                   parameters=count_parameters(model)),
         data=dict(data=str(cfg.data), train_split="train", eval_split=cfg.eval_split, bad_images=cfg.bad_images,
                   eval_img_size=cfg.eval_img_size or cfg.img_size, crop_pct=cfg.crop_pct,
                   interpolation=cfg.interpolation, mean=cfg.mean, std=cfg.std),
@@ -510,10 +494,8 @@ def task_for_checkpoint(
     Returns:
         (task, the checkpoint's ``extra`` dict or {} for an official release).
     """
-    from ..models.convert import load_state_dict_file
-    ckpt = load_state_dict_file(checkpoint)
-    extra = ckpt.get("extra") if isinstance(ckpt, dict) else None
-    extra = extra if isinstance(extra, dict) and extra.get("model") else {}
+    extra = model_record(read_checkpoint(checkpoint))
+    extra = extra if extra.get("model") else {}
     if extra:
         if model and model != extra["model"]:
             raise ValueError(f"{checkpoint} holds a {extra['model']} model, not {model}")
@@ -551,7 +533,6 @@ def validate_checkpoint(checkpoint: str, batch_size: int = 128, workers: int = 0
         _print(f"validate {checkpoint}{' (EMA weights)' if use_ema else ''}: {c.model} "
                f"{'litvit checkpoint' if extra else 'official layout'} | data {c.data}/{c.eval_split} | "
                f"{c.eval_img_size}px, crop {c.crop_pct}, {c.interpolation}")
-        from ..cli import warn_grid_change
         warn_grid_change("validate", c.img_size, c.eval_img_size)
     task.eval_dataset()  # fixes the class list before the model is built
     return engine.evaluate(task, tc, checkpoint, use_ema=use_ema)
@@ -606,7 +587,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     model = task.build_model()
     task.load_weights(model, args.checkpoint)
     model.eval()
-    from ..cli import warn_grid_change
     warn_grid_change("predict", task.cfg.img_size, task.cfg.eval_img_size)
     ds = _PredictImages(files, task._transform(False))
     loader = DataLoader(ds, batch_size=args.batch_size, num_workers=args.workers, collate_fn=_collate_predict)
@@ -704,8 +684,6 @@ aa_arg.__name__ = "policy"
 
 
 def _add_train_args(p: argparse.ArgumentParser, output: str = "runs/train") -> None:
-    from ..cli import (device_arg, float_arg, img_size_arg, int_arg, nonneg_int, positive_int, prob_arg, seed_arg,
-                       threads_arg)
     g = p.add_argument_group("recipe and data")
     g.add_argument("--recipe", default=None, choices=tuple(RECIPES),
                    help=f"named defaults: {', '.join(RECIPES)} (default: digits on the embedded data, "
@@ -791,7 +769,6 @@ def _add_train_args(p: argparse.ArgumentParser, output: str = "runs/train") -> N
 
 
 def _add_eval_args(p: argparse.ArgumentParser, predict: bool = False) -> None:
-    from ..cli import device_arg, float_arg, img_size_arg, nonneg_int, positive_int, threads_arg
     p.add_argument("--checkpoint", required=True,
                    help="a litvit checkpoint (model and classes inside) or an official release (give --model)")
     p.add_argument("--model", default=None, choices=MODEL_NAMES, metavar="MODEL",
@@ -841,6 +818,5 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help=_HELP["demo"].replace("%", "%%"),
                        description=_HELP["demo"] + " (runs/demo); every `litvit train` flag works")
     _add_train_args(p, output="runs/demo")
-    # one thread: the demo's model is small, and on a CPU shared with other jobs OpenMP threads waiting
-    # for each other make two threads many times slower than one
+    # one thread: the demo's model is small (README, "Threads")
     p.set_defaults(func=cmd_demo, recipe="digits", threads=1)

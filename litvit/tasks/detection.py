@@ -22,82 +22,31 @@ Examples::
 """
 import argparse
 import contextlib
-import io
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..dense_data import CocoDetection, detection_collate, image_to_tensor, pad_extreme_aspect, palette, read_image
-from ..detection import DETECTION_DEFAULTS, DETECTORS, RECIPE_OF, build_detector
-from ..engine import DistInfo, Task, TrainConfig, evaluate as engine_evaluate, fit, param_groups
+from ..data.coco import CocoDetection, detection_collate, pad_extreme_aspect
+from ..data.io import image_to_tensor, palette, read_image
+from ..metrics import _STAT_NAMES, coco_evaluate, coco_results  # noqa: F401  (coco_*: re-exported)
+from ..models.detectors import DETECTION_DEFAULTS, DETECTORS, RECIPE_OF, build_detector, parameter_table
+from ..checkpoint import read_model_record
+from ..engine import (DistInfo, Task, TrainConfig, evaluate as engine_evaluate, fit, is_main_process, param_groups,
+                      progress)
+from ..cli.args import nonneg_int, positive_int, prob_arg
+from ..errors import CLIError
+from ..utils import count_parameters
+from ._dense import (add_backbone_args, add_engine_args, add_eval_args, add_predict_args, backbone_kwargs,
+                     check_output, eval_config, expand_images, optimizer_summary,
+                     output_stems, print_parameter_table, resolve_recipe, save_png_atomic, train_config)
+from .classification import print_config
 
 if TYPE_CHECKING:
     from PIL import Image
 
 __all__ = ["DetectionTask", "coco_results", "coco_evaluate", "draw_detections", "add_parsers"]
-
-_STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-
-
-def coco_results(outputs: Sequence[Dict[str, Tensor]], image_ids: Sequence[int], label_to_cat: Sequence[int]) -> List[dict]:
-    """Detector outputs -> COCO result entries (``bbox`` as x, y, w, h; ``segmentation`` as RLE when
-    the outputs hold masks). ``label_to_cat[l]`` is the category id of label l (index 0 unused)."""
-    from pycocotools import mask as mask_utils
-    results = []
-    for out, img_id in zip(outputs, image_ids):
-        boxes = out["boxes"].float().cpu()
-        boxes[:, 2:] -= boxes[:, :2]  # x1, y1, x2, y2 -> x, y, w, h
-        scores = out["scores"].float().cpu().tolist()
-        labels = out["labels"].cpu().tolist()
-        rles = None
-        if "masks" in out:
-            masks = (out["masks"][:, 0] > 0.5).cpu().numpy().astype(np.uint8)  # N, 1, H, W -> N, H, W
-            rles = [mask_utils.encode(np.asfortranarray(m)) for m in masks]
-            for r in rles:
-                r["counts"] = r["counts"].decode("ascii")
-        for k, (box, score, label) in enumerate(zip(boxes.tolist(), scores, labels)):
-            if not 0 < label < len(label_to_cat):
-                continue  # RetinaNet's background logit
-            entry = dict(image_id=int(img_id), category_id=int(label_to_cat[label]), bbox=[round(v, 2) for v in box],
-                         score=float(score))
-            if rles is not None:
-                entry["segmentation"] = rles[k]
-            results.append(entry)
-    return results
-
-
-def coco_evaluate(coco_gt, results: List[dict], image_ids: Sequence[int], iou_types: Sequence[str] = ("bbox",)
-                  ) -> Tuple[Dict[str, float], str]:
-    """Run pycocotools' COCOeval; returns ``{'<type>_AP': %, '<type>_AP50': %, ...}`` and the printed summary."""
-    from pycocotools.cocoeval import COCOeval
-    metrics, text = {}, io.StringIO()
-    for iou_type in iou_types:
-        if not results:
-            metrics.update({f"{iou_type}_{n}": 0.0 for n in _STAT_NAMES})
-            text.write(f"{iou_type}: no detections\n")
-            continue
-        with contextlib.redirect_stdout(text):
-            dt = coco_gt.loadRes([dict(r) for r in results])
-            ev = COCOeval(coco_gt, dt, iou_type)
-            ev.params.imgIds = sorted(set(int(i) for i in image_ids))
-            print(f"--- {iou_type} ---")
-            ev.evaluate()
-            ev.accumulate()
-            ev.summarize()
-        metrics.update({f"{iou_type}_{n}": 100 * max(float(v), 0.0) for n, v in zip(_STAT_NAMES, ev.stats[:6])})
-    return metrics, text.getvalue()
-
-
-def _progress(loader, dist: DistInfo, desc: str):
-    """A tqdm bar over ``loader`` on rank 0 (stderr, removed when done)."""
-    if not dist.is_main:
-        return loader
-    from tqdm import tqdm
-    return tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
-
 
 class _AutocastBody(nn.Module):
     """Runs a detector's backbone under autocast and hands float32 maps to the heads."""
@@ -199,28 +148,34 @@ class DetectionTask(Task):
         self.last_summary = ""
         self.class_names = list(class_names) if class_names is not None else None
         self.cat_ids = [int(c) for c in cat_ids] if cat_ids is not None else None
-        if num_classes is None:
-            ann = train_ann or val_ann
-            if self.cat_ids is not None:
-                num_classes = len(self.cat_ids)
-            elif ann is not None:  # read the categories; the dataset is kept for build_datasets
-                ds = self._dataset(train_images if train_ann else val_images, ann, train=train_ann is not None)
-                if train_ann is not None:
-                    self._train_set = ds
-                else:
-                    self._val_set = ds
-                self.cat_ids, self.class_names = list(ds.cat_ids), list(ds.class_names)
-                num_classes = ds.num_classes
-            else:
-                raise ValueError("num_classes is unknown: give an annotation file or num_classes")
-        self.num_classes = int(num_classes)
-        if self.cat_ids is None:
-            self.cat_ids = list(range(1, self.num_classes + 1))
-        if self.class_names is None:
-            self.class_names = [str(c) for c in self.cat_ids]
+        if num_classes is None and self.cat_ids is not None:
+            num_classes = len(self.cat_ids)
+        if num_classes is None and train_ann is None and val_ann is None:
+            raise ValueError("num_classes is unknown: give an annotation file or num_classes")
+        self.num_classes: Optional[int] = None  # else read from the annotation file by setup()
+        if num_classes is not None:
+            self._set_classes(int(num_classes), self.cat_ids, self.class_names)
 
-    # --- model and data ---------------------------------------------------------------------------
+    def _set_classes(self, num_classes: int, cat_ids: Optional[Sequence[int]], class_names: Optional[Sequence[str]]):
+        self.num_classes = num_classes
+        self.cat_ids = list(cat_ids) if cat_ids is not None else list(range(1, num_classes + 1))
+        self.class_names = list(class_names) if class_names is not None else [str(c) for c in self.cat_ids]
+
+    # --- data and model ---------------------------------------------------------------------------
+    def setup(self) -> Dict[str, Any]:
+        """Read the annotation files (the categories, unless given) and build the datasets."""
+        if self.num_classes is None:
+            first = "train" if self.train_ann is not None else "val"
+            ds = self._dataset(getattr(self, f"{first}_images"), getattr(self, f"{first}_ann"), train=first == "train")
+            setattr(self, f"_{first}_set", ds)
+            self._set_classes(ds.num_classes, ds.cat_ids, ds.class_names)
+        self.build_datasets()
+        return dict(num_classes=self.num_classes, class_names=list(self.class_names), cat_ids=list(self.cat_ids))
+
     def build_model(self) -> nn.Module:
+        """The detector; its classes come from :meth:`setup` (run here if it has not run) or were given."""
+        if self.num_classes is None:
+            self.setup()
         return build_detector(
             self.arch, backbone=self.backbone, num_classes=self.num_classes, pretrained_backbone=self.pretrained,
             min_size=tuple(self.min_size), max_size=self.max_size, frozen_stages=self.frozen_stages,
@@ -288,7 +243,7 @@ class DetectionTask(Task):
         model.eval()
         label_to_cat = [0] + list(self.cat_ids)
         results, image_ids = [], []
-        for images, targets in _progress(loader, dist, "evaluating"):
+        for images, targets in progress(loader, dist.is_main, "evaluating"):
             images = [pad_extreme_aspect(im.to(device), self.max_size)[0] for im in images]
             with float32_heads(model, device):
                 outputs = model(images)
@@ -322,8 +277,7 @@ class DetectionTask(Task):
     @classmethod
     def from_checkpoint(cls, path: str, **overrides) -> "DetectionTask":
         """A task rebuilt from a detection checkpoint's metadata (for eval and predict)."""
-        from ._dense import checkpoint_extra
-        extra = checkpoint_extra(path, cls.name)
+        extra = read_model_record(path, cls.name)
         kwargs = dict(arch=extra["arch"], backbone=extra["backbone"], num_classes=extra["num_classes"],
                       class_names=extra["class_names"], cat_ids=extra["cat_ids"], min_size=extra["min_size"],
                       max_size=extra["max_size"], backbone_kwargs=extra.get("backbone_kwargs") or {},
@@ -362,34 +316,21 @@ def draw_detections(image: Tensor, output: Dict[str, Tensor], class_names: Seque
 # --- command line ---------------------------------------------------------------------------------------
 
 def _params(args: argparse.Namespace) -> int:
-    from ..detection import parameter_table
-    print(f"{'detector':<11}{'backbone':<9}{'params':>13}{'(M)':>7}{'paper (M)':>11}{'backbone':>13}")
-    for arch, bb, n, n_bb, paper in parameter_table(args.num_classes):
-        print(f"{arch:<11}{bb:<9}{n:>13,}{n / 1e6:>7.1f}{paper:>11.0f}{n_bb:>13,}")
-    print(f"({args.num_classes} classes + torchvision's background slot; backbone = LIT without classifier, "
-          f"with the dense-task output norms; LIT-S relative tables learned for 800x800 as the authors')")
-    return 0
+    return print_parameter_table(
+        parameter_table(args.num_classes), "detector",
+        f"({args.num_classes} classes + torchvision's background slot; backbone = LIT without classifier, "
+        f"with the dense-task output norms; LIT-S relative tables learned for 800x800 as the authors')")
 
 
 def _require_pycocotools() -> None:
     try:
         import pycocotools  # noqa: F401
     except ImportError:
-        from ..cli import CLIError
         raise CLIError("COCO-format data and metrics need pycocotools: pip install 'litvit[detection]'") from None
-
-
-def _backbone_kwargs(args: argparse.Namespace, r: Dict[str, Any]) -> Dict[str, Any]:
-    from ._dense import backbone_kwargs
-    kwargs = backbone_kwargs(args)  # --backbone-kwargs, each key checked
-    if r["drop_path"] is not None:
-        kwargs["drop_path_rate"] = r["drop_path"]
-    return kwargs
 
 
 def _resolve(args: argparse.Namespace) -> Dict[str, Any]:
     """The recipe (``--recipe``, else the one of ``--arch``) for the backbone's family, flags applied."""
-    from ._dense import resolve_recipe
     name = args.recipe or RECIPE_OF[args.arch or "retinanet"]
     r = resolve_recipe(args, name)
     if args.arch is not None and args.arch != r["arch"]:
@@ -403,7 +344,7 @@ def _task(args: argparse.Namespace, r: Dict[str, Any], **data) -> DetectionTask:
     return DetectionTask(
         arch=r["arch"], backbone=args.backbone, pretrained=args.pretrained, min_size=r["min_size"],
         max_size=r["max_size"], frozen_stages=args.frozen_stages, norm_eval=args.norm_eval, lr_steps=r["lr_steps"],
-        warmup_iters=r["warmup_iters"], warmup_ratio=r["warmup_ratio"], backbone_kwargs=_backbone_kwargs(args, r),
+        warmup_iters=r["warmup_iters"], warmup_ratio=r["warmup_ratio"], backbone_kwargs=backbone_kwargs(args, r),
         fpn_channels=r["fpn_channels"], no_decay_keys=r["no_decay_keys"], **data)
 
 
@@ -411,7 +352,6 @@ def resolved_config(args: argparse.Namespace) -> Dict[str, Any]:
     """Everything ``litvit detect train`` would train with, as plain values, without reading any
     data: the detector is built on the meta device (80 classes) for its parameter groups."""
     from timm.layers import DropPath
-    from ._dense import optimizer_summary, train_config
     r = _resolve(args)
     task = _task(args, r, num_classes=80)
     tc = train_config(args, r, r["epochs"])
@@ -429,7 +369,7 @@ def resolved_config(args: argparse.Namespace) -> Dict[str, Any]:
                    fpn_channels=r["fpn_channels"],
                    fpn_stages=list(model.backbone.fpn_stages), extra_levels=r["extra_levels"],
                    frozen_stages=args.frozen_stages, norm_eval=args.norm_eval, pretrained=args.pretrained,
-                   num_classes=None, parameters_80_classes=sum(p.numel() for p in model.parameters())),
+                   num_classes=None, parameters_80_classes=count_parameters(model)),
         data=dict(train_images=args.train_images, train_ann=args.train_ann, val_images=args.val_images,
                   val_ann=args.val_ann, min_size=list(r["min_size"]), max_size=r["max_size"],
                   test_min_size=int(r["min_size"][-1]), size_divisor=r["size_divisor"], mean=list(model.transform.image_mean),
@@ -446,9 +386,7 @@ def resolved_config(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from ._dense import check_output, is_main_process, train_config
     if args.print_config:
-        from .classification import print_config
         return print_config(resolved_config(args))
     check_output(args)
     if not args.train_images or not args.train_ann:
@@ -473,7 +411,6 @@ def _train(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     _require_pycocotools()
-    from ._dense import eval_config, is_main_process
     task = DetectionTask.from_checkpoint(args.checkpoint, val_images=args.val_images, val_ann=args.val_ann)
     metrics = engine_evaluate(task, eval_config(args), args.checkpoint, use_ema=args.ema)
     if not is_main_process():
@@ -486,7 +423,6 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from ._dense import expand_images, output_stems, save_png_atomic
     files = expand_images(args.images)
     task = DetectionTask.from_checkpoint(args.checkpoint)
     model = task.build_model()
@@ -504,8 +440,6 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    from ..cli import nonneg_int, positive_int, prob_arg
-    from ._dense import add_backbone_args, add_engine_args, add_eval_args, add_predict_args
     d = DETECTION_DEFAULTS
     p = sub.add_parser("detect", help="object detection / instance segmentation (RetinaNet, Mask R-CNN) on COCO-format data",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

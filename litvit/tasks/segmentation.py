@@ -22,7 +22,6 @@ Examples::
     litvit segment predict --checkpoint runs/fpn_lit_ti/best.pth photo.jpg --output preds/
 """
 import argparse
-import math
 import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -32,21 +31,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..dense_data import (IGNORE_INDEX, SegEvalTransform, SegmentationDataset, SegTrainTransform, palette,
-                          read_image, segmentation_collate)
-from ..engine import DistInfo, Task, TrainConfig, evaluate as engine_evaluate, fit, param_groups
-from ..segmentation import (SEGMENTATION_DEFAULTS, confusion_matrix, convert_head_sync_batchnorm, segmentation_metrics,
-                            semantic_fpn)
+from ..data.ade20k import SegEvalTransform, SegmentationDataset, SegTrainTransform, segmentation_collate
+from ..data.io import palette, read_image
+from ..checkpoint import read_model_record
+from ..engine import (DistInfo, Task, TrainConfig, evaluate as engine_evaluate, fit, is_main_process, param_groups,
+                      progress)
+from ..metrics import IGNORE_INDEX, confusion_matrix, segmentation_metrics
+from ..models.semantic_fpn import SEGMENTATION_DEFAULTS, convert_head_sync_batchnorm, parameter_table, semantic_fpn
+from ..utils import count_parameters
+from ..cli.args import float_arg, img_size_arg, int_arg, positive_int
+from ._dense import (add_backbone_args, add_engine_args, add_eval_args, add_predict_args, backbone_kwargs,
+                     check_output, eval_config, expand_images, optimizer_summary,
+                     output_stems, print_parameter_table, resolve_recipe, save_png_atomic, train_config)
+from .classification import print_config
 
 __all__ = ["SegmentationTask", "colorize", "add_parsers"]
-
-
-def _progress(loader, dist: DistInfo, desc: str):
-    """A tqdm bar over ``loader`` on rank 0 (stderr, removed when done)."""
-    if not dist.is_main:
-        return loader
-    from tqdm import tqdm
-    return tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
 
 
 class SegmentationTask(Task):
@@ -119,6 +118,12 @@ class SegmentationTask(Task):
         self.class_names = list(class_names) if class_names is not None else [f"class_{i}" for i in range(num_classes)]
         if len(self.class_names) != self.num_classes:
             raise ValueError(f"{len(self.class_names)} class names for {self.num_classes} classes")
+        self._datasets: Optional[Tuple[Any, Optional[SegmentationDataset]]] = None
+
+    def setup(self) -> Dict[str, Any]:
+        """The datasets; the classes are given (``num_classes``, ``class_names``): label PNGs hold indices."""
+        self.build_datasets()
+        return dict(num_classes=self.num_classes, class_names=list(self.class_names))
 
     def build_model(self) -> nn.Module:
         """Semantic FPN; inside a process group of several processes (``fit`` under torchrun) the
@@ -143,6 +148,11 @@ class SegmentationTask(Task):
 
     def build_datasets(self):
         """(train, val) from ``data``; the training set only when ``iters > 0`` (not for eval)."""
+        if self._datasets is None:
+            self._datasets = self._build_datasets()
+        return self._datasets
+
+    def _build_datasets(self):
         if self.data is None:
             raise ValueError("no dataset: give --data (a folder in ADE20K layout)")
 
@@ -181,7 +191,7 @@ class SegmentationTask(Task):
         """mIoU / mAcc / aAcc over the whole validation set (confusion matrices summed over ranks)."""
         model.eval()
         cm = torch.zeros(self.num_classes, self.num_classes, dtype=torch.float64)
-        for images, labels in _progress(loader, dist, "evaluating"):
+        for images, labels in progress(loader, dist.is_main, "evaluating"):
             if isinstance(images, Tensor):
                 images, labels = list(images), list(labels)
             for image, label in zip(images, labels):
@@ -209,8 +219,7 @@ class SegmentationTask(Task):
 
     @classmethod
     def from_checkpoint(cls, path: str, **overrides) -> "SegmentationTask":
-        from ._dense import checkpoint_extra
-        extra = checkpoint_extra(path, cls.name)
+        extra = read_model_record(path, cls.name)
         kwargs = dict(backbone=extra["backbone"], num_classes=extra["num_classes"],
                       reduce_zero_label=extra["reduce_zero_label"], crop_size=extra["crop_size"], scale=extra["scale"],
                       backbone_kwargs=extra.get("backbone_kwargs") or {}, fpn_channels=extra["fpn_channels"],
@@ -229,16 +238,9 @@ def colorize(pred: np.ndarray, num_classes: int) -> np.ndarray:
 # --- command line ---------------------------------------------------------------------------------------
 
 def _params(args: argparse.Namespace) -> int:
-    from ..segmentation import parameter_table
-    print(f"{'model':<14}{'backbone':<9}{'params':>13}{'(M)':>7}{'paper (M)':>11}{'backbone':>13}")
-    for arch, bb, n, n_bb, paper in parameter_table(args.num_classes):
-        print(f"{arch:<14}{bb:<9}{n:>13,}{n / 1e6:>7.1f}{paper:>11.0f}{n_bb:>13,}")
-    print(f"({args.num_classes} classes; LIT-S relative tables learned for 512x512 as the authors')")
-    return 0
-
-
-def _world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", 1))
+    return print_parameter_table(
+        parameter_table(args.num_classes), "model",
+        f"({args.num_classes} classes; LIT-S relative tables learned for 512x512 as the authors')")
 
 
 def _read_class_names(path: Optional[str]) -> Optional[list]:
@@ -250,14 +252,6 @@ def _read_class_names(path: Optional[str]) -> Optional[list]:
         return [line.strip() for line in f if line.strip()]
 
 
-def _backbone_kwargs(args: argparse.Namespace, r: Dict[str, Any]) -> Dict[str, Any]:
-    from ._dense import backbone_kwargs
-    kwargs = backbone_kwargs(args)  # --backbone-kwargs, each key checked
-    if r["drop_path"] is not None:
-        kwargs["drop_path_rate"] = r["drop_path"]
-    return kwargs
-
-
 def _task(args: argparse.Namespace, r: Dict[str, Any], class_names=None) -> SegmentationTask:
     lo, hi = r["ratio_range"]
     if lo > hi:
@@ -266,7 +260,7 @@ def _task(args: argparse.Namespace, r: Dict[str, Any], class_names=None) -> Segm
         backbone=args.backbone, data=args.data, num_classes=args.num_classes, reduce_zero_label=not args.no_reduce_zero_label,
         pretrained=args.pretrained, iters=r["iters"], crop_size=r["crop_size"], scale=r["scale"],
         ratio_range=r["ratio_range"], frozen_stages=args.frozen_stages, norm_eval=args.norm_eval,
-        backbone_kwargs=_backbone_kwargs(args, r), fpn_channels=r["fpn_channels"], head_channels=r["head_channels"],
+        backbone_kwargs=backbone_kwargs(args, r), fpn_channels=r["fpn_channels"], head_channels=r["head_channels"],
         class_names=class_names, cat_max_ratio=r["cat_max_ratio"], no_decay_keys=r["no_decay_keys"])
 
 
@@ -274,10 +268,9 @@ def resolved_config(args: argparse.Namespace) -> Dict[str, Any]:
     """Everything ``litvit segment train`` would train with, as plain values, without reading any
     data: the model is built on the meta device for its parameter groups."""
     from timm.layers import DropPath
-    from ._dense import optimizer_summary, resolve_recipe, train_config
     r = resolve_recipe(args, args.recipe)
     task = _task(args, r)
-    tc = train_config(args, r, 1, max_steps=r["iters"])
+    tc = train_config(args, r, 1, iters=r["iters"])
     with torch.device("meta"):
         model = task.build_model()
     body = model.backbone.body
@@ -294,7 +287,7 @@ def resolved_config(args: argparse.Namespace) -> Dict[str, Any]:
                    head_channels=r["head_channels"], head_norm=r["head_norm"], head_norm_modules=norms,
                    dropout=r["dropout"], num_classes=args.num_classes, frozen_stages=args.frozen_stages,
                    norm_eval=args.norm_eval, pretrained=args.pretrained,
-                   parameters=sum(p.numel() for p in model.parameters())),
+                   parameters=count_parameters(model)),
         data=dict(data=args.data, reduce_zero_label=not args.no_reduce_zero_label, scale=list(r["scale"]),
                   test_scale=list(r["scale"]), test_mode="whole"),
         optimizer=optimizer_summary(task, model, tc, r),
@@ -308,9 +301,7 @@ def resolved_config(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from ._dense import check_output, is_main_process, resolve_recipe, train_config
     if args.print_config:
-        from .classification import print_config
         return print_config(resolved_config(args))
     check_output(args)
     if not args.data:
@@ -319,15 +310,7 @@ def _train(args: argparse.Namespace) -> int:
     task = _task(args, r, _read_class_names(args.class_names))
     if args.pretrained is None and is_main_process():
         print("note: no --pretrained ImageNet checkpoint; the backbone starts from random weights")
-    n_train = len(SegmentationDataset(args.data, task.train_split, task.num_classes, None, task.reduce_zero_label))
-    per_step = int(r["batch_size"]) * _world_size() * args.accum_steps
-    steps_per_epoch = n_train // per_step
-    if steps_per_epoch == 0:
-        raise ValueError(f"global batch {per_step} is larger than the training set ({n_train} images)")
-    epochs = math.ceil(r["iters"] / steps_per_epoch)
-    if is_main_process():
-        print(f"{r['iters']} iterations = {epochs} epoch(s) of {steps_per_epoch} steps ({n_train} images, batch {per_step})")
-    summary = fit(task, train_config(args, r, epochs, max_steps=r["iters"]))
+    summary = fit(task, train_config(args, r, 1, iters=r["iters"]))  # the engine turns iterations into epochs
     if not is_main_process():
         return 0
     best = summary["best_score"]
@@ -338,7 +321,6 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from ._dense import eval_config, is_main_process
     task = SegmentationTask.from_checkpoint(args.checkpoint, data=args.data, val_split=args.split)
     metrics = engine_evaluate(task, eval_config(args), args.checkpoint, use_ema=args.ema)
     if not is_main_process():
@@ -356,7 +338,6 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     from PIL import Image
-    from ._dense import expand_images, output_stems, save_png_atomic
     files = expand_images(args.images)
     task = SegmentationTask.from_checkpoint(args.checkpoint)
     model = task.build_model()
@@ -382,8 +363,6 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    from ..cli import float_arg, img_size_arg, int_arg, positive_int
-    from ._dense import add_backbone_args, add_engine_args, add_eval_args, add_predict_args
     d = SEGMENTATION_DEFAULTS
     p = sub.add_parser("segment", help="semantic segmentation (Semantic FPN) on ADE20K-format data",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

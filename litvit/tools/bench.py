@@ -44,8 +44,15 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from ..cli.args import check_json_object, check_model_kwargs, device_arg, img_size_arg, nonneg_int, positive_int
+from ..errors import CLIError
+from ..models import MODEL_NAMES, create_model
+from ..models.lit import Attention
+from ..ops.dtm import DeformableTokenMerging, DeformMerge2x2
 from ..utils import atomic_write
+from .flops import count_flops as count_macs
 
 DEFAULTS = dict(
     models=["lit_ti", "lit_s"],
@@ -103,7 +110,6 @@ def machine_info(device: torch.device) -> dict:
 
 def build_model(name: str, resolution: int, **overrides) -> nn.Module:
     """A LIT model by name, or a timm peer (random init, nothing downloaded)."""
-    from ..models import MODEL_NAMES, create_model
     if name in MODEL_NAMES:
         return create_model(name, **overrides)
     import timm
@@ -131,30 +137,26 @@ def set_path(model: nn.Module, path: str) -> nn.Module:
 
 
 def _dtm_cls():
-    from ..ops.dtm import DeformableTokenMerging
     return DeformableTokenMerging
 
 
 def count_flops(model: nn.Module, img_size: int, device: torch.device) -> float:
-    """Forward FLOPs of one image (2 x multiply-adds, the paper's convention, docs/architecture.md), traced by FlopCounterMode.
+    """Forward FLOPs of one image, 2 x the multiply-adds that :func:`litvit.tools.flops.count_flops`
+    counts (the paper's "FLOPs" are multiply-adds; a share of the matmul peak needs FLOPs).
 
     Counted on the meta device, on the fast path with the math SDPA kernel, so the attention products appear as matmuls,
     the DTM merge as its one GEMM (= the dense 2x2 conv) and its grid_sample not at all.
     """
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    from torch.utils.flop_counter import FlopCounterMode
     # on the meta device: shapes only, so a 1024 px full-attention model costs no memory here
     m = set_path(copy.deepcopy(model), "fast").eval().to("meta")
     x = torch.randn(1, 3, img_size, img_size, device="meta")
-    with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH), torch.enable_grad():
-        m(x)  # grad enabled: the oneDNN-fused inference kernels (invisible to the counter) stay off
-    return float(counter.get_total_flops())
+    with sdpa_kernel(SDPBackend.MATH):
+        return 2.0 * count_macs(m, x).macs
 
 
 def plain_attention_bytes(model: nn.Module, batch: int, res: int) -> int:
     """Bytes of the largest attention-score tensors (scores + probabilities, float32) that the plain
     path materialises at once, to keep the reference path off sizes this machine cannot hold."""
-    from ..models.lit import Attention
     worst = 0
     patch = getattr(model, "patch_size", 4)
     for i, stage in enumerate(getattr(model, "stages", [])):
@@ -316,7 +318,6 @@ def measure_memory(spec: dict, timeout: float = 1800) -> dict:
 
 def bench_models(args: argparse.Namespace, device: torch.device, peak: float) -> List[dict]:
     from tqdm import tqdm
-    from ..models import MODEL_NAMES
     names = list(args.models) + (list(PEERS) if args.peers else [])
     extra_peers = [n for n in names if n not in MODEL_NAMES]
     if extra_peers:
@@ -434,7 +435,6 @@ def bench_models(args: argparse.Namespace, device: torch.device, peak: float) ->
 def bench_dtm(args: argparse.Namespace, device: torch.device, peak: float) -> List[dict]:
     """DeformMerge2x2 (offset conv + deformable merge) fast vs torchvision on LIT-Ti's DTM shapes."""
     from tqdm import tqdm
-    from ..ops.dtm import DeformMerge2x2
     batch = args.batch_size[0]
     scale = args.img_size[0] / 224
     layouts = ("nchw", "tokens")
@@ -591,7 +591,6 @@ def _write_json(obj, path: str) -> None:
 # --- command ------------------------------------------------------------------------------------
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from ..cli import CLIError
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -607,8 +606,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     for s in args.img_size:
         if s % 32:
             raise CLIError(f"--img-size {s} is not a multiple of 32")
-    from ..cli import check_json_object, check_model_kwargs
-    from ..models import MODEL_NAMES
     if isinstance(args.model_args, str):
         args.model_args = check_json_object(args.model_args, "--model-args")
         lit = [n for n in args.models if n in MODEL_NAMES] or ["lit_ti"]
@@ -650,7 +647,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    from ..cli import device_arg, img_size_arg, nonneg_int, positive_int
     p = sub.add_parser("bench", help="throughput, latency and peak memory vs the reference path and timm peers",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=DEFAULTS["models"],

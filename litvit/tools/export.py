@@ -20,6 +20,10 @@ import torch
 from torch import nn
 
 from ..utils import atomic_path
+from ..cli.args import check_json_object, check_model_kwargs, float_arg, int_arg, nonneg_int
+from ..errors import CLIError
+from .viz import load_model
+from ..models import MODEL_NAMES
 
 DEFAULT_OPSET = 18
 MIN_OPSET = 17
@@ -115,8 +119,6 @@ def check_onnx(
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from ..cli import CLIError, check_json_object, check_model_kwargs
-    from .viz import load_model
     overrides = check_json_object(args.model_args, "--model-args")
     check_model_kwargs(overrides, "--model-args", args.model or "lit_ti")
     if args.threads:
@@ -152,8 +154,6 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    from ..cli import float_arg, int_arg, nonneg_int
-    from ..models import MODEL_NAMES
     from torch.onnx._constants import ONNX_MAX_OPSET
     p = sub.add_parser("export", help="export a model to ONNX (dynamic batch and size), checked with onnxruntime",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

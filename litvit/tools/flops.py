@@ -49,7 +49,9 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
-from ..utils import atomic_write
+from ..utils import atomic_write, count_parameters
+from ..cli.args import img_size_arg
+from ..models import create_model, LIT, MODEL_NAMES
 
 __all__ = [
     "CATEGORIES", "FlopReport", "count_flops", "profile_model", "build_for_counting", "PAPER_TABLES",
@@ -201,7 +203,7 @@ def count_flops(model: nn.Module, x: torch.Tensor, name: str = "", params: Optio
     by_op = {str(op): v // 2 for op, v in counts.get("Global", {}).items()}
     total = counter.get_total_flops() // 2
     if params is None:
-        params = sum(p.numel() for p in model.parameters())
+        params = count_parameters(model)
     return FlopReport(name or type(model).__name__, int(x.shape[-1]), params, total, by_category,
                       dict(sorted(by_stage.items())), by_op)
 
@@ -214,7 +216,6 @@ def build_for_counting(name: str, **kwargs) -> nn.Module:
     device (falling back to the CPU for models whose constructor reads tensor values).
     """
     import timm
-    from ..models import MODEL_NAMES, create_model
     if name in MODEL_NAMES:
         factory = lambda: create_model(name, **kwargs)  # noqa: E731
     elif timm.is_model(name):
@@ -253,12 +254,11 @@ def profile_model(
         3.6
     """
     from torch._subclasses.fake_tensor import FakeTensorMode
-    from ..models import LIT, MODEL_NAMES
     kwargs = dict(model_kwargs or {})
     if name not in MODEL_NAMES:  # timm models (Swin) are built for the input size they will see
         kwargs.setdefault("img_size", img_size)
     model = build_for_counting(name, **kwargs)
-    params = sum(p.numel() for p in model.parameters())
+    params = count_parameters(model)
     if isinstance(model, LIT):
         model.set_fused_attn(fused_attn)
         model.set_dtm_impl(dtm_impl)
@@ -481,7 +481,6 @@ def cmd_flops(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    from ..cli import img_size_arg
     p = sub.add_parser(
         "flops", help="parameters and FLOPs (MACs) of models, by tracing their forward",
         description="Parameters and FLOPs (the paper's convention: MACs of convs, linears and the two attention "

@@ -24,7 +24,11 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor, nn
+from ...models import Attention
+from ...data.io import read_image
+from .common import add_common_arguments, find_images, load_model, prepare, save_figure, save_npy
 
 __all__ = ["AttentionMaps", "OFFICIAL_QUERY_TOKENS", "check_attention_memory", "collect_attention", "query_maps",
            "official_query", "official_query_maps", "official_attention", "plot_stage", "plot_overview",
@@ -64,7 +68,6 @@ def check_attention_memory(model: nn.Module, image_size: Tuple[int, int], limit:
     Raises:
         ValueError: naming the block, the size it would need and the limit.
     """
-    from ...models import Attention
     H, W = image_size
     patch = getattr(model, "patch_size", 4)
     for name, m in model.named_modules():
@@ -91,7 +94,6 @@ def collect_attention(model: nn.Module, x: Tensor) -> Dict[str, Tensor]:
     Raises:
         ValueError: the model has no attention (all MLP stages).
     """
-    from ...models import Attention
     attns = [(n, m) for n, m in model.named_modules() if isinstance(m, Attention)]
     if not attns:
         raise ValueError("the model has no attention blocks to visualise")
@@ -248,14 +250,9 @@ def official_attention(model: nn.Module, inputs) -> Tuple[List[AttentionMaps], i
 def load_official_input(path: Path, img_size: int, mean, std) -> Tensor:
     """The evaluation transform of the authors' script: shorter side to ``img_size / 0.875``
     (bicubic), centre crop ``img_size`` x ``img_size``, normalise. Returns Tensor[1, 3, S, S]."""
-    from PIL import Image, UnidentifiedImageError
     if img_size <= 0 or img_size % 32:
         raise ValueError(f"--img-size must be a positive multiple of 32, got {img_size}")
-    try:
-        with Image.open(path) as im:
-            img = im.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise ValueError(f"cannot read image {path}: {e}") from None
+    img = read_image(path)
     short = int(img_size / 0.875)
     scale = short / min(img.size)
     img = img.resize((max(img_size, round(img.width * scale)), max(img_size, round(img.height * scale))), Image.BICUBIC)
@@ -375,7 +372,6 @@ def visualize_attention(
     Returns:
         (paths written, per-stage maps).
     """
-    from . import save_figure, save_npy
     H, W = x.shape[-2:]
     if query is None:
         query = (H // 2, W // 2)
@@ -403,7 +399,6 @@ def _parse_query(value: Optional[str]) -> Optional[Tuple[int, int]]:
 def _cmd_official(args: argparse.Namespace) -> int:
     """``--method official``: the first ``--num-images`` images, centre-cropped, averaged."""
     import matplotlib
-    from . import find_images, load_model, save_figure, save_npy
     matplotlib.use("Agg")
     if args.num_images < 1:
         raise ValueError(f"--num-images must be at least 1, got {args.num_images}")
@@ -430,7 +425,6 @@ def _cmd_official(args: argparse.Namespace) -> int:
 
 
 def cmd_attention(args: argparse.Namespace) -> int:
-    from . import prepare
     if args.method == "official":
         return _cmd_official(args)
     query = _parse_query(args.query)
@@ -462,7 +456,6 @@ def _spread(s: AttentionMaps) -> float:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from . import add_common_arguments
     p = sub.add_parser(
         "attention", help="attention maps of one query pixel, every head of every block (paper Fig. 3)",
         description="For a query pixel, draw the attention probabilities of every head of every attention block, "

@@ -30,6 +30,9 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 from torch import Tensor, nn
+from ...cli.args import positive_int
+from ...ops.dtm import DeformableTokenMerging
+from .common import add_common_arguments, prepare, save_figure, save_npz
 
 __all__ = ["WALK_BACKS", "collect_offsets", "sample_field", "trace_sampling_points", "regular_points", "grid_of_points",
            "to_pixels", "plot_sampling_points", "plot_offset_fields", "visualize_offsets", "add_parser"]
@@ -55,7 +58,6 @@ def collect_offsets(model: nn.Module, x: Tensor) -> List[Tuple[str, Tensor]]:
     Raises:
         ValueError: the model has no DTM.
     """
-    from ...ops.dtm import DeformableTokenMerging
     dtms = [(n, m) for n, m in model.named_modules() if isinstance(m, DeformableTokenMerging)]
     if not dtms:
         name = getattr(model, "pretrained_cfg", {}).get("architecture", type(model).__name__)
@@ -282,7 +284,6 @@ def visualize_offsets(
     Returns:
         The paths written.
     """
-    from . import save_figure, save_npz
     offsets = collect_offsets(model, x)
     h, w = offsets[-1][1].shape[-2:]
     if points is None:
@@ -321,7 +322,6 @@ def _parse_points(values: Optional[List[str]]) -> Optional[Tensor]:
 
 
 def cmd_offsets(args: argparse.Namespace) -> int:
-    from . import prepare
     points = _parse_points(args.points)
     if args.grid < 1:
         raise ValueError(f"--grid must be at least 1, got {args.grid}")
@@ -336,8 +336,6 @@ def cmd_offsets(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from ...cli import positive_int
-    from . import add_common_arguments
     p = sub.add_parser(
         "offsets", help="DTM sampling locations walked back to stage 1, and offset fields (paper Fig. 2)",
         description="For points of the last stage, draw the 64 stage-1 sampling locations reached through the "

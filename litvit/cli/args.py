@@ -1,34 +1,19 @@
-"""The ``litvit`` command line: thin argument parsing over library functions.
-
-Every sub-command lives in a module that provides ``add_parsers(subparsers)`` (registering its
-arguments and ``set_defaults(func=...)``); this file only collects them and turns expected
-failures (bad input, missing files, wrong checkpoints) into one line on stderr and exit code 2.
-
-    litvit demo                     # train a small LIT on the embedded digits (scikit-learn's scans)
-    litvit models                   # list the registered models with their parameter counts
-    litvit <command> --help         # the arguments of each command
-"""
+"""Argument types and checks shared by every command group: each numeric and enumerated flag is
+checked while parsing, and a bad value is one line naming the flag."""
 import argparse
-import importlib
+import inspect
+import json
 import math
 import sys
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
-# Modules providing ``add_parsers(subparsers)``, one per group of sub-commands.
-COMMANDS = [
-    "litvit.tools.info",               # models, demo
-    "litvit.tasks.classification",     # train, validate, predict
-    "litvit.tools.bench",              # bench
-    "litvit.tools.export",             # export
-    "litvit.tools.flops",              # flops
-    "litvit.tools.viz",                # viz offsets | attention
-    "litvit.tasks.detection",          # detect train | eval | predict
-    "litvit.tasks.segmentation",       # segment train | eval | predict
-]
+import torch
 
+from ..errors import CLIError
+from ..models import LIT, MODEL_NAMES, create_model
 
-class CLIError(Exception):
-    """An expected failure: printed as one line, exit code 2."""
+__all__ = ["OneLineParser", "int_arg", "float_arg", "device_arg", "threads_arg", "img_size_arg", "positive_int",
+           "nonneg_int", "prob_arg", "seed_arg", "check_json_object", "check_model_kwargs", "warn_grid_change"]
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -138,7 +123,6 @@ seed_arg = int_arg(0, 2 ** 32 - 1)
 
 def check_json_object(text: Optional[str], flag: str) -> dict:
     """A JSON object given on the command line; CLIError naming ``flag`` otherwise."""
-    import json
     if not text:
         return {}
     try:
@@ -154,9 +138,6 @@ def check_model_kwargs(kwargs: dict, flag: str, model: str = "lit_ti", allowed: 
     """Constructor overrides given on the command line (``--model-args``, ``--backbone-kwargs``),
     checked against :class:`litvit.models.LIT`'s arguments by building the model on the meta device;
     CLIError naming ``flag`` and the unknown key or bad value."""
-    import inspect
-    import torch
-    from .models import MODEL_NAMES, LIT, create_model
     known = [n for n in inspect.signature(LIT.__init__).parameters if n != "self"] + list(allowed)
     unknown = [k for k in kwargs if k not in known]
     if unknown:
@@ -169,22 +150,6 @@ def check_model_kwargs(kwargs: dict, flag: str, model: str = "lit_ti", allowed: 
     except (TypeError, ValueError, AssertionError, IndexError, RuntimeError) as e:
         raise CLIError(f"{flag}: {' '.join(str(e).split()) or type(e).__name__}") from None
     return kwargs
-
-
-def one_line(e: BaseException) -> str:
-    """The message of an expected failure as one line.
-
-    A data-loader worker re-raises a dataset's error with the worker's traceback folded into the
-    message ("Caught OSError in DataLoader worker process 0. Original Traceback ... OSError: msg");
-    only the original message is kept.
-    """
-    msg = str(e) or type(e).__name__
-    if msg.startswith("Caught ") and "DataLoader worker" in msg:
-        last = [ln for ln in msg.strip().splitlines() if ln.strip()][-1]
-        msg = last.partition(": ")[2] or last
-    if isinstance(e, (FileNotFoundError, NotADirectoryError)) and e.filename and str(e.filename) not in msg:
-        msg = f"{msg}: {e.filename}"
-    return " ".join(msg.split("\n")).strip()
 
 
 _warned = set()
@@ -210,41 +175,3 @@ def warn_grid_change(command: str, trained: Sequence[int], used: Sequence[int]) 
               f"usually drops unless the model is fine-tuned at this size", file=sys.stderr)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(
-        prog="litvit", description="LIT vision transformers: models, training, tools.",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in COMMANDS:
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name == module:  # a command group not written yet
-                continue
-            raise
-        mod.add_parsers(sub)
-    return parser
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as e:  # --help (0) or a bad flag (2, one line already printed)
-        return e.code if isinstance(e.code, int) else 2
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
-    try:
-        result = args.func(args)
-    except KeyboardInterrupt:
-        print("litvit: interrupted", file=sys.stderr)
-        return 130
-    except (CLIError, ValueError, OSError, FloatingPointError) as e:  # OSError covers missing files, full disks
-        print(f"litvit {args.command}: error: {one_line(e)}", file=sys.stderr)
-        return 2
-    return int(result or 0)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

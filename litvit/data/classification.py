@@ -22,7 +22,6 @@ Examples::
     (1437, torch.Size([3, 32, 32]), ['0', '1', '2'])
 """
 import os
-import sys
 import warnings
 from pathlib import Path
 from typing import Callable, Iterable, List, Optional, Sequence, Tuple, Union
@@ -31,124 +30,12 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-__all__ = [
-    "IMG_EXTENSIONS", "UnreadableImageError", "ImageFolder", "DigitsDataset", "ImageList", "build_transform",
-    "find_images", "load_image", "check_image", "scan_files", "DIGITS", "BAD_IMAGE_MODES",
-]
+from .io import IMG_EXTENSIONS, UnreadableImageError, check_image, load_image, scan_files
 
-IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+__all__ = ["ImageFolder", "DigitsDataset", "ImageList", "build_transform", "DIGITS", "BAD_IMAGE_MODES"]
+
 BAD_IMAGE_MODES = ("fail", "skip")
 DIGITS = "digits"  # the name that selects the embedded dataset wherever a dataset folder is expected
-
-
-class UnreadableImageError(ValueError):
-    """An image file that cannot be decoded; the message names the file.
-
-    When raised inside a DataLoader worker, PyTorch re-creates the exception in the main process
-    with the worker's whole traceback as its message; ``str()`` still gives the one useful line.
-    """
-
-    def __str__(self) -> str:
-        msg = super().__str__()
-        lines = [l.strip() for l in msg.strip().splitlines() if l.strip()]
-        last = lines[-1] if lines else msg
-        prefix = f"{type(self).__module__}.{type(self).__name__}: "
-        for p in (prefix, f"{type(self).__name__}: "):
-            if last.startswith(p):
-                last = last[len(p):]
-        return last
-
-
-def load_image(path: Union[str, Path]) -> Image.Image:
-    """Open and fully decode an image as RGB; UnreadableImageError (a ValueError) names the file otherwise."""
-    try:
-        with open(path, "rb") as f:
-            img = Image.open(f)
-            img.load()
-            return img.convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as e:  # missing, truncated, not an image
-        raise UnreadableImageError(f"cannot read image {path}: {e}") from None
-
-
-# the bytes every complete file of a format ends with (JPEG: end-of-image marker; PNG: the IEND chunk)
-_FORMAT_END = {"JPEG": b"\xff\xd9", "PNG": b"IEND\xaeB`\x82"}
-
-
-def check_image(path: Union[str, Path]) -> Tuple[int, int]:
-    """Check cheaply that an image can be read, without decoding it: PIL parses its header (format,
-    size), and for JPEG and PNG the last 4 KiB must hold the format's end marker (a truncated file
-    fails). Only a file that looks off is decoded in full, to be sure.
-
-    Returns:
-        (width, height).
-
-    Raises:
-        UnreadableImageError: missing, not an image, truncated, or empty (the message names the file).
-    """
-    try:
-        with Image.open(path) as img:
-            size, fmt = img.size, img.format
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - 4096))
-            tail = f.read()
-    except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as e:
-        raise UnreadableImageError(f"cannot read image {path}: {e}") from None
-    if size[0] < 1 or size[1] < 1:
-        raise UnreadableImageError(f"cannot read image {path}: it is {size[0]}x{size[1]} pixels")
-    if fmt in _FORMAT_END and _FORMAT_END[fmt] not in tail:
-        load_image(path)  # decoded in full: raises if it is really truncated
-    return size
-
-
-def scan_files(items: Sequence, check: Callable, progress: bool = True, desc: str = "checking images",
-               threads: int = 8) -> List[Tuple[int, str]]:
-    """Run ``check(item)`` over every item in a few threads (file reads release the GIL), with a
-    tqdm bar on stderr for 1,000 items or more.
-
-    Returns:
-        ``(index, message)`` of every item whose check raised ValueError or OSError, in order.
-    """
-    def run(chunk: range) -> List[Tuple[int, str]]:
-        bad = []
-        for i in chunk:
-            try:
-                check(items[i])
-            except (ValueError, OSError) as e:
-                bad.append((i, str(e) or type(e).__name__))
-        return bad
-
-    from concurrent.futures import ThreadPoolExecutor
-    n, step = len(items), 256
-    chunks = [range(a, min(a + step, n)) for a in range(0, n, step)]
-    bad: List[Tuple[int, str]] = []
-    bar = None
-    if progress and n >= 1000:
-        from tqdm import tqdm
-        bar = tqdm(total=n, desc=desc, unit="file", leave=False, dynamic_ncols=True, file=sys.stderr)
-    with ThreadPoolExecutor(max_workers=max(1, min(threads, os.cpu_count() or 1))) as pool:
-        for chunk, found in zip(chunks, pool.map(run, chunks)):
-            bad += found
-            if bar is not None:
-                bar.update(len(chunk))
-    if bar is not None:
-        bar.close()
-    return bad
-
-
-def find_images(folder: Union[str, Path], recursive: bool = True) -> List[Path]:
-    """Image files under ``folder`` (by extension), sorted. FileNotFoundError / ValueError when the
-    folder is missing or holds none."""
-    folder = Path(folder)
-    if not folder.exists():
-        raise FileNotFoundError(f"image folder not found: {folder}")
-    if folder.is_file():
-        return [folder]
-    it = folder.rglob("*") if recursive else folder.iterdir()
-    files = sorted(p for p in it if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS)
-    if not files:
-        raise ValueError(f"no images ({', '.join(IMG_EXTENSIONS)}) in {folder}")
-    return files
 
 
 class _ImageDataset(Dataset):

@@ -1,0 +1,89 @@
+"""The ``litvit`` command line: thin argument parsing over library functions.
+
+Every sub-command lives in a module that provides ``add_parsers(subparsers)`` (registering its
+arguments and ``set_defaults(func=...)``); this package only collects them and turns expected
+failures (bad input, missing files, wrong checkpoints) into one line on stderr and exit code 2.
+
+    litvit demo                     # train a small LIT on the embedded digits (scikit-learn's scans)
+    litvit models                   # list the registered models with their parameter counts
+    litvit <command> --help         # the arguments of each command
+
+The argument types every command group shares (checked numbers, devices, JSON model arguments)
+are in :mod:`litvit.cli.args`.
+"""
+import argparse
+import importlib
+import sys
+from typing import List, Optional
+
+from ..errors import CLIError
+from .args import (OneLineParser, check_json_object, check_model_kwargs, device_arg, float_arg,  # noqa: F401
+                   img_size_arg, int_arg, nonneg_int, positive_int, prob_arg, seed_arg, threads_arg, warn_grid_change)
+
+# Modules providing ``add_parsers(subparsers)``, one per group of sub-commands.
+COMMANDS = [
+    "litvit.tools.info",               # models, demo
+    "litvit.tasks.classification",     # train, validate, predict
+    "litvit.tools.bench",              # bench
+    "litvit.tools.export",             # export
+    "litvit.tools.flops",              # flops
+    "litvit.tools.viz",                # viz offsets | attention
+    "litvit.tasks.detection",          # detect train | eval | predict
+    "litvit.tasks.segmentation",       # segment train | eval | predict
+]
+
+
+def one_line(e: BaseException) -> str:
+    """The message of an expected failure as one line.
+
+    A data-loader worker re-raises a dataset's error with the worker's traceback folded into the
+    message ("Caught OSError in DataLoader worker process 0. Original Traceback ... OSError: msg");
+    only the original message is kept.
+    """
+    msg = str(e) or type(e).__name__
+    if msg.startswith("Caught ") and "DataLoader worker" in msg:
+        last = [ln for ln in msg.strip().splitlines() if ln.strip()][-1]
+        msg = last.partition(": ")[2] or last
+    if isinstance(e, (FileNotFoundError, NotADirectoryError)) and e.filename and str(e.filename) not in msg:
+        msg = f"{msg}: {e.filename}"
+    return " ".join(msg.split("\n")).strip()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(
+        prog="litvit", description="LIT vision transformers: models, training, tools.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in COMMANDS:
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name == module:  # a command group not written yet
+                continue
+            raise
+        mod.add_parsers(sub)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help (0) or a bad flag (2, one line already printed)
+        return e.code if isinstance(e.code, int) else 2
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        result = args.func(args)
+    except KeyboardInterrupt:
+        print("litvit: interrupted", file=sys.stderr)
+        return 130
+    except (CLIError, ValueError, OSError, FloatingPointError) as e:  # OSError covers missing files, full disks
+        print(f"litvit {args.command}: error: {one_line(e)}", file=sys.stderr)
+        return 2
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

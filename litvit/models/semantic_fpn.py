@@ -1,0 +1,254 @@
+"""Semantic FPN with a LIT backbone.
+
+The paper (Pan et al., AAAI 2022, Table 7) evaluates LIT-Ti and LIT-S on ADE20K with Semantic FPN
+(Kirillov et al., *Panoptic Feature Pyramid Networks*, CVPR 2019): an FPN with 256 channels over
+the four stage maps (strides 4-32); each level passes through ``max(1, log2(s / 4))`` blocks of
+3x3 conv (128 channels) + BatchNorm + ReLU, each block but the stride-4 one followed by a 2x bilinear
+upsampling, so that all levels arrive at stride 4; they are summed, a 1x1 conv classifies each
+pixel, and the logits are upsampled x4 to the image. The head's BatchNorms become SyncBatchNorms
+under DDP (:func:`convert_head_sync_batchnorm`; the authors' ``norm_cfg=dict(type='SyncBN')``), the
+backbone's DTM BatchNorms stay per-process. Recipe ``semantic-fpn-80k`` of :mod:`litvit.recipes`:
+512x512 crops, AdamW lr 1e-4, weight decay 1e-4, poly (power 0.9) to 1e-6 over 80k iterations,
+batch 16 (docs/architecture.md).
+
+The metrics (confusion matrix, mIoU) are in :mod:`litvit.metrics`.
+
+Examples::
+    >>> import torch
+    >>> from litvit.models.semantic_fpn import semantic_fpn
+    >>> model = semantic_fpn(backbone='lit_ti', num_classes=150).eval()
+    >>> model(torch.randn(1, 3, 200, 300)).shape
+    torch.Size([1, 150, 200, 300])
+"""
+import math
+from typing import Callable, Dict, List, Optional, Sequence
+
+import warnings
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..recipes import DENSE_RECIPES
+from ..utils import count_parameters
+from .backbone import LITFPN, backbone_family, build_backbone, default_backbone_img_size
+
+__all__ = ["SemanticFPNHead", "SemanticFPN", "semantic_fpn", "SEGMENTATION_DEFAULTS", "PAPER_PARAMS",
+           "SyncBatchNorm", "convert_head_sync_batchnorm"]
+
+# The paper's ADE20K recipe, family-independent values (the whole recipe, family rules included, is
+# litvit.recipes.DENSE_RECIPES["semantic-fpn-80k"]).
+SEGMENTATION_DEFAULTS = {k: v for k, v in DENSE_RECIPES["semantic-fpn-80k"].items() if k != "by_family"}
+
+# Parameter counts the paper reports (ADE20K, 150 classes), millions.
+PAPER_PARAMS = {("semantic_fpn", "lit_ti"): 24.0, ("semantic_fpn", "lit_s"): 32.0}
+
+
+class SemanticFPNHead(nn.Module):
+    """Kirillov et al.'s semantic segmentation branch over FPN levels.
+
+    Args:
+        in_channels (int): FPN width (all levels).
+        strides (Sequence[int]): stride of each level, the first the finest (4, 8, 16, 32).
+        channels (int): width of the per-level branches.
+        num_classes (int): classes.
+        dropout (float): dropout before the classifier.
+        norm_layer (Callable[..., nn.Module]): normalisation after each conv (BatchNorm2d, as the
+            authors' SyncBN once converted under DDP).
+
+    Examples::
+        >>> head = SemanticFPNHead(256, (4, 8, 16, 32), 128, 150)
+        >>> feats = [torch.randn(1, 256, 128 // s, 128 // s) for s in (4, 8, 16, 32)]
+        >>> head(feats).shape
+        torch.Size([1, 150, 32, 32])
+    """
+
+    def __init__(
+            self,
+            in_channels: int = 256,
+            strides: Sequence[int] = (4, 8, 16, 32),
+            channels: int = 128,
+            num_classes: int = 150,
+            dropout: float = 0.1,
+            norm_layer: Callable[..., nn.Module] = nn.BatchNorm2d,
+    ):
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+        self.strides = tuple(strides)
+        self.branches = nn.ModuleList()
+        for s in self.strides:
+            ups = int(round(math.log2(s / self.strides[0])))
+            layers: List[nn.Module] = []
+            for k in range(max(1, ups)):
+                layers += [
+                    nn.Conv2d(in_channels if k == 0 else channels, channels, 3, padding=1, bias=False),
+                    norm_layer(channels),
+                    nn.ReLU(inplace=True),
+                ]
+                if ups > 0:
+                    layers.append(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False))
+            self.branches.append(nn.Sequential(*layers))
+        self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
+        self.classifier = nn.Conv2d(channels, num_classes, 1)
+        nn.init.normal_(self.classifier.weight, std=0.01)
+        nn.init.zeros_(self.classifier.bias)
+
+    def forward(self, feats: Sequence[Tensor]) -> Tensor:
+        """
+        Args:
+            feats (Sequence[Tensor[B, in_channels, H / s_l, W / s_l]]): FPN levels, finest first.
+
+        Returns:
+            Tensor[B, num_classes, H / s_0, W / s_0]: logits at the finest stride.
+        """
+        if len(feats) != len(self.branches):
+            raise ValueError(f"expected {len(self.branches)} FPN levels, got {len(feats)}")
+        out = self.branches[0](feats[0])
+        for branch, f in zip(self.branches[1:], feats[1:]):
+            y = branch(f)
+            if y.shape[-2:] != out.shape[-2:]:  # maps of odd sizes
+                y = F.interpolate(y, size=out.shape[-2:], mode="bilinear", align_corners=False)
+            out = out + y
+        return self.classifier(self.dropout(out))
+
+
+class SemanticFPN(nn.Module):
+    """LIT + FPN + Semantic FPN head: per-pixel class logits at the input resolution.
+
+    Args:
+        backbone (LITFPN): backbone with an FPN over the four stages.
+        num_classes (int): classes.
+        channels (int): width of the head's branches (128).
+        dropout (float): dropout before the classifier (0.1).
+    """
+
+    def __init__(self, backbone: LITFPN, num_classes: int, channels: int = 128, dropout: float = 0.1):
+        super().__init__()
+        self.backbone = backbone
+        strides = [backbone.body.strides[j] for j in backbone._take]
+        self.num_classes = num_classes
+        self.head = SemanticFPNHead(backbone.out_channels, strides, channels, num_classes, dropout)
+
+    def no_weight_decay(self) -> set:
+        return {f"backbone.{n}" for n in self.backbone.no_weight_decay()}
+
+    def forward(self, x: Tensor) -> Tensor:
+        """
+        Args:
+            x (Tensor[B, 3, H, W]): normalised images, any size (padded to a multiple of 32 inside).
+
+        Returns:
+            Tensor[B, num_classes, H, W]: logits.
+        """
+        H, W = x.shape[-2:]
+        feats = list(self.backbone(x).values())
+        logits = self.head(feats)
+        s = self.head.strides[0]
+        logits = F.interpolate(logits, scale_factor=s, mode="bilinear", align_corners=False)  # the padded size
+        return logits[..., :H, :W]
+
+    @torch.no_grad()
+    def predict(self, x: Tensor, size: Optional[Sequence[int]] = None) -> Tensor:
+        """Class map ``[B, H, W]`` (int64), logits resized to ``size`` (the original image) first."""
+        logits = self(x)
+        if size is not None and tuple(size) != tuple(logits.shape[-2:]):
+            logits = F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
+        return logits.argmax(1)
+
+
+def semantic_fpn(
+        backbone: str = "lit_ti",
+        num_classes: int = 150,
+        pretrained_backbone: Optional[str] = None,
+        frozen_stages: int = -1,
+        norm_eval: bool = False,
+        channels: int = 128,
+        dropout: float = 0.1,
+        backbone_kwargs: Optional[Dict] = None,
+        fpn_channels: int = 256,
+) -> SemanticFPN:
+    """Semantic FPN with a LIT backbone (paper, ADE20K: LIT-Ti 24 M params, 41.3 mIoU; LIT-S 32 M, 41.7).
+
+    Args:
+        backbone (str): a LIT model name.
+        num_classes (int): classes (150 for ADE20K).
+        pretrained_backbone (str, optional): ImageNet checkpoint for the backbone (official or litvit).
+        frozen_stages (int): see :class:`litvit.models.backbone.LITBackbone`.
+        norm_eval (bool): keep the DTM BatchNorms in eval mode while training.
+        channels (int): head width.
+        dropout (float): dropout before the classifier.
+        backbone_kwargs (dict, optional): passed to :func:`litvit.create_model`; LIT-S/M/B default to
+            ``img_size=512`` (relative tables learned for 512x512 crops, as the authors').
+        fpn_channels (int): FPN width (256 in the paper; smaller only for quick tests).
+
+    The backbone follows the authors' segmentation backbones of its family: LIT-S/M/B normalise all
+    four stage outputs, LIT-Ti resizes its position embeddings bilinearly.
+    """
+    kwargs = dict(backbone_kwargs or {})
+    if "img_size" not in kwargs and default_backbone_img_size(backbone, "segmentation"):
+        kwargs["img_size"] = default_backbone_img_size(backbone, "segmentation")
+    family = DENSE_RECIPES["semantic-fpn-80k"]["by_family"][backbone_family(backbone)]
+    kwargs.setdefault("out_norms", family["out_norm_stages"])
+    kwargs.setdefault("pos_embed_interpolation", family["pos_embed_interpolation"])
+    body = build_backbone(backbone, pretrained=pretrained_backbone, frozen_stages=frozen_stages,
+                          norm_eval=norm_eval, **kwargs)
+    return SemanticFPN(LITFPN(body, (0, 1, 2, 3), fpn_channels), num_classes, channels, dropout)
+
+
+class SyncBatchNorm(nn.SyncBatchNorm):
+    """``nn.SyncBatchNorm`` that also synchronises CPU processes (gloo), where torch's refuses.
+
+    On CUDA it is torch's. On the CPU, while training under an initialised process group of
+    several processes, the batch statistics are summed over processes with the autograd-aware
+    ``torch.distributed.nn.all_reduce`` (the gradient flows through the statistics as in torch's
+    implementation) and the running statistics are updated with the unbiased global variance.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.device.type != "cpu" or not (self.training and dist.is_available() and dist.is_initialized()):
+            return super().forward(x)  # torch's: CUDA, or no synchronisation needed
+        # autograd-aware, in every torch we support; imported when first needed (it loads torch's RPC layer)
+        from torch.distributed.nn.functional import all_reduce
+        dims = [d for d in range(x.dim()) if d != 1]
+        count = torch.tensor([x.numel() / x.shape[1]], dtype=x.dtype)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # newer torch prefers a private module
+            stats = all_reduce(torch.cat([x.sum(dims), (x * x).sum(dims), count]))  # C sums, C square sums, count
+        C = x.shape[1]
+        n = stats[-1]
+        mean = stats[:C] / n
+        var = (stats[C:2 * C] / n - mean * mean).clamp(min=0)
+        if self.track_running_stats and self.running_mean is not None:
+            with torch.no_grad():
+                m = self.momentum if self.momentum is not None else 0.1
+                self.running_mean.mul_(1 - m).add_(m * mean.detach())
+                self.running_var.mul_(1 - m).add_(m * var.detach() * n / (n - 1).clamp(min=1))
+                self.num_batches_tracked.add_(1)
+        shape = [1, C] + [1] * (x.dim() - 2)
+        y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y
+
+
+def convert_head_sync_batchnorm(model: "SemanticFPN") -> "SemanticFPN":
+    """Turn the head's BatchNorms into :class:`SyncBatchNorm` (statistics over every process), in
+    place; the backbone's BatchNorms (DTM) stay per-process, as in the authors' runs."""
+    head = nn.SyncBatchNorm.convert_sync_batchnorm(model.head)
+    for m in head.modules():
+        if type(m) is nn.SyncBatchNorm:
+            m.__class__ = SyncBatchNorm
+    model.head = head
+    return model
+
+
+def parameter_table(num_classes: int = 150):
+    """(model, backbone, total params, backbone+FPN params, paper's millions), counted on the meta device."""
+    rows = []
+    for (arch, bb), paper in PAPER_PARAMS.items():
+        with torch.device("meta"):
+            model = semantic_fpn(bb, num_classes=num_classes)
+        rows.append((arch, bb, count_parameters(model), count_parameters(model.backbone.body), paper))
+    return tuple(rows)

@@ -1,0 +1,226 @@
+"""What the figures share: a model from ``--model`` / a checkpoint, images as normalised tensors plus
+the RGB picture to draw on, atomic figure and array files, the common arguments."""
+import argparse
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from ...checkpoint import model_record, read_checkpoint
+from ...data.io import IMG_EXTENSIONS as IMAGE_EXTENSIONS
+from ...data.io import read_image
+from ...models import create_model, MODEL_NAMES
+from ...models.convert import official_to_litvit, unwrap_state_dict
+from ...utils import atomic_write
+from ...cli.args import img_size_arg, warn_grid_change
+
+__all__ = ["IMAGE_EXTENSIONS", "LoadedImage", "find_images", "load_image", "load_model", "checkpoint_metadata",
+           "save_figure", "save_npy", "save_npz", "load_images", "add_common_arguments", "prepare"]
+
+
+
+# --- model -----------------------------------------------------------------------------------------
+
+def checkpoint_metadata(ckpt: Mapping) -> dict:
+    """What a checkpoint says about the model it holds: ``model`` (name), ``model_kwargs``,
+    ``num_classes``, ``img_size``, ``mean``, ``std``, whichever are recorded.
+
+    litvit training checkpoints record them next to the weights (the task's model record,
+    :func:`litvit.checkpoint.model_record`); official releases record nothing, and the name must
+    come from ``--model``; the number of classes is read from the classifier's weights.
+    """
+    record = model_record(ckpt)
+    meta = {}
+    if isinstance(record.get("model"), str):
+        meta["model"] = record["model"]
+    if isinstance(record.get("model_kwargs"), Mapping):
+        meta["model_kwargs"] = dict(record["model_kwargs"])
+    if isinstance(record.get("img_size"), (int, tuple, list)):
+        meta["img_size"] = record["img_size"]
+    for key in ("mean", "std"):
+        if isinstance(record.get(key), (tuple, list)):
+            meta[key] = tuple(float(c) for c in record[key])
+    try:
+        sd = official_to_litvit(unwrap_state_dict(ckpt))
+    except ValueError:
+        sd = {}
+    if "head.weight" in sd:
+        meta["num_classes"] = int(sd["head.weight"].shape[0])
+    elif sd:
+        meta["num_classes"] = 0
+    return meta
+
+
+def load_model(
+        model: Optional[str] = None,
+        checkpoint: Optional[str] = None,
+        **overrides,
+) -> Tuple[torch.nn.Module, dict]:
+    """Build a LIT model (by name or from a checkpoint's metadata) and load the checkpoint.
+
+    Args:
+        model (str, optional): model name; when None the checkpoint must record it.
+        checkpoint (str, optional): litvit or official checkpoint; None keeps random weights.
+        **overrides: constructor arguments that win over the checkpoint's.
+
+    Returns:
+        (model in eval mode, metadata dict: ``model``, ``mean``, ``std``, ``img_size``, ``checkpoint``).
+
+    Raises:
+        ValueError: no model name anywhere, an unknown name, or a checkpoint of another model
+            (:class:`litvit.CheckpointMismatchError`).
+    """
+    meta: dict = {}
+    if checkpoint is not None:
+        meta = checkpoint_metadata(read_checkpoint(checkpoint))
+    name = model or meta.get("model")
+    if name is None:
+        raise ValueError(f"checkpoint {checkpoint} does not record its model: pass --model "
+                         f"(one of {', '.join(MODEL_NAMES)})" if checkpoint else "pass --model or --checkpoint")
+    if name not in MODEL_NAMES:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+    kwargs = dict(meta.get("model_kwargs", {}))
+    if meta.get("model") not in (None, name):
+        kwargs = {}  # the checkpoint's overrides belong to another model; loading will say whether it fits
+    if "num_classes" in meta:
+        kwargs["num_classes"] = meta["num_classes"]
+    kwargs.update(overrides)
+    net = create_model(name, checkpoint_path=checkpoint, **kwargs).eval()
+    info = dict(model=name, checkpoint=checkpoint)
+    cfg = getattr(net, "pretrained_cfg", {}) or {}
+    info["mean"] = tuple(meta.get("mean", cfg.get("mean", (0.485, 0.456, 0.406))))
+    info["std"] = tuple(meta.get("std", cfg.get("std", (0.229, 0.224, 0.225))))
+    size = meta.get("img_size", kwargs.get("img_size", getattr(net, "img_size", (224, 224))))
+    info["img_size"] = int(size[-1] if isinstance(size, (tuple, list)) else size)
+    return net, info
+
+
+# --- images ----------------------------------------------------------------------------------------
+
+@dataclass
+class LoadedImage:
+    """An image ready for the network and for drawing.
+
+    Attributes:
+        path (Path): source file.
+        tensor (Tensor[1, C, H, W]): normalised network input, H and W multiples of 32.
+        rgb (np.ndarray[H, W, 3]): the same picture as uint8 RGB, to draw on.
+    """
+    path: Path
+    tensor: Tensor
+    rgb: np.ndarray
+
+
+def find_images(path: str) -> List[Path]:
+    """The image files at ``path``: the file itself, or the images directly inside a folder (sorted)."""
+    p = Path(path)
+    if p.is_dir():
+        files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+        if not files:
+            raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in folder {path}")
+        return files
+    if not p.exists():
+        raise FileNotFoundError(f"image not found: {path}")
+    return [p]
+
+
+def _input_size(width: int, height: int, img_size: int, multiple: int = 32) -> Tuple[int, int]:
+    """(H, W): the shorter side becomes ``img_size``, the longer keeps the aspect ratio, both
+    rounded to a multiple of ``multiple``."""
+    scale = img_size / min(width, height)
+    h = max(multiple, int(round(height * scale / multiple)) * multiple)
+    w = max(multiple, int(round(width * scale / multiple)) * multiple)
+    return h, w
+
+
+def load_image(
+        path: Path,
+        img_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        in_chans: int = 3,
+) -> LoadedImage:
+    """Read an image with PIL, resize it (shorter side ``img_size``, both sides multiples of 32,
+    bicubic) and normalise it.
+
+    Raises:
+        ValueError: the file is not a readable image, or ``img_size`` is not a positive multiple of 32.
+    """
+    if img_size <= 0 or img_size % 32:
+        raise ValueError(f"--img-size must be a positive multiple of 32, got {img_size}")
+    img = read_image(path)
+    h, w = _input_size(img.width, img.height, img_size)
+    img = img.resize((w, h), Image.BICUBIC)
+    rgb = np.asarray(img, dtype=np.uint8)
+    x = torch.from_numpy(rgb.astype(np.float32) / 255.0).permute(2, 0, 1)  # H, W, 3 -> 3, H, W
+    if in_chans == 1:
+        x = x.mean(dim=0, keepdim=True)
+    elif in_chans != 3:
+        raise ValueError(f"images have 3 channels; the model expects in_chans={in_chans}")
+    m = torch.tensor(mean[:in_chans], dtype=torch.float32).view(-1, 1, 1)  # C -> C, 1, 1
+    s = torch.tensor(std[:in_chans], dtype=torch.float32).view(-1, 1, 1)
+    return LoadedImage(Path(path), ((x - m) / s).unsqueeze(0), rgb)
+
+
+def load_images(path: str, img_size: int, mean, std, in_chans: int = 3) -> List[LoadedImage]:
+    """Every image at ``path`` (a file or a folder), all read before anything is written."""
+    return [load_image(f, img_size, mean, std, in_chans) for f in find_images(path)]
+
+
+# --- output ----------------------------------------------------------------------------------------
+
+def save_figure(fig, path: Path, dpi: int = 100) -> Path:
+    """Save a matplotlib figure as PNG atomically and close it."""
+    import matplotlib.pyplot as plt
+    try:
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
+    finally:
+        plt.close(fig)
+
+
+def save_npy(array: np.ndarray, path: Path) -> Path:
+    """``np.save`` atomically."""
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+    return atomic_write(path, write)
+
+
+def save_npz(arrays: Dict[str, np.ndarray], path: Path) -> Path:
+    """``np.savez_compressed`` atomically."""
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
+    return atomic_write(path, write)
+
+
+# --- command line ----------------------------------------------------------------------------------
+
+def add_common_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("image", help="an image file or a folder of images")
+    p.add_argument("--checkpoint", metavar="CKPT", help="litvit training checkpoint or official LIT release")
+    p.add_argument("--model", choices=MODEL_NAMES, metavar="MODEL",
+                   help="model name (default: the one the checkpoint records)")
+    p.add_argument("--img-size", type=img_size_arg, default=None,
+                   help="shorter image side fed to the network, a multiple of 32 (default: the model's)")
+    p.add_argument("--out", default=os.path.join("runs", "viz"), help="output folder (default runs/viz)")
+
+
+def prepare(args: argparse.Namespace) -> Tuple[torch.nn.Module, dict, List[LoadedImage]]:
+    """Model, its info and every image, from the common arguments."""
+    import matplotlib
+    matplotlib.use("Agg")
+    find_images(args.image)  # a missing image fails before the model is built
+    model, info = load_model(args.model, args.checkpoint)
+    size = args.img_size or info["img_size"]
+    images = load_images(args.image, size, info["mean"], info["std"], getattr(model, "in_chans", 3))
+    warn_grid_change(f"viz {args.viz_command}", info["img_size"], tuple(images[0].tensor.shape[-2:]))
+    src = f"checkpoint {args.checkpoint}" if args.checkpoint else "random weights (no --checkpoint)"
+    print(f"model {info['model']} from {src}; {len(images)} image(s), network input "
+          f"{images[0].tensor.shape[-2]}x{images[0].tensor.shape[-1]}")
+    return model, info, images

@@ -1,0 +1,131 @@
+"""The package layout: no import cycle, every module importable on its own, old import paths kept."""
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1] / "litvit"
+
+
+def _modules():
+    """Dotted name -> file of every module of the package."""
+    out = {}
+    for path in sorted(ROOT.rglob("*.py")):
+        parts = list(path.relative_to(ROOT.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = path
+    return out
+
+
+def _module_level_imports(name: str, path: Path, modules) -> set:
+    """litvit modules that ``name`` imports when it is imported (module-level statements only, not
+    those inside functions; ``if TYPE_CHECKING`` blocks are skipped)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+
+    def visit(stmts):
+        for node in stmts:
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                continue
+            if isinstance(node, (ast.If, ast.Try)):
+                visit(node.body + node.orelse + getattr(node, "finalbody", []) +
+                      [s for h in getattr(node, "handlers", []) for s in h.body])
+            elif isinstance(node, ast.Import):
+                found.update(a.name for a in node.names if a.name.split(".")[0] == "litvit")
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = package.split(".")
+                    base = base[:len(base) - (node.level - 1)]
+                    target = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    target = node.module or ""
+                if target.split(".")[0] != "litvit":
+                    continue
+                for a in node.names:  # ``from . import sub`` imports a submodule
+                    sub = f"{target}.{a.name}"
+                    found.add(sub if sub in modules else target)
+
+    visit(ast.parse(path.read_text()).body)
+    found.discard(name)
+    return {m for m in found if m in modules}
+
+
+def test_no_import_cycle():
+    modules = _modules()
+    graph = {name: _module_level_imports(name, path, modules) for name, path in modules.items()}
+    state, stack, cycles = {}, [], []
+
+    def walk(node):
+        state[node] = "open"
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == "open":
+                cycles.append(stack[stack.index(nxt):] + [nxt])
+            elif nxt not in state:
+                walk(nxt)
+        stack.pop()
+        state[node] = "done"
+
+    for name in sorted(graph):
+        if name not in state:
+            walk(name)
+    assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+def test_every_module_imports_on_its_own():
+    """Each module imported first, in a fresh state of the package (torch stays loaded for speed)."""
+    names = sorted(n for n in _modules() if not n.endswith("__main__"))  # __main__ runs the CLI
+    code = f"""
+import importlib, sys, warnings, torch, torchvision, timm
+warnings.simplefilter("ignore")  # timm warns when a model name is registered again
+failed = []
+for name in {names!r}:
+    for m in [m for m in sys.modules if m == "litvit" or m.startswith("litvit.")]:
+        del sys.modules[m]
+    try:
+        importlib.import_module(name)
+    except Exception as e:
+        failed.append(f"{{name}}: {{type(e).__name__}}: {{e}}")
+print("\\n".join(failed))
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.strip() == "", r.stdout
+
+
+@pytest.mark.parametrize("path, names", [
+    ("litvit", ["LIT", "create_model", "load_checkpoint", "CheckpointMismatchError"]),
+    ("litvit.models", ["load_checkpoint", "load_weights", "checkpoint_filter_fn", "MODEL_NAMES"]),
+    ("litvit.models.lit", ["resize_abs_pos_embed", "resize_rel_pos_table", "relative_position_index"]),
+    ("litvit.models.convert", ["load_state_dict_file", "CheckpointMismatchError", "official_to_litvit"]),
+    ("litvit.detection", ["retinanet", "mask_rcnn", "build_detector", "parameter_table", "LastLevelP6P7OnInput"]),
+    ("litvit.segmentation", ["semantic_fpn", "confusion_matrix", "segmentation_metrics", "IGNORE_INDEX",
+                             "SyncBatchNorm", "parameter_table"]),
+    ("litvit.dense_data", ["CocoDetection", "SegmentationDataset", "read_image", "IMAGE_EXTENSIONS", "IGNORE_INDEX"]),
+    ("litvit.data", ["ImageFolder", "DigitsDataset", "UnreadableImageError", "IMG_EXTENSIONS", "find_images"]),
+    ("litvit.engine", ["Task", "TrainConfig", "fit", "evaluate", "load_checkpoint", "save_checkpoint_atomic",
+                       "OutputLock", "OutputLockedError", "CheckpointWriteError", "param_groups"]),
+    ("litvit.cli", ["main", "build_parser", "one_line", "CLIError", "warn_grid_change"]),
+    ("litvit.tasks.detection", ["DetectionTask", "coco_evaluate", "coco_results"]),
+    ("litvit.tools.viz", ["load_model", "checkpoint_metadata", "load_image", "IMAGE_EXTENSIONS"]),
+])
+def test_old_import_paths(path, names):
+    import importlib
+    mod = importlib.import_module(path)
+    assert [n for n in names if not hasattr(mod, n)] == []
+
+
+def test_one_error_type_per_failure():
+    """Each error type is one class, whichever floor names it."""
+    import litvit
+    from litvit import data, engine, errors
+    from litvit.cli import CLIError
+    from litvit.models import convert
+    assert litvit.CheckpointMismatchError is convert.CheckpointMismatchError is errors.CheckpointMismatchError
+    assert data.UnreadableImageError is errors.UnreadableImageError
+    assert engine.OutputLockedError is errors.OutputLockedError and engine.CheckpointWriteError is errors.CheckpointWriteError
+    assert CLIError is errors.CLIError
+    assert issubclass(errors.UnreadableImageError, OSError) and issubclass(errors.UnreadableImageError, ValueError)
