@@ -16,7 +16,7 @@ import torch
 import litvit
 from litvit.ops import fused_mlp
 
-from conftest import TINY
+from helpers import TINY
 
 
 def test_probe_runs_once_per_dtype(monkeypatch):

@@ -9,7 +9,7 @@ import torch
 import litvit
 from litvit.models.convert import CheckpointMismatchError, litvit_to_official, official_to_litvit
 
-from conftest import TINY, randomize_
+from helpers import TINY, randomize_
 from reference_lit import reference_forward_pvt, reference_forward_swin
 
 DATA = Path(__file__).parent / "data"

@@ -13,7 +13,7 @@ from litvit.dense_data import CocoDetection, detection_collate
 from litvit.ops import fused_mlp
 from litvit.tasks.detection import DetectionTask, coco_evaluate, coco_results
 
-from conftest import TINY
+from helpers import TINY
 
 TINY_BB = {k: v for k, v in TINY.items()}
 CATEGORIES = [dict(id=3, name="square"), dict(id=7, name="triangle")]  # non-contiguous ids on purpose

@@ -5,7 +5,7 @@ import litvit
 from litvit.cli import main
 from litvit.tools.export import check_onnx, export_onnx
 
-from conftest import TINY, randomize_
+from helpers import TINY, randomize_
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")

@@ -10,7 +10,7 @@ import litvit
 from litvit.cli import main
 from litvit.tools import flops as F
 
-from conftest import TINY
+from helpers import TINY
 
 # The paper: GFLOPs at 224, rounded to 0.1 G (PVT-S within 0.1 G); Swin-Ti 4.5 G through timm.
 PAPER_GFLOPS = {"lit_ti": 3.6, "lit_s": 4.1, "lit_m": 8.6, "lit_b": 15.0, "pvt_s_msa": 8.4, "pvt_s": 3.8,

@@ -10,7 +10,7 @@ from litvit.cli import main
 from litvit.models.lit import Block
 from litvit.ops import fused_mlp
 
-from conftest import TINY, randomize_
+from helpers import TINY, randomize_
 
 MODELS = litvit.list_models()
 DTM_MODELS = ("lit_ti", "lit_s", "lit_m", "lit_b")

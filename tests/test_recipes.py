@@ -18,7 +18,7 @@ import litvit.detection
 import litvit.segmentation
 from litvit.cli import main
 
-from conftest import TINY
+from helpers import TINY
 
 # --- the official values, from LIT.md --------------------------------------------------------------------
 # (section, key) -> value; "family" rows hold per-backbone values.

@@ -12,7 +12,7 @@ from litvit.dense_data import IGNORE_INDEX, SegEvalTransform, SegmentationDatase
 from litvit.segmentation import SemanticFPNHead, confusion_matrix, segmentation_metrics
 from litvit.tasks.segmentation import SegmentationTask
 
-from conftest import TINY
+from helpers import TINY
 
 NUM_CLASSES = 3  # raw label values: 0 = "other" (ignored), 1 = background, 2 = disc, 3 = bar
 

@@ -12,7 +12,7 @@ from litvit.tools.viz.attention import check_attention_memory, collect_attention
 from litvit.tools.viz.offsets import (_magnification, collect_offsets, regular_points, sample_field,
                                       trace_sampling_points)
 
-from conftest import TINY, randomize_
+from helpers import TINY, randomize_
 
 KERNEL = [(0, 0), (0, 1), (1, 0), (1, 1)]  # k = i * 2 + j
 
