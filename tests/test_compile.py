@@ -10,6 +10,8 @@ import litvit
 
 from helpers import TINY, randomize_
 
+pytestmark = [pytest.mark.unit, pytest.mark.slow]
+
 MODELS = litvit.list_models()
 SMALL = dict(TINY, depths=(1, 1, 1, 1), drop_path_rate=0.0)
 DTYPES = {"fp32": None, "bf16": torch.bfloat16}

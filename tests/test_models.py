@@ -8,6 +8,8 @@ from litvit.models.lit import Attention, relative_position_index, resize_rel_pos
 
 from helpers import TINY, randomize_
 
+pytestmark = pytest.mark.unit
+
 MODELS = litvit.list_models()
 PARAMS = {"lit_ti": 19_886_272, "lit_s": 27_973_720, "lit_m": 49_372_264, "lit_b": 87_292_384,
           "pvt_s_msa": 20_185_384}

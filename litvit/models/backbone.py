@@ -56,18 +56,17 @@ def count_parameters(module: nn.Module) -> int:
 
 
 class _SharedParts(nn.Module):
-    """The direct parameters and child modules of ``source`` under the same names, shared, not copied,
-    less those in ``skip``: a view whose state dict, ``parameters()``, ``to()`` and ``train()`` cover
-    what a wrapper uses and nothing else. ``attrs`` (those ``source`` has) are copied as plain attributes."""
+    """Parameters and child modules of ``source`` under the same names, shared, not copied (``None``
+    stays ``None``): a view whose state dict, ``parameters()``, ``to()`` and ``train()`` cover what a
+    wrapper uses and nothing else. ``attrs`` (those ``source`` has) are copied as plain attributes."""
 
-    def __init__(self, source: nn.Module, keep: Sequence[str], skip: Sequence[str] = (), attrs: Sequence[str] = ()):
+    def __init__(self, source: nn.Module, params: Sequence[str] = (), modules: Sequence[str] = (),
+                 attrs: Sequence[str] = ()):
         super().__init__()
-        for name, p in source.named_parameters(recurse=False):
-            if name not in skip:
-                self.register_parameter(name, p)
-        for name, m in source.named_children():
-            if name in keep:
-                self.add_module(name, m)
+        for name in params:
+            self.register_parameter(name, getattr(source, name))
+        for name in modules:
+            self.add_module(name, getattr(source, name))
         for name in attrs:
             if hasattr(source, name):
                 setattr(self, name, getattr(source, name))
@@ -135,11 +134,11 @@ class LITBackbone(nn.Module):
         # classification-only parts are not parameters of the backbone.
         self.__dict__["_wrapped"] = model
         # What the backbone uses, registered under the model's own names: model.patch_embed, model.stages.{i}
-        stages = [_SharedParts(stage, keep=("downsample", "pos_drop", "blocks", "to_map"),
-                               skip=() if keep_class_token else ("cls_token",),
+        stages = [_SharedParts(stage, params=("cls_token", "pos_embed") if keep_class_token else ("pos_embed",),
+                               modules=("downsample", "pos_drop", "blocks", "to_map"),
                                attrs=("grid_size", "num_prefix_tokens"))  # num_prefix_tokens: pos_embed's layout
                   for stage in model.stages]
-        self.model = _SharedParts(model, keep=("patch_embed",),
+        self.model = _SharedParts(model, modules=("patch_embed",),
                                   attrs=("img_size", "patch_size", "in_chans", "embed_dims", "reduction", "pretrained_cfg"))
         self.model.stages = nn.Sequential(*stages)
         self.out_indices = out_indices
