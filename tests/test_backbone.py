@@ -99,6 +99,29 @@ def test_class_token_dropped_only_changes_stage_4():
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.parametrize("name", ["lit_ti", "pvt_s_msa", "lit_s"])
+def test_stage_api_options(name):
+    """forward_intermediates' per-call options give the hand loop's maps in both formats."""
+    model = randomize_(tiny(name)).eval()
+    x = torch.randn(2, 3, 96, 64)
+    with torch.no_grad():
+        for class_token in (True, False):
+            for mode in ("bilinear", "bicubic"):
+                by_hand = manual_maps(model, x, class_token, mode)
+                maps = model.forward_intermediates(x, intermediates_only=True, class_token=class_token,
+                                                   pos_embed_interpolation=mode)
+                tokens = model.forward_intermediates(x, intermediates_only=True, class_token=class_token,
+                                                     pos_embed_interpolation=mode, output_fmt="NLC")
+                for a, t, b in zip(maps, tokens, by_hand):
+                    torch.testing.assert_close(a, b)
+                    torch.testing.assert_close(t, b.flatten(2).transpose(1, 2))
+        default = model.forward_intermediates(x, intermediates_only=True)
+        for a, b in zip(default, manual_maps(model, x, True, "bicubic")):  # the classifier's
+            torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="pos_embed_interpolation"):
+        model.forward_intermediates(x, pos_embed_interpolation="nearest")
+
+
 @pytest.mark.parametrize("name", ["lit_ti", "lit_s", "pvt_s_msa"])
 def test_wrapping_leaves_the_model_unchanged(name):
     """Like torchvision's IntermediateLayerGetter: the classifier's state dict, attributes and output
@@ -268,3 +291,29 @@ def test_param_groups_inside_a_detector():
     assert groups["offset"]["lr_mult"] == 0.01
     assert "backbone.body.model.stages.1.downsample.dtm.dconv.conv_offset.bias" in groups["no_decay"]["param_names"]
     assert "backbone.fpn.inner_blocks.0.0.weight" in groups["decay"]["param_names"]
+
+
+def test_grad_checkpointing_and_early_stop():
+    """Checkpointed blocks give the same maps and gradients; stages after the last of out_indices do not run."""
+    results = []
+    for enable in (False, True):
+        torch.manual_seed(0)  # the same weights and input both times
+        body = build_backbone("lit_ti", out_indices=(0, 1, 2), **TINY).train()
+        randomize_(body)
+        body.set_grad_checkpointing(enable)
+        feats = body(torch.randn(2, 3, 70, 64))
+        sum(f.pow(2).mean() for f in feats).backward()
+        results.append((feats, {n: p.grad for n, p in body.named_parameters() if p.grad is not None}))
+    (a, ga), (b, gb) = results
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y)
+    assert ga.keys() == gb.keys() and not any(k.startswith("model.stages.3.") for k in ga)
+    for k in ga:
+        torch.testing.assert_close(ga[k], gb[k], msg=k)
+    calls = []
+    body = build_backbone("lit_ti", out_indices=(0, 1), **TINY).eval()
+    for i, stage in enumerate(body.wrapped.stages):
+        stage.register_forward_hook(lambda m, args, out, i=i: calls.append(i))
+    with torch.no_grad():
+        assert [f.shape[1] for f in body(torch.randn(1, 3, 64, 64))] == [16, 32]
+    assert calls == [0, 1]

@@ -920,6 +920,8 @@ class LIT(nn.Module):
         """
         if output_fmt not in ("NCHW", "NLC"):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        if pos_embed_interpolation not in (None, "bilinear", "bicubic"):
+            raise ValueError(f"pos_embed_interpolation must be 'bilinear' or 'bicubic', got {pos_embed_interpolation!r}")
         check_image_batch(x, self.in_chans, self.reduction)
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
         stages = self.stages[:max_index + 1] if stop_early else self.stages
@@ -927,13 +929,15 @@ class LIT(nn.Module):
         x, feat_size = self.patch_embed(x)
         last = len(self.stages) - 1
         for i, stage in enumerate(stages):
-            x, feat_size = stage(x, feat_size, class_token=class_token, pos_embed_interpolation=pos_embed_interpolation)
+            x, feat_size = stage(x, feat_size, class_token=class_token,
+                                 pos_embed_interpolation=pos_embed_interpolation)
             if i in take_indices:
                 y = self.norm(x) if norm and i == last else x
                 if output_fmt == "NCHW" and (class_token or not stage.num_prefix_tokens):
                     intermediates.append(stage.to_map(y, feat_size))
                 elif output_fmt == "NCHW":  # no class token in front
-                    intermediates.append(y.transpose(1, 2).reshape(y.shape[0], y.shape[2], *feat_size))  # B, N, C -> B, C, H, W
+                    B, _, C = y.shape
+                    intermediates.append(y.transpose(1, 2).reshape(B, C, *feat_size))  # B, N, C -> B, C, H, W
                 else:
                     intermediates.append(y[:, stage.num_prefix_tokens:] if class_token else y)
         if intermediates_only:
