@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # torch/torchvision are pinned for the venv (local wheels on the build machines; see README).
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: venv test demo clean bench gpu-check
+.PHONY: venv test test-fast demo clean bench gpu-check
 
 venv: $(VENV)/.installed
 
@@ -17,6 +17,10 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 test: venv
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
+
+# everything but the slow and multi-process tests (markers in pyproject.toml)
+test-fast: venv
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow and not distributed" tests
 
 demo: venv
 	$(BIN)/litvit demo

@@ -4,7 +4,9 @@ import torch
 
 import litvit
 
-from conftest import TINY
+from helpers import TINY
+
+pytestmark = pytest.mark.unit
 
 ABLATIONS = ("pvt_s", "pvt_s_msa", "pvt_s_msa_no_attn1", "pvt_s_msa_no_attn12", "lit_ti_no_dtm", "lit_s_no_dtm")
 

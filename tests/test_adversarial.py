@@ -27,6 +27,8 @@ from litvit.cli import build_parser, main
 from litvit.data import DigitsDataset
 from litvit.engine import OutputLock, OutputLockedError, Task, TrainConfig, fit
 
+pytestmark = [pytest.mark.cli, pytest.mark.slow]
+
 TINY_FLAGS = ["--img-size", "32", "--embed-dims", "16", "32", "48", "64", "--depths", "1", "1", "1", "1",
               "--num-heads", "1", "2", "3", "4", "--mlp-ratios", "2", "2", "2", "2", "--no-progress",
               "--threads", "1"]

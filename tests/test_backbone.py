@@ -2,6 +2,7 @@
 import copy
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import litvit
@@ -11,14 +12,50 @@ from litvit.engine import param_groups
 from litvit.models import CheckpointMismatchError
 from litvit.models.backbone import LITBackbone, LITFPN, build_backbone
 from litvit.models.convert import litvit_to_official
+from litvit.models.lit import resize_abs_pos_embed
 
-from conftest import TINY, randomize_
+from helpers import TINY, randomize_
+
+pytestmark = pytest.mark.unit
 
 FAMILY = {"lit_ti": "pvt", "lit_s": "swin"}
 
 
 def tiny(name="lit_ti", **kw):
-    return litvit.create_model(name, num_classes=0, **dict(TINY, **kw))
+    return litvit.create_model(name, **dict(dict(TINY, num_classes=0), **kw))
+
+
+def manual_maps(model, x, keep_class_token=False, mode="bilinear", norms=None):
+    """The backbone's maps by hand, a loop over the model's parts as the backbone computed them
+    before it wrapped the model: pad to 32, no class token in stage 4 unless kept (its position
+    embedding's map part only), embeddings resized with ``mode``, ``norms[i]`` on stage i's tokens."""
+    B, _, H, W = x.shape
+    x = F.pad(x, (0, -W % 32, 0, -H % 32))
+    x, feat_size = model.patch_embed(x)
+    maps = []
+    for i, stage in enumerate(model.stages):
+        if stage.downsample is not None:
+            x, feat_size = stage.downsample(x, feat_size)
+        p = stage.num_prefix_tokens if keep_class_token else 0
+        if p:
+            x = torch.cat((stage.cls_token.expand(B, -1, -1), x), dim=1)
+        if stage.pos_embed is not None:
+            pos = resize_abs_pos_embed(stage.pos_embed, stage.grid_size, feat_size, stage.num_prefix_tokens, mode)
+            x = x + pos[:, stage.num_prefix_tokens - p:]
+        for blk in stage.blocks:
+            x = blk(x, feat_size)
+        y = x[:, p:]
+        if norms and i in norms:
+            y = norms[i](y)
+        maps.append(y.transpose(1, 2).reshape(B, -1, *feat_size))  # B, N, C -> B, C, H, W
+    return maps
+
+
+def attributes(model):
+    """Every module's type, mode, parameter and child names and plain attributes."""
+    return {name: (type(m), sorted(n for n, v in m._parameters.items() if v is not None), sorted(m._modules),
+                   {k: v for k, v in vars(m).items() if not k.startswith("_")})
+            for name, m in model.named_modules()}
 
 
 @pytest.mark.parametrize("name", litvit.list_models())
@@ -52,16 +89,104 @@ def test_class_token_dropped_only_changes_stage_4():
         ref = model.forward_intermediates(x, intermediates_only=True)
         body = LITBackbone(model).eval()  # drops the class token (the authors' dense backbone)
         feats = body(x)
-    assert model.stages[3].cls_token is None and not body.out_norms
+        by_hand = manual_maps(model, x)
+    assert model.stages[3].cls_token is not None and not body.out_norms  # the model keeps its token
+    assert "model.stages.3.cls_token" not in body.state_dict()
     for a, b in zip(feats[:3], ref[:3]):
         torch.testing.assert_close(a, b)
     assert not torch.allclose(feats[3], ref[3])
+    for a, b in zip(feats, by_hand):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("name", ["lit_ti", "pvt_s_msa", "lit_s"])
+def test_stage_api_options(name):
+    """forward_intermediates' per-call options give the hand loop's maps in both formats."""
+    model = randomize_(tiny(name)).eval()
+    x = torch.randn(2, 3, 96, 64)
+    with torch.no_grad():
+        for class_token in (True, False):
+            for mode in ("bilinear", "bicubic"):
+                by_hand = manual_maps(model, x, class_token, mode)
+                maps = model.forward_intermediates(x, intermediates_only=True, class_token=class_token,
+                                                   pos_embed_interpolation=mode)
+                tokens = model.forward_intermediates(x, intermediates_only=True, class_token=class_token,
+                                                     pos_embed_interpolation=mode, output_fmt="NLC")
+                for a, t, b in zip(maps, tokens, by_hand):
+                    torch.testing.assert_close(a, b)
+                    torch.testing.assert_close(t, b.flatten(2).transpose(1, 2))
+        default = model.forward_intermediates(x, intermediates_only=True)
+        for a, b in zip(default, manual_maps(model, x, True, "bicubic")):  # the classifier's
+            torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="pos_embed_interpolation"):
+        model.forward_intermediates(x, pos_embed_interpolation="nearest")
+
+
+@pytest.mark.parametrize("name", ["lit_ti", "lit_s", "pvt_s_msa"])
+def test_wrapping_leaves_the_model_unchanged(name):
+    """Like torchvision's IntermediateLayerGetter: the classifier's state dict, attributes and output
+    are the same after wrapping and after backbone forwards; the maps are those of the hand loop."""
+    model = randomize_(tiny(name, num_classes=5)).eval()
+    images = torch.randn(2, 3, 64, 64), torch.randn(1, 3, 96, 64)  # the trained grid and another one
+    with torch.no_grad():
+        logits = [model(x) for x in images]
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    attrs = attributes(model)
+    bodies = [LITBackbone(model).eval(), LITBackbone(model, keep_class_token=True, out_indices=(1, 2)).eval()]
+    assert attributes(model) == attrs
+    for body in bodies:
+        # only the parts used, under the model's names: no head, no final norm, no dropped class token
+        names = [k for k in body.state_dict() if not k.startswith("out_norms.")]
+        expected = [f"model.{k}" for k in state if not k.startswith(("head.", "norm."))
+                    and (body.keep_class_token or not k.endswith("cls_token"))]
+        assert names == expected
+        assert all(p is model.get_parameter(n[len("model."):]) for n, p in body.named_parameters() if n.startswith("model."))
+        norms = {int(i): m for i, m in body.out_norms.items()}
+        for x in images + (torch.randn(1, 3, 70, 101),):
+            with torch.no_grad():
+                feats = body(x)
+                by_hand = manual_maps(model, x, body.keep_class_token, "bilinear", norms)
+            assert len(feats) == len(body.out_indices)
+            for a, i in zip(feats, body.out_indices):
+                torch.testing.assert_close(a, by_hand[i])
+    assert attributes(model) == attrs
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state[k]), k
+    with torch.no_grad():
+        for x, ref in zip(images, logits):
+            torch.testing.assert_close(model(x), ref, rtol=0, atol=0)
+    assert bodies[0].wrapped is model
+
+
+def _layer_norm(t, norm):
+    mean = t.mean(-1, keepdim=True)
+    var = (t - mean).pow(2).mean(-1, keepdim=True)
+    return (t - mean) / torch.sqrt(var + norm.eps) * norm.weight + norm.bias
 
 
 def test_out_norms_for_swin_family():
-    body = LITBackbone(tiny("lit_s"))
+    model = randomize_(tiny("lit_s")).eval()
+    body = LITBackbone(model).eval()
     assert sorted(body.out_norms) == ["1", "2", "3"]  # stages 2-4, as the authors' LIT-S dense backbone
-    assert sorted(LITBackbone(tiny("lit_s"), out_norms=(0, 1, 2, 3)).out_norms) == ["0", "1", "2", "3"]
+    randomize_(body.out_norms)
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        raw = LITBackbone(model, out_norms=False)(x)
+        feats = body(x)
+        # each normed map is a LayerNorm over channels of the raw stage map; stage 1 is left raw
+        torch.testing.assert_close(feats[0], raw[0])
+        for i in (1, 2, 3):
+            tokens = raw[i].flatten(2).transpose(1, 2)  # B, C, H, W -> B, N, C
+            expected = _layer_norm(tokens, body.out_norms[str(i)]).transpose(1, 2).reshape(raw[i].shape)
+            torch.testing.assert_close(feats[i], expected)
+            assert not torch.allclose(feats[i], raw[i])
+        body.out_norms["2"].weight.mul_(2)
+        changed = body(x)
+    torch.testing.assert_close(changed[2], 2 * feats[2] - body.out_norms["2"].bias[:, None, None])
+    for i in (0, 1, 3):
+        torch.testing.assert_close(changed[i], feats[i])
+    all_four = LITBackbone(tiny("lit_s"), out_norms=(0, 1, 2, 3))
+    assert sorted(all_four.out_norms) == ["0", "1", "2", "3"]
     # the dense models pick them by task: detection stages 2-4, segmentation all four (LIT.md)
     det = litvit.detection.retinanet("lit_s", num_classes=2, backbone_kwargs=dict(TINY), fpn_channels=16)
     seg = litvit.segmentation.semantic_fpn("lit_s", num_classes=2, backbone_kwargs=dict(TINY), fpn_channels=16)
@@ -76,8 +201,6 @@ def test_out_norms_for_swin_family():
 def test_pos_embed_resize_by_family(name, expected):
     """Dense backbones of the PVT family resize their absolute position embeddings bilinearly (the
     authors' dense LIT-Ti), the classifier bicubically; the mode reaches the forward."""
-    import torch.nn.functional as F
-    from litvit.models.lit import resize_abs_pos_embed
     model = randomize_(tiny(name)).eval()
     x = torch.randn(1, 3, 96, 64)  # stage grids 24x16 ... 3x2, not the 16x16 ... 2x2 they were learned for
     stage = model.stages[0]
@@ -93,9 +216,12 @@ def test_pos_embed_resize_by_family(name, expected):
         body = LITBackbone(copy.deepcopy(model), keep_class_token=True, out_norms=False,
                            pos_embed_interpolation=interp).eval()
         assert body.pos_embed_interpolation == (interp or expected)
-        assert all(s.pos_embed_interpolation == (interp or expected) for s in body.model.stages)
         with torch.no_grad():
             feats = body(x)
+            by_hand = manual_maps(model, x, True, interp or expected)
+        assert all(s.pos_embed_interpolation == "bicubic" for s in body.wrapped.stages)  # the model's own
+        for a, b in zip(feats, by_hand):
+            torch.testing.assert_close(a, b)
         same = all(torch.allclose(a, b, atol=1e-6) for a, b in zip(feats, classifier))
         assert same == ((interp or expected) == "bicubic")
     # the detector and the segmenter pick the family's mode
@@ -165,3 +291,29 @@ def test_param_groups_inside_a_detector():
     assert groups["offset"]["lr_mult"] == 0.01
     assert "backbone.body.model.stages.1.downsample.dtm.dconv.conv_offset.bias" in groups["no_decay"]["param_names"]
     assert "backbone.fpn.inner_blocks.0.0.weight" in groups["decay"]["param_names"]
+
+
+def test_grad_checkpointing_and_early_stop():
+    """Checkpointed blocks give the same maps and gradients; stages after the last of out_indices do not run."""
+    results = []
+    for enable in (False, True):
+        torch.manual_seed(0)  # the same weights and input both times
+        body = build_backbone("lit_ti", out_indices=(0, 1, 2), **TINY).train()
+        randomize_(body)
+        body.set_grad_checkpointing(enable)
+        feats = body(torch.randn(2, 3, 70, 64))
+        sum(f.pow(2).mean() for f in feats).backward()
+        results.append((feats, {n: p.grad for n, p in body.named_parameters() if p.grad is not None}))
+    (a, ga), (b, gb) = results
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y)
+    assert ga.keys() == gb.keys() and not any(k.startswith("model.stages.3.") for k in ga)
+    for k in ga:
+        torch.testing.assert_close(ga[k], gb[k], msg=k)
+    calls = []
+    body = build_backbone("lit_ti", out_indices=(0, 1), **TINY).eval()
+    for i, stage in enumerate(body.wrapped.stages):
+        stage.register_forward_hook(lambda m, args, out, i=i: calls.append(i))
+    with torch.no_grad():
+        assert [f.shape[1] for f in body(torch.randn(1, 3, 64, 64))] == [16, 32]
+    assert calls == [0, 1]

@@ -11,12 +11,15 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 
 import litvit
 from litvit.ops import fused_mlp
 
-from conftest import TINY
+from helpers import TINY
+
+pytestmark = pytest.mark.unit
 
 
 def test_probe_runs_once_per_dtype(monkeypatch):
@@ -87,6 +90,7 @@ _SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_bf16_on_a_cpu_capped_at_avx2():
     """What a CPU without native bf16 sees. Where the torch build honours the cap, the raw bf16
     kernel fails in the subprocess (the crash this package used to hit) and the probe must say no;

@@ -9,8 +9,10 @@ import torch
 import litvit
 from litvit.models.convert import CheckpointMismatchError, litvit_to_official, official_to_litvit
 
-from conftest import TINY, randomize_
+from helpers import TINY, randomize_
 from reference_lit import reference_forward_pvt, reference_forward_swin
+
+pytestmark = pytest.mark.unit
 
 DATA = Path(__file__).parent / "data"
 FAMILY = {"lit_ti": "pvt", "lit_s": "swin", "lit_m": "swin", "lit_b": "swin", "pvt_s_msa": "pvt"}

@@ -1,8 +1,48 @@
 """The command line: help, the demo, and one-line errors."""
+import re
 import subprocess
 import sys
 
+import pytest
+
 from litvit.cli import main
+
+pytestmark = pytest.mark.cli
+
+# Every command and, for the groups, every subcommand, with a word of its one-line help.
+COMMANDS = {
+    "models": "parameter counts", "train": "train a LIT classifier", "validate": "top-1",
+    "predict": "classify the images", "demo": "embedded digits", "bench": "throughput", "export": "ONNX",
+    "flops": "FLOPs", "viz": "figures", "detect": "object detection", "segment": "semantic segmentation",
+}
+SUBCOMMANDS = {
+    "viz": {"offsets": "DTM sampling locations", "attention": "attention maps"},
+    "detect": {"train": "train a detector", "eval": "box / mask AP", "predict": "detections",
+               "params": "parameter counts"},
+    "segment": {"train": "train Semantic FPN", "eval": "mIoU", "predict": "segmentation",
+                "params": "parameter counts"},
+}
+
+
+def _listed(help_text):
+    """{name: one-line help} of the command list in an argparse help text (help wrapped over lines joined)."""
+    listed, name = {}, None
+    for line in help_text.split("positional arguments:", 1)[1].split("options:", 1)[0].splitlines():
+        m = re.match(r"^ {4}(\S+)(?: +(.*))?$", line)
+        if m and not m.group(1).startswith("{"):
+            name = m.group(1)
+            listed[name] = m.group(2) or ""
+        elif name and line.strip():
+            listed[name] = (listed[name] + " " + line.strip()).strip()
+    return listed
+
+
+def _help(argv):
+    """Exit status of ``main(argv)`` that prints a help text (argparse exits, or main returns)."""
+    try:
+        return main(argv)
+    except SystemExit as e:
+        return e.code
 
 
 def run_cli(*args):
@@ -11,8 +51,18 @@ def run_cli(*args):
 
 def test_help_lists_commands(capsys):
     assert main([]) == 2
-    out = capsys.readouterr().out
-    assert "demo" in out and "models" in out
+    listed = _listed(capsys.readouterr().out)
+    assert list(listed) == list(COMMANDS)
+    for name, words in COMMANDS.items():
+        assert words in listed[name], (name, listed[name])
+    for group, subcommands in SUBCOMMANDS.items():
+        assert _help([group, "--help"]) == 0
+        listed = _listed(capsys.readouterr().out)
+        assert list(listed) == list(subcommands), group
+        for name, words in subcommands.items():
+            assert words in listed[name], (group, name, listed[name])
+    for name in COMMANDS:  # every command has its own help
+        assert _help([name, "--help"]) == 0 and f"usage: litvit {name}" in capsys.readouterr().out, name
 
 
 def test_models_lists_parameter_counts(capsys):

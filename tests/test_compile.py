@@ -8,7 +8,9 @@ import torch
 
 import litvit
 
-from conftest import TINY, randomize_
+from helpers import TINY, randomize_
+
+pytestmark = [pytest.mark.unit, pytest.mark.slow]
 
 MODELS = litvit.list_models()
 SMALL = dict(TINY, depths=(1, 1, 1, 1), drop_path_rate=0.0)

@@ -13,7 +13,9 @@ from litvit.dense_data import CocoDetection, detection_collate
 from litvit.ops import fused_mlp
 from litvit.tasks.detection import DetectionTask, coco_evaluate, coco_results
 
-from conftest import TINY
+from helpers import TINY
+
+pytestmark = pytest.mark.unit
 
 TINY_BB = {k: v for k, v in TINY.items()}
 CATEGORIES = [dict(id=3, name="square"), dict(id=7, name="triangle")]  # non-contiguous ids on purpose
@@ -159,6 +161,8 @@ def test_coco_results_and_eval_perfect_detections(coco):
     assert "Average Precision" in text
 
 
+@pytest.mark.cli
+@pytest.mark.slow
 def test_cli_train_eval_predict(coco, tmp_path, capsys):
     img_dir, ann = coco
     out = tmp_path / "run"
@@ -200,21 +204,53 @@ def test_bf16_evaluation_keeps_float32_boxes(coco, fused):
 
 
 def test_non_multiple_of_32_sizes():
-    """Images of odd sizes, batched with others, go through both detectors in eval mode."""
+    """Images of odd sizes, batched with others, go through both detectors in eval mode and give
+    detections inside each image (score threshold 0, so the untrained heads detect something)."""
     kw = dict(backbone="lit_ti", num_classes=3, min_size=70, max_size=110,
               backbone_kwargs=dict(TINY_BB), fpn_channels=32)
+    sizes = [(70, 101), (45, 77)]
     for build in (litvit.detection.retinanet, litvit.detection.mask_rcnn):
         model = build(**kw).eval()
+        if hasattr(model, "roi_heads"):
+            model.roi_heads.score_thresh = 0.0
+        else:
+            model.score_thresh = 0.0
         with torch.no_grad():
-            out = model([torch.rand(3, 70, 101), torch.rand(3, 45, 77)])
-        assert len(out) == 2 and out[0]["boxes"].shape[1] == 4
-        if "masks" in out[1]:
-            assert out[1]["masks"].shape[-2:] == (45, 77)
+            out = model([torch.rand(3, *size) for size in sizes])
+        assert len(out) == 2
+        for det, (H, W) in zip(out, sizes):
+            boxes = det["boxes"]
+            assert boxes.shape[0] > 0 and boxes.shape[1] == 4
+            assert det["scores"].shape == det["labels"].shape == boxes.shape[:1]
+            assert (boxes[:, 0] >= 0).all() and (boxes[:, 1] >= 0).all()
+            assert (boxes[:, 2] <= W + 1e-3).all() and (boxes[:, 3] <= H + 1e-3).all()
+            assert (boxes[:, 2] >= boxes[:, 0]).all() and (boxes[:, 3] >= boxes[:, 1]).all()
+            if "masks" in det:
+                assert det["masks"].shape == (boxes.shape[0], 1, H, W)
 
 
 def test_parameter_counts_match_paper():
-    for arch, bb, n, _, paper in litvit.detection.parameter_table():
-        assert abs(n / 1e6 - paper) < 1.0, (arch, bb, n, paper)
+    """Exact counts, and the same count summed from independent parts: the classifier's trunk (LIT
+    without head, final norm and dropped class token) plus the out-norms, the FPN and the heads."""
+    from litvit.models import create_model
+    from litvit.models.backbone import default_backbone_img_size
+    exact = {("retinanet", "lit_ti"): 29_642_453, ("retinanet", "lit_s"): 38_925_037,
+             ("mask_rcnn", "lit_ti"): 39_543_501, ("mask_rcnn", "lit_s"): 48_244_453}
+    table = litvit.detection.parameter_table()
+    assert {(arch, bb) for arch, bb, *_ in table} == set(exact)
+    for arch, bb, n, n_body, paper in table:
+        assert n == exact[arch, bb], (arch, bb, n)
+        assert round(n / 1e6) == paper, (arch, bb, n, paper)  # the paper gives whole millions
+        with torch.device("meta"):
+            model = litvit.detection.build_detector(arch, backbone=bb, num_classes=80)
+            classifier = create_model(bb, num_classes=0, img_size=default_backbone_img_size(bb, "detection") or 224)
+        body = model.backbone.body
+        trunk = sum(p.numel() for k, p in classifier.named_parameters()
+                    if not k.startswith("norm.") and not k.endswith("cls_token"))
+        out_norms = sum(2 * classifier.embed_dims[int(i)] for i in body.out_norms)
+        assert n_body == trunk + out_norms, (arch, bb)
+        rest = sum(p.numel() for k, p in model.named_parameters() if not k.startswith("backbone.body."))
+        assert n == n_body + rest
 
 
 def _write(path, text):
@@ -222,6 +258,7 @@ def _write(path, text):
     return path
 
 
+@pytest.mark.cli
 def test_errors_are_one_line(coco, tmp_path, capsys):
     img_dir, ann = coco
     common = ["--train-images", str(img_dir), "--epochs", "1", "--output", str(tmp_path / "r"), "--device", "cpu"]

@@ -7,6 +7,8 @@ import torchvision
 
 from litvit.ops import DeformableTokenMerging, DeformMerge2x2, deform_merge2x2
 
+pytestmark = pytest.mark.unit
+
 
 def bilinear_reference(x, offset, weight, bias):
     """Deformable 2x2 stride-2 conv by explicit loops, from the rule in docs/architecture.md (float64)."""
@@ -84,16 +86,22 @@ def test_gradcheck(impl):
     assert torch.autograd.gradcheck(lambda *a: deform_merge2x2(*a, impl=impl), args, eps=1e-6, atol=1e-6)
 
 
-def test_fast_gradients_match_torchvision():
-    x, offset, weight, bias = _inputs(B=2, C=4, H=7, W=9, Cout=6, scale=2.5, dtype=torch.float32)
-    grads = {}
-    for impl in ("fast", "torchvision"):
-        args = [t.clone().requires_grad_() for t in (x, offset, weight, bias)]
-        out = deform_merge2x2(*args, impl=impl)
-        out.backward(torch.linspace(-1, 1, out.numel()).view_as(out))
-        grads[impl] = [out.detach()] + [a.grad for a in args]
-    for a, b in zip(grads["fast"], grads["torchvision"]):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+def _grads(fn, tensors, dtype):
+    """Output and gradients (x, offset, weight, bias) of fn under a fixed upstream gradient."""
+    args = [t.to(dtype).clone().requires_grad_() for t in tensors]
+    out = fn(*args)
+    out.backward(torch.linspace(-1, 1, out.numel(), dtype=dtype).view_as(out))
+    return [out.detach()] + [a.grad for a in args]
+
+
+@pytest.mark.parametrize("impl", ["fast", "torchvision"])
+def test_gradients_match_torchvision_deform_conv2d(impl):
+    """Both paths in float32 against torchvision's op called directly in float64 (not through the wrapper)."""
+    tensors = _inputs(B=2, C=4, H=7, W=9, Cout=6, scale=2.5)
+    expected = _grads(lambda x, o, w, b: torchvision.ops.deform_conv2d(x, o, w, b, stride=2), tensors, torch.float64)
+    got = _grads(lambda *a: deform_merge2x2(*a, impl=impl), tensors, torch.float32)
+    for name, a, b in zip(("out", "x", "offset", "weight", "bias"), got, expected):
+        torch.testing.assert_close(a, b.float(), rtol=1e-4, atol=1e-4, msg=name)
 
 
 @pytest.mark.parametrize("impl", ["fast", "torchvision"])
@@ -103,7 +111,8 @@ def test_empty_batch(impl):
     y = m(x)
     assert y.shape == (0, 5, 4, 4)
     y.sum().backward()
-    assert m.weight.grad is not None and torch.all(m.weight.grad == 0)
+    assert x.grad.shape == x.shape
+    assert torch.equal(m.weight.grad, torch.zeros_like(m.weight))
 
 
 @pytest.mark.parametrize("impl", ["fast", "torchvision"])
@@ -150,9 +159,13 @@ def test_bad_shapes_raise():
 
 
 def test_torchvision_path_is_torchvision():
+    """The torchvision path is torchvision's op, and both agree with the loop reference (float32)."""
     x, offset, weight, bias = _inputs(dtype=torch.float32)
-    torch.testing.assert_close(deform_merge2x2(x, offset, weight, bias, impl="torchvision"),
-                               torchvision.ops.deform_conv2d(x, offset, weight, bias, stride=2))
+    expected = bilinear_reference(x.double(), offset.double(), weight.double(), bias.double()).float()
+    direct = torchvision.ops.deform_conv2d(x, offset, weight, bias, stride=2)
+    torch.testing.assert_close(direct, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(deform_merge2x2(x, offset, weight, bias, impl="torchvision"), direct)
+    torch.testing.assert_close(deform_merge2x2(x, offset, weight, bias, impl="fast"), expected, rtol=1e-5, atol=1e-5)
 
 
 # --- the fast path's layouts and caches (perf) ----------------------------------------------------
@@ -187,12 +200,16 @@ def test_fast_token_major_input_matches_torchvision(with_bias):
 
 
 def test_grid_cache_from_inference_mode_serves_training():
-    x, offset, weight, bias = _inputs(H=10, W=12, dtype=torch.float32)
+    """A base grid cached under inference_mode gives the training forward and backward the numbers
+    of torchvision's op (float64), as a fresh grid does."""
+    tensors = _inputs(H=10, W=12)
+    x, offset, weight, bias = (t.float() for t in tensors)
     with torch.inference_mode():
         deform_merge2x2(x, offset, weight, bias)  # fills the base-grid cache for 5x6
-    args = [t.clone().requires_grad_() for t in (x, offset, weight, bias)]
-    deform_merge2x2(*args).sum().backward()
-    assert all(a.grad is not None for a in args)
+    got = _grads(deform_merge2x2, tensors, torch.float32)
+    expected = _grads(lambda x, o, w, b: torchvision.ops.deform_conv2d(x, o, w, b, stride=2), tensors, torch.float64)
+    for name, a, b in zip(("out", "x", "offset", "weight", "bias"), got, expected):
+        torch.testing.assert_close(a, b.float(), rtol=1e-4, atol=1e-4, msg=name)
 
 
 def test_shapes_on_meta_device():

@@ -5,7 +5,9 @@ import litvit
 from litvit.cli import main
 from litvit.tools.export import check_onnx, export_onnx
 
-from conftest import TINY, randomize_
+from helpers import TINY, randomize_
+
+pytestmark = pytest.mark.unit
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
@@ -13,6 +15,7 @@ pytest.importorskip("onnxscript")
 SMALL = dict(TINY, depths=(1, 1, 1, 1))
 
 
+@pytest.mark.slow
 def test_onnx_round_trip_dynamic_batch_and_size(tmp_path):
     """LIT-Ti (DTM with offsets that leave the map, absolute position embeddings resized in the
     graph, class token) exported once at 64 px, run at other batch sizes and sizes."""
@@ -28,6 +31,7 @@ def test_onnx_round_trip_dynamic_batch_and_size(tmp_path):
     assert all(r["max_abs_diff"] < 1e-4 for r in results)
 
 
+@pytest.mark.cli
 def test_export_cli_errors(tmp_path, capsys):
     assert main(["export", "--model", "nope"]) == 2
     assert "invalid choice: 'nope'" in capsys.readouterr().err

@@ -10,7 +10,9 @@ import litvit
 from litvit.cli import main
 from litvit.tools import flops as F
 
-from conftest import TINY
+from helpers import TINY
+
+pytestmark = pytest.mark.unit
 
 # The paper: GFLOPs at 224, rounded to 0.1 G (PVT-S within 0.1 G); Swin-Ti 4.5 G through timm.
 PAPER_GFLOPS = {"lit_ti": 3.6, "lit_s": 4.1, "lit_m": 8.6, "lit_b": 15.0, "pvt_s_msa": 8.4, "pvt_s": 3.8,
@@ -98,6 +100,7 @@ def test_paper_rows_and_formats(paper_reports):
         F.format_table(["a"], [["1"]], "html")
 
 
+@pytest.mark.cli
 def test_cli_paper_uses_the_traced_numbers(paper_reports, monkeypatch, capsys):
     monkeypatch.setattr(F, "profile_model", lambda name, size, **kw: paper_reports[name])
     assert main(["flops", "--paper", "--format", "markdown"]) == 0
@@ -109,6 +112,7 @@ def test_cli_paper_uses_the_traced_numbers(paper_reports, monkeypatch, capsys):
     assert parsed[0] == F.PAPER_HEADER and all(len(r) == len(F.PAPER_HEADER) for r in parsed)
 
 
+@pytest.mark.cli
 def test_cli_table_csv_and_sweep(tmp_path, capsys):
     assert main(["flops", "lit_ti", "pvt_s_msa", "--format", "csv"]) == 0
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
@@ -130,6 +134,7 @@ def test_cli_table_csv_and_sweep(tmp_path, capsys):
     assert f"wrote {png}" in out
 
 
+@pytest.mark.cli
 def test_cli_bad_input_is_one_line(capsys):
     assert main(["flops", "lit_ti", "--img-size", "100"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -6,7 +6,9 @@ import torch
 import litvit
 from litvit.models.lit import Attention, relative_position_index, resize_rel_pos_table
 
-from conftest import TINY, randomize_
+from helpers import TINY, randomize_
+
+pytestmark = pytest.mark.unit
 
 MODELS = litvit.list_models()
 PARAMS = {"lit_ti": 19_886_272, "lit_s": 27_973_720, "lit_m": 49_372_264, "lit_b": 87_292_384,

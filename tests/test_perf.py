@@ -10,7 +10,9 @@ from litvit.cli import main
 from litvit.models.lit import Block
 from litvit.ops import fused_mlp
 
-from conftest import TINY, randomize_
+from helpers import TINY, randomize_
+
+pytestmark = pytest.mark.unit
 
 MODELS = litvit.list_models()
 DTM_MODELS = ("lit_ti", "lit_s", "lit_m", "lit_b")
@@ -142,6 +144,8 @@ def test_caches_follow_parameter_updates():
         assert not torch.allclose(y0, y1)
 
 
+@pytest.mark.cli
+@pytest.mark.slow
 @pytest.mark.parametrize("fused", [None, False], ids=["probed", "forced-fallback"])
 def test_bench_end_to_end(tmp_path, fused):
     out, png = tmp_path / "b.json", tmp_path / "b.png"
@@ -165,6 +169,7 @@ def test_bench_end_to_end(tmp_path, fused):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_peak_memory_in_a_fresh_process():
     from litvit.tools.bench import measure_memory
     spec = dict(model="lit_ti", path="fast", batch_size=2, img_size=64, mode="train", dtype="fp32", device="cpu",
@@ -174,6 +179,7 @@ def test_peak_memory_in_a_fresh_process():
     assert result["method"] in ("VmHWM-VmRSS", "ru_maxrss delta (lower bound)")
 
 
+@pytest.mark.cli
 def test_bench_dtm_only(tmp_path):
     out, png = tmp_path / "d.json", tmp_path / "d.png"
     # 64 px: the three shapes at 2/7 of LIT-Ti's 224 sizes (16, 8, 4), quick
@@ -191,6 +197,7 @@ def test_bench_flop_count_follows_the_paper_convention():
     assert count_flops(model, 224, torch.device("cpu")) / 2e9 == pytest.approx(3.6, abs=0.05)
 
 
+@pytest.mark.cli
 def test_bench_bad_arguments_are_one_line_errors(capsys):
     assert main(["bench", "--models", "nope", "--out", "/dev/null"]) == 2
     assert "unknown model 'nope'" in capsys.readouterr().err

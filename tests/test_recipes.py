@@ -18,7 +18,9 @@ import litvit.detection
 import litvit.segmentation
 from litvit.cli import main
 
-from conftest import TINY
+from helpers import TINY
+
+pytestmark = pytest.mark.unit
 
 # --- the official values, from LIT.md --------------------------------------------------------------------
 # (section, key) -> value; "family" rows hold per-backbone values.
@@ -157,6 +159,7 @@ def print_config(capsys, argv):
 
 @pytest.mark.parametrize("argv,official", PRESETS, ids=[" ".join(a[:-2] if a[0] != "train" else a) + (
     f" {a[-1]}" if a[0] != "train" else "") for a, _ in PRESETS])
+@pytest.mark.cli
 def test_presets_resolve_to_the_official_values(capsys, tmp_path, argv, official):
     # data paths that do not exist: --print-config must not touch them
     missing = str(tmp_path / "nowhere")
@@ -176,6 +179,7 @@ def test_presets_resolve_to_the_official_values(capsys, tmp_path, argv, official
         assert {"name", "lr_mult", "lr", "weight_decay", "tensors", "parameters"} <= set(g)
 
 
+@pytest.mark.cli
 def test_print_config_on_the_cpu_and_overrides(capsys):
     cfg = print_config(capsys, ["train", "--recipe", "lit-ti", "--data", "x", "--print-config", "--device", "cpu"])
     assert cfg["engine"]["amp"] == "none"  # no fp16 autocast on the CPU
@@ -358,6 +362,7 @@ def _syncbn_worker(rank, world, port, out_dir):
         dist.destroy_process_group()
 
 
+@pytest.mark.distributed
 def test_head_syncbn_under_two_gloo_processes(tmp_path):
     """Under DDP the head's BatchNorms become SyncBatchNorms (the backbone's DTM BatchNorms do not),
     and two processes with half a batch each compute what one process computes on the whole batch."""

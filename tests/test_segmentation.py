@@ -12,7 +12,9 @@ from litvit.dense_data import IGNORE_INDEX, SegEvalTransform, SegmentationDatase
 from litvit.segmentation import SemanticFPNHead, confusion_matrix, segmentation_metrics
 from litvit.tasks.segmentation import SegmentationTask
 
-from conftest import TINY
+from helpers import TINY
+
+pytestmark = pytest.mark.unit
 
 NUM_CLASSES = 3  # raw label values: 0 = "other" (ignored), 1 = background, 2 = disc, 3 = bar
 
@@ -145,6 +147,8 @@ def test_evaluate_matches_hand_confusion_matrix(ade):
     assert metrics["score"] == metrics["mIoU"]
 
 
+@pytest.mark.cli
+@pytest.mark.slow
 def test_cli_train_eval_predict(ade, tmp_path, capsys):
     out = tmp_path / "run"
     names = tmp_path / "names.txt"
@@ -170,10 +174,29 @@ def test_cli_train_eval_predict(ade, tmp_path, capsys):
 
 
 def test_parameter_counts_match_paper():
-    for arch, bb, n, _, paper in litvit.segmentation.parameter_table():
-        assert abs(n / 1e6 - paper) < 1.0, (arch, bb, n, paper)
+    """Exact counts, and the same count summed from independent parts: the classifier's trunk (LIT
+    without head, final norm and dropped class token) plus the out-norms, the FPN and the heads."""
+    from litvit.models import create_model
+    from litvit.models.backbone import default_backbone_img_size
+    exact = {("semantic_fpn", "lit_ti"): 23_638_382, ("semantic_fpn", "lit_s"): 31_850_502}
+    table = litvit.segmentation.parameter_table()
+    assert {(arch, bb) for arch, bb, *_ in table} == set(exact)
+    for arch, bb, n, n_body, paper in table:
+        assert n == exact[arch, bb], (arch, bb, n)
+        assert round(n / 1e6) == paper, (arch, bb, n, paper)  # the paper gives whole millions
+        with torch.device("meta"):
+            model = litvit.segmentation.semantic_fpn(bb, num_classes=150)
+            classifier = create_model(bb, num_classes=0, img_size=default_backbone_img_size(bb, "segmentation") or 224)
+        body = model.backbone.body
+        trunk = sum(p.numel() for k, p in classifier.named_parameters()
+                    if not k.startswith("norm.") and not k.endswith("cls_token"))
+        out_norms = sum(2 * classifier.embed_dims[int(i)] for i in body.out_norms)
+        assert n_body == trunk + out_norms, (arch, bb)
+        rest = sum(p.numel() for k, p in model.named_parameters() if not k.startswith("backbone.body."))
+        assert n == n_body + rest
 
 
+@pytest.mark.cli
 def test_errors_are_one_line(ade, tmp_path, capsys):
     # a label outside the class range
     bad = make_ade(tmp_path / "bad", n_train=2, n_val=1)

@@ -27,7 +27,8 @@ def create(name: str, **kwargs) -> torch.nn.Module:
         kwargs.setdefault("depths", (1, 1, 1, 1))
     return timm.create_model(name, pretrained=False, **kwargs)
 
-pytestmark = pytest.mark.filterwarnings("ignore:NOTE. The nodes obtained by tracing")
+pytestmark = [pytest.mark.unit, pytest.mark.slow,
+              pytest.mark.filterwarnings("ignore:NOTE. The nodes obtained by tracing")]
 
 
 def _input(batch_size: int = 1) -> torch.Tensor:

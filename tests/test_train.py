@@ -21,6 +21,8 @@ from litvit.data import DigitsDataset, ImageFolder, UnreadableImageError
 from litvit.engine import TrainConfig, fit, param_groups
 from litvit.tasks.classification import ClassificationConfig, ClassificationTask, validate_checkpoint
 
+pytestmark = [pytest.mark.unit, pytest.mark.slow]
+
 TINY_ARCH = dict(embed_dims=(16, 32, 48, 64), depths=(1, 1, 1, 1), num_heads=(1, 2, 3, 4), mlp_ratios=(2, 2, 2, 2))
 TINY_FLAGS = ["--img-size", "32", "--embed-dims", "16", "32", "48", "64", "--depths", "1", "1", "1", "1",
               "--num-heads", "1", "2", "3", "4", "--mlp-ratios", "2", "2", "2", "2", "--no-progress"]
@@ -241,6 +243,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.distributed
 def test_two_processes_gloo(tmp_path):
     """torchrun, 2 processes, gloo on CPU: one writer, metrics reduced over both shards."""
     torchrun = Path(sys.executable).with_name("torchrun")
@@ -262,6 +265,7 @@ def test_two_processes_gloo(tmp_path):
 
 # --- command line: validate, predict, bad input -----------------------------------------------------------
 
+@pytest.mark.cli
 def test_cli_validate_and_predict(trained, tmp_path, capsys):
     out, summary = trained
     code, stdout, err = run_cli(capsys, "validate", "--checkpoint", str(out / "best.pth"), "--img-size", "64",
@@ -282,6 +286,7 @@ def test_cli_validate_and_predict(trained, tmp_path, capsys):
     assert stdout.count("digit") == 3
 
 
+@pytest.mark.cli
 def test_validate_an_official_layout_checkpoint(tmp_path, capsys):
     """A bare state dict in the released LIT-Ti layout (full size, 10 classes) through `validate --model`."""
     from litvit.models.convert import litvit_to_official
@@ -309,6 +314,7 @@ def _image_folder(root: Path, n: int = 4) -> Path:
     return root
 
 
+@pytest.mark.cli
 def test_missing_and_empty_dataset(tmp_path, capsys):
     code, _, err = run_cli(capsys, "train", "--data", str(tmp_path / "nope"), "--output", str(tmp_path / "o"))
     assert_one_line_error(code, err, "dataset folder not found", "nope")
@@ -324,6 +330,7 @@ def test_missing_and_empty_dataset(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.cli
 def test_unreadable_image_fails_with_path_or_is_skipped(tmp_path, capsys):
     root = _image_folder(tmp_path / "data")
     bad = next((root / "train").glob("*/*.png"))
@@ -340,6 +347,7 @@ def test_unreadable_image_fails_with_path_or_is_skipped(tmp_path, capsys):
     assert (tmp_path / "o2" / "last.pth").exists()
 
 
+@pytest.mark.cli
 def test_unreadable_image_error_from_a_worker_is_one_line(tmp_path):
     root = _image_folder(tmp_path / "data", n=2)
     bad = next((root / "val").glob("*/*.png"))
@@ -351,6 +359,7 @@ def test_unreadable_image_error_from_a_worker_is_one_line(tmp_path):
     assert str(e.value).startswith("cannot read image") and "\n" not in str(e.value) and str(bad) in str(e.value)
 
 
+@pytest.mark.cli
 def test_checkpoint_of_another_model(trained, tmp_path, capsys):
     out, _ = trained
     code, _, err = run_cli(capsys, "validate", "--checkpoint", str(out / "best.pth"), "--model", "lit_s")
@@ -376,6 +385,7 @@ def test_checkpoint_of_another_model(trained, tmp_path, capsys):
     assert_one_line_error(code, err, "checkpoint not found")
 
 
+@pytest.mark.cli
 def test_bad_batch_size_recipe_and_overwrite(trained, tmp_path, capsys):
     code, _, err = run_cli(capsys, "train", "--batch-size", "30", "--accum-steps", "4", "--output", str(tmp_path / "o"))
     assert_one_line_error(code, err, "batch size 30 does not divide", "4 accumulation")

@@ -5,6 +5,8 @@ import pytest
 
 from litvit.utils import atomic_path, atomic_write
 
+pytestmark = pytest.mark.unit
+
 
 def test_atomic_write_replaces_and_leaves_no_temporary(tmp_path):
     out = tmp_path / "sub" / "a.png"

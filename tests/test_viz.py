@@ -12,7 +12,9 @@ from litvit.tools.viz.attention import check_attention_memory, collect_attention
 from litvit.tools.viz.offsets import (_magnification, collect_offsets, regular_points, sample_field,
                                       trace_sampling_points)
 
-from conftest import TINY, randomize_
+from helpers import TINY, randomize_
+
+pytestmark = pytest.mark.unit
 
 KERNEL = [(0, 0), (0, 1), (1, 0), (1, 1)]  # k = i * 2 + j
 
@@ -227,6 +229,7 @@ def test_load_image_sizes_and_normalisation(tmp_path):
     np.testing.assert_allclose(img.tensor[0].permute(1, 2, 0).numpy(), expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.cli
 def test_viz_offsets_command(tmp_path, capsys):
     ckpt = _checkpoint(tmp_path / "lit_ti.pth", "lit_ti")
     folder = tmp_path / "imgs"
@@ -245,6 +248,7 @@ def test_viz_offsets_command(tmp_path, capsys):
         assert data["points_step3"].shape == (2, 64, 2) and data["regular_points"].shape == (2, 64, 2)
 
 
+@pytest.mark.cli
 def test_viz_attention_command(tmp_path, capsys):
     ckpt = _checkpoint(tmp_path / "pvt.pth", "pvt_s_msa")
     img = _image(tmp_path / "img.png")
@@ -261,6 +265,7 @@ def test_viz_attention_command(tmp_path, capsys):
         assert f"wrote {out / f'img_attention_stage{stage}.npy'}" in printed
 
 
+@pytest.mark.cli
 def test_viz_errors_are_one_line(tmp_path, capsys):
     ckpt = _checkpoint(tmp_path / "lit_ti.pth", "lit_ti")
     bad = tmp_path / "bad.png"
@@ -338,6 +343,7 @@ def test_official_attention_averages_at_the_official_tokens():
     assert (singles[0][3].maps[0].sum(axis=(1, 2)) < 1).all()
 
 
+@pytest.mark.cli
 def test_viz_official_methods_commands(tmp_path, capsys):
     pvt = _checkpoint(tmp_path / "pvt.pth", "pvt_s_msa")
     folder = tmp_path / "imgs"

@@ -6,11 +6,14 @@ of Semantic FPN (ADE20K): the four stage outputs, at strides 4, 8, 16 and 32, fe
 
 :class:`LITBackbone` wraps any LIT or ablation model and returns those four maps for images of
 any size (padded at the bottom/right to a multiple of 32; position embeddings and relative tables
-are resized by the model). It follows the authors' detection/segmentation backbones:
+are resized by the model). It wraps and does not modify: like torchvision's
+``IntermediateLayerGetter`` it registers the model's patch embedding and stages (shared, not
+copied) and runs them through :meth:`litvit.models.LIT.forward_intermediates` with per-call
+options. It follows the authors' detection/segmentation backbones:
 
-* the class token of the PVT family (LIT-Ti) is a classification device and is dropped: stage 4
-  adds ``pos_embed[:, 1:]`` to its map tokens only;
-* the final classification norm and the head are removed;
+* the class token of the PVT family (LIT-Ti) is a classification device and is not used: stage 4
+  adds ``pos_embed[:, 1:]`` to its map tokens only (``class_token=False``);
+* the final classification norm and the head are not part of the backbone;
 * the PVT family's absolute position embeddings are resized *bilinearly* to the grid at hand on
   every forward (the classification model resizes bicubically);
 * the Swin family (LIT-S/M/B) gets a fresh LayerNorm on the outputs of stages 2-4 (detection) or
@@ -29,11 +32,10 @@ Examples::
 """
 import logging
 from collections import OrderedDict
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
-import torch.utils.checkpoint
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torchvision.ops import FeaturePyramidNetwork
@@ -53,19 +55,42 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+class _SharedParts(nn.Module):
+    """Parameters and child modules of ``source`` under the same names, shared, not copied (``None``
+    stays ``None``): a view whose state dict, ``parameters()``, ``to()`` and ``train()`` cover what a
+    wrapper uses and nothing else. ``attrs`` (those ``source`` has) are copied as plain attributes."""
+
+    def __init__(self, source: nn.Module, params: Sequence[str] = (), modules: Sequence[str] = (),
+                 attrs: Sequence[str] = ()):
+        super().__init__()
+        for name in params:
+            self.register_parameter(name, getattr(source, name))
+        for name in modules:
+            self.add_module(name, getattr(source, name))
+        for name in attrs:
+            if hasattr(source, name):
+                setattr(self, name, getattr(source, name))
+
+
 class LITBackbone(nn.Module):
     """Stage maps of a LIT model at strides 4, 8, 16, 32 for images of any size.
 
+    The model is wrapped, not modified: its patch embedding and stages are registered here as
+    ``model.patch_embed`` and ``model.stages.{i}`` (the same parameters; the head, the final norm
+    and, with ``keep_class_token=False``, the class token are left out), and every forward runs
+    ``model.forward_intermediates(..., class_token=keep_class_token,
+    pos_embed_interpolation=...)``. The classifier keeps working as before; training the backbone
+    trains its shared parameters, and ``frozen_stages`` / ``set_grad_checkpointing`` act on them.
+
     Args:
-        model (nn.Module): a :class:`litvit.models.LIT` (any registered model or ablation). Its
-            head and final norm are removed; with ``keep_class_token=False`` its class token too.
+        model (nn.Module): a :class:`litvit.models.LIT` (any registered model or ablation).
         out_indices (Sequence[int]): stages to return (0-3); later stages are not computed.
         frozen_stages (int): -1 trains everything; 0 freezes the patch embedding; n >= 1 also
             freezes stages 1..n (a stage includes the token merging into it). Frozen parts stay in
             eval mode and get no gradient.
         norm_eval (bool): keep every BatchNorm (the DTM's) in eval mode while training, using and
             not updating the ImageNet statistics (useful with small per-GPU batches).
-        keep_class_token (bool): keep the PVT family's class token in stage 4, as classification
+        keep_class_token (bool): use the PVT family's class token in stage 4, as classification
             does; the authors' dense code drops it (default).
         out_norms (bool | Sequence[int], optional): LayerNorm on stage outputs, as the authors'
             Swin-family dense backbones have: ``True`` for stages 2-4 (their detection backbone), a
@@ -95,26 +120,33 @@ class LITBackbone(nn.Module):
             pos_embed_interpolation: Optional[str] = None,
     ):
         super().__init__()
-        if not hasattr(model, "stages") or len(model.stages) != 4:
+        if not hasattr(model, "stages") or len(model.stages) != 4 or not hasattr(model, "forward_intermediates"):
             raise ValueError(f"expected a four-stage LIT model, got {type(model).__name__}")
         out_indices = tuple(int(i) for i in out_indices)
         if not out_indices or any(i not in range(4) for i in out_indices) or list(out_indices) != sorted(set(out_indices)):
             raise ValueError(f"out_indices must be increasing stage indices in 0..3, got {out_indices}")
         if not -1 <= frozen_stages <= 4:
             raise ValueError(f"frozen_stages must be in -1..4, got {frozen_stages}")
-        self.model = model
+        mode = pos_embed_interpolation or "bilinear"
+        if mode not in ("bilinear", "bicubic"):
+            raise ValueError(f"pos_embed_interpolation must be 'bilinear' or 'bicubic', got {mode!r}")
+        # The wrapped model runs the forward; it is held outside the module tree so that its
+        # classification-only parts are not parameters of the backbone.
+        self.__dict__["_wrapped"] = model
+        # What the backbone uses, registered under the model's own names: model.patch_embed, model.stages.{i}
+        stages = [_SharedParts(stage, params=("cls_token", "pos_embed") if keep_class_token else ("pos_embed",),
+                               modules=("downsample", "pos_drop", "blocks", "to_map"),
+                               attrs=("grid_size", "num_prefix_tokens"))  # num_prefix_tokens: pos_embed's layout
+                  for stage in model.stages]
+        self.model = _SharedParts(model, modules=("patch_embed",),
+                                  attrs=("img_size", "patch_size", "in_chans", "embed_dims", "reduction", "pretrained_cfg"))
+        self.model.stages = nn.Sequential(*stages)
         self.out_indices = out_indices
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
         self.keep_class_token = keep_class_token
+        self.pos_embed_interpolation = mode
         self.reduction = getattr(model, "reduction", 32)
-        # Classification-only parts: the head and the final norm are never used here.
-        model.reset_classifier(0)
-        model.norm = nn.Identity()
-        if not keep_class_token:
-            for stage in model.stages:
-                if stage.cls_token is not None:
-                    stage.cls_token = None  # stage.num_prefix_tokens still describes pos_embed's layout
         self.channels = [model.embed_dims[i] for i in out_indices]
         self.strides = [model.patch_size * 2 ** i for i in out_indices]
         if out_norms is None:
@@ -125,13 +157,12 @@ class LITBackbone(nn.Module):
             raise ValueError(f"out_norms must name stages in 0..3, got {tuple(out_norms)}")
         self.out_norms = nn.ModuleDict({
             str(i): nn.LayerNorm(model.embed_dims[i]) for i in out_indices if i in {int(j) for j in out_norms}})
-        mode = pos_embed_interpolation or "bilinear"
-        if mode not in ("bilinear", "bicubic"):
-            raise ValueError(f"pos_embed_interpolation must be 'bilinear' or 'bicubic', got {mode!r}")
-        self.pos_embed_interpolation = mode
-        for stage in model.stages:
-            stage.pos_embed_interpolation = mode
         self._freeze_stages()
+
+    @property
+    def wrapped(self) -> nn.Module:
+        """The classification model this backbone wraps (unchanged by it)."""
+        return self._wrapped
 
     @property
     def feature_info(self) -> List[Dict]:
@@ -161,11 +192,13 @@ class LITBackbone(nn.Module):
         return self
 
     def no_weight_decay(self) -> set:
-        """The model's class token and relative position tables (names relative to this module)."""
-        return {f"model.{n}" for n in self.model.no_weight_decay()}
+        """The model's class token (when kept) and relative position tables (names relative to this module)."""
+        exempt = self._wrapped.no_weight_decay()
+        return {f"model.{n}" for n, _ in self.model.named_parameters() if n in exempt}
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.model.set_grad_checkpointing(enable)
+        """Checkpoint the blocks of the (shared) stages."""
+        self._wrapped.set_grad_checkpointing(enable)
 
     # --- checkpoints ------------------------------------------------------------------------------
     def load_pretrained(self, path: str) -> None:
@@ -176,7 +209,7 @@ class LITBackbone(nn.Module):
             litvit.models.CheckpointMismatchError: the checkpoint is of another model or size.
         """
         sd = official_to_litvit(unwrap_state_dict(load_state_dict_file(path)))
-        target = self.model.state_dict()
+        target = self.model.state_dict()  # the backbone's part of the model, under the model's names
         ignored = [k for k in sd if k.startswith(("head.", "norm.")) or (k.endswith("cls_token") and k not in target)]
         for k in ignored:
             del sd[k]
@@ -185,21 +218,6 @@ class LITBackbone(nn.Module):
         _logger.info("loaded backbone weights from %s (%d tensors; ignored %s)", path, len(sd), ", ".join(ignored) or "none")
 
     # --- forward ----------------------------------------------------------------------------------
-    def _run_stage(self, stage: nn.Module, x: Tensor, feat_size: Tuple[int, int]) -> Tuple[Tensor, Tuple[int, int]]:
-        if stage.cls_token is not None or stage.num_prefix_tokens == 0:
-            return stage(x, feat_size)
-        # Class token dropped: the stage's own forward without the prefix token.
-        if stage.downsample is not None:
-            x, feat_size = stage.downsample(x, feat_size)
-        if stage.pos_embed is not None:
-            x = stage.pos_drop(x + stage._pos_embed(feat_size)[:, stage.num_prefix_tokens:])
-        for blk in stage.blocks:
-            if stage.grad_checkpointing and self.training:
-                x = torch.utils.checkpoint.checkpoint(blk, x, feat_size, use_reentrant=False)
-            else:
-                x = blk(x, feat_size)
-        return x, feat_size
-
     def forward(self, x: Tensor) -> List[Tensor]:
         """
         Args:
@@ -215,16 +233,15 @@ class LITBackbone(nn.Module):
         pad_h, pad_w = -H % self.reduction, -W % self.reduction
         if pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h))  # bottom/right, zeros (the mean colour after normalisation)
-        check_image_batch(x, self.model.in_chans, self.model.reduction)
-        x, feat_size = self.model.patch_embed(x)
+        H, W = H + pad_h, W + pad_w
+        tokens = self._wrapped.forward_intermediates(
+            x, indices=list(self.out_indices), stop_early=True, output_fmt="NLC", intermediates_only=True,
+            class_token=self.keep_class_token, pos_embed_interpolation=self.pos_embed_interpolation)
         outs = []
-        for i, stage in enumerate(self.model.stages[:self.out_indices[-1] + 1]):
-            x, feat_size = self._run_stage(stage, x, feat_size)
-            if i in self.out_indices:
-                y = x[:, stage.num_prefix_tokens:] if stage.cls_token is not None else x
-                if str(i) in self.out_norms:
-                    y = self.out_norms[str(i)](y)
-                outs.append(y.transpose(1, 2).reshape(y.shape[0], y.shape[2], *feat_size))  # B, N, C -> B, C, H, W
+        for i, s, y in zip(self.out_indices, self.strides, tokens):
+            if str(i) in self.out_norms:
+                y = self.out_norms[str(i)](y)
+            outs.append(y.transpose(1, 2).reshape(y.shape[0], y.shape[2], H // s, W // s))  # B, N, C -> B, C, H, W
         return outs
 
 

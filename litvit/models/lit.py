@@ -495,11 +495,10 @@ class LITStage(nn.Module):
             for j in range(depth)])
         self.to_map = TokenMap(self.num_prefix_tokens)
         self.grad_checkpointing = False
-        self.pos_embed_interpolation = "bicubic"  # of the run-time resize; dense LIT-Ti backbones use bilinear
+        self.pos_embed_interpolation = "bicubic"  # of the run-time resize, unless forward is given another
         self._pos_embed_cache: Dict[tuple, Tensor] = {}
 
-    def _pos_embed(self, feat_size: Tuple[int, int]) -> Tensor:
-        mode = self.pos_embed_interpolation
+    def _pos_embed(self, feat_size: Tuple[int, int], mode: str) -> Tensor:
         if is_fx_proxy(*feat_size):  # torch.fx: one call node, run with the real sizes
             return resize_abs_pos_embed(self.pos_embed, self.grid_size, feat_size, self.num_prefix_tokens, mode)
         if not is_exporting() and tuple(feat_size) == self.grid_size:
@@ -510,19 +509,43 @@ class LITStage(nn.Module):
             (self.pos_embed,),
             lambda: resize_abs_pos_embed(self.pos_embed, self.grid_size, feat_size, self.num_prefix_tokens, mode))
 
-    def forward(self, x: Tensor, feat_size: Tuple[int, int]) -> Tuple[Tensor, Tuple[int, int]]:
+    def forward(
+            self,
+            x: Tensor,
+            feat_size: Tuple[int, int],
+            class_token: bool = True,
+            pos_embed_interpolation: Optional[str] = None,
+    ) -> Tuple[Tensor, Tuple[int, int]]:
+        """
+        Args:
+            x (Tensor[B, N, C_in]): the previous stage's tokens (the patch embedding's for stage 1).
+            feat_size (Tuple[int, int]): their grid (H, W).
+            class_token (bool): prepend the stage's class token, if it has one. ``False`` runs the
+                stage as the authors' dense backbones do: map tokens only, ``pos_embed[:, 1:]``.
+            pos_embed_interpolation (str, optional): how the absolute position embedding is resized
+                to another grid, ``"bilinear"`` or ``"bicubic"``; ``None``: the stage's own
+                (``pos_embed_interpolation``, bicubic as in classification).
+
+        Returns:
+            (Tensor[B, P + H' * W', C], Tuple[int, int]): tokens (P = 1 with a class token, else 0)
+            and their grid (H', W'), halved by the token merging of stages 2-4.
+        """
         if self.downsample is not None:
             x, feat_size = self.downsample(x, feat_size)
-        if self.cls_token is not None:
+        with_token = class_token and self.cls_token is not None
+        if with_token:
             x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
         if self.pos_embed is not None:
-            x = self.pos_drop(x + self._pos_embed(feat_size))
+            pos_embed = self._pos_embed(feat_size, pos_embed_interpolation or self.pos_embed_interpolation)
+            if self.num_prefix_tokens and not with_token:
+                pos_embed = pos_embed[:, self.num_prefix_tokens:]  # the map tokens' part only
+            x = self.pos_drop(x + pos_embed)
         for blk in self.blocks:
             if self.grad_checkpointing and not torch.jit.is_scripting():
                 x = torch.utils.checkpoint.checkpoint(blk, x, feat_size, use_reentrant=False)
             else:
                 x = blk(x, feat_size)
-        if is_fx_proxy(x):
+        if is_fx_proxy(x) and with_token == bool(self.num_prefix_tokens):
             self.to_map(x, feat_size)  # a named node holding the stage's map, for fx feature extraction
         return x, feat_size
 
@@ -792,6 +815,8 @@ class LIT(nn.Module):
             stop_early: bool = False,
             output_fmt: str = "NCHW",
             intermediates_only: bool = False,
+            class_token: bool = True,
+            pos_embed_interpolation: Optional[str] = None,
     ) -> Union[List[Tensor], Tuple[Tensor, List[Tensor]]]:
         """Stage outputs as (B, C_i, H / 2^(i+2), W / 2^(i+2)) maps, strides 4, 8, 16, 32.
 
@@ -802,12 +827,18 @@ class LIT(nn.Module):
             stop_early (bool): stop after the last requested stage.
             output_fmt (str): ``"NCHW"`` or ``"NLC"`` (tokens, class token dropped).
             intermediates_only (bool): return only the list of maps.
+            class_token (bool): use the class token (LIT-Ti's stage 4); ``False`` runs that stage
+                on its map tokens only, as the authors' dense backbones do (:class:`LITStage`).
+            pos_embed_interpolation (str, optional): ``"bilinear"`` or ``"bicubic"`` resizing of
+                absolute position embeddings; ``None``: each stage's own (bicubic).
 
         Returns:
             The list of maps, or (final normed tokens, list of maps).
         """
         if output_fmt not in ("NCHW", "NLC"):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        if pos_embed_interpolation not in (None, "bilinear", "bicubic"):
+            raise ValueError(f"pos_embed_interpolation must be 'bilinear' or 'bicubic', got {pos_embed_interpolation!r}")
         check_image_batch(x, self.in_chans, self.reduction)
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
         stages = self.stages[:max_index + 1] if stop_early else self.stages
@@ -815,13 +846,17 @@ class LIT(nn.Module):
         x, feat_size = self.patch_embed(x)
         last = len(self.stages) - 1
         for i, stage in enumerate(stages):
-            x, feat_size = stage(x, feat_size)
+            x, feat_size = stage(x, feat_size, class_token=class_token,
+                                 pos_embed_interpolation=pos_embed_interpolation)
             if i in take_indices:
                 y = self.norm(x) if norm and i == last else x
-                if output_fmt == "NCHW":
+                if output_fmt == "NCHW" and (class_token or not stage.num_prefix_tokens):
                     intermediates.append(stage.to_map(y, feat_size))
+                elif output_fmt == "NCHW":  # no class token in front
+                    B, _, C = y.shape
+                    intermediates.append(y.transpose(1, 2).reshape(B, C, *feat_size))  # B, N, C -> B, C, H, W
                 else:
-                    intermediates.append(y[:, stage.num_prefix_tokens:])
+                    intermediates.append(y[:, stage.num_prefix_tokens:] if class_token else y)
         if intermediates_only:
             return intermediates
         return self.norm(x) if len(stages) == len(self.stages) else x, intermediates
