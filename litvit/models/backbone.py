@@ -41,18 +41,15 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock
 
+from ..utils import count_parameters
 from .convert import checkpoint_filter_fn, load_state_dict_file, official_to_litvit, unwrap_state_dict
-from .lit import check_image_batch
+from .factory import create_model
+from .lit import Attention, check_image_batch
 
 __all__ = ["LITBackbone", "LITFPN", "build_backbone", "backbone_family", "count_parameters",
            "default_backbone_img_size"]
 
 _logger = logging.getLogger(__name__)
-
-
-def count_parameters(module: nn.Module) -> int:
-    """Number of parameters of ``module`` (trainable or not)."""
-    return sum(p.numel() for p in module.parameters())
 
 
 class _SharedParts(nn.Module):
@@ -322,7 +319,6 @@ def build_backbone(
         >>> build_backbone('lit_s', img_size=512).channels
         [96, 192, 384, 768]
     """
-    from . import create_model  # local: models/__init__ imports this package's modules
     model = create_model(name, num_classes=0, **model_kwargs)
     backbone = LITBackbone(model, out_indices=out_indices, frozen_stages=frozen_stages, norm_eval=norm_eval,
                            keep_class_token=keep_class_token, out_norms=out_norms,
@@ -337,7 +333,6 @@ def default_backbone_img_size(backbone: str, task: str = "detection") -> Optiona
     """The grid the authors learned LIT-S/M/B's relative position tables for in dense tasks:
     800x800 for COCO and 512x512 for ADE20K. ``None`` (keep the model's 224) for models without
     relative tables (LIT-Ti and the PVT ablations, whose absolute embeddings are resized on the fly)."""
-    from . import Attention, create_model  # local: models/__init__ imports this package's modules
     with torch.device("meta"):
         model = create_model(backbone, num_classes=0)
     has_rel = any(isinstance(m, Attention) and m.relative_position_bias_table is not None for m in model.modules())
@@ -350,7 +345,6 @@ def backbone_family(backbone: str) -> str:
     """``"pvt"`` for LIT-Ti and the PVT-S ablations (class token, absolute position embeddings),
     ``"swin"`` for LIT-S/M/B and ``lit_s_no_dtm``: the two families the authors' dense configs treat
     differently (:func:`litvit.recipes.resolve_dense_recipe`)."""
-    from . import create_model  # local: models/__init__ imports this package's modules
     with torch.device("meta"):
         model = create_model(backbone, num_classes=0)
     return "pvt" if model.num_prefix_tokens else "swin"

@@ -4,10 +4,7 @@ import argparse
 import torch
 
 from ..models import MODEL_NAMES, create_model
-
-
-def count_parameters(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+from ..utils import count_parameters
 
 
 def cmd_models(args: argparse.Namespace) -> int:
