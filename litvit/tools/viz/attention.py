@@ -122,6 +122,18 @@ def _stage_of(name: str) -> int:
     return int(parts[parts.index("stages") + 1]) + 1 if "stages" in parts else 0
 
 
+def _stage_grids(probs: Dict[str, Tensor], model: nn.Module, image_size: Tuple[int, int]):
+    """``(stage, attention module names, (h, w) token grid)`` for each stage with attention, in order."""
+    H, W = image_size
+    patch = getattr(model, "patch_size", 4)
+    by_stage: Dict[int, List[str]] = {}
+    for name in probs:
+        by_stage.setdefault(_stage_of(name), []).append(name)
+    for stage, names in sorted(by_stage.items()):
+        stride = patch * 2 ** (stage - 1)
+        yield stage, names, (H // stride, W // stride)
+
+
 def query_maps(
         probs: Dict[str, Tensor],
         model: nn.Module,
@@ -143,15 +155,9 @@ def query_maps(
     qy, qx = query
     if not (0 <= qy < H and 0 <= qx < W):
         raise ValueError(f"--query {qy},{qx} is outside the {H}x{W} network input")
-    patch = getattr(model, "patch_size", 4)
-    by_stage: Dict[int, List[str]] = {}
-    for name in probs:
-        by_stage.setdefault(_stage_of(name), []).append(name)
     out = []
-    for stage, names in sorted(by_stage.items()):
-        stride = patch * 2 ** (stage - 1)
-        h, w = H // stride, W // stride
-        row, col = qy // stride, qx // stride
+    for stage, names, (h, w) in _stage_grids(probs, model, image_size):
+        row, col = qy * h // H, qx * w // W  # the token under the query pixel
         maps, prefix = [], []
         for name in names:
             attn = model.get_submodule(name)
@@ -196,15 +202,8 @@ def official_query_maps(probs: Dict[str, Tensor], model: nn.Module, image_size: 
     Returns:
         One :class:`AttentionMaps` per stage with attention (``prefix_mass`` empty).
     """
-    H, W = image_size
-    patch = getattr(model, "patch_size", 4)
-    by_stage: Dict[int, List[str]] = {}
-    for name in probs:
-        by_stage.setdefault(_stage_of(name), []).append(name)
     out = []
-    for stage, names in sorted(by_stage.items()):
-        stride = patch * 2 ** (stage - 1)
-        h, w = H // stride, W // stride
+    for stage, names, (h, w) in _stage_grids(probs, model, image_size):
         row, col = official_query(stage, (h, w))
         maps = []
         for name in names:
