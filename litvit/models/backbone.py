@@ -41,10 +41,11 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock
 
+from ..recipes import DENSE_RECIPES
 from ..utils import count_parameters
 from .convert import checkpoint_filter_fn, load_state_dict_file, official_to_litvit, unwrap_state_dict
 from .factory import create_model
-from .lit import Attention, check_image_batch
+from .lit import Attention
 
 __all__ = ["LITBackbone", "LITFPN", "build_backbone", "backbone_family", "count_parameters",
            "default_backbone_img_size"]
@@ -348,3 +349,18 @@ def backbone_family(backbone: str) -> str:
     with torch.device("meta"):
         model = create_model(backbone, num_classes=0)
     return "pvt" if model.num_prefix_tokens else "swin"
+
+
+def dense_backbone_kwargs(backbone: str, task: str, recipe: str, backbone_kwargs: Optional[Dict] = None) -> Dict:
+    """``build_backbone`` keyword arguments as the authors' ``task`` backbones of ``backbone``'s family
+    have them in ``recipe``: the dense training grid (:func:`default_backbone_img_size`), the output
+    norms and the position-embedding interpolation; ``backbone_kwargs`` given by the caller win."""
+    kwargs = dict(backbone_kwargs or {})
+    if "img_size" not in kwargs:
+        img_size = default_backbone_img_size(backbone, task)
+        if img_size:
+            kwargs["img_size"] = img_size
+    family = DENSE_RECIPES[recipe]["by_family"][backbone_family(backbone)]
+    kwargs.setdefault("out_norms", family["out_norm_stages"])
+    kwargs.setdefault("pos_embed_interpolation", family["pos_embed_interpolation"])
+    return kwargs

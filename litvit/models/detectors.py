@@ -37,7 +37,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from ..recipes import DENSE_RECIPES
 from ..utils import count_parameters
-from .backbone import LITFPN, backbone_family, build_backbone, default_backbone_img_size
+from .backbone import LITFPN, build_backbone, default_backbone_img_size, dense_backbone_kwargs
 from .factory import create_model
 
 __all__ = ["retinanet", "mask_rcnn", "build_detector", "DETECTORS", "DETECTION_DEFAULTS", "PAPER_PARAMS",
@@ -82,12 +82,7 @@ def detector_backbone(
 ) -> LITFPN:
     """A LIT backbone with an FPN over ``fpn_stages`` and the given extra levels; output norms and
     position-embedding resizing as the authors' detection backbones of the model's family."""
-    kwargs = dict(backbone_kwargs or {})
-    if "img_size" not in kwargs and default_backbone_img_size(backbone, "detection"):
-        kwargs["img_size"] = default_backbone_img_size(backbone, "detection")
-    family = DENSE_RECIPES["retinanet-1x"]["by_family"][backbone_family(backbone)]
-    kwargs.setdefault("out_norms", family["out_norm_stages"])
-    kwargs.setdefault("pos_embed_interpolation", family["pos_embed_interpolation"])
+    kwargs = dense_backbone_kwargs(backbone, "detection", "retinanet-1x", backbone_kwargs)
     body = build_backbone(backbone, pretrained=pretrained_backbone, out_indices=tuple(sorted(fpn_stages)),
                           frozen_stages=frozen_stages, norm_eval=norm_eval, **kwargs)
     return LITFPN(body, fpn_stages=fpn_stages, out_channels=fpn_channels, extra_blocks=extra_blocks)

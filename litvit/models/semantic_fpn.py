@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from ..recipes import DENSE_RECIPES
 from ..utils import count_parameters
-from .backbone import LITFPN, backbone_family, build_backbone, default_backbone_img_size
+from .backbone import LITFPN, build_backbone, dense_backbone_kwargs
 
 __all__ = ["SemanticFPNHead", "SemanticFPN", "semantic_fpn", "SEGMENTATION_DEFAULTS", "PAPER_PARAMS",
            "SyncBatchNorm", "convert_head_sync_batchnorm"]
@@ -186,12 +186,7 @@ def semantic_fpn(
     The backbone follows the authors' segmentation backbones of its family: LIT-S/M/B normalise all
     four stage outputs, LIT-Ti resizes its position embeddings bilinearly.
     """
-    kwargs = dict(backbone_kwargs or {})
-    if "img_size" not in kwargs and default_backbone_img_size(backbone, "segmentation"):
-        kwargs["img_size"] = default_backbone_img_size(backbone, "segmentation")
-    family = DENSE_RECIPES["semantic-fpn-80k"]["by_family"][backbone_family(backbone)]
-    kwargs.setdefault("out_norms", family["out_norm_stages"])
-    kwargs.setdefault("pos_embed_interpolation", family["pos_embed_interpolation"])
+    kwargs = dense_backbone_kwargs(backbone, "segmentation", "semantic-fpn-80k", backbone_kwargs)
     body = build_backbone(backbone, pretrained=pretrained_backbone, frozen_stages=frozen_stages,
                           norm_eval=norm_eval, **kwargs)
     return SemanticFPN(LITFPN(body, (0, 1, 2, 3), fpn_channels), num_classes, channels, dropout)
