@@ -1,11 +1,12 @@
 """Small helpers shared by every floor of litvit."""
 import contextlib
 import os
+import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Union
+from typing import Any, Callable, Iterator, Mapping, Sequence, Union
 
-__all__ = ["atomic_path", "atomic_write", "plain", "count_parameters"]
+__all__ = ["atomic_path", "atomic_write", "plain", "count_parameters", "warn_grid_change"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -73,3 +74,26 @@ def plain(obj: Any) -> Any:
 def count_parameters(module) -> int:
     """Number of parameters of an ``nn.Module`` (shapes only: works on the meta device)."""
     return sum(p.numel() for p in module.parameters())
+
+
+_warned = set()
+
+
+def warn_grid_change(command: str, trained: Sequence[int], used: Sequence[int]) -> None:
+    """Say once, on stderr, when a model runs at an input whose token grid holds more than twice (or
+    less than half) the positions of its training grid: position embeddings and relative tables
+    are then interpolated far from what was learned, and accuracy usually drops.
+
+    Args:
+        command (str): the command's name, for the message.
+        trained, used ((H, W)): the training input size and the one fed now, in pixels.
+    """
+    th, tw = (trained, trained) if isinstance(trained, int) else tuple(trained)
+    uh, uw = (used, used) if isinstance(used, int) else tuple(used)
+    ratio = (uh * uw) / max(th * tw, 1)
+    key = (command, th, tw, uh, uw)
+    if (ratio > 2 or ratio < 0.5) and key not in _warned:
+        _warned.add(key)
+        print(f"litvit {command}: warning: the model was trained at {th}x{tw} px and runs at {uh}x{uw}: its "
+              f"position tables are resized to {ratio:.3g}x the positions, far from what was learned; accuracy "
+              f"usually drops unless the model is fine-tuned at this size", file=sys.stderr)

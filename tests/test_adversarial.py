@@ -535,7 +535,7 @@ def test_auto_threads_follows_the_load(monkeypatch):
 
 
 def test_output_names_never_collide():
-    from litvit.tasks._dense import output_stems
+    from litvit.cli.dense import output_stems
     paths = [Path("a/x.jpg"), Path("b/x.jpg"), Path("b/x.png"), Path("c/y.png"), Path("c/y.png")]
     names = output_stems(paths)
     assert len(set(names)) == len(names)

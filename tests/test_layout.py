@@ -77,6 +77,77 @@ def test_no_import_cycle():
     assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
 
 
+# The floors, lowest first: a module imports only from its own package or from lower floors. The
+# package root and the old-path modules are facades over everything; cli's ``importlib`` of the
+# tools' command groups happens at run time and is not a module-level import.
+FLOORS = [
+    ("litvit.errors", "litvit.utils"),
+    ("litvit.recipes", "litvit.metrics", "litvit.checkpoint"),
+    ("litvit.ops",),
+    ("litvit.models", "litvit.data", "litvit.engine"),
+    ("litvit.tasks",),
+    ("litvit.cli", "litvit.tools"),
+    ("litvit", "litvit.__main__", "litvit.detection", "litvit.segmentation", "litvit.dense_data"),
+]
+# the one import across a floor: every command (tools included) shares cli's checked argument types
+ALLOWED = {("litvit.tools", "litvit.cli.args")}
+
+
+def _package(name: str) -> str:
+    for packages in FLOORS[::-1]:
+        for p in sorted(packages, key=len, reverse=True):
+            if name == p or (p != "litvit" and name.startswith(p + ".")):
+                return p
+    return "litvit"
+
+
+def test_floors_import_only_downwards():
+    modules = _modules()
+    floor = {p: i for i, packages in enumerate(FLOORS) for p in packages}
+    wrong = []
+    for name, path in modules.items():
+        src = _package(name)
+        for target in _module_level_imports(name, path, modules):
+            dst = _package(target)
+            if dst == src or (src, target) in ALLOWED:
+                continue
+            if floor[dst] >= floor[src]:
+                wrong.append(f"{name} -> {target}")
+    assert not wrong, "imports that do not go down a floor: " + ", ".join(sorted(wrong))
+
+
+def test_library_floors_have_no_command_line():
+    """Argument parsing lives in litvit.cli and the tools' commands: tasks, engine, models, data and
+    ops take plain arguments (checkpoint.py names ``argparse.Namespace`` inside a function only, to
+    unpickle the official trainers' saved arguments)."""
+    found = []
+    for name, path in _modules().items():
+        if _package(name) in ("litvit.cli", "litvit.tools", "litvit.__main__"):
+            continue
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                target = ("." * node.level) + (node.module or "")
+                if target.startswith("litvit.cli") or (node.level and (node.module or "").split(".")[0] == "cli"):
+                    found.append(f"{name}: from {target} import ...")
+            elif isinstance(node, ast.Import) and any(a.name.startswith("litvit.cli") for a in node.names):
+                found.append(f"{name}: import litvit.cli")
+        for node in tree.body:  # module level
+            if isinstance(node, ast.Import) and any(a.name == "argparse" for a in node.names):
+                found.append(f"{name}: import argparse")
+    assert not found, f"command-line imports below the command line: {found}"
+
+
+def test_moved_command_line_names_resolve_lazily():
+    """The tasks' old names of the command-line functions reach litvit.cli on first use; a misspelt
+    name is still an AttributeError."""
+    import litvit.cli.classification as cli_cls
+    import litvit.tasks.classification as cls
+    assert cls.run_training is cli_cls.run_training and cls.add_parsers is cli_cls.add_parsers
+    with pytest.raises(AttributeError, match="no attribute 'run_trainingg'"):
+        cls.run_trainingg
+
+
 def test_every_module_imports_on_its_own():
     """Each module imported first, in a fresh state of the package (torch stays loaded for speed)."""
     names = sorted(n for n in _modules() if not n.endswith("__main__"))  # __main__ runs the CLI
@@ -111,7 +182,11 @@ print("\\n".join(failed))
     ("litvit.engine", ["Task", "TrainConfig", "fit", "evaluate", "load_checkpoint", "save_checkpoint_atomic",
                        "OutputLock", "OutputLockedError", "CheckpointWriteError", "param_groups"]),
     ("litvit.cli", ["main", "build_parser", "one_line", "CLIError", "warn_grid_change"]),
-    ("litvit.tasks.detection", ["DetectionTask", "coco_evaluate", "coco_results"]),
+    ("litvit.tasks.detection", ["DetectionTask", "coco_evaluate", "coco_results", "add_parsers", "resolved_config"]),
+    ("litvit.tasks.segmentation", ["SegmentationTask", "colorize", "add_parsers", "resolved_config"]),
+    ("litvit.tasks.classification", ["ClassificationTask", "validate_checkpoint", "task_for_checkpoint", "add_parsers",
+                                     "resolved_config", "run_training", "cmd_train", "print_config"]),
+    ("litvit.cli.args", ["warn_grid_change", "check_model_kwargs"]),
     ("litvit.tools.viz", ["load_model", "checkpoint_metadata", "load_image", "IMAGE_EXTENSIONS"]),
 ])
 def test_old_import_paths(path, names):

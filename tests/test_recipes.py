@@ -214,8 +214,8 @@ def _cosine(t, total, base, low):
 
 @pytest.mark.parametrize("recipe,model", [("lit-ti", "lit_ti"), ("lit-smb", "lit_s")])
 def test_imagenet_param_groups_by_name_and_lr_along_the_schedule(recipe, model):
-    from litvit.tasks.classification import ClassificationTask, _class_config, _resolve_recipe, _train_config
-    from litvit.tasks.classification import _add_train_args
+    from litvit.cli.classification import _add_train_args, _class_config, _resolve_recipe, _train_config
+    from litvit.tasks.classification import ClassificationTask
     import argparse
     p = argparse.ArgumentParser()
     _add_train_args(p)

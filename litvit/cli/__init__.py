@@ -22,14 +22,14 @@ from .args import (OneLineParser, check_json_object, check_model_kwargs, device_
 
 # Modules providing ``add_parsers(subparsers)``, one per group of sub-commands.
 COMMANDS = [
-    "litvit.tools.info",               # models, demo
-    "litvit.tasks.classification",     # train, validate, predict
+    "litvit.tools.info",               # models
+    "litvit.cli.classification",       # train, validate, predict, demo
     "litvit.tools.bench",              # bench
     "litvit.tools.export",             # export
     "litvit.tools.flops",              # flops
     "litvit.tools.viz",                # viz offsets | attention
-    "litvit.tasks.detection",          # detect train | eval | predict
-    "litvit.tasks.segmentation",       # segment train | eval | predict
+    "litvit.cli.detection",            # detect train | eval | predict | params
+    "litvit.cli.segmentation",         # segment train | eval | predict | params
 ]
 
 

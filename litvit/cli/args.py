@@ -1,19 +1,21 @@
 """Argument types and checks shared by every command group: each numeric and enumerated flag is
-checked while parsing, and a bad value is one line naming the flag."""
+checked while parsing, and a bad value is one line naming the flag. Also the ``--print-config``
+printer and the ``--device`` test every ``train`` command uses."""
 import argparse
 import inspect
 import json
 import math
-import sys
 from typing import Callable, Optional, Sequence
 
 import torch
 
 from ..errors import CLIError
+from ..utils import warn_grid_change  # noqa: F401  (re-exported: its old place)
 from ..models import LIT, MODEL_NAMES, create_model
 
 __all__ = ["OneLineParser", "int_arg", "float_arg", "device_arg", "threads_arg", "img_size_arg", "positive_int",
-           "nonneg_int", "prob_arg", "seed_arg", "check_json_object", "check_model_kwargs", "warn_grid_change"]
+           "nonneg_int", "prob_arg", "seed_arg", "check_json_object", "check_model_kwargs", "warn_grid_change",
+           "print_config", "uses_cuda"]
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -152,26 +154,12 @@ def check_model_kwargs(kwargs: dict, flag: str, model: str = "lit_ti", allowed: 
     return kwargs
 
 
-_warned = set()
+def uses_cuda(device: str) -> bool:
+    """Whether ``--device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``) resolves to a GPU here."""
+    return torch.cuda.is_available() if device == "auto" else str(device).startswith("cuda")
 
 
-def warn_grid_change(command: str, trained: Sequence[int], used: Sequence[int]) -> None:
-    """Say once, on stderr, when a model runs at an input whose token grid holds more than twice (or
-    less than half) the positions of its training grid: position embeddings and relative tables
-    are then interpolated far from what was learned, and accuracy usually drops.
-
-    Args:
-        command (str): the command's name, for the message.
-        trained, used ((H, W)): the training input size and the one fed now, in pixels.
-    """
-    th, tw = (trained, trained) if isinstance(trained, int) else tuple(trained)
-    uh, uw = (used, used) if isinstance(used, int) else tuple(used)
-    ratio = (uh * uw) / max(th * tw, 1)
-    key = (command, th, tw, uh, uw)
-    if (ratio > 2 or ratio < 0.5) and key not in _warned:
-        _warned.add(key)
-        print(f"litvit {command}: warning: the model was trained at {th}x{tw} px and runs at {uh}x{uw}: its "
-              f"position tables are resized to {ratio:.3g}x the positions, far from what was learned; accuracy "
-              f"usually drops unless the model is fine-tuned at this size", file=sys.stderr)
-
-
+def print_config(config: dict) -> int:
+    """``--print-config``: the resolved configuration as JSON on stdout; exit code 0."""
+    print(json.dumps(config, indent=2))
+    return 0

@@ -13,8 +13,10 @@ its model and datasets, how to compute a training loss from a batch, and how to 
   the model in ``DistributedDataParallel``, shards the data, reduces metrics across ranks and lets
   only rank 0 write;
 * data before model: ``task.setup()`` reads the data first and learns what the model needs (the
-  classes), then the model is built, then the optimizer and schedule, then the loop; a schedule in
-  iterations (``TrainConfig.iters``, the dense recipes) is turned into epochs by the engine;
+  classes), then the model is built, then the optimizer and schedule, then the loop; a run counted
+  in iterations (``TrainConfig.iters``, the dense recipes) trains as many epochs as the steps need,
+  its schedule spans ``iters`` steps (:meth:`Task.schedule_steps`), and its last, cut epoch is
+  evaluated and checkpointed as finished;
 * AdamW over :func:`param_groups` (the authors' rules: no weight decay on 1-D parameters, biases,
   class tokens and relative position tables; DTM offset-predictor weights in a group at
   ``lr x offset_lr_mult``; dense tasks pass mmcv-style ``no_decay_keys``),
@@ -93,7 +95,7 @@ from ..checkpoint import read_training_checkpoint as load_checkpoint  # the old 
 from ..checkpoint import write_checkpoint as save_checkpoint_atomic
 from ..errors import CheckpointWriteError, OutputLockedError
 from .config import AMP_MODES, TrainConfig, auto_threads, per_process_batch_size, set_threads
-from .distributed import DistInfo, is_main_process, setup_distributed, sync_buffers, unwrap_model
+from .distributed import DistInfo, is_main_process, print_main, setup_distributed, sync_buffers, unwrap_model
 from .logs import OutputLock, plot_curves, progress
 from .loop import BEST, LAST, autocast, changed_settings, check_datasets, evaluate, fit
 from .optim import describe_param_groups, param_groups
@@ -103,5 +105,5 @@ __all__ = [
     "Task", "TrainConfig", "DistInfo", "fit", "evaluate", "param_groups", "describe_param_groups", "save_checkpoint_atomic",
     "CheckpointWriteError", "OutputLock", "OutputLockedError", "check_datasets", "changed_settings", "auto_threads",
     "load_checkpoint", "setup_distributed", "per_process_batch_size", "autocast", "unwrap_model", "sync_buffers",
-    "set_threads", "plot_curves", "progress", "is_main_process", "LAST", "BEST", "AMP_MODES",
+    "set_threads", "plot_curves", "progress", "is_main_process", "print_main", "LAST", "BEST", "AMP_MODES",
 ]

@@ -8,13 +8,19 @@ import torch
 import torch.distributed as torch_dist
 from torch import Tensor, nn
 
-__all__ = ["DistInfo", "setup_distributed", "sync_buffers", "unwrap_model", "is_main_process"]
+__all__ = ["DistInfo", "setup_distributed", "sync_buffers", "unwrap_model", "is_main_process", "print_main"]
 
 
 def is_main_process() -> bool:
     """Rank 0 under torchrun (or a single process): the one that prints summaries. Readable before
     the process group exists (from the environment torchrun sets)."""
     return int(os.environ.get("RANK", 0)) == 0
+
+
+def print_main(msg: str) -> None:
+    """Print ``msg`` (flushed) on the main process only: one copy of each summary under torchrun."""
+    if is_main_process():
+        print(msg, flush=True)
 
 
 @dataclass

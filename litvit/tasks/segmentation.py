@@ -1,29 +1,18 @@
-"""Semantic segmentation on ADE20K-format data: ``litvit segment``.
+"""Semantic segmentation on ADE20K-format data: :class:`SegmentationTask`.
 
-Semantic FPN with a LIT backbone (:mod:`litvit.segmentation`) trained by the shared engine
-(:func:`litvit.engine.fit`) with the authors' ADE20K recipe (``--recipe semantic-fpn-80k``,
-:data:`litvit.recipes.DENSE_RECIPES`): 512x512 crops (``cat_max_ratio`` 0.75) of images rescaled by
-0.5-2.0, flips and mmseg's photometric distortion, AdamW lr 1e-4 with weight decay 1e-4 on every
-parameter, poly learning-rate decay (power 0.9) to 1e-6 over 80k iterations, a BatchNorm head
-synchronised across processes under DDP, cross-entropy ignoring label 255. Evaluation: whole-image inference at the 2048x512
-scale, logits resized to the label's size; mIoU, mean class accuracy and pixel accuracy from a
-confusion matrix summed over ranks; "score" is the mIoU (%).
-
-Training is counted in iterations (optimizer steps) as in mmsegmentation: the engine runs
-``ceil(iters / steps_per_epoch)`` epochs and stops after ``iters`` steps.
+Semantic FPN with a LIT backbone (:mod:`litvit.models.semantic_fpn`) for the shared engine
+(:func:`litvit.engine.fit`, :func:`litvit.engine.evaluate`): mmsegmentation's ADE20K pipeline
+(random rescale, ``cat_max_ratio`` crops, flips, photometric distortion), poly learning-rate decay
+over a length in iterations (``TrainConfig.iters``), whole-image evaluation into a confusion matrix
+summed over ranks; "score" is the mIoU (%). :func:`colorize` turns class maps into colours. The
+command line built on them, ``litvit segment``, is :mod:`litvit.cli.segmentation`.
 
 Examples::
 
-    litvit segment params
-    litvit segment train --recipe semantic-fpn-80k --backbone lit_s --print-config    # the resolved recipe as JSON
-    litvit segment train --data ADEChallengeData2016 --backbone lit_ti --pretrained lit_ti.pth --output runs/fpn_lit_ti
-    torchrun --nproc_per_node 8 -m litvit segment train --data ADEChallengeData2016 --backbone lit_s ... --output runs/fpn_lit_s
-    litvit segment eval --checkpoint runs/fpn_lit_ti/best.pth --data ADEChallengeData2016
-    litvit segment predict --checkpoint runs/fpn_lit_ti/best.pth photo.jpg --output preds/
+    >>> task = SegmentationTask("lit_ti", data="ADEChallengeData2016", iters=80000)   # doctest: +SKIP
+    >>> model = task.build_model()           # 150 classes: given, not read from the data   # doctest: +SKIP
 """
-import argparse
 import os
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -31,21 +20,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..data.ade20k import SegEvalTransform, SegmentationDataset, SegTrainTransform, segmentation_collate
-from ..data.io import palette, read_image
 from ..checkpoint import read_model_record
-from ..engine import (DistInfo, Task, TrainConfig, evaluate as engine_evaluate, fit, is_main_process, param_groups,
-                      progress)
+from ..data.ade20k import SegEvalTransform, SegmentationDataset, SegTrainTransform, segmentation_collate
+from ..data.io import palette
+from ..engine import DistInfo, Task, TrainConfig, param_groups, progress
 from ..metrics import IGNORE_INDEX, confusion_matrix, segmentation_metrics
-from ..models.semantic_fpn import SEGMENTATION_DEFAULTS, convert_head_sync_batchnorm, parameter_table, semantic_fpn
-from ..utils import count_parameters
-from ..cli.args import float_arg, img_size_arg, int_arg, positive_int
-from ._dense import (add_backbone_args, add_engine_args, add_eval_args, add_predict_args, backbone_kwargs,
-                     check_output, eval_config, expand_images, optimizer_summary,
-                     output_stems, print_parameter_table, resolve_recipe, save_png_atomic, train_config)
-from .classification import print_config
+from ..models.semantic_fpn import SEGMENTATION_DEFAULTS, convert_head_sync_batchnorm, semantic_fpn
 
-__all__ = ["SegmentationTask", "colorize", "add_parsers"]
+__all__ = ["SegmentationTask", "colorize"]
 
 
 class SegmentationTask(Task):
@@ -173,9 +155,11 @@ class SegmentationTask(Task):
         return segmentation_collate
 
     def build_scheduler(self, optimizer, cfg: TrainConfig, steps_per_epoch: int):
-        """Poly decay (power 0.9) from the base lr to ``cfg.min_lr`` over ``iters`` steps."""
+        """Poly decay (power 0.9) from the base lr to ``cfg.min_lr`` over the run's ``cfg.iters``
+        steps (the task's own ``iters`` when the run is counted in epochs)."""
         from timm.scheduler import PolyLRScheduler
-        return PolyLRScheduler(optimizer, t_initial=max(1, self.iters), power=SEGMENTATION_DEFAULTS["poly_power"],
+        steps = cfg.iters if cfg.iters is not None else self.iters
+        return PolyLRScheduler(optimizer, t_initial=max(1, steps), power=SEGMENTATION_DEFAULTS["poly_power"],
                                lr_min=cfg.min_lr, t_in_epochs=False)
 
     def train_step(self, model: nn.Module, batch: Any, device: torch.device) -> Tuple[Tensor, Dict[str, float]]:
@@ -235,180 +219,13 @@ def colorize(pred: np.ndarray, num_classes: int) -> np.ndarray:
     return colours[pred.astype(np.int64).clip(0, len(colours) - 1)]
 
 
-# --- command line ---------------------------------------------------------------------------------------
-
-def _params(args: argparse.Namespace) -> int:
-    return print_parameter_table(
-        parameter_table(args.num_classes), "model",
-        f"({args.num_classes} classes; LIT-S relative tables learned for 512x512 as the authors')")
+# The command-line functions lived here before litvit.cli.segmentation; their old import path stays,
+# resolved on first use (a module-level import would point this floor at the one above it).
+_MOVED_TO_CLI = ("add_parsers", "resolved_config")
 
 
-def _read_class_names(path: Optional[str]) -> Optional[list]:
-    if path is None:
-        return None
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"class-name file not found: {path}")
-    with open(path) as f:
-        return [line.strip() for line in f if line.strip()]
-
-
-def _task(args: argparse.Namespace, r: Dict[str, Any], class_names=None) -> SegmentationTask:
-    lo, hi = r["ratio_range"]
-    if lo > hi:
-        raise ValueError(f"--ratio-range {lo:g} {hi:g}: MIN must not exceed MAX")
-    return SegmentationTask(
-        backbone=args.backbone, data=args.data, num_classes=args.num_classes, reduce_zero_label=not args.no_reduce_zero_label,
-        pretrained=args.pretrained, iters=r["iters"], crop_size=r["crop_size"], scale=r["scale"],
-        ratio_range=r["ratio_range"], frozen_stages=args.frozen_stages, norm_eval=args.norm_eval,
-        backbone_kwargs=backbone_kwargs(args, r), fpn_channels=r["fpn_channels"], head_channels=r["head_channels"],
-        class_names=class_names, cat_max_ratio=r["cat_max_ratio"], no_decay_keys=r["no_decay_keys"])
-
-
-def resolved_config(args: argparse.Namespace) -> Dict[str, Any]:
-    """Everything ``litvit segment train`` would train with, as plain values, without reading any
-    data: the model is built on the meta device for its parameter groups."""
-    from timm.layers import DropPath
-    r = resolve_recipe(args, args.recipe)
-    task = _task(args, r)
-    tc = train_config(args, r, 1, iters=r["iters"])
-    with torch.device("meta"):
-        model = task.build_model()
-    body = model.backbone.body
-    drop_path = max([m.drop_prob for m in model.modules() if isinstance(m, DropPath)], default=0.0)
-    has_abs = any(stage.pos_embed is not None for stage in body.model.stages)
-    norms = sorted({type(m).__name__ for m in model.head.modules() if isinstance(m, nn.modules.batchnorm._NormBase)})
-    return dict(
-        command="segment train", recipe=r["recipe"], overridden=r["overridden"],
-        model=dict(backbone=args.backbone, backbone_family=r["backbone_family"],
-                   backbone_img_size=list(body.model.img_size), drop_path=round(drop_path, 6),
-                   out_norm_stages=sorted(int(i) for i in body.out_norms),
-                   pos_embed_interpolation=body.pos_embed_interpolation if has_abs else None,
-                   fpn_channels=r["fpn_channels"], fpn_stages=list(model.backbone.fpn_stages),
-                   head_channels=r["head_channels"], head_norm=r["head_norm"], head_norm_modules=norms,
-                   dropout=r["dropout"], num_classes=args.num_classes, frozen_stages=args.frozen_stages,
-                   norm_eval=args.norm_eval, pretrained=args.pretrained,
-                   parameters=count_parameters(model)),
-        data=dict(data=args.data, reduce_zero_label=not args.no_reduce_zero_label, scale=list(r["scale"]),
-                  test_scale=list(r["scale"]), test_mode="whole"),
-        optimizer=optimizer_summary(task, model, tc, r),
-        schedule=dict(type="poly", power=r["poly_power"], iters=r["iters"], min_lr=tc.min_lr),
-        augmentation=dict(ratio_range=list(r["ratio_range"]), crop_size=r["crop_size"],
-                          cat_max_ratio=r["cat_max_ratio"], hflip=r["hflip"], photometric=r["photometric"]),
-        engine=dict(batch_size=tc.batch_size, accum_steps=tc.accum_steps, amp=tc.amp,
-                    grad_checkpointing=tc.grad_checkpointing, device=tc.device, seed=tc.seed, workers=tc.workers,
-                    output=args.output),
-    )
-
-
-def _train(args: argparse.Namespace) -> int:
-    if args.print_config:
-        return print_config(resolved_config(args))
-    check_output(args)
-    if not args.data:
-        raise ValueError("--data is required (a folder in ADE20K layout)")
-    r = resolve_recipe(args, args.recipe)
-    task = _task(args, r, _read_class_names(args.class_names))
-    if args.pretrained is None and is_main_process():
-        print("note: no --pretrained ImageNet checkpoint; the backbone starts from random weights")
-    summary = fit(task, train_config(args, r, 1, iters=r["iters"]))  # the engine turns iterations into epochs
-    if not is_main_process():
-        return 0
-    best = summary["best_score"]
-    print(f"done: {summary['steps']} iterations in {summary['train_time_s']:.0f} s; best mIoU "
-          f"{best if best is None else round(best, 2)} (epoch {summary['best_epoch']}); checkpoints "
-          f"{summary['last_checkpoint']}, {summary['best_checkpoint']}; curves {summary['curves']}")
-    return 0
-
-
-def _eval(args: argparse.Namespace) -> int:
-    task = SegmentationTask.from_checkpoint(args.checkpoint, data=args.data, val_split=args.split)
-    metrics = engine_evaluate(task, eval_config(args), args.checkpoint, use_ema=args.ema)
-    if not is_main_process():
-        return 0
-    per_class = segmentation_metrics(task.last_confusion, task.class_names)
-    pixels = task.last_confusion.sum(1)
-    print(f"{'class':<24}{'IoU':>8}{'pixels':>14}")
-    for c, name in enumerate(task.class_names):
-        iou = per_class[f"IoU/{name}"]
-        print(f"{name:<24}{'-' if iou != iou else f'{iou:.2f}':>8}{int(pixels[c]):>14,}")
-    print(f"{args.checkpoint}: {int(metrics['images'])} images in {metrics['eval_time_s']:.1f} s  "
-          f"mIoU {metrics['mIoU']:.2f}  mAcc {metrics['mAcc']:.2f}  aAcc {metrics['aAcc']:.2f}")
-    return 0
-
-
-def _predict(args: argparse.Namespace) -> int:
-    from PIL import Image
-    files = expand_images(args.images)
-    task = SegmentationTask.from_checkpoint(args.checkpoint)
-    model = task.build_model()
-    task.load_weights(model, args.checkpoint, use_ema=args.ema)
-    model.eval()
-    tf = SegEvalTransform(scale=task.scale)
-    out_dir = Path(args.output)
-    for path, stem in zip(files, output_stems(files)):
-        img = read_image(path)
-        x, _ = tf(img, np.zeros((img.size[1], img.size[0]), np.uint8))
-        pred = model.predict(x[None], size=(img.size[1], img.size[0]))[0].numpy().astype(np.uint8)
-        colours = colorize(pred, task.num_classes)
-        overlay = (0.5 * np.asarray(img, dtype=np.float32) + 0.5 * colours).astype(np.uint8)
-        side = np.concatenate([np.asarray(img), overlay, colours], axis=1)  # image | overlay | colour map
-        dst = save_png_atomic(Image.fromarray(side), out_dir / f"{stem}_seg.png")
-        labels = Image.fromarray(pred, mode="L")
-        labels_png = save_png_atomic(labels, out_dir / f"{stem}_labels.png")
-        present = np.bincount(pred.ravel(), minlength=task.num_classes)
-        top = ", ".join(f"{task.class_names[c]} {100 * present[c] / pred.size:.0f}%" for c in present.argsort()[::-1][:3]
-                        if present[c])
-        print(f"{path}: {top} -> {dst} (class indices in {labels_png})")
-    return 0
-
-
-def add_parsers(sub: argparse._SubParsersAction) -> None:
-    d = SEGMENTATION_DEFAULTS
-    p = sub.add_parser("segment", help="semantic segmentation (Semantic FPN) on ADE20K-format data",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    cmds = p.add_subparsers(dest="segment_command", metavar="{train,eval,predict,params}")
-    p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
-
-    t = cmds.add_parser("train", help="train Semantic FPN (the paper's ADE20K recipe by default)",
-                        description="Train Semantic FPN with a LIT backbone on ADE20K-format data (the authors' "
-                                    "recipe by default, see --print-config); resumable, torchrun-ready.")
-    t.add_argument("--recipe", default="semantic-fpn-80k", choices=("semantic-fpn-80k",),
-                   help="the authors' config (see --print-config)")
-    t.add_argument("--data", default=None, help="dataset root: images/{training,validation}, annotations/{...} (required)")
-    t.add_argument("--num-classes", type=int_arg(1, 255), default=150, help="classes K, at most 255 (default 150)")
-    t.add_argument("--class-names", default=None, help="text file with one class name per line (K lines)")
-    t.add_argument("--no-reduce-zero-label", action="store_true",
-                   help="labels are 0..K-1 with 255 = ignore (default: ADE20K's 0 = ignore, 1..K = classes)")
-    t.add_argument("--iters", type=positive_int, default=None, help=f"optimizer steps (recipe: {d['iters']})")
-    t.add_argument("--crop-size", type=img_size_arg, default=None,
-                   help=f"square training crop, a multiple of 32 (recipe: {d['crop_size']})")
-    t.add_argument("--scale", type=positive_int, nargs=2, default=None, metavar=("LONG", "SHORT"),
-                   help="resize limits at ratio 1 and for evaluation (recipe: 2048 512)")
-    t.add_argument("--ratio-range", type=float_arg(0, lo_open=True), nargs=2, default=None,
-                   metavar=("MIN", "MAX"), help="random rescale ratio range (recipe: 0.5 2.0)")
-    t.add_argument("--val-batch-size", type=positive_int, default=1, help="evaluation images per process")
-    add_backbone_args(t)
-    add_engine_args(t, batch_size=d["batch_size"], lr=d["lr"], weight_decay=d["weight_decay"])
-    t.set_defaults(func=_train)
-
-    e = cmds.add_parser("eval", help="mIoU / pixel accuracy of a checkpoint",
-                        description="mIoU, mean class accuracy, pixel accuracy and per-class IoU of a "
-                                    "`litvit segment train` checkpoint on ADE20K-format data; torchrun-ready.")
-    e.add_argument("--checkpoint", required=True, help="a checkpoint written by `litvit segment train`")
-    e.add_argument("--data", required=True, help="dataset root in ADE20K layout")
-    e.add_argument("--split", default="validation", help="sub-folder of images/ and annotations/ (default validation)")
-    add_eval_args(e, batch_size=1)
-    e.set_defaults(func=_eval)
-
-    r = cmds.add_parser("predict", help="colour-coded segmentation of images (PNG)",
-                        description="Segment images or folders of images with a `litvit segment train` checkpoint: "
-                                    "OUTPUT/NAME_seg.png (image | overlay | colours) and OUTPUT/NAME_labels.png "
-                                    "(class indices) per image.")
-    add_predict_args(r)
-    r.set_defaults(func=_predict)
-
-    q = cmds.add_parser("params", help="parameter counts of the paper's Semantic FPN models beside the paper's",
-                        description="Parameter counts of Semantic FPN with LIT-Ti and LIT-S backbones, beside "
-                                    "the paper's.")
-    q.add_argument("--num-classes", type=positive_int, default=150, help="classes (default 150, ADE20K)")
-    q.set_defaults(func=_params)
+def __getattr__(name: str):
+    if name in _MOVED_TO_CLI:
+        import importlib
+        return getattr(importlib.import_module("litvit.cli.segmentation"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

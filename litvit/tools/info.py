@@ -1,5 +1,5 @@
 """``litvit models``: every registered model with its parameter count (``litvit demo`` lives in
-:mod:`litvit.tasks.classification`: it trains LIT on the embedded digits)."""
+:mod:`litvit.cli.classification`: it trains LIT on the embedded digits)."""
 import argparse
 import torch
 

@@ -16,8 +16,8 @@ from ...data.io import IMG_EXTENSIONS as IMAGE_EXTENSIONS
 from ...data.io import read_image
 from ...models import create_model, MODEL_NAMES
 from ...models.convert import official_to_litvit, unwrap_state_dict
-from ...utils import atomic_write
-from ...cli.args import img_size_arg, warn_grid_change
+from ...utils import atomic_write, warn_grid_change
+from ...cli.args import img_size_arg
 
 __all__ = ["IMAGE_EXTENSIONS", "LoadedImage", "find_images", "load_image", "load_model", "checkpoint_metadata",
            "save_figure", "save_npy", "save_npz", "load_images", "add_common_arguments", "prepare"]

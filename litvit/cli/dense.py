@@ -1,5 +1,6 @@
-"""Command-line plumbing shared by ``litvit detect`` and ``litvit segment`` (engine options, recipe
-resolution, ``--print-config``, checkpoint metadata, atomic PNG writes)."""
+"""Command-line plumbing shared by ``litvit detect`` and ``litvit segment``: the engine, backbone,
+eval and predict options, recipe resolution, the engine and optimizer parts of ``--print-config``,
+image lists and distinct output names, atomic PNG writes."""
 import argparse
 import os
 import tempfile
@@ -10,17 +11,13 @@ from typing import Any, Dict, List, Optional, Sequence
 from PIL import Image
 
 from ..data.io import find_images
-from ..engine import TrainConfig
-from ..utils import atomic_write
-from ..cli.args import (check_json_object, check_model_kwargs, device_arg, float_arg, int_arg, nonneg_int, positive_int,
-                        seed_arg, threads_arg)
+from ..engine import TrainConfig, describe_param_groups
 from ..models import MODEL_NAMES
 from ..models.backbone import backbone_family
 from ..recipes import resolve_dense_recipe
-from .classification import _uses_cuda
-from ..engine import describe_param_groups
-
-
+from ..utils import atomic_write
+from .args import (check_json_object, check_model_kwargs, device_arg, float_arg, int_arg, nonneg_int, positive_int,
+                   seed_arg, threads_arg, uses_cuda)
 
 
 def add_engine_args(p: argparse.ArgumentParser, batch_size: int, lr: float, weight_decay: float) -> None:
@@ -155,7 +152,7 @@ def resolve_recipe(args: argparse.Namespace, name: str) -> Dict[str, Any]:
             r["overridden"].append(key)
     if args.grad_checkpointing:
         r["grad_checkpointing"] = True
-    if args.amp is None and r["amp"] == "fp16" and not _uses_cuda(args.device):
+    if args.amp is None and r["amp"] == "fp16" and not uses_cuda(args.device):
         r["amp"] = "none"  # the recipe's fp16 is for CUDA; the CPU has no fp16 autocast
     return r
 
