@@ -517,6 +517,7 @@ def _fit(task: Task, cfg: TrainConfig, dist: DistInfo, threads: str = "", lock: 
         if epoch != start_epoch or not first:
             loss_sum, loss_n = 0.0, 0
         micro = first
+        at_epoch_end = False
         t_epoch, images = time.perf_counter(), 0
         bar = None
         if dist.is_main and cfg.progress:
@@ -564,7 +565,10 @@ def _fit(task: Task, cfg: TrainConfig, dist: DistInfo, threads: str = "", lock: 
                 log.write(dict(event="train", epoch=epoch + 1, epoch_f=epoch + micro / batches.num_batches,
                                step=step, loss=lval, lr=optimizer.param_groups[0]["lr"],
                                **{k: float(v) for k, v in metrics.items()}))
-            at_epoch_end = micro == batches.num_batches
+            # an iteration-based run ends at step ``iters``, inside its last epoch: that epoch is then
+            # done (recorded, evaluated, checkpointed as finished); a stop at max_steps is a pause
+            run_done = cfg.iters is not None and step >= cfg.iters
+            at_epoch_end = micro == batches.num_batches or run_done
             if cfg.max_steps is not None and step >= cfg.max_steps:
                 stop = True
             if not at_epoch_end and (stop or (cfg.save_every_steps and step % cfg.save_every_steps == 0)):
@@ -573,7 +577,7 @@ def _fit(task: Task, cfg: TrainConfig, dist: DistInfo, threads: str = "", lock: 
                 break
         if bar is not None:
             bar.close()
-        if stop and micro < batches.num_batches:
+        if stop and not at_epoch_end:
             say(f"stopped at step {step} (max_steps); resume continues from {out / LAST}")
             break
         dt = time.perf_counter() - t_epoch

@@ -54,11 +54,17 @@ class Task:
     def on_epoch_start(self, model: nn.Module, epoch: int) -> None:
         """Called with the unwrapped model before each training epoch (0-based); default nothing."""
 
+    @staticmethod
+    def schedule_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
+        """Optimizer steps a schedule spans: ``cfg.iters`` in an iteration-based run, else
+        ``cfg.epochs x steps_per_epoch``."""
+        return int(cfg.iters) if cfg.iters is not None else cfg.epochs * steps_per_epoch
+
     def build_scheduler(self, optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
         """A timm scheduler stepped with ``step_update(optimizer_step)``; default: cosine with linear
-        warm-up over ``cfg.epochs``. Dense tasks override it (step decay, poly)."""
+        warm-up over :meth:`schedule_steps`. Dense tasks override it (step decay, poly)."""
         from timm.scheduler import CosineLRScheduler
-        total_steps = cfg.epochs * steps_per_epoch
+        total_steps = self.schedule_steps(cfg, steps_per_epoch)
         warmup_steps = int(round(cfg.warmup_epochs * steps_per_epoch))
         return CosineLRScheduler(
             optimizer, t_initial=max(1, total_steps - warmup_steps), lr_min=cfg.min_lr, warmup_t=warmup_steps,

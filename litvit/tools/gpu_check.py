@@ -31,6 +31,9 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
+import litvit
+from litvit.ops.dtm import deform_merge2x2
+
 __all__ = ["main", "run_checks"]
 
 
@@ -48,7 +51,6 @@ def _median_time(fn: Callable[[], object], reps: int = 10, warmup: int = 3) -> f
 
 
 def check_parity() -> Dict:
-    import litvit
     out = {}
     for name in ("lit_ti", "lit_s"):
         torch.manual_seed(0)
@@ -72,7 +74,6 @@ def check_parity() -> Dict:
 
 
 def check_train_amp() -> Dict:
-    import litvit
     out = {}
     for name in litvit.list_models():
         model = litvit.create_model(name, num_classes=10).cuda().train()
@@ -99,7 +100,6 @@ def check_train_amp() -> Dict:
 
 
 def check_dtm_gradcheck() -> Dict:
-    from litvit.ops.dtm import deform_merge2x2
     import torchvision
     g = torch.Generator(device="cuda").manual_seed(0)
     x = torch.randn(2, 3, 5, 6, device="cuda", dtype=torch.float64, generator=g, requires_grad=True)
@@ -113,7 +113,6 @@ def check_dtm_gradcheck() -> Dict:
 
 
 def check_compile(models=("lit_ti",)) -> Dict:
-    import litvit
     out = {}
     x = torch.randn(32, 3, 224, 224, device="cuda")
     y = torch.randint(0, 1000, (32,), device="cuda")
