@@ -181,7 +181,8 @@ def count_flops(model: nn.Module, x: torch.Tensor, name: str = "", params: Optio
         FlopReport.
 
     Examples::
-        >>> m = litvit.create_model('lit_ti', img_size=64, embed_dims=(16, 32, 48, 64))
+        >>> import litvit
+        >>> m = litvit.create_model('lit_ti', img_size=64, embed_dims=(16, 32, 48, 64), num_heads=(1, 2, 3, 4))
         >>> count_flops(m.eval(), torch.randn(1, 3, 64, 64)).macs > 0
         True
     """

@@ -120,7 +120,7 @@ def trace_sampling_points(offsets: Sequence[Tensor], points: Tensor, walk_back: 
     Examples::
         >>> pts = trace_sampling_points([torch.zeros(8, 4, 4)] * 3, torch.tensor([[0., 0.]]))
         >>> pts[-1].shape, pts[-1].amax(dim=(0, 1))
-        (torch.Size([1, 64, 2]), tensor([7., 7.]))
+        (torch.Size([1, 64, 2]), tensor([7., 7.], dtype=torch.float64))
     """
     if walk_back not in WALK_BACKS:
         raise ValueError(f"walk_back must be one of {WALK_BACKS}, got {walk_back!r}")
