@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from PIL import Image
 
 from ..data.io import find_images
-from ..engine import TrainConfig, describe_param_groups
+from ..engine import TrainConfig, describe_param_groups, is_main_process
 from ..models import MODEL_NAMES
 from ..models.backbone import backbone_family
 from ..recipes import resolve_dense_recipe
@@ -215,3 +215,48 @@ def print_parameter_table(rows, first: str, note: str) -> int:
 def save_png_atomic(img: Image.Image, path: Path) -> Path:
     """Write a PNG through a temporary file in the same folder, then rename."""
     return atomic_write(path, lambda tmp: img.save(tmp, format="PNG"), fsync=False)
+
+
+def backbone_summary(model, args: argparse.Namespace, r: Dict[str, Any]) -> Dict[str, Any]:
+    """The backbone part of a dense ``--print-config``'s model section, read from the model built
+    on the meta device: its grid, stochastic depth, out-norms, position-table interpolation, FPN."""
+    from timm.layers import DropPath
+    body = model.backbone.body
+    drop_path = max([m.drop_prob for m in model.modules() if isinstance(m, DropPath)], default=0.0)
+    has_abs = any(stage.pos_embed is not None for stage in body.model.stages)
+    return dict(backbone=args.backbone, backbone_family=r["backbone_family"],
+                backbone_img_size=list(body.model.img_size), drop_path=round(drop_path, 6),
+                out_norm_stages=sorted(int(i) for i in body.out_norms),
+                pos_embed_interpolation=body.pos_embed_interpolation if has_abs else None,
+                fpn_channels=r["fpn_channels"], fpn_stages=list(model.backbone.fpn_stages),
+                frozen_stages=args.frozen_stages, norm_eval=args.norm_eval, pretrained=args.pretrained)
+
+
+def engine_summary(tc: TrainConfig, args: argparse.Namespace) -> Dict[str, Any]:
+    """The engine section of a dense ``--print-config``."""
+    return dict(batch_size=tc.batch_size, accum_steps=tc.accum_steps, amp=tc.amp,
+                grad_checkpointing=tc.grad_checkpointing, device=tc.device, seed=tc.seed, workers=tc.workers,
+                output=args.output)
+
+
+def check_train_args(args: argparse.Namespace, required: Sequence[str], what: str = "") -> None:
+    """``--output`` and the task's data flags ``required`` (``"--data"``, ...) are given; ``what``
+    says what they name."""
+    check_output(args)
+    if any(not getattr(args, flag.lstrip("-").replace("-", "_")) for flag in required):
+        verb = "is" if len(required) == 1 else "are"
+        raise ValueError(f"{' and '.join(required)} {verb} required" + (f" ({what})" if what else ""))
+
+
+def note_random_backbone(args: argparse.Namespace) -> None:
+    if args.pretrained is None and is_main_process():
+        print("note: no --pretrained ImageNet checkpoint; the backbone starts from random weights")
+
+
+def model_from_checkpoint(task_cls, args: argparse.Namespace):
+    """``predict``'s task and model: rebuilt from ``--checkpoint``'s record, its weights (or EMA
+    weights with ``--ema``) loaded, in eval mode."""
+    task = task_cls.from_checkpoint(args.checkpoint)
+    model = task.build_model()
+    task.load_weights(model, args.checkpoint, use_ema=args.ema)
+    return task, model.eval()

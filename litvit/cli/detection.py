@@ -35,8 +35,9 @@ from ..models.detectors import DETECTION_DEFAULTS, DETECTORS, RECIPE_OF, paramet
 from ..tasks.detection import DetectionTask, draw_detections
 from ..utils import count_parameters
 from .args import nonneg_int, positive_int, print_config, prob_arg
-from .dense import (add_backbone_args, add_engine_args, add_eval_args, add_predict_args, backbone_kwargs, check_output,
-                    eval_config, expand_images, optimizer_summary, output_stems, print_parameter_table, resolve_recipe,
+from .dense import (add_backbone_args, add_engine_args, add_eval_args, add_predict_args, backbone_kwargs,
+                    backbone_summary, check_train_args, engine_summary, eval_config, expand_images, model_from_checkpoint,
+                    note_random_backbone, optimizer_summary, output_stems, print_parameter_table, resolve_recipe,
                     save_png_atomic, train_config)
 
 __all__ = ["add_parsers", "resolved_config"]
@@ -78,24 +79,14 @@ def _task(args: argparse.Namespace, r: Dict[str, Any], **data) -> DetectionTask:
 def resolved_config(args: argparse.Namespace) -> Dict[str, Any]:
     """Everything ``litvit detect train`` would train with, as plain values, without reading any
     data: the detector is built on the meta device (80 classes) for its parameter groups."""
-    from timm.layers import DropPath
     r = _resolve(args)
     task = _task(args, r, num_classes=80)
     tc = train_config(args, r, r["epochs"])
     with torch.device("meta"):
         model = task.build_model()
-    body = model.backbone.body
-    drop_path = max([m.drop_prob for m in model.modules() if isinstance(m, DropPath)], default=0.0)
     return dict(
         command="detect train", recipe=r["recipe"], overridden=r["overridden"],
-        model=dict(arch=r["arch"], backbone=args.backbone, backbone_family=r["backbone_family"],
-                   backbone_img_size=list(body.model.img_size), drop_path=round(drop_path, 6),
-                   out_norm_stages=sorted(int(i) for i in body.out_norms),
-                   pos_embed_interpolation=body.pos_embed_interpolation
-                   if any(stage.pos_embed is not None for stage in body.model.stages) else None,
-                   fpn_channels=r["fpn_channels"],
-                   fpn_stages=list(model.backbone.fpn_stages), extra_levels=r["extra_levels"],
-                   frozen_stages=args.frozen_stages, norm_eval=args.norm_eval, pretrained=args.pretrained,
+        model=dict(arch=r["arch"], **backbone_summary(model, args, r), extra_levels=r["extra_levels"],
                    num_classes=None, parameters_80_classes=count_parameters(model)),
         data=dict(train_images=args.train_images, train_ann=args.train_ann, val_images=args.val_images,
                   val_ann=args.val_ann, min_size=list(r["min_size"]), max_size=r["max_size"],
@@ -106,24 +97,19 @@ def resolved_config(args: argparse.Namespace) -> Dict[str, Any]:
                       warmup="linear", warmup_iters=r["warmup_iters"], warmup_ratio=r["warmup_ratio"]),
         augmentation=dict(resize="keep ratio, shorter side min_size, longer <= max_size",
                           multi_scale=len(r["min_size"]) > 1, hflip=r["hflip"]),
-        engine=dict(batch_size=tc.batch_size, accum_steps=tc.accum_steps, amp=tc.amp,
-                    grad_checkpointing=tc.grad_checkpointing, device=tc.device, seed=tc.seed, workers=tc.workers,
-                    output=args.output),
+        engine=engine_summary(tc, args),
     )
 
 
 def _train(args: argparse.Namespace) -> int:
     if args.print_config:
         return print_config(resolved_config(args))
-    check_output(args)
-    if not args.train_images or not args.train_ann:
-        raise ValueError("--train-images and --train-ann are required")
+    check_train_args(args, ("--train-images", "--train-ann"))
     _require_pycocotools()
     r = _resolve(args)
     task = _task(args, r, train_images=args.train_images, train_ann=args.train_ann, val_images=args.val_images,
                  val_ann=args.val_ann)
-    if args.pretrained is None and is_main_process():
-        print("note: no --pretrained ImageNet checkpoint; the backbone starts from random weights")
+    note_random_backbone(args)
     summary = fit(task, train_config(args, r, r["epochs"]))
     if not is_main_process():
         return 0
@@ -151,10 +137,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     files = expand_images(args.images)
-    task = DetectionTask.from_checkpoint(args.checkpoint)
-    model = task.build_model()
-    task.load_weights(model, args.checkpoint, use_ema=args.ema)
-    model.eval()
+    task, model = model_from_checkpoint(DetectionTask, args)
     out_dir = Path(args.output)
     for path, stem in zip(files, output_stems(files)):
         image = image_to_tensor(read_image(path))

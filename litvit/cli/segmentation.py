@@ -38,8 +38,9 @@ from ..models.semantic_fpn import SEGMENTATION_DEFAULTS, parameter_table
 from ..tasks.segmentation import SegmentationTask, colorize
 from ..utils import count_parameters
 from .args import float_arg, img_size_arg, int_arg, positive_int, print_config
-from .dense import (add_backbone_args, add_engine_args, add_eval_args, add_predict_args, backbone_kwargs, check_output,
-                    eval_config, expand_images, optimizer_summary, output_stems, print_parameter_table, resolve_recipe,
+from .dense import (add_backbone_args, add_engine_args, add_eval_args, add_predict_args, backbone_kwargs,
+                    backbone_summary, check_train_args, engine_summary, eval_config, expand_images, model_from_checkpoint,
+                    note_random_backbone, optimizer_summary, output_stems, print_parameter_table, resolve_recipe,
                     save_png_atomic, train_config)
 
 __all__ = ["add_parsers", "resolved_config"]
@@ -75,26 +76,16 @@ def _task(args: argparse.Namespace, r: Dict[str, Any], class_names=None) -> Segm
 def resolved_config(args: argparse.Namespace) -> Dict[str, Any]:
     """Everything ``litvit segment train`` would train with, as plain values, without reading any
     data: the model is built on the meta device for its parameter groups."""
-    from timm.layers import DropPath
     r = resolve_recipe(args, args.recipe)
     task = _task(args, r)
     tc = train_config(args, r, 1, iters=r["iters"])
     with torch.device("meta"):
         model = task.build_model()
-    body = model.backbone.body
-    drop_path = max([m.drop_prob for m in model.modules() if isinstance(m, DropPath)], default=0.0)
-    has_abs = any(stage.pos_embed is not None for stage in body.model.stages)
     norms = sorted({type(m).__name__ for m in model.head.modules() if isinstance(m, nn.modules.batchnorm._NormBase)})
     return dict(
         command="segment train", recipe=r["recipe"], overridden=r["overridden"],
-        model=dict(backbone=args.backbone, backbone_family=r["backbone_family"],
-                   backbone_img_size=list(body.model.img_size), drop_path=round(drop_path, 6),
-                   out_norm_stages=sorted(int(i) for i in body.out_norms),
-                   pos_embed_interpolation=body.pos_embed_interpolation if has_abs else None,
-                   fpn_channels=r["fpn_channels"], fpn_stages=list(model.backbone.fpn_stages),
-                   head_channels=r["head_channels"], head_norm=r["head_norm"], head_norm_modules=norms,
-                   dropout=r["dropout"], num_classes=args.num_classes, frozen_stages=args.frozen_stages,
-                   norm_eval=args.norm_eval, pretrained=args.pretrained,
+        model=dict(**backbone_summary(model, args, r), head_channels=r["head_channels"], head_norm=r["head_norm"],
+                   head_norm_modules=norms, dropout=r["dropout"], num_classes=args.num_classes,
                    parameters=count_parameters(model)),
         data=dict(data=args.data, reduce_zero_label=not args.no_reduce_zero_label, scale=list(r["scale"]),
                   test_scale=list(r["scale"]), test_mode="whole"),
@@ -102,22 +93,17 @@ def resolved_config(args: argparse.Namespace) -> Dict[str, Any]:
         schedule=dict(type="poly", power=r["poly_power"], iters=r["iters"], min_lr=tc.min_lr),
         augmentation=dict(ratio_range=list(r["ratio_range"]), crop_size=r["crop_size"],
                           cat_max_ratio=r["cat_max_ratio"], hflip=r["hflip"], photometric=r["photometric"]),
-        engine=dict(batch_size=tc.batch_size, accum_steps=tc.accum_steps, amp=tc.amp,
-                    grad_checkpointing=tc.grad_checkpointing, device=tc.device, seed=tc.seed, workers=tc.workers,
-                    output=args.output),
+        engine=engine_summary(tc, args),
     )
 
 
 def _train(args: argparse.Namespace) -> int:
     if args.print_config:
         return print_config(resolved_config(args))
-    check_output(args)
-    if not args.data:
-        raise ValueError("--data is required (a folder in ADE20K layout)")
+    check_train_args(args, ("--data",), "a folder in ADE20K layout")
     r = resolve_recipe(args, args.recipe)
     task = _task(args, r, _read_class_names(args.class_names))
-    if args.pretrained is None and is_main_process():
-        print("note: no --pretrained ImageNet checkpoint; the backbone starts from random weights")
+    note_random_backbone(args)
     summary = fit(task, train_config(args, r, 1, iters=r["iters"]))  # the engine turns iterations into epochs
     if not is_main_process():
         return 0
@@ -147,10 +133,7 @@ def _eval(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from PIL import Image
     files = expand_images(args.images)
-    task = SegmentationTask.from_checkpoint(args.checkpoint)
-    model = task.build_model()
-    task.load_weights(model, args.checkpoint, use_ema=args.ema)
-    model.eval()
+    task, model = model_from_checkpoint(SegmentationTask, args)
     tf = SegEvalTransform(scale=task.scale)
     out_dir = Path(args.output)
     for path, stem in zip(files, output_stems(files)):
