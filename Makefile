@@ -38,7 +38,7 @@ bench: venv
 # Uses .venv where it exists, else the machine's python3 with this folder on PYTHONPATH (no install needed).
 GPU_PY := $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON))
 gpu-check:
-	PYTHONPATH=$(CURDIR) $(GPU_PY) -m litvit.tools.gpu_check --out gpu-check.json
+	PYTHONPATH=$(CURDIR) $(GPU_PY) -m litvit.cli.gpu_check --out gpu-check.json
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -1,12 +1,13 @@
 """Small helpers shared by every floor of litvit."""
 import contextlib
+import importlib
 import os
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence, Union
 
-__all__ = ["atomic_path", "atomic_write", "plain", "count_parameters", "warn_grid_change"]
+__all__ = ["atomic_path", "atomic_write", "plain", "count_parameters", "warn_grid_change", "moved_names"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -97,3 +98,23 @@ def warn_grid_change(command: str, trained: Sequence[int], used: Sequence[int]) 
         print(f"litvit {command}: warning: the model was trained at {th}x{tw} px and runs at {uh}x{uw}: its "
               f"position tables are resized to {ratio:.3g}x the positions, far from what was learned; accuracy "
               f"usually drops unless the model is fine-tuned at this size", file=sys.stderr)
+
+
+def moved_names(module: str, target: str, names: Sequence[str]) -> Callable[[str], Any]:
+    """A module-level ``__getattr__`` for ``module`` that finds ``names`` in ``target`` on first use:
+    the old import path of what moved up a floor (the command-line functions of the tasks and
+    tools, now in :mod:`litvit.cli`), without a module-level import that points upward.
+
+    Examples::
+        >>> getattr_ = moved_names("old.place", "json", ["dumps"])
+        >>> getattr_("dumps")([1])
+        '[1]'
+    """
+    names = frozenset(names)
+
+    def __getattr__(name: str):
+        if name in names:
+            return getattr(importlib.import_module(target), name)
+        raise AttributeError(f"module {module!r} has no attribute {name!r}")
+    return __getattr__
+

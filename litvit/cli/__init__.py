@@ -1,8 +1,10 @@
 """The ``litvit`` command line: thin argument parsing over library functions.
 
-Every sub-command lives in a module that provides ``add_parsers(subparsers)`` (registering its
-arguments and ``set_defaults(func=...)``); this package only collects them and turns expected
-failures (bad input, missing files, wrong checkpoints) into one line on stderr and exit code 2.
+Every group of sub-commands is a module of this package that provides ``add_parsers(subparsers)``
+(registering its arguments and ``set_defaults(func=...)``) over library functions of the floors
+below (:mod:`litvit.tasks`, :mod:`litvit.tools`, :mod:`litvit.engine`); this module collects them
+and turns expected failures (bad input, missing files, wrong checkpoints) into one line on stderr
+and exit code 2. No module below this package parses arguments.
 
     litvit demo                     # train a small LIT on the embedded digits (scikit-learn's scans)
     litvit models                   # list the registered models with their parameter counts
@@ -22,12 +24,12 @@ from .args import (OneLineParser, check_json_object, check_model_kwargs, device_
 
 # Modules providing ``add_parsers(subparsers)``, one per group of sub-commands.
 COMMANDS = [
-    "litvit.tools.info",               # models
+    "litvit.cli.info",                 # models
     "litvit.cli.classification",       # train, validate, predict, demo
-    "litvit.tools.bench",              # bench
-    "litvit.tools.export",             # export
-    "litvit.tools.flops",              # flops
-    "litvit.tools.viz",                # viz offsets | attention
+    "litvit.cli.bench",                # bench
+    "litvit.cli.export",               # export
+    "litvit.cli.flops",                # flops
+    "litvit.cli.viz",                  # viz offsets | attention
     "litvit.cli.detection",            # detect train | eval | predict | params
     "litvit.cli.segmentation",         # segment train | eval | predict | params
 ]

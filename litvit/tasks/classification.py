@@ -33,7 +33,7 @@ from ..engine import DistInfo, Task, TrainConfig, print_main
 from ..errors import CheckpointMismatchError
 from ..metrics import accuracy_counts
 from ..models import MODEL_NAMES, create_model, load_weights
-from ..utils import plain, warn_grid_change
+from ..utils import moved_names, plain, warn_grid_change
 
 __all__ = ["ClassificationConfig", "ClassificationTask", "task_for_checkpoint", "validate_checkpoint",
            "accuracy_counts"]
@@ -376,14 +376,5 @@ def validate_checkpoint(checkpoint: str, batch_size: int = 128, workers: int = 0
     return engine.evaluate(task, tc, checkpoint, use_ema=use_ema)
 
 
-# The command-line functions lived here before litvit.cli.classification; their old import path
-# stays, resolved on first use (a module-level import would point this floor at the one above it).
-_MOVED_TO_CLI = ("add_parsers", "cmd_train", "cmd_validate", "cmd_predict", "cmd_demo", "resolved_config",
-                 "run_training", "print_config", "aa_arg", "INTERPOLATIONS")
-
-
-def __getattr__(name: str):
-    if name in _MOVED_TO_CLI:
-        import importlib
-        return getattr(importlib.import_module("litvit.cli.classification"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# the command-line functions that lived here, now in litvit.cli.classification: their old import path stays
+__getattr__ = moved_names(__name__, "litvit.cli.classification", ('add_parsers', 'cmd_train', 'cmd_validate', 'cmd_predict', 'cmd_demo', 'resolved_config', 'run_training', 'print_config', 'aa_arg', 'INTERPOLATIONS'))

@@ -26,6 +26,7 @@ from ..data.io import palette
 from ..engine import DistInfo, Task, TrainConfig, param_groups, progress
 from ..metrics import coco_evaluate, coco_results  # noqa: F401  (re-exported: their old place)
 from ..models.detectors import DETECTION_DEFAULTS, DETECTORS, build_detector
+from ..utils import moved_names
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -297,13 +298,5 @@ def draw_detections(image: Tensor, output: Dict[str, Tensor], class_names: Seque
     return Image.fromarray(canvas.permute(1, 2, 0).numpy()), int(keep.sum())  # 3, H, W -> H, W, 3
 
 
-# The command-line functions lived here before litvit.cli.detection; their old import path stays,
-# resolved on first use (a module-level import would point this floor at the one above it).
-_MOVED_TO_CLI = ("add_parsers", "resolved_config")
-
-
-def __getattr__(name: str):
-    if name in _MOVED_TO_CLI:
-        import importlib
-        return getattr(importlib.import_module("litvit.cli.detection"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# the command-line functions that lived here, now in litvit.cli.detection: their old import path stays
+__getattr__ = moved_names(__name__, "litvit.cli.detection", ('add_parsers', 'resolved_config'))

@@ -26,6 +26,7 @@ from ..data.io import palette
 from ..engine import DistInfo, Task, TrainConfig, param_groups, progress
 from ..metrics import IGNORE_INDEX, confusion_matrix, segmentation_metrics
 from ..models.semantic_fpn import SEGMENTATION_DEFAULTS, convert_head_sync_batchnorm, semantic_fpn
+from ..utils import moved_names
 
 __all__ = ["SegmentationTask", "colorize"]
 
@@ -219,13 +220,5 @@ def colorize(pred: np.ndarray, num_classes: int) -> np.ndarray:
     return colours[pred.astype(np.int64).clip(0, len(colours) - 1)]
 
 
-# The command-line functions lived here before litvit.cli.segmentation; their old import path stays,
-# resolved on first use (a module-level import would point this floor at the one above it).
-_MOVED_TO_CLI = ("add_parsers", "resolved_config")
-
-
-def __getattr__(name: str):
-    if name in _MOVED_TO_CLI:
-        import importlib
-        return getattr(importlib.import_module("litvit.cli.segmentation"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# the command-line functions that lived here, now in litvit.cli.segmentation: their old import path stays
+__getattr__ = moved_names(__name__, "litvit.cli.segmentation", ('add_parsers', 'resolved_config'))

@@ -1,4 +1,4 @@
-"""``litvit bench``: throughput, latency and peak memory of LIT against its reference path and timm peers.
+"""Throughput, latency and peak memory of LIT against its reference path and timm peers (``litvit bench``).
 
 Every speed figure is measured in one process with warm-up and *interleaved* repetitions (variant A,
 B, C, A, B, C, ...), so that a change in machine load hits every variant alike; the median and the
@@ -26,7 +26,6 @@ Examples::
     litvit bench --dtm-only --threads 2                       # the DTM op alone, fast vs reference
     litvit bench --device cuda --dtype fp32 bf16 fp16
 """
-import argparse
 import copy
 import ctypes
 import gc
@@ -46,12 +45,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ..cli.args import check_json_object, check_model_kwargs, device_arg, img_size_arg, nonneg_int, positive_int
-from ..errors import CLIError
 from ..models import MODEL_NAMES, create_model
 from ..models.lit import Attention
 from ..ops.dtm import DeformableTokenMerging, DeformMerge2x2
-from ..utils import atomic_write
+from ..utils import atomic_write, moved_names
 from .flops import count_flops as count_macs
 
 DEFAULTS = dict(
@@ -218,7 +215,6 @@ def make_step(model: nn.Module, mode: str, x: Tensor, dtype: str, device: torch.
     return step
 
 
-
 def run_interleaved(variants: Sequence[Variant], warmup: int, reps: int, device: torch.device, bar=None) -> None:
     """Warm every variant up, then time one step of each in turn, ``reps`` rounds."""
     for v in variants:
@@ -316,18 +312,21 @@ def measure_memory(spec: dict, timeout: float = 1800) -> dict:
 
 # --- the model benchmark ------------------------------------------------------------------------
 
-def bench_models(args: argparse.Namespace, device: torch.device, peak: float) -> List[dict]:
+def bench_models(opts, device: torch.device, peak: float) -> List[dict]:
+    """Every (model, batch, size, mode) case of ``opts`` (the options of ``litvit bench``: an
+    ``argparse.Namespace`` or any object with those attributes), its variants timed interleaved;
+    one row per variant. Sets ``opts.measured_peak`` to the best matmul peak seen during the run."""
     from tqdm import tqdm
-    names = list(args.models) + (list(PEERS) if args.peers else [])
+    names = list(opts.models) + (list(PEERS) if opts.peers else [])
     extra_peers = [n for n in names if n not in MODEL_NAMES]
     if extra_peers:
         import timm  # noqa: F401  (fail early when timm is missing)
-    cases = [(n, b, r, mode) for n in names for r in args.img_size for b in args.batch_size for mode in args.mode]
+    cases = [(n, b, r, mode) for n in names for r in opts.img_size for b in opts.batch_size for mode in opts.mode]
     steps_of = {}
     for case in cases:
-        n_fast = len(args.dtype) * (2 if args.compile else 1) if "fast" in args.paths or case[0] not in MODEL_NAMES else 0
-        n_variants = (1 if case[0] in MODEL_NAMES and "ref" in args.paths else 0) + n_fast
-        steps_of[case] = n_variants * (args.warmup + args.reps)
+        n_fast = len(opts.dtype) * (2 if opts.compile else 1) if "fast" in opts.paths or case[0] not in MODEL_NAMES else 0
+        n_variants = (1 if case[0] in MODEL_NAMES and "ref" in opts.paths else 0) + n_fast
+        steps_of[case] = n_variants * (opts.warmup + opts.reps)
     total = sum(steps_of.values())
     rows = []
     peaks = [peak]
@@ -338,7 +337,7 @@ def bench_models(args: argparse.Namespace, device: torch.device, peak: float) ->
         peaks.append(matmul_peak_gflops(device, reps=3))
         torch.manual_seed(0)
         try:
-            base = build_model(name, res, **(args.model_args if name in MODEL_NAMES else {})).to(device)
+            base = build_model(name, res, **(opts.model_args if name in MODEL_NAMES else {})).to(device)
         except Exception as e:  # a peer that cannot run at this size: say so, keep going
             if name in MODEL_NAMES:
                 raise
@@ -352,7 +351,7 @@ def bench_models(args: argparse.Namespace, device: torch.device, peak: float) ->
         x = torch.randn(batch, 3, res, res, device=device)
         variants = []
         lit = is_lit(base)
-        if lit and "ref" in args.paths:
+        if lit and "ref" in opts.paths:
             need = plain_attention_bytes(base, batch, res) * (2 if mode == "train" else 1)
             avail = available_memory_bytes(device)
             if avail is not None and need > 0.6 * avail:
@@ -360,33 +359,33 @@ def bench_models(args: argparse.Namespace, device: torch.device, peak: float) ->
                            f"{avail / 2 ** 30:.1f} GiB available)")
                 rows.append(dict(model=name, batch_size=batch, img_size=res, mode=mode, variant="reference",
                                  skipped=f"plain attention needs {need / 2 ** 30:.1f} GiB"))
-                bar.update(args.warmup + args.reps)
+                bar.update(opts.warmup + opts.reps)
             else:
                 ref = set_path(copy.deepcopy(base), "ref")
                 variants.append(Variant("reference", make_step(ref, mode, x, "fp32", device), "ref", "fp32"))
         lit_ref = bool(variants)
-        for dt in (args.dtype if "fast" in args.paths or not lit else ()):
+        for dt in (opts.dtype if "fast" in opts.paths or not lit else ()):
             m = set_path(copy.deepcopy(base), "fast")
             variants.append(Variant(f"fast {dt}", make_step(m, mode, x, dt, device), "fast", dt))
-        if args.compile and ("fast" in args.paths or not lit):
-            if device.type == "cpu" and not args.no_freeze:
+        if opts.compile and ("fast" in opts.paths or not lit):
+            if device.type == "cpu" and not opts.no_freeze:
                 # inference graphs: weights become constants, so inductor pre-packs them for oneDNN and
                 # fuses linear + GELU / + residual (training graphs are not frozen)
                 import torch._inductor.config as inductor_config
                 inductor_config.freezing = True
-            for dt in args.dtype:
+            for dt in opts.dtype:
                 m = set_path(copy.deepcopy(base), "fast")
                 cm = torch.compile(m, fullgraph=True)
                 variants.append(Variant(f"compiled {dt}", make_step(cm, mode, x, dt, device), "fast", dt, compiled=True))
         del base
         try:
-            run_interleaved(variants, args.warmup, args.reps, device, bar)
+            run_interleaved(variants, opts.warmup, opts.reps, device, bar)
         except Exception as e:
             if name in MODEL_NAMES:
                 raise
             tqdm.write(f"skip {name} @ {res} ({mode}): {type(e).__name__}: {e}")
             bar.update(max(0, steps_of[(name, batch, res, mode)] - sum(len(v.times) for v in variants)
-                           - args.warmup * len(variants)))
+                           - opts.warmup * len(variants)))
             rows.append(dict(model=name, batch_size=batch, img_size=res, mode=mode, skipped=str(e)))
             continue
         ref_med = statistics.median(variants[0].times) if lit_ref else None
@@ -411,17 +410,17 @@ def bench_models(args: argparse.Namespace, device: torch.device, peak: float) ->
     for row in rows:
         if "gflop_per_s" in row:
             row["frac_of_peak"] = row["gflop_per_s"] / best
-    args.measured_peak = best
-    if args.memory:
+    opts.measured_peak = best
+    if opts.memory:
         mem_specs = []
         for row in rows:
-            if row.get("skipped") or row["compiled"] or row["dtype"] != args.dtype[0]:
+            if row.get("skipped") or row["compiled"] or row["dtype"] != opts.dtype[0]:
                 continue
             mem_specs.append(row)
         for row in tqdm(mem_specs, desc="peak memory (fresh process each)", unit="run", dynamic_ncols=True):
             spec = dict(model=row["model"], path=row["path"], batch_size=row["batch_size"], img_size=row["img_size"],
                         mode=row["mode"], dtype=row["dtype"], device=str(device), threads=torch.get_num_threads(),
-                        model_args=args.model_args if row["model"] in MODEL_NAMES else {})
+                        model_args=opts.model_args if row["model"] in MODEL_NAMES else {})
             m = measure_memory(spec)
             row["peak_mem_mb"] = m["peak_mb"]
             row["mem_method"] = m["method"]
@@ -432,13 +431,14 @@ def bench_models(args: argparse.Namespace, device: torch.device, peak: float) ->
 
 # --- the DTM op benchmark -----------------------------------------------------------------------
 
-def bench_dtm(args: argparse.Namespace, device: torch.device, peak: float) -> List[dict]:
-    """DeformMerge2x2 (offset conv + deformable merge) fast vs torchvision on LIT-Ti's DTM shapes."""
+def bench_dtm(opts, device: torch.device, peak: float) -> List[dict]:
+    """DeformMerge2x2 (offset conv + deformable merge) fast vs torchvision on LIT-Ti's DTM shapes, at
+    ``opts.batch_size[0]`` and ``opts.img_size[0]``, ``opts.warmup`` + ``opts.reps`` repetitions."""
     from tqdm import tqdm
-    batch = args.batch_size[0]
-    scale = args.img_size[0] / 224
+    batch = opts.batch_size[0]
+    scale = opts.img_size[0] / 224
     layouts = ("nchw", "tokens")
-    total = len(DTM_SHAPES) * 2 * len(layouts) * 2 * (args.warmup + args.reps)
+    total = len(DTM_SHAPES) * 2 * len(layouts) * 2 * (opts.warmup + opts.reps)
     bar = tqdm(total=total, desc="dtm", unit="step", dynamic_ncols=True)
     rows = []
     for cin, cout, side in DTM_SHAPES:
@@ -471,7 +471,7 @@ def bench_dtm(args: argparse.Namespace, device: torch.device, peak: float) -> Li
                             mi.zero_grad(set_to_none=True)
                             xg.grad = None
                     variants.append(Variant(impl, step, "ref" if impl == "torchvision" else "fast", "fp32"))
-                run_interleaved(variants, args.warmup, args.reps, device, bar)
+                run_interleaved(variants, opts.warmup, opts.reps, device, bar)
                 ref_med = statistics.median(variants[0].times)
                 for v in variants:
                     s = summarise(v.times)
@@ -581,98 +581,5 @@ def plot_dtm(rows: List[dict], path: str, title: str) -> None:
     plt.close(fig)
 
 
-def _write_json(obj, path: str) -> None:
-    def write(p):
-        with open(p, "w") as f:
-            json.dump(obj, f, indent=1)
-    atomic_write(path, write, fsync=False)
-
-
-# --- command ------------------------------------------------------------------------------------
-
-def cmd_bench(args: argparse.Namespace) -> int:
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CLIError("--device cuda: no CUDA device is available here")
-    for d in args.dtype:
-        if d not in DTYPES:
-            raise CLIError(f"--dtype {d!r}: choose from {', '.join(DTYPES)}")
-        if d == "fp16" and device.type == "cpu":
-            raise CLIError("--dtype fp16 is for CUDA; use bf16 on CPU")
-    if args.reps < 1 or args.warmup < 0:
-        raise CLIError(f"--reps must be >= 1 and --warmup >= 0, got {args.reps} and {args.warmup}")
-    for s in args.img_size:
-        if s % 32:
-            raise CLIError(f"--img-size {s} is not a multiple of 32")
-    if isinstance(args.model_args, str):
-        args.model_args = check_json_object(args.model_args, "--model-args")
-        lit = [n for n in args.models if n in MODEL_NAMES] or ["lit_ti"]
-        check_model_kwargs(args.model_args, "--model-args", lit[0])
-    if not args.dtm_only:
-        import timm
-        for n in args.models:
-            if n not in MODEL_NAMES and n not in timm.list_models():
-                raise CLIError(f"unknown model {n!r}; litvit models: {', '.join(MODEL_NAMES)} (or a timm model name)")
-    print(f"litvit bench: device {device}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
-          f"warm-up {args.warmup}, {args.reps} interleaved repetitions per variant")
-    peak = matmul_peak_gflops(device)
-    print(f"measured fp32 matmul peak at start: {peak:.1f} GFLOP/s (2048^3 torch.mm, best of 5)")
-    result = dict(machine=machine_info(device), matmul_peak_gflops=peak, args={k: v for k, v in vars(args).items()
-                                                                                if k != "func"})
-    if args.dtm_only:
-        print(f"DTM op (DeformMerge2x2: offset conv + deformable 2x2 merge), batch {args.batch_size[0]}, "
-              f"fast vs torchvision reference")
-        rows = bench_dtm(args, device, peak)
-        result["dtm"] = rows
-        print_dtm_table(rows)
-        plot_dtm(rows, args.plot, f"DTM fast vs torchvision, {device}, {torch.get_num_threads()} threads")
-    else:
-        print(f"models {', '.join(args.models)}{' + timm peers' if args.peers else ''}; batch {args.batch_size}, "
-              f"sizes {args.img_size}, dtypes {args.dtype}, modes {args.mode}, compile {args.compile}, "
-              f"memory {'yes (fresh process each)' if args.memory else 'no'}")
-        rows = bench_models(args, device, peak)
-        result["matmul_peak_gflops"] = args.measured_peak
-        print(f"matmul peak, best over the run: {args.measured_peak:.1f} GFLOP/s")
-        result["models"] = rows
-        print_model_table(rows)
-        plot(rows, args.plot, f"litvit bench, {device}, {torch.get_num_threads()} threads")
-    _write_json(result, args.out)
-    ok = [r for r in rows if not r.get("skipped")]
-    best = max((r["vs_reference"] for r in ok if r.get("vs_reference")), default=None)
-    print(f"wrote {args.out} and {args.plot}: {len(ok)} measurements"
-          + (f", best speed-up over the reference path x{best:.2f}" if best else ""))
-    return 0
-
-
-def add_parsers(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="throughput, latency and peak memory vs the reference path and timm peers",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", nargs="+", default=DEFAULTS["models"],
-                   help="litvit model names (or any timm model name)")
-    p.add_argument("--model-args", default="", help="JSON overrides for the litvit models, e.g. a tiny config")
-    p.add_argument("--peers", action="store_true", help=f"add the timm peers {', '.join(PEERS)} (random init)")
-    p.add_argument("--batch-size", nargs="+", type=positive_int, default=DEFAULTS["batch_size"],
-                   help="batch sizes to time")
-    p.add_argument("--img-size", nargs="+", type=img_size_arg, default=DEFAULTS["img_size"],
-                   help="square input sides to time, multiples of 32")
-    p.add_argument("--dtype", nargs="+", default=DEFAULTS["dtype"], choices=DTYPES,
-                   help="fp32, bf16 (autocast), fp16 (CUDA)")
-    p.add_argument("--mode", nargs="+", default=DEFAULTS["mode"], choices=("infer", "train"),
-                   help="time inference and/or a training step")
-    p.add_argument("--paths", nargs="+", default=["ref", "fast"], choices=("ref", "fast"),
-                   help="LIT paths to time: the reference path and/or the fast path")
-    p.add_argument("--compile", action="store_true", help="also time torch.compile(model, fullgraph=True)")
-    p.add_argument("--no-freeze", action="store_true",
-                   help="with --compile on CPU: do not freeze weights (inductor's oneDNN pre-packing and fusion)")
-    p.add_argument("--memory", action="store_true", help="peak memory per (model, size), each in a fresh process")
-    p.add_argument("--dtm-only", action="store_true", help="time the DTM op alone on LIT-Ti's three shapes")
-    p.add_argument("--device", type=device_arg(auto=False), default="cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--threads", type=nonneg_int, default=0,
-                   help="torch threads (0: leave as is; on a CPU shared with other jobs, the free cores)")
-    p.add_argument("--warmup", type=nonneg_int, default=DEFAULTS["warmup"], help="untimed repetitions first")
-    p.add_argument("--reps", type=positive_int, default=DEFAULTS["reps"], help="timed repetitions per variant")
-    p.add_argument("--out", default=DEFAULTS["out"], help="JSON results")
-    p.add_argument("--plot", default=DEFAULTS["plot"], help="PNG plot")
-    p.set_defaults(func=cmd_bench)
+# the command-line functions that lived here, now in litvit.cli.bench: their old import path stays
+__getattr__ = moved_names(__name__, "litvit.cli.bench", ('add_parsers', 'cmd_bench'))

@@ -1,8 +1,9 @@
-"""``make gpu-check``: the checks that need a CUDA GPU, in one run, written to a JSON file.
+"""The checks that need a CUDA GPU (``make gpu-check``), in one run, written to a JSON file.
 
-CI has no GPU, so nothing here is required by a test; run it wherever a CUDA device is at hand:
+CI has no GPU, so nothing here is required by a test; run it wherever a CUDA device is at hand
+(no install needed, from the repository root):
 
-    python -m litvit.tools.gpu_check --out gpu-check.json
+    PYTHONPATH=. python -m litvit.cli.gpu_check --out gpu-check.json
 
 Each check is independent (a failure is recorded with its one-line error and the run goes on):
 
@@ -18,7 +19,6 @@ Each check is independent (a failure is recorded with its one-line error and the
 
 Sized to finish in about 4 minutes on an H100 (most of it inductor compiling).
 """
-import argparse
 import json
 import platform
 import subprocess
@@ -31,10 +31,13 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
-import litvit
-from litvit.ops.dtm import deform_merge2x2
+from ..models import create_model, list_models
+from ..ops.dtm import deform_merge2x2
 
-__all__ = ["main", "run_checks"]
+__all__ = ["run_checks", "CHECKS"]
+
+# the checks, in the order they run
+CHECKS = ("parity", "train_amp", "dtm_gradcheck", "compile", "cli_train", "cli_bench")
 
 
 def _median_time(fn: Callable[[], object], reps: int = 10, warmup: int = 3) -> float:
@@ -54,12 +57,12 @@ def check_parity() -> Dict:
     out = {}
     for name in ("lit_ti", "lit_s"):
         torch.manual_seed(0)
-        cpu = litvit.create_model(name).eval()
+        cpu = create_model(name).eval()
         with torch.no_grad():  # non-trivial offsets, so the deformable sampling is exercised
             for n, p in cpu.named_parameters():
                 if "conv_offset" in n:
                     p.normal_(0, 0.05)
-        gpu = litvit.create_model(name).eval().cuda()
+        gpu = create_model(name).eval().cuda()
         gpu.load_state_dict(cpu.state_dict())
         x = torch.randn(2, 3, 224, 224)
         with torch.no_grad():
@@ -75,8 +78,8 @@ def check_parity() -> Dict:
 
 def check_train_amp() -> Dict:
     out = {}
-    for name in litvit.list_models():
-        model = litvit.create_model(name, num_classes=10).cuda().train()
+    for name in list_models():
+        model = create_model(name, num_classes=10).cuda().train()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
         scaler = torch.amp.GradScaler("cuda")
         x = torch.randn(8, 3, 224, 224, device="cuda")
@@ -121,7 +124,7 @@ def check_compile(models=("lit_ti",)) -> Dict:
             tag = f"{name}/{'bf16' if dtype else 'fp32'}"
             amp = dict(device_type="cuda", dtype=dtype or torch.float32, enabled=dtype is not None)
             torch._dynamo.reset()
-            model = litvit.create_model(name).cuda().eval()
+            model = create_model(name).cuda().eval()
             compiled = torch.compile(model, fullgraph=True)
             with torch.no_grad(), torch.autocast(**amp):
                 t0 = time.perf_counter()
@@ -151,7 +154,7 @@ def check_compile(models=("lit_ti",)) -> Dict:
             out[f"{tag}/train"] = dict(loss=loss, compile_s=compile_s, eager_ms=eager * 1e3, compiled_ms=comp * 1e3,
                                        speedup=eager / comp)
     torch._dynamo.reset()
-    model = litvit.create_model("lit_ti").cuda().eval()
+    model = create_model("lit_ti").cuda().eval()
     graphs = torch.compile(model, mode="reduce-overhead", fullgraph=True)
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
         for _ in range(3):  # CUDA graphs are recorded on a later call
@@ -204,6 +207,7 @@ def run_checks(only: Optional[List[str]], out: Path, compile_models=("lit_ti",))
     checks = dict(parity=check_parity, train_amp=check_train_amp, dtm_gradcheck=check_dtm_gradcheck,
                   compile=lambda: check_compile(compile_models), cli_train=check_cli_train,
                   cli_bench=lambda: check_cli_bench(out_dir))
+    assert tuple(checks) == CHECKS
     for name, fn in checks.items():
         if only and name not in only:
             continue
@@ -219,25 +223,3 @@ def run_checks(only: Optional[List[str]], out: Path, compile_models=("lit_ti",))
         report["checks"][name] = result
         out.write_text(json.dumps(report, indent=1))
     return report
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m litvit.tools.gpu_check", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="gpu-check.json", help="the JSON report (default: gpu-check.json)")
-    parser.add_argument("--only", nargs="+", choices=["parity", "train_amp", "dtm_gradcheck", "compile", "cli_train",
-                                                       "cli_bench"], help="run only these checks")
-    parser.add_argument("--compile-models", nargs="+", default=["lit_ti"],
-                        help="models of the compile check (inductor takes ~30 s a graph; default: lit_ti)")
-    args = parser.parse_args(argv)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    report = run_checks(args.only, out, tuple(args.compile_models))
-    out.write_text(json.dumps(report, indent=1))
-    failed = [k for k, v in report["checks"].items() if v["status"] != "ok"]
-    print(f"[gpu-check] {report.get('gpu')} torch {report['torch']}: {len(report['checks']) - len(failed)} ok, "
-          f"{len(failed)} failed {failed if failed else ''}-> {out}")
-    return 1 if failed or "error" in report else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""``litvit viz attention``: the attention of one query pixel, per stage, block and head (paper Fig. 3).
+"""The attention of one query pixel, per stage, block and head (paper Fig. 3; ``litvit viz attention``).
 
 The maps are read from the model's own plain attention path: the model is switched to it with
 ``set_fused_attn(False)`` and a forward hook on every ``Attention.attn_probs`` (an identity the
@@ -17,7 +17,6 @@ to 224), the query is a fixed token per stage (flat indices 1260, 294, 92, 17 of
 row and column are removed (without renormalising), and the maps are drawn on their own grid
 rather than over one image. :func:`official_attention` computes that average.
 """
-import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -26,13 +25,15 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor, nn
-from ...models import Attention
+
 from ...data.io import read_image
-from .common import add_common_arguments, find_images, load_model, prepare, save_figure, save_npy
+from ...models import Attention
+from ...utils import moved_names
+from .common import save_figure, save_npy
 
 __all__ = ["AttentionMaps", "OFFICIAL_QUERY_TOKENS", "check_attention_memory", "collect_attention", "query_maps",
            "official_query", "official_query_maps", "official_attention", "plot_stage", "plot_overview",
-           "plot_official", "visualize_attention", "add_parser"]
+           "plot_official", "visualize_attention", "mean_attention_distance", "load_official_input"]
 
 
 @dataclass
@@ -385,66 +386,9 @@ def visualize_attention(
     return written, stages
 
 
-def _parse_query(value: Optional[str]) -> Optional[Tuple[int, int]]:
-    if value is None:
-        return None
-    try:
-        y, x = (int(c) for c in value.split(","))
-    except ValueError:
-        raise ValueError(f"--query takes a Y,X pixel of the network input (e.g. 112,96), got {value!r}") from None
-    return y, x
-
-
-def _cmd_official(args: argparse.Namespace) -> int:
-    """``--method official``: the first ``--num-images`` images, centre-cropped, averaged."""
-    import matplotlib
-    matplotlib.use("Agg")
-    if args.num_images < 1:
-        raise ValueError(f"--num-images must be at least 1, got {args.num_images}")
-    if args.query is not None:
-        raise ValueError("--query is for the default method; the official one uses the authors' query tokens")
-    files = find_images(args.image)[:args.num_images]
-    model, info = load_model(args.model, args.checkpoint)
-    size = args.img_size or info["img_size"]
-    check_attention_memory(model, (size, size))
-    inputs = [load_official_input(f, size, info["mean"], info["std"]) for f in files]  # all read before writing
-    print(f"model {info['model']}: the authors' attention maps averaged over {len(inputs)} image(s) at {size}x{size}")
-    stages, n = official_attention(model, inputs)
-    out = Path(args.out)
-    written = []
-    for s in stages:
-        title = f"{info['model']}, mean of {n} image(s): "
-        written.append(save_figure(plot_official(s, title), out / f"official_attention_stage{s.stage}.png"))
-        written.append(save_npy(s.maps, out / f"official_attention_stage{s.stage}.npy"))
-        print(f"stage {s.stage}: query token {s.query} of {s.feat_size[0]}x{s.feat_size[1]}, {s.maps.shape[0]} block(s) "
-              f"x {s.maps.shape[1]} head(s), mean attention distance {_spread(s):.2f} tokens")
-    for path in written:
-        print(f"wrote {path}")
-    return 0
-
-
-def cmd_attention(args: argparse.Namespace) -> int:
-    if args.method == "official":
-        return _cmd_official(args)
-    query = _parse_query(args.query)
-    model, info, images = prepare(args)
-    out = Path(args.out)
-    for img in images:
-        q = query if query is not None else (img.tensor.shape[-2] // 2, img.tensor.shape[-1] // 2)
-        written, stages = visualize_attention(model, img.tensor, img.rgb, out / img.path.stem, q,
-                                              f"{info['model']}: {img.path.name}, query {q}")
-        for s in stages:
-            spread = _spread(s)
-            print(f"{img.path.name} stage {s.stage}: {s.maps.shape[0]} block(s) x {s.maps.shape[1]} head(s), "
-                  f"mean attention distance {spread:.2f} tokens"
-                  + (f", class token {s.prefix_mass.mean():.3f}" if s.prefix_mass.size else ""))
-        for path in written:
-            print(f"wrote {path}")
-    return 0
-
-
-def _spread(s: AttentionMaps) -> float:
-    """Mean distance (in key-grid tokens) from the query token, weighted by the attention."""
+def mean_attention_distance(s: AttentionMaps) -> float:
+    """Mean distance (in key-grid tokens) from the query token, weighted by the attention, over
+    every block and head of a stage."""
     nb, nh, hk, wk = s.maps.shape
     ry = s.query[0] * hk / s.feat_size[0]
     rx = s.query[1] * wk / s.feat_size[1]
@@ -454,16 +398,5 @@ def _spread(s: AttentionMaps) -> float:
     return float((w * d).sum(axis=(2, 3)).mean())
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "attention", help="attention maps of one query pixel, every head of every block (paper Fig. 3)",
-        description="For a query pixel, draw the attention probabilities of every head of every attention block, "
-                    "per stage, over the image (PNG grids) and save the raw maps (.npy).")
-    add_common_arguments(p)
-    p.add_argument("--query", metavar="Y,X", help="query pixel in the network input (default: the centre)")
-    p.add_argument("--method", default="query", choices=("query", "official"),
-                   help="query (default): one image, any query pixel, maps over the image; official: the authors' "
-                        "maps, averaged over --num-images images at their query tokens, class token removed")
-    p.add_argument("--num-images", type=int, default=100,
-                   help="official method: how many images of the folder to average (default 100, the authors')")
-    p.set_defaults(func=cmd_attention)
+# the command-line functions that lived here, now in litvit.cli.viz: their old import path stays
+__getattr__ = moved_names(__name__, "litvit.cli.viz", ('cmd_attention',))

@@ -1,7 +1,5 @@
 """What the figures share: a model from ``--model`` / a checkpoint, images as normalised tensors plus
 the RGB picture to draw on, atomic figure and array files, the common arguments."""
-import argparse
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
@@ -16,12 +14,10 @@ from ...data.io import IMG_EXTENSIONS as IMAGE_EXTENSIONS
 from ...data.io import read_image
 from ...models import create_model, MODEL_NAMES
 from ...models.convert import official_to_litvit, unwrap_state_dict
-from ...utils import atomic_write, warn_grid_change
-from ...cli.args import img_size_arg
+from ...utils import atomic_write, moved_names
 
 __all__ = ["IMAGE_EXTENSIONS", "LoadedImage", "find_images", "load_image", "load_model", "checkpoint_metadata",
-           "save_figure", "save_npy", "save_npz", "load_images", "add_common_arguments", "prepare"]
-
+           "save_figure", "save_npy", "save_npz", "load_images"]
 
 
 # --- model -----------------------------------------------------------------------------------------
@@ -199,28 +195,5 @@ def save_npz(arrays: Dict[str, np.ndarray], path: Path) -> Path:
     return atomic_write(path, write)
 
 
-# --- command line ----------------------------------------------------------------------------------
-
-def add_common_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("image", help="an image file or a folder of images")
-    p.add_argument("--checkpoint", metavar="CKPT", help="litvit training checkpoint or official LIT release")
-    p.add_argument("--model", choices=MODEL_NAMES, metavar="MODEL",
-                   help="model name (default: the one the checkpoint records)")
-    p.add_argument("--img-size", type=img_size_arg, default=None,
-                   help="shorter image side fed to the network, a multiple of 32 (default: the model's)")
-    p.add_argument("--out", default=os.path.join("runs", "viz"), help="output folder (default runs/viz)")
-
-
-def prepare(args: argparse.Namespace) -> Tuple[torch.nn.Module, dict, List[LoadedImage]]:
-    """Model, its info and every image, from the common arguments."""
-    import matplotlib
-    matplotlib.use("Agg")
-    find_images(args.image)  # a missing image fails before the model is built
-    model, info = load_model(args.model, args.checkpoint)
-    size = args.img_size or info["img_size"]
-    images = load_images(args.image, size, info["mean"], info["std"], getattr(model, "in_chans", 3))
-    warn_grid_change(f"viz {args.viz_command}", info["img_size"], tuple(images[0].tensor.shape[-2:]))
-    src = f"checkpoint {args.checkpoint}" if args.checkpoint else "random weights (no --checkpoint)"
-    print(f"model {info['model']} from {src}; {len(images)} image(s), network input "
-          f"{images[0].tensor.shape[-2]}x{images[0].tensor.shape[-1]}")
-    return model, info, images
+# the command-line functions that lived here, now in litvit.cli.viz: their old import path stays
+__getattr__ = moved_names(__name__, "litvit.cli.viz", ('prepare', 'add_common_arguments'))

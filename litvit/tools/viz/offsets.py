@@ -1,4 +1,4 @@
-"""``litvit viz offsets``: where deformable token merging looks (paper Fig. 2).
+"""Where deformable token merging looks (paper Fig. 2; ``litvit viz offsets``).
 
 Each DTM output point (p, q) samples four input points, one per kernel point (i, j) of the 2x2
 kernel, at ``(2p + i + dy, 2q + j + dx)`` with the offsets its offset predictor produced
@@ -23,19 +23,19 @@ offsets are read at that cell; the stage-1 points are dropped when their drawn p
 ``round(4 y + 2)`` leaves the image. Dropped points are NaN in the returned arrays and not drawn.
 The bilinear walk-back (default) keeps the fractional positions and every point.
 """
-import argparse
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import Tensor, nn
-from ...cli.args import positive_int
+
 from ...ops.dtm import DeformableTokenMerging
-from .common import add_common_arguments, prepare, save_figure, save_npz
+from ...utils import moved_names
+from .common import save_figure, save_npz
 
 __all__ = ["WALK_BACKS", "collect_offsets", "sample_field", "trace_sampling_points", "regular_points", "grid_of_points",
-           "to_pixels", "plot_sampling_points", "plot_offset_fields", "visualize_offsets", "add_parser"]
+           "to_pixels", "plot_sampling_points", "plot_offset_fields", "visualize_offsets"]
 
 
 WALK_BACKS = ("bilinear", "official")
@@ -308,43 +308,5 @@ def visualize_offsets(
     return written
 
 
-def _parse_points(values: Optional[List[str]]) -> Optional[Tensor]:
-    if not values:
-        return None
-    pts = []
-    for v in values:
-        try:
-            y, x = (int(c) for c in v.split(","))
-        except ValueError:
-            raise ValueError(f"--points takes Y,X pairs of last-stage grid coordinates (e.g. 3,4), got {v!r}") from None
-        pts.append((y, x))
-    return torch.tensor(pts, dtype=torch.float64)
-
-
-def cmd_offsets(args: argparse.Namespace) -> int:
-    points = _parse_points(args.points)
-    if args.grid < 1:
-        raise ValueError(f"--grid must be at least 1, got {args.grid}")
-    model, info, images = prepare(args)
-    out = Path(args.out)
-    for img in images:
-        title = f"{info['model']}: {img.path.name}"
-        for path in visualize_offsets(model, img.tensor, img.rgb, out / img.path.stem, points, args.grid, title,
-                                      args.walk_back):
-            print(f"wrote {path}")
-    return 0
-
-
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "offsets", help="DTM sampling locations walked back to stage 1, and offset fields (paper Fig. 2)",
-        description="For points of the last stage, draw the 64 stage-1 sampling locations reached through the "
-                    "three DTMs beside the regular 2x2-merging grid, and each DTM's offset field.")
-    add_common_arguments(p)
-    p.add_argument("--points", nargs="+", metavar="Y,X",
-                   help="last-stage grid points to trace (default: an evenly spread --grid x --grid set)")
-    p.add_argument("--grid", type=positive_int, default=3, help="points per side of the default grid (default 3)")
-    p.add_argument("--walk-back", default="bilinear", choices=WALK_BACKS,
-                   help="bilinear (default: fractional points read the interpolated offset field, all kept) or "
-                        "official (the authors': round to the nearest cell, drop points leaving the map)")
-    p.set_defaults(func=cmd_offsets)
+# the command-line functions that lived here, now in litvit.cli.viz: their old import path stays
+__getattr__ = moved_names(__name__, "litvit.cli.viz", ('cmd_offsets',))

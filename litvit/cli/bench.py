@@ -1,0 +1,111 @@
+"""``litvit bench``: the command over :mod:`litvit.tools.bench` (its docstring, the method, is the
+command's ``--help``)."""
+import argparse
+import json
+
+import torch
+
+from ..errors import CLIError
+from ..models import MODEL_NAMES
+from ..tools import bench as B
+from ..tools.bench import (DEFAULTS, DTYPES, PEERS, bench_dtm, bench_models, machine_info, matmul_peak_gflops, plot,
+                           plot_dtm, print_dtm_table, print_model_table)
+from ..utils import atomic_write
+from .args import check_json_object, check_model_kwargs, device_arg, img_size_arg, nonneg_int, positive_int
+
+__all__ = ["add_parsers", "cmd_bench"]
+
+
+def _write_json(obj, path: str) -> None:
+    def write(p):
+        with open(p, "w") as f:
+            json.dump(obj, f, indent=1)
+    atomic_write(path, write, fsync=False)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CLIError("--device cuda: no CUDA device is available here")
+    for d in args.dtype:
+        if d not in DTYPES:
+            raise CLIError(f"--dtype {d!r}: choose from {', '.join(DTYPES)}")
+        if d == "fp16" and device.type == "cpu":
+            raise CLIError("--dtype fp16 is for CUDA; use bf16 on CPU")
+    if args.reps < 1 or args.warmup < 0:
+        raise CLIError(f"--reps must be >= 1 and --warmup >= 0, got {args.reps} and {args.warmup}")
+    for s in args.img_size:
+        if s % 32:
+            raise CLIError(f"--img-size {s} is not a multiple of 32")
+    if isinstance(args.model_args, str):
+        args.model_args = check_json_object(args.model_args, "--model-args")
+        lit = [n for n in args.models if n in MODEL_NAMES] or ["lit_ti"]
+        check_model_kwargs(args.model_args, "--model-args", lit[0])
+    if not args.dtm_only:
+        import timm
+        for n in args.models:
+            if n not in MODEL_NAMES and n not in timm.list_models():
+                raise CLIError(f"unknown model {n!r}; litvit models: {', '.join(MODEL_NAMES)} (or a timm model name)")
+    print(f"litvit bench: device {device}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
+          f"warm-up {args.warmup}, {args.reps} interleaved repetitions per variant")
+    peak = matmul_peak_gflops(device)
+    print(f"measured fp32 matmul peak at start: {peak:.1f} GFLOP/s (2048^3 torch.mm, best of 5)")
+    result = dict(machine=machine_info(device), matmul_peak_gflops=peak, args={k: v for k, v in vars(args).items()
+                                                                                if k != "func"})
+    if args.dtm_only:
+        print(f"DTM op (DeformMerge2x2: offset conv + deformable 2x2 merge), batch {args.batch_size[0]}, "
+              f"fast vs torchvision reference")
+        rows = bench_dtm(args, device, peak)
+        result["dtm"] = rows
+        print_dtm_table(rows)
+        plot_dtm(rows, args.plot, f"DTM fast vs torchvision, {device}, {torch.get_num_threads()} threads")
+    else:
+        print(f"models {', '.join(args.models)}{' + timm peers' if args.peers else ''}; batch {args.batch_size}, "
+              f"sizes {args.img_size}, dtypes {args.dtype}, modes {args.mode}, compile {args.compile}, "
+              f"memory {'yes (fresh process each)' if args.memory else 'no'}")
+        rows = bench_models(args, device, peak)
+        result["matmul_peak_gflops"] = args.measured_peak
+        print(f"matmul peak, best over the run: {args.measured_peak:.1f} GFLOP/s")
+        result["models"] = rows
+        print_model_table(rows)
+        plot(rows, args.plot, f"litvit bench, {device}, {torch.get_num_threads()} threads")
+    _write_json(result, args.out)
+    ok = [r for r in rows if not r.get("skipped")]
+    best = max((r["vs_reference"] for r in ok if r.get("vs_reference")), default=None)
+    print(f"wrote {args.out} and {args.plot}: {len(ok)} measurements"
+          + (f", best speed-up over the reference path x{best:.2f}" if best else ""))
+    return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="throughput, latency and peak memory vs the reference path and timm peers",
+                       description=B.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=DEFAULTS["models"],
+                   help="litvit model names (or any timm model name)")
+    p.add_argument("--model-args", default="", help="JSON overrides for the litvit models, e.g. a tiny config")
+    p.add_argument("--peers", action="store_true", help=f"add the timm peers {', '.join(PEERS)} (random init)")
+    p.add_argument("--batch-size", nargs="+", type=positive_int, default=DEFAULTS["batch_size"],
+                   help="batch sizes to time")
+    p.add_argument("--img-size", nargs="+", type=img_size_arg, default=DEFAULTS["img_size"],
+                   help="square input sides to time, multiples of 32")
+    p.add_argument("--dtype", nargs="+", default=DEFAULTS["dtype"], choices=DTYPES,
+                   help="fp32, bf16 (autocast), fp16 (CUDA)")
+    p.add_argument("--mode", nargs="+", default=DEFAULTS["mode"], choices=("infer", "train"),
+                   help="time inference and/or a training step")
+    p.add_argument("--paths", nargs="+", default=["ref", "fast"], choices=("ref", "fast"),
+                   help="LIT paths to time: the reference path and/or the fast path")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile(model, fullgraph=True)")
+    p.add_argument("--no-freeze", action="store_true",
+                   help="with --compile on CPU: do not freeze weights (inductor's oneDNN pre-packing and fusion)")
+    p.add_argument("--memory", action="store_true", help="peak memory per (model, size), each in a fresh process")
+    p.add_argument("--dtm-only", action="store_true", help="time the DTM op alone on LIT-Ti's three shapes")
+    p.add_argument("--device", type=device_arg(auto=False), default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--threads", type=nonneg_int, default=0,
+                   help="torch threads (0: leave as is; on a CPU shared with other jobs, the free cores)")
+    p.add_argument("--warmup", type=nonneg_int, default=DEFAULTS["warmup"], help="untimed repetitions first")
+    p.add_argument("--reps", type=positive_int, default=DEFAULTS["reps"], help="timed repetitions per variant")
+    p.add_argument("--out", default=DEFAULTS["out"], help="JSON results")
+    p.add_argument("--plot", default=DEFAULTS["plot"], help="PNG plot")
+    p.set_defaults(func=cmd_bench)
