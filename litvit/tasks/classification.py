@@ -377,4 +377,6 @@ def validate_checkpoint(checkpoint: str, batch_size: int = 128, workers: int = 0
 
 
 # the command-line functions that lived here, now in litvit.cli.classification: their old import path stays
-__getattr__ = moved_names(__name__, "litvit.cli.classification", ('add_parsers', 'cmd_train', 'cmd_validate', 'cmd_predict', 'cmd_demo', 'resolved_config', 'run_training', 'print_config', 'aa_arg', 'INTERPOLATIONS'))
+__getattr__ = moved_names(__name__, "litvit.cli.classification", (
+    'add_parsers', 'cmd_train', 'cmd_validate', 'cmd_predict', 'cmd_demo', 'resolved_config', 'run_training',
+    'print_config', 'aa_arg', 'INTERPOLATIONS'))
