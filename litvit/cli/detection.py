@@ -1,4 +1,4 @@
-"""``litvit detect``: object detection and instance segmentation on COCO-format data.
+"""Object detection and instance segmentation on COCO-format data: ``litvit detect``.
 
 RetinaNet or Mask R-CNN with a LIT backbone (:mod:`litvit.detection`) trained by the shared
 engine (:func:`litvit.engine.fit`: torchrun/DDP, AMP, atomic checkpoints, resume) with the

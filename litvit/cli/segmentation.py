@@ -1,4 +1,4 @@
-"""``litvit segment``: semantic segmentation on ADE20K-format data.
+"""Semantic segmentation on ADE20K-format data: ``litvit segment``.
 
 Semantic FPN with a LIT backbone (:mod:`litvit.segmentation`) trained by the shared engine
 (:func:`litvit.engine.fit`) with the authors' ADE20K recipe (``--recipe semantic-fpn-80k``,

@@ -1,4 +1,4 @@
-"""Throughput, latency and peak memory of LIT against its reference path and timm peers (``litvit bench``).
+"""``litvit bench``: throughput, latency and peak memory of LIT against its reference path and timm peers.
 
 Every speed figure is measured in one process with warm-up and *interleaved* repetitions (variant A,
 B, C, A, B, C, ...), so that a change in machine load hits every variant alike; the median and the

@@ -1,4 +1,4 @@
-"""A LIT model to ONNX with dynamic batch and image size, checked with onnxruntime (``litvit export``).
+"""``litvit export``: a LIT model to ONNX with dynamic batch and image size, checked with onnxruntime.
 
 The model is exported in eval mode on its fast path (SDPA attention, the grid_sample DTM) through
 ``torch.onnx.export(dynamo=True)`` at opset >= 17 (grid_sample needs 16). Batch, height and width
