@@ -1,11 +1,14 @@
-"""What several test modules share: tiny model widths and a helper that gives a model non-trivial weights.
+"""What several test modules share: tiny model widths, a helper that gives a model non-trivial weights,
+the parameter decomposition of a dense model, and a small image folder of digits.
 
 Imported as ``from helpers import TINY, randomize_`` (pytest puts this folder on ``sys.path``);
 ``conftest.py`` keeps only fixtures and hooks.
 """
+from pathlib import Path
+
 import torch
 
-__all__ = ["TINY", "randomize_"]
+__all__ = ["TINY", "randomize_", "assert_dense_parameters_add_up", "image_folder"]
 
 # Tiny widths for behaviour tests (the full sizes are only built on the meta device to count parameters).
 TINY = dict(img_size=64, embed_dims=(16, 32, 48, 64), depths=(1, 2, 2, 1), num_heads=(1, 2, 3, 4))
@@ -28,3 +31,32 @@ def randomize_(model: torch.nn.Module, offset_scale: float = 0.5) -> torch.nn.Mo
             elif name.endswith("running_var"):
                 b.copy_(1 + 0.5 * torch.rand(b.shape, generator=g))
     return model
+
+
+def assert_dense_parameters_add_up(model: torch.nn.Module, backbone: str, task: str, n: int, n_body: int) -> None:
+    """A dense model's count ``n`` and its backbone body's ``n_body`` (from ``parameter_table``), summed
+    from independent parts: the classifier's trunk (LIT without head, final norm and dropped class
+    token) plus the out-norms, then the FPN and heads. ``model`` is built on the meta device."""
+    from litvit.models import create_model
+    from litvit.models.backbone import default_backbone_img_size
+    with torch.device("meta"):
+        classifier = create_model(backbone, num_classes=0, img_size=default_backbone_img_size(backbone, task) or 224)
+    body = model.backbone.body
+    trunk = sum(p.numel() for k, p in classifier.named_parameters()
+                if not k.startswith("norm.") and not k.endswith("cls_token"))
+    out_norms = sum(2 * classifier.embed_dims[int(i)] for i in body.out_norms)
+    assert n_body == trunk + out_norms, (backbone, task)
+    rest = sum(p.numel() for k, p in model.named_parameters() if not k.startswith("backbone.body."))
+    assert n == n_body + rest
+
+
+def image_folder(root: Path, n: int = 4) -> Path:
+    """``root/{train,val}/<class>/<i>.png``: the first ``n`` validation digits as PNG files in both splits."""
+    from litvit.data import DigitsDataset
+    ds = DigitsDataset("val")
+    for split in ("train", "val"):
+        for i in range(n):
+            d = root / split / str(ds.targets[i])
+            d.mkdir(parents=True, exist_ok=True)
+            ds.image(i).save(d / f"{i}.png")
+    return root

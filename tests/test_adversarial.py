@@ -27,6 +27,8 @@ from litvit.cli import build_parser, main
 from litvit.data import DigitsDataset
 from litvit.engine import OutputLock, OutputLockedError, Task, TrainConfig, fit
 
+from helpers import image_folder
+
 pytestmark = [pytest.mark.cli, pytest.mark.slow]
 
 TINY_FLAGS = ["--img-size", "32", "--embed-dims", "16", "32", "48", "64", "--depths", "1", "1", "1", "1",
@@ -89,16 +91,6 @@ def snapshot(*folders):
             if p.is_file():
                 out[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest()
     return out
-
-
-def image_folder(root: Path, n: int = 4) -> Path:
-    ds = DigitsDataset("val")
-    for split in ("train", "val"):
-        for i in range(n):
-            d = root / split / str(ds.targets[i])
-            d.mkdir(parents=True, exist_ok=True)
-            ds.image(i).save(d / f"{i}.png")
-    return root
 
 
 # --- shared fixtures: a finished tiny run, bad files, tiny COCO / ADE data ----------------------------------

@@ -13,7 +13,7 @@ from litvit.dense_data import CocoDetection, detection_collate
 from litvit.ops import fused_mlp
 from litvit.tasks.detection import DetectionTask, coco_evaluate, coco_results
 
-from helpers import TINY
+from helpers import TINY, assert_dense_parameters_add_up
 
 pytestmark = pytest.mark.unit
 
@@ -232,8 +232,6 @@ def test_non_multiple_of_32_sizes():
 def test_parameter_counts_match_paper():
     """Exact counts, and the same count summed from independent parts: the classifier's trunk (LIT
     without head, final norm and dropped class token) plus the out-norms, the FPN and the heads."""
-    from litvit.models import create_model
-    from litvit.models.backbone import default_backbone_img_size
     exact = {("retinanet", "lit_ti"): 29_642_453, ("retinanet", "lit_s"): 38_925_037,
              ("mask_rcnn", "lit_ti"): 39_543_501, ("mask_rcnn", "lit_s"): 48_244_453}
     table = litvit.detection.parameter_table()
@@ -243,14 +241,7 @@ def test_parameter_counts_match_paper():
         assert round(n / 1e6) == paper, (arch, bb, n, paper)  # the paper gives whole millions
         with torch.device("meta"):
             model = litvit.detection.build_detector(arch, backbone=bb, num_classes=80)
-            classifier = create_model(bb, num_classes=0, img_size=default_backbone_img_size(bb, "detection") or 224)
-        body = model.backbone.body
-        trunk = sum(p.numel() for k, p in classifier.named_parameters()
-                    if not k.startswith("norm.") and not k.endswith("cls_token"))
-        out_norms = sum(2 * classifier.embed_dims[int(i)] for i in body.out_norms)
-        assert n_body == trunk + out_norms, (arch, bb)
-        rest = sum(p.numel() for k, p in model.named_parameters() if not k.startswith("backbone.body."))
-        assert n == n_body + rest
+        assert_dense_parameters_add_up(model, bb, "detection", n, n_body)
 
 
 def _write(path, text):

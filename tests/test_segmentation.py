@@ -12,7 +12,7 @@ from litvit.dense_data import IGNORE_INDEX, SegEvalTransform, SegmentationDatase
 from litvit.segmentation import SemanticFPNHead, confusion_matrix, segmentation_metrics
 from litvit.tasks.segmentation import SegmentationTask
 
-from helpers import TINY
+from helpers import TINY, assert_dense_parameters_add_up
 
 pytestmark = pytest.mark.unit
 
@@ -176,8 +176,6 @@ def test_cli_train_eval_predict(ade, tmp_path, capsys):
 def test_parameter_counts_match_paper():
     """Exact counts, and the same count summed from independent parts: the classifier's trunk (LIT
     without head, final norm and dropped class token) plus the out-norms, the FPN and the heads."""
-    from litvit.models import create_model
-    from litvit.models.backbone import default_backbone_img_size
     exact = {("semantic_fpn", "lit_ti"): 23_638_382, ("semantic_fpn", "lit_s"): 31_850_502}
     table = litvit.segmentation.parameter_table()
     assert {(arch, bb) for arch, bb, *_ in table} == set(exact)
@@ -186,14 +184,7 @@ def test_parameter_counts_match_paper():
         assert round(n / 1e6) == paper, (arch, bb, n, paper)  # the paper gives whole millions
         with torch.device("meta"):
             model = litvit.segmentation.semantic_fpn(bb, num_classes=150)
-            classifier = create_model(bb, num_classes=0, img_size=default_backbone_img_size(bb, "segmentation") or 224)
-        body = model.backbone.body
-        trunk = sum(p.numel() for k, p in classifier.named_parameters()
-                    if not k.startswith("norm.") and not k.endswith("cls_token"))
-        out_norms = sum(2 * classifier.embed_dims[int(i)] for i in body.out_norms)
-        assert n_body == trunk + out_norms, (arch, bb)
-        rest = sum(p.numel() for k, p in model.named_parameters() if not k.startswith("backbone.body."))
-        assert n == n_body + rest
+        assert_dense_parameters_add_up(model, bb, "segmentation", n, n_body)
 
 
 @pytest.mark.cli

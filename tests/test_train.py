@@ -21,6 +21,8 @@ from litvit.data import DigitsDataset, ImageFolder, UnreadableImageError
 from litvit.engine import TrainConfig, fit, param_groups
 from litvit.tasks.classification import ClassificationConfig, ClassificationTask, validate_checkpoint
 
+from helpers import image_folder
+
 pytestmark = [pytest.mark.unit, pytest.mark.slow]
 
 TINY_ARCH = dict(embed_dims=(16, 32, 48, 64), depths=(1, 1, 1, 1), num_heads=(1, 2, 3, 4), mlp_ratios=(2, 2, 2, 2))
@@ -304,16 +306,6 @@ def test_validate_an_official_layout_checkpoint(tmp_path, capsys):
     assert f"top-1 {top1:.2f}%" in out
 
 
-def _image_folder(root: Path, n: int = 4) -> Path:
-    ds = DigitsDataset("val")
-    for split in ("train", "val"):
-        for i in range(n):
-            d = root / split / str(ds.targets[i])
-            d.mkdir(parents=True, exist_ok=True)
-            ds.image(i).save(d / f"{i}.png")
-    return root
-
-
 @pytest.mark.cli
 def test_missing_and_empty_dataset(tmp_path, capsys):
     code, _, err = run_cli(capsys, "train", "--data", str(tmp_path / "nope"), "--output", str(tmp_path / "o"))
@@ -332,7 +324,7 @@ def test_missing_and_empty_dataset(tmp_path, capsys):
 
 @pytest.mark.cli
 def test_unreadable_image_fails_with_path_or_is_skipped(tmp_path, capsys):
-    root = _image_folder(tmp_path / "data")
+    root = image_folder(tmp_path / "data")
     bad = next((root / "train").glob("*/*.png"))
     bad.write_bytes(b"not a png")
     argv = ["train", "--data", str(root), "--batch-size", "4", "--epochs", "1", "--recipe", "digits",
@@ -349,7 +341,7 @@ def test_unreadable_image_fails_with_path_or_is_skipped(tmp_path, capsys):
 
 @pytest.mark.cli
 def test_unreadable_image_error_from_a_worker_is_one_line(tmp_path):
-    root = _image_folder(tmp_path / "data", n=2)
+    root = image_folder(tmp_path / "data", n=2)
     bad = next((root / "val").glob("*/*.png"))
     bad.write_bytes(b"\x89PNG broken")
     ds = ImageFolder(root, "val")
