@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # torch/torchvision are pinned for the venv (local wheels on the build machines; see README).
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: venv test test-fast demo clean bench gpu-check
+.PHONY: venv test test-fast test-reverse demo clean bench gpu-check
 
 venv: $(VENV)/.installed
 
@@ -15,12 +15,21 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/python -m pip install -q -e '.[all,dev]'
 	touch $@
 
+# Tests run in a random order (pytest-randomly: files, then the tests in each), so that a test which
+# leaves state behind fails CI instead of hiding; the seed is printed last: `make test SEED=N` replays it.
+SEED ?=
+ORDER := $(if $(SEED),-p randomly --randomly-seed=$(SEED),-p randomly)
+
 test: venv
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile $(ORDER) tests
 
 # everything but the slow and multi-process tests (markers in pyproject.toml)
 test-fast: venv
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow and not distributed" tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile $(ORDER) -m "not slow and not distributed" tests
+
+# the files in reverse order, one process, no shuffling: the other order check the README describes
+test-reverse: venv
+	$(BIN)/python -m pytest -q -p no:randomly $$(ls tests/test_*.py | sort -r)
 
 demo: venv
 	$(BIN)/litvit demo

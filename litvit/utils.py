@@ -7,7 +7,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence, Union
 
-__all__ = ["atomic_path", "atomic_write", "plain", "count_parameters", "warn_grid_change", "moved_names"]
+__all__ = ["atomic_path", "atomic_write", "plain", "count_parameters", "warn_grid_change", "moved_names",
+           "preserved_global_state"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -118,3 +119,41 @@ def moved_names(module: str, target: str, names: Sequence[str]) -> Callable[[str
         raise AttributeError(f"module {module!r} has no attribute {name!r}")
     return __getattr__
 
+
+
+@contextlib.contextmanager
+def preserved_global_state() -> Iterator[None]:
+    """Run a block that may reseed or re-thread the process, then put back what it changed: the
+    global RNG states of torch (CPU, and every CUDA device once CUDA is initialised), numpy and
+    ``random``, and torch's intra-op thread count.
+
+    Training reseeds all three generators and ``--threads`` sets torch's thread count; a command run
+    in-process (``litvit.cli.main([...])``, :func:`litvit.engine.fit` from a notebook) leaves the
+    caller's process as it found it. (torch's inter-op thread count can be set only once per
+    process, so nothing here touches it.)
+
+    Examples::
+        >>> import random
+        >>> random.seed(3); before = random.random(); random.seed(3)
+        >>> with preserved_global_state():
+        ...     random.seed(99); _ = random.random()
+        >>> random.random() == before
+        True
+    """
+    import random
+
+    import numpy as np
+    import torch
+    torch_state, np_state, py_state = torch.random.get_rng_state(), np.random.get_state(), random.getstate()
+    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.random.set_rng_state(torch_state)
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+        if cuda_states is not None:
+            torch.cuda.set_rng_state_all(cuda_states)
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)

@@ -548,12 +548,11 @@ def test_official_checkpoint_objects_load_without_unpickling(tmp_path):
 
     CfgNode.__module__, CfgNode.__qualname__ = "yacs.config", "CfgNode"
     config.CfgNode = CfgNode
-    sys.modules["yacs"], sys.modules["yacs.config"] = yacs, config
-    try:
+    with pytest.MonkeyPatch.context() as mp:  # the stand-in exists only while the file is written
+        mp.setitem(sys.modules, "yacs", yacs)
+        mp.setitem(sys.modules, "yacs.config", config)
         torch.save({"model": {"w": torch.ones(2)}, "config": CfgNode(MODEL=CfgNode(TYPE="lit_s")),
                     "max_accuracy": np.float64(81.5), "args": argparse.Namespace(lr=5e-4)}, tmp_path / "off.pth")
-    finally:
-        del sys.modules["yacs"], sys.modules["yacs.config"]
     ck = load_state_dict_file(tmp_path / "off.pth")
     assert ck["config"] == {"MODEL": {"TYPE": "lit_s"}} and ck["args"].lr == 5e-4 and float(ck["max_accuracy"]) == 81.5
     assert torch.equal(ck["model"]["w"], torch.ones(2))

@@ -1,6 +1,8 @@
 """``litvit flops``: the paper's numbers from a traced forward, the convention checked by hand."""
 import csv
 import io
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -141,3 +143,42 @@ def test_cli_bad_input_is_one_line(capsys):
     assert len(err) == 1 and "multiple of 32" in err[0]
     assert main(["flops", "no_such_model"]) == 2
     assert "unknown model" in capsys.readouterr().err
+
+
+@pytest.mark.cli
+def test_cli_patch_of_the_counter_does_not_outlive_it():
+    """The CLI calls the counter through its module: a stand-in patched in while the CLI is first
+    imported is gone once the patch is undone (it once stayed for the whole process)."""
+    code = """
+import litvit.tools.flops as F
+from litvit.cli import main
+real = F.profile_model
+F.profile_model = lambda name, size, **kw: (_ for _ in ()).throw(RuntimeError("stand-in ran"))
+try:
+    main(["flops", "--help"])  # imports litvit.cli.flops inside the patch
+finally:
+    F.profile_model = real
+raise SystemExit(main(["flops", "lit_ti", "--img-size", "64", "--format", "csv"]))
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "stand-in ran" not in r.stdout + r.stderr and "lit_ti,64," in r.stdout
+
+
+@pytest.mark.cli
+@pytest.mark.parametrize("name, gflops", [("resnet18", 1.81), ("convnext_atto", 0.55), ("efficientnet_b0", 0.39),
+                                          ("vit_tiny_patch16_224", 1.25)])
+def test_cli_any_timm_family(name, gflops, capsys):
+    """Families whose constructor takes no ``img_size`` (ResNet, ConvNeXt, EfficientNet) are built
+    without it; those with a fixed grid (ViT) get it. MACs as their model cards give them."""
+    assert main(["flops", name, "--format", "csv"]) == 0
+    row = next(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert row["model"] == name and float(row["GFLOPs"]) == pytest.approx(gflops, abs=0.01)
+
+
+def test_img_size_goes_only_where_it_is_taken():
+    assert F.build_for_counting("resnet18", img_size=96).__class__.__name__ == "ResNet"
+    assert F.build_for_counting("vit_tiny_patch16_224", img_size=96).patch_embed.img_size == (96, 96)
+    with pytest.raises(TypeError, match="no_such_arg"):  # other constructor errors still surface
+        F.build_for_counting("resnet18", img_size=96, no_such_arg=1)
+    assert F.profile_model("resnet18", 64).macs < F.profile_model("resnet18", 224).macs

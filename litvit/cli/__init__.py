@@ -19,6 +19,7 @@ import sys
 from typing import List, Optional
 
 from ..errors import CLIError
+from ..utils import preserved_global_state
 from .args import (OneLineParser, check_json_object, check_model_kwargs, device_arg, float_arg,  # noqa: F401
                    img_size_arg, int_arg, nonneg_int, positive_int, prob_arg, seed_arg, threads_arg, warn_grid_change)
 
@@ -77,7 +78,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.print_help()
         return 2
     try:
-        result = args.func(args)
+        with preserved_global_state():  # an in-process run leaves RNGs and threads as it found them
+            result = args.func(args)
     except KeyboardInterrupt:
         print("litvit: interrupted", file=sys.stderr)
         return 130

@@ -6,8 +6,8 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import List
 
-from ..tools.flops import (CATEGORIES, PAPER_HEADER, PAPER_NOTES, PAPER_TABLES, REPORT_HEADER, FlopReport,
-                           format_table, paper_rows, plot_sweep, profile_model, report_rows)
+from ..tools import flops as F  # called through the module: a patch of litvit.tools.flops is seen here
+from ..tools.flops import CATEGORIES, PAPER_HEADER, PAPER_NOTES, PAPER_TABLES, REPORT_HEADER, FlopReport
 from ..utils import atomic_write
 from .args import img_size_arg
 
@@ -20,7 +20,7 @@ def _profile_all(jobs, args) -> List[FlopReport]:
     bar = tqdm(jobs, desc="tracing", unit="model", disable=len(jobs) < 3, leave=False)
     for name, size in bar:
         bar.set_postfix_str(f"{name} @ {size}")
-        reports.append(profile_model(name, size, fused_attn=args.fused, dtm_impl=args.dtm_impl))
+        reports.append(F.profile_model(name, size, fused_attn=args.fused, dtm_impl=args.dtm_impl))
     return reports
 
 
@@ -28,11 +28,11 @@ def cmd_flops(args: argparse.Namespace) -> int:
     if args.paper:
         names = list(OrderedDict.fromkeys(n for rows in PAPER_TABLES.values() for n, *_ in rows))
         reports = {r.model: r for r in _profile_all([(n, 224) for n in names], args)}
-        rows = paper_rows(reports)
+        rows = F.paper_rows(reports)
         if args.format != "csv":
             print("FLOPs = MACs of convs, linears and the two attention products, one 224x224 image "
                   "(traced; DTM as a dense 2x2 conv).")
-        print(format_table(PAPER_HEADER, rows, args.format))
+        print(F.format_table(PAPER_HEADER, rows, args.format))
         if args.format != "csv":
             for note in PAPER_NOTES:
                 print(f"note: {note}")
@@ -48,7 +48,7 @@ def cmd_flops(args: argparse.Namespace) -> int:
         if s <= 0 or s % 32:
             raise ValueError(f"input size {s} is not a positive multiple of 32")
     reports = _profile_all([(n, s) for n in names for s in sizes], args)
-    print(format_table(REPORT_HEADER, report_rows(reports), args.format))
+    print(F.format_table(REPORT_HEADER, F.report_rows(reports), args.format))
     if args.by_stage:
         rows = []
         for r in reports:
@@ -56,12 +56,12 @@ def cmd_flops(args: argparse.Namespace) -> int:
                 rows.append([r.model, str(r.img_size), stage, f"{sum(cats.values()) / 1e9:.3f}",
                              *[f"{cats[k] / 1e9:.3f}" for k in CATEGORIES if k != "other"]])
         print()
-        print(format_table(["model", "input", "stage", "GFLOPs"] + REPORT_HEADER[4:10], rows, args.format))
+        print(F.format_table(["model", "input", "stage", "GFLOPs"] + REPORT_HEADER[4:10], rows, args.format))
     if args.resolutions and len(sizes) > 1:
         os.makedirs(args.out, exist_ok=True)
-        png = plot_sweep(reports, os.path.join(args.out, "flops_sweep.png"))
+        png = F.plot_sweep(reports, os.path.join(args.out, "flops_sweep.png"))
         csv_path = os.path.join(args.out, "flops_sweep.csv")
-        text = format_table(REPORT_HEADER, report_rows(reports), "csv") + "\n"
+        text = F.format_table(REPORT_HEADER, F.report_rows(reports), "csv") + "\n"
         atomic_write(csv_path, lambda tmp: Path(tmp).write_text(text), fsync=False)
         for name in names:
             rs = sorted((r for r in reports if r.model == name), key=lambda r: r.img_size)

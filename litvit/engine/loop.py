@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from ..checkpoint import load_state_dict_strict, read_training_checkpoint, record_entries, write_checkpoint
 from ..errors import CheckpointMismatchError
-from ..utils import count_parameters, plain
+from ..utils import count_parameters, plain, preserved_global_state
 from .config import TrainConfig, set_threads
 from .distributed import DistInfo, setup_distributed, sync_buffers
 from .logs import OutputLock, _RunLog, plot_curves
@@ -262,6 +262,7 @@ def _flat(d: Mapping, prefix: str = "") -> Dict[str, Any]:
     return out
 
 
+@preserved_global_state()  # reseeded and re-threaded for the run, as the caller had them after it
 def fit(task: Task, cfg: TrainConfig) -> Dict[str, Any]:
     """Train ``task`` as ``cfg`` says; see the module docstring. Returns a summary on every rank:
     ``best_score``, ``best_epoch``, ``final`` (last evaluation), ``epochs_done``, ``steps``,
@@ -625,6 +626,7 @@ def _reseed(seed: int) -> None:
 
 # --- evaluation only -----------------------------------------------------------------------------------------
 
+@preserved_global_state()
 def evaluate(
         task: Task,
         cfg: TrainConfig,

@@ -205,21 +205,34 @@ def count_flops(model: nn.Module, x: torch.Tensor, name: str = "", params: Optio
                       dict(sorted(by_stage.items())), by_op)
 
 
-def build_for_counting(name: str, **kwargs) -> nn.Module:
+def build_for_counting(name: str, img_size: Optional[int] = None, **kwargs) -> nn.Module:
     """Build a model by name without spending time or memory on its weights.
 
     litvit names go through :func:`litvit.create_model`, anything else through
-    ``timm.create_model`` (e.g. ``swin_tiny_patch4_window7_224``). The model is built on the meta
-    device (falling back to the CPU for models whose constructor reads tensor values).
+    ``timm.create_model`` (e.g. ``swin_tiny_patch4_window7_224``, ``resnet18``). The model is built
+    on the meta device (falling back to the CPU for models whose constructor reads tensor values).
+    ``img_size`` is passed to the families whose constructor takes one (ViTs, Swin, LIT) and left
+    out for the others (ResNet, ConvNeXt, EfficientNet, ... which take any input size).
     """
     import timm
     if name in MODEL_NAMES:
-        factory = lambda: create_model(name, **kwargs)  # noqa: E731
+        make = create_model
     elif timm.is_model(name):
-        factory = lambda: timm.create_model(name, **kwargs)  # noqa: E731
+        make = timm.create_model
     else:
         raise ValueError(f"unknown model {name!r}: neither a litvit model ({', '.join(MODEL_NAMES)}) "
                          f"nor a timm model")
+
+    def factory():
+        if img_size is None:
+            return make(name, **kwargs)
+        try:
+            return make(name, img_size=img_size, **kwargs)
+        except TypeError as e:  # the family's constructor has no img_size: it takes any input size
+            if "img_size" not in str(e):
+                raise
+            return make(name, **kwargs)
+
     try:
         with torch.device("meta"):
             return factory().eval()
