@@ -164,6 +164,14 @@ def write_safetensors(
 
     Raises:
         ValueError: an ``extra`` entry named like a reserved key, or a value JSON cannot encode.
+
+    Examples::
+        >>> import os, tempfile, torch
+        >>> path = os.path.join(tempfile.mkdtemp(), "w.safetensors")
+        >>> write_safetensors({"w": torch.ones(2)}, path, task="classification", extra=dict(model="lit_ti"))
+        >>> ck = read_checkpoint(path)
+        >>> ck["task"], ck["extra"], ck["model"]["w"]
+        ('classification', {'model': 'lit_ti'}, tensor([1., 1.]))
     """
     from safetensors.torch import save_file
     extra = dict(extra or {})

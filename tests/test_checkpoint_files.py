@@ -363,3 +363,35 @@ def test_validate_an_official_release_without_model(tmp_path, capsys):
                           "--img-size", "32", "--threads", "1")
     assert code == 0, err
     assert "lit_ti official layout" in out and "(4 images" in out
+    # predict names the classifier's 4 classes (not ImageNet's 1000) without --model or --num-classes
+    code, out, err = _run(capsys, "predict", data / "val", "--checkpoint", tmp_path / "lit_ti4.pth", "--topk", "4",
+                          "--img-size", "32", "--threads", "1")
+    assert code == 0, err
+    assert all(sorted(line.split("\t")[1].split()[::2]) == ["0", "1", "2", "3"] for line in out.splitlines())
+
+
+def test_a_classifier_that_does_not_fit(tmp_path, caplog):
+    """Fine-tuning keeps the new classifier (a warning; timm's pretrained path only logs it);
+    evaluation refuses it with one error naming both counts."""
+    from litvit.models import load_weights
+    src = randomize_(litvit.create_model("lit_ti", num_classes=10, **TINY))
+    path = write_release(src, "lit_ti", "bare", tmp_path / "lit_ti.pth")
+    model = litvit.create_model("lit_ti", num_classes=3, **TINY)
+    with caplog.at_level("INFO", logger="litvit"):
+        assert load_weights(model, path)["missing"] == ["head.weight", "head.bias"]
+        assert [r.levelname for r in caplog.records] == ["WARNING"]
+        assert "its classifier has 10 classes, the model 3" in caplog.records[0].getMessage()
+        caplog.clear()
+        load_weights(model, path, classifier_mismatch="quiet")
+        assert [r.levelname for r in caplog.records] == ["INFO"]
+        caplog.clear()
+        fresh = litvit.create_model("lit_ti", num_classes=3, **TINY)
+        before = fresh.stages[0].blocks[0].mlp.fc1.weight.clone()
+        with pytest.raises(CheckpointMismatchError, match=r"lit_ti\.pth: its classifier has 10 classes, the model 3$"):
+            load_weights(fresh, path, classifier_mismatch="raise")
+        assert caplog.records == []
+    assert torch.equal(fresh.stages[0].blocks[0].mlp.fc1.weight, before)  # refused before anything was loaded
+    headless = {k: v for k, v in litvit_to_official(src.state_dict(), "pvt").items() if not k.startswith("head.")}
+    torch.save(headless, tmp_path / "headless.pth")
+    with pytest.raises(CheckpointMismatchError, match="headless.pth: it holds no classifier"):
+        load_weights(model, tmp_path / "headless.pth", classifier_mismatch="raise")

@@ -232,19 +232,19 @@ def load_weights(
     ckpt = read_checkpoint(path)
     if use_ema and isinstance(ckpt, Mapping) and isinstance(ckpt.get("model_ema"), Mapping):
         ckpt = ckpt["model_ema"]
-    ckpt_classes = classifier_classes(ckpt)
-    model_classes = getattr(model, "num_classes", None)
-    if classifier_mismatch == "raise" and ckpt_classes and model_classes is not None and ckpt_classes != model_classes:
-        raise CheckpointMismatchError(f"{path}: its classifier has {ckpt_classes} classes, the model {model_classes}")
     try:
         sd = checkpoint_filter_fn(ckpt, model)
     except CheckpointMismatchError as e:
         if str(path) in str(e):
             raise
         raise CheckpointMismatchError(f"{path}: {e}") from None
-    result = model.load_state_dict(sd, strict=False)
-    if result.missing_keys:
+    if any(k not in sd for k in model.state_dict()):  # the filter dropped a classifier of another size
+        n = classifier_classes(ckpt)
+        why = (f"its classifier has {n} classes, the model {getattr(model, 'num_classes', '?')}" if n else
+               "it holds no classifier")
+        if classifier_mismatch == "raise":
+            raise CheckpointMismatchError(f"{path}: {why}")
         log = _logger.warning if classifier_mismatch == "warn" else _logger.info
-        log("classifier not loaded from %s (%s classes, the model %s); it keeps its initialisation",
-            path, ckpt_classes if ckpt_classes else "no", model_classes)
+        log("classifier not loaded from %s (%s); it keeps its initialisation", path, why)
+    result = model.load_state_dict(sd, strict=False)
     return {"missing": list(result.missing_keys)}

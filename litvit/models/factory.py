@@ -80,6 +80,12 @@ def models_fitting(checkpoint: Mapping) -> List[str]:
     """The registered models whose default architecture (widths, depths, heads; any image size
     and number of classes) a checkpoint's weights fit: how an official release, which records no
     model name, is recognised. Usually one name; none for a checkpoint of other widths.
+
+    Examples::
+        >>> import litvit
+        >>> from litvit.models.factory import models_fitting
+        >>> models_fitting(litvit.create_model('lit_s', num_classes=10, img_size=96, device='meta').state_dict())
+        ['lit_s']
     """
     try:
         sd = official_to_litvit(unwrap_state_dict(checkpoint))
