@@ -85,9 +85,9 @@ def write_release(src, name, form, path, monkeypatch=None, cfgnode=None):
         else:
             config = cfgnode(MODEL=cfgnode(TYPE="lit", NAME=name, DROP_PATH_RATE=0.2),
                              TRAIN=cfgnode(EPOCHS=300, BASE_LR=1e-3), AMP_OPT_LEVEL="O1")
+            amp = {"loss_scaler0": {"loss_scale": 65536.0, "unskipped": 0}}  # apex O1
             torch.save({"model": sd, "optimizer": opt, "lr_scheduler": sched, "max_accuracy": np.float64(81.5),
-                        "epoch": 299, "config": config, "amp": {"loss_scaler0": {"loss_scale": 65536.0, "unskipped": 0}}},
-                       path)
+                        "epoch": 299, "config": config, "amp": amp}, path)
     if monkeypatch is not None:  # the stand-in yacs is not importable while the file is read
         monkeypatch.delitem(sys.modules, "yacs", raising=False)
         monkeypatch.delitem(sys.modules, "yacs.config", raising=False)
@@ -232,7 +232,8 @@ def test_pretrained_configs_route_through_litvit():
 def test_an_rgb_release_into_a_one_channel_model(tmp_path):
     src = randomize_(litvit.create_model("lit_ti", **TINY))
     path = write_release(src, "lit_ti", "bare", tmp_path / "lit_ti.pth")
-    model = timm.create_model("lit_ti", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), in_chans=1, **TINY)
+    overlay = dict(file=str(path))
+    model = timm.create_model("lit_ti", pretrained=True, pretrained_cfg_overlay=overlay, in_chans=1, **TINY)
     torch.testing.assert_close(model.patch_embed.proj.weight, src.patch_embed.proj.weight.sum(1, keepdim=True))
 
 
@@ -351,7 +352,8 @@ def test_validate_an_official_release_without_model(tmp_path, capsys):
     torch.save(litvit_to_official(full.state_dict(), "pvt"), tmp_path / "lit_ti.pth")
     code, _, err = _run(capsys, "validate", "--checkpoint", tmp_path / "lit_ti.pth", "--data", data)
     _one_line_error(code, err, "lit_ti.pth: its classifier has 1000 classes", "has 4")
-    code, _, err = _run(capsys, "validate", "--checkpoint", tmp_path / "lit_ti.pth", "--data", data, "--model", "lit_ti")
+    code, _, err = _run(capsys, "validate", "--checkpoint", tmp_path / "lit_ti.pth", "--data", data,
+                        "--model", "lit_ti")
     _one_line_error(code, err, "its classifier has 1000 classes", "has 4")
     tiny = litvit.create_model("lit_s", **TINY)
     torch.save({"model": litvit_to_official(tiny.state_dict(), "swin")}, tmp_path / "tiny.pth")

@@ -91,8 +91,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                                       "or to safetensors",
                        description=E.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, choices=MODEL_NAMES, metavar="MODEL",
-                   help="model name (default: the one a litvit --checkpoint records, else lit_ti)")
-    p.add_argument("--checkpoint", default=None, help="litvit checkpoint (records its model) or official release")
+                   help="model name (default: the one a litvit --checkpoint records or an official one's weights "
+                        "fit, else lit_ti)")
+    p.add_argument("--checkpoint", default=None,
+                   help="litvit checkpoint or safetensors export (records its model) or official release (any form)")
     p.add_argument("--model-args", default="", help="JSON constructor overrides, e.g. '{\"num_classes\": 10}'")
     p.add_argument("--format", default=None, choices=FORMATS,
                    help="onnx or safetensors (default: safetensors for an --out ending in .safetensors, else onnx)")
