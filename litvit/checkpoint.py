@@ -3,7 +3,11 @@
 * :func:`read_checkpoint` reads a file on the CPU with one trust policy: ``torch.load(weights_only=True)``
   with exactly the extra objects that official releases and training scripts pickle allowed
   (``argparse.Namespace``, numpy scalars and dtypes, yacs configs read as plain dicts); nothing else
-  is ever unpickled.
+  is ever unpickled. A safetensors file (recognised by its header, whatever its name) is read
+  too; one written by ``litvit export --format safetensors`` comes back as a training checkpoint
+  would, ``{'model': state_dict, 'task': ..., 'extra': ...}``, so its model record is read alike.
+* :func:`write_safetensors` / :func:`read_safetensors`: a state dict plus the model record as
+  safetensors' string metadata (each value JSON-encoded), written atomically.
 * :func:`write_checkpoint` writes one atomically (temporary file in the same folder, fsync,
   ``os.replace``): the file at the path is always the previous complete checkpoint or the new one.
 * :func:`model_record` / :func:`read_model_record`: what model a training checkpoint holds. The
@@ -17,10 +21,12 @@ Loading weights *into a LIT model* (official layouts, resizing) is :func:`litvit
 """
 import collections
 import contextlib
+import json
 import os
 import pickle
+import struct
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -28,8 +34,9 @@ from torch import Tensor, nn
 from .errors import CheckpointMismatchError, CheckpointWriteError
 from .utils import atomic_path
 
-__all__ = ["read_checkpoint", "read_training_checkpoint", "write_checkpoint", "record_entries", "model_record",
-           "read_model_record", "mismatch_message", "load_state_dict_strict"]
+__all__ = ["read_checkpoint", "read_training_checkpoint", "write_checkpoint", "read_safetensors", "write_safetensors",
+           "is_safetensors", "record_entries", "model_record", "read_model_record", "mismatch_message",
+           "load_state_dict_strict"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -66,21 +73,27 @@ def read_checkpoint(path: PathLike) -> Any:
     """Read a checkpoint file on the CPU without running code from it (see the module docstring).
 
     Returns:
-        what the file holds: a state dict, ``{'model': ...}``, a litvit training checkpoint, ...
+        what the file holds: a state dict, ``{'model': ...}``, a litvit training checkpoint, ...;
+        for a safetensors file its state dict, or ``{'model', 'task', 'extra'}`` when its metadata
+        holds a litvit model record.
 
     Raises:
         FileNotFoundError: no such file.
-        CheckpointMismatchError: the file is not a PyTorch checkpoint, is truncated, or pickles
-            other objects (the message names them and the file).
+        CheckpointMismatchError: the file is not a PyTorch or safetensors checkpoint, is truncated,
+            or pickles other objects (the message names them and the file).
     """
     path = str(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    if is_safetensors(path):
+        state_dict, metadata = read_safetensors(path)
+        record = _record_from_metadata(metadata, path)
+        return dict(model=state_dict, **record) if record else state_dict
     with open(path, "rb") as f:
         head = f.read(4)
     if not (head.startswith(b"PK") or head[:1] == b"\x80"):  # torch's zip format, or its legacy pickle
         raise CheckpointMismatchError(f"cannot read checkpoint {path}: not a PyTorch checkpoint "
-                                      f"(neither torch.save's zip format nor a pickle)")
+                                      f"(neither torch.save's zip format, a pickle nor a safetensors file)")
     try:
         with torch.serialization.safe_globals(_checkpoint_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -99,6 +112,111 @@ def read_checkpoint(path: PathLike) -> Any:
                                       f"({_first_line(e)})") from None
     except Exception as e:  # truncated zip, not a torch file at all, ...
         raise CheckpointMismatchError(f"cannot read checkpoint {path}: {_first_line(e)}") from None
+
+
+# --- safetensors -------------------------------------------------------------------------------------
+
+# safetensors metadata keys that are not entries of the model record
+_SAFETENSORS_FORMAT = "format"  # "pt": the convention of safetensors.torch and the Hugging Face hub
+_LITVIT_VERSION = "litvit_version"  # present in every file litvit writes; marks the record's entries
+
+
+def is_safetensors(path: PathLike) -> bool:
+    """Whether the file starts as a safetensors file does: an 8-byte little-endian header length,
+    then a JSON object (``{``). The name's suffix plays no part; a truncated file still counts (and
+    reading it says so)."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if len(head) < 9:
+        return False
+    (n,) = struct.unpack("<Q", head[:8])
+    return head[8:9] == b"{" and 0 < n < 2 ** 32
+
+
+def read_safetensors(path: PathLike) -> Tuple[Dict[str, Tensor], Dict[str, str]]:
+    """The state dict (on the CPU) and the string metadata of a safetensors file.
+
+    Raises:
+        CheckpointMismatchError: a damaged header or truncated data (the message names the file).
+    """
+    from safetensors import safe_open
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            metadata = dict(f.metadata() or {})
+            state_dict = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors' SafetensorError, or an OSError of a short read
+        raise CheckpointMismatchError(f"cannot read checkpoint {path}: damaged safetensors file "
+                                      f"({_first_line(e)})") from None
+    return state_dict, metadata
+
+
+def write_safetensors(
+        state_dict: Mapping[str, Tensor],
+        path: PathLike,
+        task: Optional[str] = None,
+        extra: Optional[Mapping[str, Any]] = None,
+        version: str = "",
+) -> None:
+    """Write a state dict as a safetensors file, atomically (:func:`litvit.utils.atomic_path`),
+    with the model record as metadata: ``task`` and each ``extra`` entry (plain values) JSON-encoded
+    under its own key, plus ``litvit_version`` and ``format: pt``. :func:`read_checkpoint` gives
+    them back as ``{'model': state_dict, 'task': task, 'extra': extra}``.
+
+    Raises:
+        ValueError: an ``extra`` entry named like a reserved key, or a value JSON cannot encode.
+
+    Examples::
+        >>> import os, tempfile, torch
+        >>> path = os.path.join(tempfile.mkdtemp(), "w.safetensors")
+        >>> write_safetensors({"w": torch.ones(2)}, path, task="classification", extra=dict(model="lit_ti"))
+        >>> ck = read_checkpoint(path)
+        >>> ck["task"], ck["extra"], ck["model"]["w"]
+        ('classification', {'model': 'lit_ti'}, tensor([1., 1.]))
+    """
+    from safetensors.torch import save_file
+    extra = dict(extra or {})
+    reserved = {_SAFETENSORS_FORMAT, _LITVIT_VERSION, "task"} & set(extra)
+    if reserved:
+        raise ValueError(f"model record entries {sorted(reserved)} clash with safetensors metadata keys")
+    metadata = {_SAFETENSORS_FORMAT: "pt", _LITVIT_VERSION: json.dumps(version)}
+    if task is not None:
+        metadata["task"] = json.dumps(task)
+    for key, value in extra.items():
+        try:
+            metadata[key] = json.dumps(value)
+        except TypeError as e:
+            raise ValueError(f"model record entry {key!r} is not a plain value: {e}") from None
+    tensors = {}
+    for k, v in state_dict.items():
+        v = v.detach().to("cpu")
+        # safetensors stores each tensor on its own: a view into a larger storage is copied out
+        tensors[k] = v if v.is_contiguous() and v.untyped_storage().nbytes() == v.nbytes else v.clone(
+            memory_format=torch.contiguous_format)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+
+
+def _record_from_metadata(metadata: Mapping[str, str], path: str) -> Dict[str, Any]:
+    """``{'task': ..., 'extra': {...}}`` from the metadata of a safetensors file litvit wrote; ``{}``
+    for one that records nothing, or was written elsewhere (no ``litvit_version`` key: its metadata
+    is left alone)."""
+    if _LITVIT_VERSION not in metadata:
+        return {}
+    decoded = {}
+    for key, text in metadata.items():
+        if key == _SAFETENSORS_FORMAT:
+            continue
+        try:
+            decoded[key] = json.loads(text)
+        except ValueError:
+            raise CheckpointMismatchError(f"cannot read checkpoint {path}: its metadata entry {key!r} "
+                                          f"is not JSON ({text[:40]!r})") from None
+    decoded.pop(_LITVIT_VERSION)
+    task = decoded.pop("task", None)
+    out: Dict[str, Any] = dict(extra=decoded) if decoded else {}
+    if isinstance(task, str):
+        out.update(task=task, extra=decoded)
+    return out
 
 
 def read_training_checkpoint(path: PathLike) -> dict:

@@ -213,8 +213,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if bad:
             raise D.UnreadableImageError(bad[0][1] + (f" (and {len(bad) - 1} more; --bad-images skip reports them "
                                                       f"and goes on)" if len(bad) > 1 else ""))
-    if task.classes is None:
-        task.classes = _imagenet_names() if args.num_classes in (None, 1000) else [str(i) for i in range(args.num_classes)]
+    if task.classes is None:  # an official release: its classifier's size unless --num-classes says otherwise
+        n = args.num_classes or task.checkpoint_classes or 1000
+        task.classes = _imagenet_names() if n == 1000 else [str(i) for i in range(n)]
     model = task.build_model()
     task.load_weights(model, args.checkpoint)
     model.eval()
@@ -401,14 +402,17 @@ def _add_train_args(p: argparse.ArgumentParser, output: str = "runs/train") -> N
 
 def _add_eval_args(p: argparse.ArgumentParser, predict: bool = False) -> None:
     p.add_argument("--checkpoint", required=True,
-                   help="a litvit checkpoint (model and classes inside) or an official release (give --model)")
+                   help="a litvit checkpoint or safetensors export (model and classes inside) or an official release")
     p.add_argument("--model", default=None, choices=MODEL_NAMES, metavar="MODEL",
-                   help="model of an official checkpoint (a litvit one names its own)")
+                   help="model of an official checkpoint (default: the registered model its weights fit; "
+                        "a litvit one names its own)")
     if not predict:
         p.add_argument("--data", default=None, help="'digits' or a dataset folder (default: the checkpoint's)")
         p.add_argument("--split", default="val", help="sub-folder to evaluate (default: val)")
     else:
-        p.add_argument("--num-classes", type=positive_int, default=None, help="classes of an official checkpoint (1000)")
+        p.add_argument("--num-classes", type=positive_int, default=None,
+                       help="classes of an official checkpoint (default: its classifier's; "
+                            "1000 are named as ImageNet's)")
         p.add_argument("--topk", type=positive_int, default=5, help="classes printed per image (default 5)")
         p.add_argument("--output", default=None, help="write predictions to this CSV")
     p.add_argument("--img-size", type=img_size_arg, default=None, help="evaluation resolution (multiple of 32)")

@@ -31,9 +31,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("image", help="an image file or a folder of images")
-    p.add_argument("--checkpoint", metavar="CKPT", help="litvit training checkpoint or official LIT release")
+    p.add_argument("--checkpoint", metavar="CKPT",
+                   help="litvit training checkpoint or safetensors export, or official LIT release")
     p.add_argument("--model", choices=MODEL_NAMES, metavar="MODEL",
-                   help="model name (default: the one the checkpoint records)")
+                   help="model name (default: the one the checkpoint records, or the one an official release fits)")
     p.add_argument("--img-size", type=img_size_arg, default=None,
                    help="shorter image side fed to the network, a multiple of 32 (default: the model's)")
     p.add_argument("--out", default=os.path.join("runs", "viz"), help="output folder (default runs/viz)")

@@ -12,21 +12,30 @@ The released checkpoints come in two key layouts (see ``tests/data/lit_*.txt``):
 
 litvit keeps one layout for both: ``patch_embed``, ``stages.{i}.downsample.dtm`` (merging *into*
 stage i; ``stages.{i}.downsample.{proj,norm}`` for a plain conv merge), ``stages.{i}.pos_embed``, ``stages.3.cls_token``, ``stages.{i}.blocks.{j}``, ``norm``, ``head``.
+
+Every file is read by :func:`litvit.checkpoint.read_checkpoint` (one trust policy; safetensors
+too) and fitted by :func:`checkpoint_filter_fn`: :func:`load_weights` does both, for
+``create_model(checkpoint_path=...)`` and for timm's pretrained path (``LIT.load_pretrained``).
 """
+import logging
 import re
-from typing import Dict, Mapping
+from pathlib import Path
+from typing import Dict, Mapping, Optional, Union
 
-from torch import Tensor
+from timm.models import adapt_input_conv
+from torch import Tensor, nn
 
-from ..checkpoint import mismatch_message
+from ..checkpoint import mismatch_message, read_checkpoint
 from ..checkpoint import read_checkpoint as load_state_dict_file  # the old name of the one reader
 from ..errors import CheckpointMismatchError
 from .pos_embed import relative_position_index, resize_abs_pos_embed, resize_rel_pos_table
 
 __all__ = [
     "CheckpointMismatchError", "detect_layout", "unwrap_state_dict", "official_to_litvit", "litvit_to_official",
-    "checkpoint_filter_fn", "load_state_dict_file",
+    "checkpoint_filter_fn", "classifier_classes", "load_weights", "load_state_dict_file",
 ]
+
+_logger = logging.getLogger(__name__)
 
 
 def unwrap_state_dict(checkpoint: Mapping) -> Dict[str, Tensor]:
@@ -148,17 +157,29 @@ def _fit_position_tables(sd: Dict[str, Tensor], model) -> None:
             sd[k] = resize_rel_pos_table(v, (side, side), attn.rel_pos_size)
 
 
+def _fit_input_conv(sd: Dict[str, Tensor], model) -> None:
+    """A stem learned on another number of input channels (RGB weights for a grey or 4-channel
+    model), adapted in place as timm adapts its models' first convolutions."""
+    key = "patch_embed.proj.weight"
+    target = model.state_dict().get(key)
+    if key in sd and target is not None and sd[key].dim() == 4 and sd[key].shape != target.shape \
+            and sd[key].shape[0] == target.shape[0] and sd[key].shape[2:] == target.shape[2:]:
+        sd[key] = adapt_input_conv(target.shape[1], sd[key])
+
+
 def checkpoint_filter_fn(state_dict: Mapping, model) -> Dict[str, Tensor]:
     """Turn a checkpoint (official release in either layout, or litvit's own, bare or wrapped) into
     a state dict for ``model``.
 
     Keys are renamed, ``relative_position_index`` buffers dropped, position embeddings and
-    relative tables learned at another image size resized bicubically. A classifier of another
-    size is dropped (the caller re-initialises it). Anything else that does not fit raises
+    relative tables learned at another image size resized bicubically, a stem learned on another
+    number of input channels adapted (timm's ``adapt_input_conv``). A classifier of another size
+    is dropped (the caller re-initialises it). Anything else that does not fit raises
     :class:`CheckpointMismatchError` naming the first missing, unexpected and mis-shaped keys.
     """
     sd = official_to_litvit(unwrap_state_dict(state_dict))
     _fit_position_tables(sd, model)
+    _fit_input_conv(sd, model)
     target = model.state_dict()
     head_keys = [k for k in ("head.weight", "head.bias") if k in sd]
     if any(k not in target or sd[k].shape != target[k].shape for k in head_keys):
@@ -169,3 +190,61 @@ def checkpoint_filter_fn(state_dict: Mapping, model) -> Dict[str, Tensor]:
         name = getattr(model, "pretrained_cfg", {}).get("architecture", type(model).__name__)
         raise CheckpointMismatchError(f"checkpoint does not fit {name}: {problem}")
     return sd
+
+
+def classifier_classes(checkpoint: Mapping) -> Optional[int]:
+    """The number of classes of a checkpoint's classifier (any layout or wrapping), 0 for one saved
+    without a classifier, None when it holds no state dict."""
+    try:
+        sd = official_to_litvit(unwrap_state_dict(checkpoint))
+    except CheckpointMismatchError:
+        return None
+    return int(sd["head.weight"].shape[0]) if "head.weight" in sd else 0
+
+
+CLASSIFIER_MISMATCH = ("warn", "quiet", "raise")
+
+
+def load_weights(
+        model: nn.Module,
+        path: Union[str, Path],
+        use_ema: bool = False,
+        classifier_mismatch: str = "warn",
+) -> Dict[str, list]:
+    """Load a checkpoint file (official or litvit, any wrapping, pickled or safetensors) into a LIT
+    model: read by :func:`litvit.checkpoint.read_checkpoint`, fitted by :func:`checkpoint_filter_fn`.
+
+    Args:
+        model (LIT): the model.
+        path (str | Path): checkpoint file.
+        use_ema (bool): take ``model_ema`` weights from a litvit training checkpoint when present.
+        classifier_mismatch (str): a classifier for another number of classes is left at its
+            initialisation with a warning (``"warn"``), with an info log line (``"quiet"``: timm's
+            pretrained path, where a new head is the point), or refused (``"raise"``:
+            :class:`CheckpointMismatchError` naming both class counts).
+
+    Returns:
+        dict with ``missing`` keys left at their initialisation (only the classifier, when the
+        checkpoint's number of classes differs).
+    """
+    if classifier_mismatch not in CLASSIFIER_MISMATCH:
+        raise ValueError(f"classifier_mismatch must be one of {CLASSIFIER_MISMATCH}, got {classifier_mismatch!r}")
+    ckpt = read_checkpoint(path)
+    if use_ema and isinstance(ckpt, Mapping) and isinstance(ckpt.get("model_ema"), Mapping):
+        ckpt = ckpt["model_ema"]
+    try:
+        sd = checkpoint_filter_fn(ckpt, model)
+    except CheckpointMismatchError as e:
+        if str(path) in str(e):
+            raise
+        raise CheckpointMismatchError(f"{path}: {e}") from None
+    if any(k not in sd for k in model.state_dict()):  # the filter dropped a classifier of another size
+        n = classifier_classes(ckpt)
+        why = (f"its classifier has {n} classes, the model {getattr(model, 'num_classes', '?')}" if n else
+               "it holds no classifier")
+        if classifier_mismatch == "raise":
+            raise CheckpointMismatchError(f"{path}: {why}")
+        log = _logger.warning if classifier_mismatch == "warn" else _logger.info
+        log("classifier not loaded from %s (%s); it keeps its initialisation", path, why)
+    result = model.load_state_dict(sd, strict=False)
+    return {"missing": list(result.missing_keys)}

@@ -1,54 +1,23 @@
-"""Building LIT models by name and loading weights into them."""
-import logging
-from pathlib import Path
-from typing import Dict, Mapping, Optional, Union
+"""Building LIT models by name, loading weights into them, and naming the model a bare
+checkpoint holds."""
+import functools
+from typing import Dict, List, Mapping, Optional, Tuple
 
 import timm
-from torch import nn
+import torch
 
-from ..checkpoint import read_checkpoint
 from ..errors import CheckpointMismatchError
-from .convert import checkpoint_filter_fn
+from .convert import load_weights, official_to_litvit, unwrap_state_dict
 from .lit import LIT, default_cfgs
 
-__all__ = ["MODEL_NAMES", "list_models", "create_model", "load_weights", "load_checkpoint"]
+__all__ = ["MODEL_NAMES", "list_models", "create_model", "load_weights", "load_checkpoint", "models_fitting"]
 
 MODEL_NAMES = tuple(sorted({name.split(".")[0] for name in default_cfgs}))
-
-_logger = logging.getLogger(__name__)
 
 
 def list_models() -> tuple:
     """Names of every LIT model and ablation model litvit registers."""
     return MODEL_NAMES
-
-
-def load_weights(model: nn.Module, path: Union[str, Path], use_ema: bool = False) -> Dict[str, list]:
-    """Load a checkpoint file (official or litvit, any wrapping) into a LIT model: read by
-    :func:`litvit.checkpoint.read_checkpoint`, fitted by :func:`checkpoint_filter_fn`.
-
-    Args:
-        model (LIT): the model.
-        path (str | Path): checkpoint file.
-        use_ema (bool): take ``model_ema`` weights from a litvit training checkpoint when present.
-
-    Returns:
-        dict with ``missing`` keys left at their initialisation (only the classifier, when the
-        checkpoint's number of classes differs).
-    """
-    ckpt = read_checkpoint(path)
-    if use_ema and isinstance(ckpt, Mapping) and isinstance(ckpt.get("model_ema"), Mapping):
-        ckpt = ckpt["model_ema"]
-    try:
-        sd = checkpoint_filter_fn(ckpt, model)
-    except CheckpointMismatchError as e:
-        if str(path) in str(e):
-            raise
-        raise CheckpointMismatchError(f"{path}: {e}") from None
-    result = model.load_state_dict(sd, strict=False)
-    if result.missing_keys:
-        _logger.warning("classifier not loaded from %s (another number of classes); it keeps its initialisation", path)
-    return {"missing": list(result.missing_keys)}
 
 
 load_checkpoint = load_weights  # the name of litvit <= 0.1 (``litvit.load_checkpoint(model, path)``)
@@ -65,9 +34,13 @@ def create_model(
     Args:
         name (str): one of :func:`list_models` (``lit_ti``, ``lit_s``, ``lit_m``, ``lit_b``, ablations).
         pretrained (bool): load the official ImageNet-1K release (downloaded once by timm's hub
-            machinery; ``pretrained_cfg_overlay=dict(file=...)`` points it at a local copy).
+            machinery; ``pretrained_cfg_overlay=dict(file=...)`` points it at a local copy,
+            ``dict(url=...)`` at another address). The file is read by litvit's one reader, as
+            ``checkpoint_path`` is.
         checkpoint_path (str, optional): a checkpoint file to load after building: an official
-            release (bare or ``{'model': ...}``) or a litvit training checkpoint.
+            release in any form the authors' trainers wrote (a bare state dict, ``{'model': ...,
+            'args': Namespace}`` of the DeiT/PVT trainer, ``{'model': ..., 'config': CfgNode}`` of
+            the Swin trainer), a litvit training checkpoint, or a safetensors file.
         **overrides: constructor arguments, e.g. ``img_size``, ``in_chans``, ``num_classes``,
             ``embed_dims``, ``depths``, ``num_heads``, ``mlp_ratios``, ``drop_path_rate``,
             ``fused_attn``, ``dtm_impl``, ``features_only``, ``out_indices``.
@@ -85,3 +58,43 @@ def create_model(
         target = getattr(model, "model", model)  # features_only wraps the model
         load_weights(target, checkpoint_path)
     return model
+
+
+@functools.lru_cache(maxsize=None)
+def _default_shapes(name: str) -> Dict[str, Tuple[int, ...]]:
+    with torch.device("meta"):
+        return {k: tuple(v.shape) for k, v in create_model(name).state_dict().items()}
+
+
+def _same_but_size(key: str, a: Tuple[int, ...], b: Tuple[int, ...]) -> bool:
+    """Shapes equal up to what the image size sets: the token count of an absolute position
+    embedding (1, N, C), the row count of a relative table (L, heads)."""
+    if key.endswith("pos_embed") and len(a) == len(b) == 3:
+        return a[0] == b[0] and a[2] == b[2]
+    if key.endswith("relative_position_bias_table") and len(a) == len(b) == 2:
+        return a[1] == b[1]
+    return a == b
+
+
+def models_fitting(checkpoint: Mapping) -> List[str]:
+    """The registered models whose default architecture (widths, depths, heads; any image size
+    and number of classes) a checkpoint's weights fit: how an official release, which records no
+    model name, is recognised. Usually one name; none for a checkpoint of other widths.
+
+    Examples::
+        >>> import litvit
+        >>> from litvit.models.factory import models_fitting
+        >>> models_fitting(litvit.create_model('lit_s', num_classes=10, img_size=96, device='meta').state_dict())
+        ['lit_s']
+    """
+    try:
+        sd = official_to_litvit(unwrap_state_dict(checkpoint))
+    except CheckpointMismatchError:
+        return []
+    body = {k: tuple(v.shape) for k, v in sd.items() if not k.startswith("head.")}
+    fitting = []
+    for name in MODEL_NAMES:
+        target = {k: v for k, v in _default_shapes(name).items() if not k.startswith("head.")}
+        if target.keys() == body.keys() and all(_same_but_size(k, body[k], target[k]) for k in body):
+            fitting.append(name)
+    return fitting

@@ -15,7 +15,8 @@ stages. One class, :class:`LIT`, expresses both released families as configurati
 The paper's ablation models (PVT-S with spatial-reduction attention, PVT-S with full MSA in every
 stage, LIT without DTM) are configurations of the same class.
 
-Weights of the official release load through :func:`litvit.models.convert.checkpoint_filter_fn`.
+Weights of the official release load through :func:`litvit.models.convert.checkpoint_filter_fn`;
+timm's ``pretrained=True`` reads the file with litvit's reader (:meth:`LIT.load_pretrained`).
 """
 import math
 from functools import partial
@@ -34,7 +35,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from ..ops import fused_mlp
 from ..ops.dtm import DTM_IMPLS, DeformableTokenMerging
 from ..ops.tracing import autocast_dtype, is_exporting, is_fx_proxy, is_tracing
-from .convert import checkpoint_filter_fn
+from .convert import checkpoint_filter_fn, load_weights
 from .pos_embed import (gather_rel_pos_bias, relative_position_index, resize_abs_pos_embed,  # noqa: F401
                         resize_rel_pos_table)  # re-exported: litvit.models.lit.resize_* are old import paths
 
@@ -767,6 +768,16 @@ class LIT(nn.Module):
             self.head = nn.Identity()
         self.head.train(self.training)
 
+    @torch.jit.ignore
+    def load_pretrained(self, checkpoint_path: str) -> None:
+        """Load a checkpoint file: timm's pretrained path calls this (``custom_load`` in the default
+        configs) with the downloaded release or ``pretrained_cfg_overlay(file=...)``, so those files
+        are read by litvit's one reader (any trainer's form, safetensors; nothing beyond its
+        allow-list unpickled) and fitted by :func:`checkpoint_filter_fn`. A classifier for another
+        number of classes keeps its initialisation.
+        """
+        load_weights(self, checkpoint_path, classifier_mismatch="quiet")
+
     def set_fused_attn(self, enable: bool = True) -> None:
         """Switch every attention module between ``F.scaled_dot_product_attention`` (fused) and the
         explicit softmax (plain, the reference and what attention maps are read from)."""
@@ -881,6 +892,11 @@ class LIT(nn.Module):
 
 def _create_lit(variant: str, pretrained: bool = False, **kwargs) -> LIT:
     out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
+    # timm resets custom_load when an overlay or a config dict names another file or url; the files
+    # LIT users have (the authors' trainers' pickles, safetensors) still go to LIT.load_pretrained
+    for key in ("pretrained_cfg_overlay", "pretrained_cfg"):
+        if isinstance(kwargs.get(key), dict):
+            kwargs[key] = {"custom_load": True, **kwargs[key]}
     return build_model_with_cfg(
         LIT, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
@@ -893,8 +909,10 @@ _RELEASE = "https://github.com/ziplab/LIT/releases/download/v1.0/"
 
 
 def _cfg(url: str = "", **kwargs) -> dict:
+    # custom_load: timm hands the downloaded (or ``file=``) checkpoint to LIT.load_pretrained, which
+    # reads every form the authors' trainers wrote; timm's own loader refuses their pickled configs
     return {
-        "url": url,
+        "url": url, "custom_load": True,
         "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (7, 7),
         "crop_pct": 0.875, "interpolation": "bicubic", "fixed_input_size": False,
         "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,

@@ -33,6 +33,8 @@ from ..engine import DistInfo, Task, TrainConfig, print_main
 from ..errors import CheckpointMismatchError
 from ..metrics import accuracy_counts
 from ..models import MODEL_NAMES, create_model, load_weights
+from ..models.convert import classifier_classes
+from ..models.factory import models_fitting
 from ..utils import moved_names, plain, warn_grid_change
 
 __all__ = ["ClassificationConfig", "ClassificationTask", "task_for_checkpoint", "validate_checkpoint",
@@ -250,11 +252,7 @@ class ClassificationTask(Task):
             ckpt = read_checkpoint(path)
             if not (isinstance(ckpt, dict) and isinstance(ckpt.get("model_ema"), dict)):
                 raise ValueError(f"{path} holds no EMA weights (train with --ema-decay to have them)")
-        result = load_weights(model, path, use_ema=use_ema)
-        if result["missing"]:
-            raise CheckpointMismatchError(
-                f"{path}: its classifier does not fit {model.num_classes} classes "
-                f"({', '.join(result['missing'])} not loaded)")
+        load_weights(model, path, use_ema=use_ema, classifier_mismatch="raise")
 
     def run_config(self) -> dict:
         """Model, resolution, augmentation and evaluation settings (compared when a run is resumed)."""
@@ -310,7 +308,10 @@ class _PerEpoch:
 
 
 class _EvalTask(ClassificationTask):
-    """Evaluation only: no training set is scanned."""
+    """Evaluation only: no training set is scanned. ``checkpoint_classes``: the classifier size of
+    the checkpoint evaluated (None when it has no state dict)."""
+
+    checkpoint_classes: Optional[int] = None
 
     def build_datasets(self) -> Tuple[Optional[Dataset], Optional[Dataset]]:
         return None, self.eval_dataset()
@@ -326,13 +327,20 @@ def task_for_checkpoint(
         interpolation: Optional[str] = None,
         bad_images: str = "fail",
 ) -> Tuple[ClassificationTask, dict]:
-    """An evaluation task that rebuilds a checkpoint's model. A litvit checkpoint carries its model,
-    classes, data and transform; an official release needs ``model`` (classes then come from the data).
+    """An evaluation task that rebuilds a checkpoint's model. A litvit checkpoint (or a safetensors
+    file from ``litvit export``) carries its model, classes, data and transform; an official release
+    records nothing: its model is ``model``, else the one registered model its weights fit at the
+    default widths (:func:`litvit.models.factory.models_fitting`), and its classes come from the data.
 
     Returns:
         (task, the checkpoint's ``extra`` dict or {} for an official release).
+
+    Raises:
+        ValueError: a record of another model than ``model``; no ``model`` for weights that fit
+            no registered model (or several).
     """
-    extra = model_record(read_checkpoint(checkpoint))
+    ckpt = read_checkpoint(checkpoint)
+    extra = model_record(ckpt)
     extra = extra if extra.get("model") else {}
     if extra:
         if model and model != extra["model"]:
@@ -348,11 +356,21 @@ def task_for_checkpoint(
             mean=tuple(extra.get("mean", (0.485, 0.456, 0.406))), std=tuple(extra.get("std", (0.229, 0.224, 0.225))),
             bad_images=bad_images, eval_split=split)
     else:
+        if model is None:
+            fitting = models_fitting(ckpt)
+            if len(fitting) != 1:
+                raise ValueError(
+                    f"{checkpoint} records no model (an official release or a bare state dict) and its weights "
+                    f"fit {' and '.join(fitting) if fitting else 'no registered model at its default widths'}: "
+                    f"name it with --model (one of {', '.join(MODEL_NAMES)})")
+            model = fitting[0]
         cfg = ClassificationConfig(
-            model=model or "lit_ti", data=data or D.DIGITS, img_size=224, eval_img_size=img_size or 224,
+            model=model, data=data or D.DIGITS, img_size=224, eval_img_size=img_size or 224,
             crop_pct=crop_pct if crop_pct is not None else 0.875, interpolation=interpolation or "bicubic",
             bad_images=bad_images, eval_split=split)
-    return _EvalTask(cfg), extra
+    task = _EvalTask(cfg)
+    task.checkpoint_classes = classifier_classes(ckpt)
+    return task, extra
 
 
 def validate_checkpoint(checkpoint: str, batch_size: int = 128, workers: int = 0, amp: str = "none",
@@ -373,6 +391,12 @@ def validate_checkpoint(checkpoint: str, batch_size: int = 128, workers: int = 0
                f"{c.eval_img_size}px, crop {c.crop_pct}, {c.interpolation}")
         warn_grid_change("validate", c.img_size, c.eval_img_size)
     task.eval_dataset()  # fixes the class list before the model is built
+    n = task.checkpoint_classes
+    if n and n != len(task.classes):  # said before a model is built; an official release has no class list
+        raise CheckpointMismatchError(
+            f"{checkpoint}: its classifier has {n} classes but {c.data}"
+            f"{'' if c.data == D.DIGITS else '/' + c.eval_split} has {len(task.classes)}; "
+            f"validate it on data with the classes it was trained on")
     return engine.evaluate(task, tc, checkpoint, use_ema=use_ema)
 
 

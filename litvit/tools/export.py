@@ -1,22 +1,33 @@
-"""``litvit export``: a LIT model to ONNX with dynamic batch and image size, checked with onnxruntime.
+"""``litvit export``: a LIT model to ONNX (dynamic batch and image size, checked with onnxruntime)
+or to safetensors (its weights plus what rebuilds it).
 
-The model is exported in eval mode on its fast path (SDPA attention, the grid_sample DTM) through
-``torch.onnx.export(dynamo=True)`` at opset >= 17 (grid_sample needs 16). Batch, height and width
-are symbolic: height and width as multiples of 32, the model's total stride. Position embeddings
-and relative tables are resized inside the graph, so any multiple of 32 runs. After writing, the
-file is loaded in onnxruntime and compared with PyTorch at two sizes and batch sizes.
+ONNX: the model is exported in eval mode on its fast path (SDPA attention, the grid_sample DTM)
+through ``torch.onnx.export(dynamo=True)`` at opset >= 17 (grid_sample needs 16). Batch, height and
+width are symbolic: height and width as multiples of 32, the model's total stride. Position
+embeddings and relative tables are resized inside the graph, so any multiple of 32 runs. After
+writing, the file is loaded in onnxruntime and compared with PyTorch at two sizes and batch sizes.
+
+safetensors: the state dict (litvit's key layout) with a small metadata header, each value
+JSON-encoded: ``model``, ``model_kwargs`` (the constructor arguments that rebuild it: number of
+classes, image size, widths, ...), ``classes``, ``img_size``, ``input_size``, ``mean``, ``std``,
+``crop_pct``, ``interpolation``, ``task``, ``litvit_version``. ``litvit validate`` / ``predict``
+rebuild the model from it without ``--model``; any litvit checkpoint argument reads the file.
+After writing, the model is rebuilt from the file and its logits compared with the source model's.
 
 Examples::
 
     litvit export --model lit_ti --out lit_ti.onnx
     litvit export --model lit_s --checkpoint lit_s.pth --out lit_s.onnx --opset 18
+    litvit export --checkpoint runs/digits/best.pth --out digits.safetensors   # format from the suffix
+    litvit export --checkpoint lit_ti.pth --format safetensors                 # -> lit_ti.safetensors
 """
-from typing import Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 import torch
 from torch import nn
 
-from ..utils import atomic_path, moved_names
+from ..checkpoint import write_safetensors
+from ..utils import atomic_path, moved_names, plain
 
 DEFAULT_OPSET = 18
 MIN_OPSET = 17
@@ -109,6 +120,46 @@ def check_onnx(
             raise ValueError(f"onnxruntime output differs from PyTorch by {diff:.2e} (> atol {atol}, rtol {rtol}) "
                              f"for input {tuple(x.shape)}")
     return results
+
+
+def safetensors_record(model: nn.Module, info: Mapping[str, Any]) -> Dict[str, Any]:
+    """The model record a safetensors export carries: the entries a classification training
+    checkpoint records (``ClassificationTask.checkpoint_extra``) that describe the model and its
+    input, from ``info`` (:func:`litvit.tools.viz.load_model`'s) and the model.
+
+    Args:
+        model (LIT): the model exported.
+        info (Mapping): ``model``, ``model_kwargs``, ``img_size``, ``mean``, ``std``, and where
+            known ``classes``, ``crop_pct``, ``interpolation``, ``data``.
+
+    Returns:
+        dict of plain (JSON-encodable) values.
+    """
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    img = int(info["img_size"])
+    kwargs = dict(info.get("model_kwargs", {}), num_classes=int(model.num_classes))
+    kwargs.setdefault("img_size", img)
+    record = dict(
+        model=info["model"], model_kwargs=kwargs, img_size=img, input_size=[int(model.in_chans), *model.img_size],
+        mean=list(info["mean"]), std=list(info["std"]),
+        crop_pct=float(info.get("crop_pct", cfg.get("crop_pct", 0.875))),
+        interpolation=str(info.get("interpolation", cfg.get("interpolation", "bicubic"))))
+    if info.get("classes"):
+        record["classes"] = list(info["classes"])
+    if info.get("data"):
+        record["data"] = str(info["data"])
+    return plain(record)
+
+
+def export_safetensors(model: nn.Module, path: str, record: Mapping[str, Any], version: str = "") -> str:
+    """Write ``model``'s state dict and its model ``record`` (:func:`safetensors_record`) as a
+    safetensors file, atomically (:func:`litvit.checkpoint.write_safetensors`).
+
+    Returns:
+        str: ``path``.
+    """
+    write_safetensors(model.state_dict(), path, task="classification", extra=record, version=version)
+    return path
 
 
 # the command-line functions that lived here, now in litvit.cli.export: their old import path stays

@@ -13,6 +13,7 @@ from ...checkpoint import model_record, read_checkpoint
 from ...data.io import IMG_EXTENSIONS as IMAGE_EXTENSIONS
 from ...data.io import read_image
 from ...models import create_model, MODEL_NAMES
+from ...models.factory import models_fitting
 from ...models.convert import official_to_litvit, unwrap_state_dict
 from ...utils import atomic_write, moved_names
 
@@ -24,7 +25,8 @@ __all__ = ["IMAGE_EXTENSIONS", "LoadedImage", "find_images", "load_image", "load
 
 def checkpoint_metadata(ckpt: Mapping) -> dict:
     """What a checkpoint says about the model it holds: ``model`` (name), ``model_kwargs``,
-    ``num_classes``, ``img_size``, ``mean``, ``std``, whichever are recorded.
+    ``num_classes``, ``img_size``, ``mean``, ``std``, ``classes``, ``crop_pct``, ``interpolation``,
+    ``data``, whichever are recorded.
 
     litvit training checkpoints record them next to the weights (the task's model record,
     :func:`litvit.checkpoint.model_record`); official releases record nothing, and the name must
@@ -41,6 +43,11 @@ def checkpoint_metadata(ckpt: Mapping) -> dict:
     for key in ("mean", "std"):
         if isinstance(record.get(key), (tuple, list)):
             meta[key] = tuple(float(c) for c in record[key])
+    if isinstance(record.get("classes"), (tuple, list)) and record["classes"]:
+        meta["classes"] = [str(c) for c in record["classes"]]
+    for key, kind in (("crop_pct", (int, float)), ("interpolation", str), ("data", str)):
+        if isinstance(record.get(key), kind):
+            meta[key] = record[key]
     try:
         sd = official_to_litvit(unwrap_state_dict(ckpt))
     except ValueError:
@@ -60,12 +67,15 @@ def load_model(
     """Build a LIT model (by name or from a checkpoint's metadata) and load the checkpoint.
 
     Args:
-        model (str, optional): model name; when None the checkpoint must record it.
+        model (str, optional): model name; when None the checkpoint's record names it, or for an
+            official release the one registered model its weights fit.
         checkpoint (str, optional): litvit or official checkpoint; None keeps random weights.
         **overrides: constructor arguments that win over the checkpoint's.
 
     Returns:
-        (model in eval mode, metadata dict: ``model``, ``mean``, ``std``, ``img_size``, ``checkpoint``).
+        (model in eval mode, metadata dict: ``model``, ``model_kwargs`` (the constructor arguments
+        given), ``mean``, ``std``, ``img_size``, ``checkpoint``, and ``classes``, ``crop_pct``,
+        ``interpolation``, ``data`` where the checkpoint records them).
 
     Raises:
         ValueError: no model name anywhere, an unknown name, or a checkpoint of another model
@@ -73,11 +83,17 @@ def load_model(
     """
     meta: dict = {}
     if checkpoint is not None:
-        meta = checkpoint_metadata(read_checkpoint(checkpoint))
+        ckpt = read_checkpoint(checkpoint)
+        meta = checkpoint_metadata(ckpt)
+        if model is None and "model" not in meta:  # an official release: the one model its weights fit
+            fitting = models_fitting(ckpt)
+            if len(fitting) == 1:
+                meta["model"] = fitting[0]
     name = model or meta.get("model")
     if name is None:
-        raise ValueError(f"checkpoint {checkpoint} does not record its model: pass --model "
-                         f"(one of {', '.join(MODEL_NAMES)})" if checkpoint else "pass --model or --checkpoint")
+        raise ValueError(f"checkpoint {checkpoint} does not record its model and its weights fit no registered "
+                         f"model at its default widths: pass --model (one of {', '.join(MODEL_NAMES)})"
+                         if checkpoint else "pass --model or --checkpoint")
     if name not in MODEL_NAMES:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
     kwargs = dict(meta.get("model_kwargs", {}))
@@ -87,7 +103,8 @@ def load_model(
         kwargs["num_classes"] = meta["num_classes"]
     kwargs.update(overrides)
     net = create_model(name, checkpoint_path=checkpoint, **kwargs).eval()
-    info = dict(model=name, checkpoint=checkpoint)
+    info = dict(model=name, checkpoint=checkpoint, model_kwargs=kwargs)
+    info.update({k: meta[k] for k in ("classes", "crop_pct", "interpolation", "data") if k in meta})
     cfg = getattr(net, "pretrained_cfg", {}) or {}
     info["mean"] = tuple(meta.get("mean", cfg.get("mean", (0.485, 0.456, 0.406))))
     info["std"] = tuple(meta.get("std", cfg.get("std", (0.229, 0.224, 0.225))))
