@@ -361,3 +361,21 @@ def test_coco_dataset_sees_the_photo_upright(tmp_path):
     assert image.shape == (3, 40, 20)
     assert target["boxes"].tolist() == [[2.0, 22.0, 12.0, 37.0]]
 
+
+# --- the decode benchmark -------------------------------------------------------------------------
+
+def test_decode_bench_runs_and_readers_agree(capsys):
+    from litvit.tools.decode_bench import bench_decode, print_decode
+    r = bench_decode(n=2, reps=1, warmup=0, size=(64, 48))
+    assert {"before", "after"} <= set(r["readers"]) and r["readers"]["before"]["ratio"] == 1.0
+    assert all(v["median"] > 0 for v in r["readers"].values()) and max(r["max_diff"].values()) <= 2
+    print_decode(r)
+    assert "read_image" in capsys.readouterr().out
+
+
+@pytest.mark.cli
+def test_bench_decode_command(capsys):
+    from litvit.cli import main
+    assert main(["bench", "--decode", "2", "--reps", "1", "--warmup", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "2 synthetic 500x375 photos at quality 90" in out and "x1.00 of before" in out
