@@ -24,6 +24,10 @@ def _write_json(obj, path: str) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.decode:
+        from ..tools.decode_bench import bench_decode, print_decode
+        print_decode(bench_decode(args.decode, reps=args.reps, warmup=max(1, args.warmup)))
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -101,6 +105,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="with --compile on CPU: do not freeze weights (inductor's oneDNN pre-packing and fusion)")
     p.add_argument("--memory", action="store_true", help="peak memory per (model, size), each in a fresh process")
     p.add_argument("--dtm-only", action="store_true", help="time the DTM op alone on LIT-Ti's three shapes")
+    p.add_argument("--decode", nargs="?", type=positive_int, const=64, default=0, metavar="N",
+                   help="time JPEG decoding instead: read_image vs the old PIL reader and torchvision, N synthetic "
+                        "500x375 photos, one thread (litvit.tools.decode_bench)")
     p.add_argument("--device", type=device_arg(auto=False), default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--threads", type=nonneg_int, default=0,
                    help="torch threads (0: leave as is; on a CPU shared with other jobs, the free cores)")
