@@ -92,7 +92,7 @@ def sync(device: torch.device) -> None:
 # narrow ones of linear layers over many tokens (the sweep stops when its time budget is spent)
 PEAK_SHAPES = ((1024, 1024, 1024), (2048, 2048, 2048), (16384, 512, 2048), (8192, 1024, 4096), (4096, 4096, 4096))
 PEAK_SHAPES_CUDA = PEAK_SHAPES + ((8192, 8192, 8192),)
-PEAK_BUDGET_S = 8.0  # seconds of products per dtype for the sweep at start-up
+PEAK_BUDGET_S = 10.0  # seconds of products per dtype for the sweep at start-up
 
 
 def _time_best(fn: Callable[[], object], device: torch.device, reps: int) -> float:
@@ -107,7 +107,7 @@ def _time_best(fn: Callable[[], object], device: torch.device, reps: int) -> flo
 
 
 def matmul_peak(device: torch.device, dtype: str = "fp32", shapes: Optional[Sequence[Tuple[int, int, int]]] = None,
-                reps: int = 3, budget_s: Optional[float] = None, ops: Sequence[str] = ("mm", "linear")) -> dict:
+                reps: int = 2, budget_s: Optional[float] = None, ops: Sequence[str] = ("mm", "linear")) -> dict:
     """The best GEMM rate this machine shows in ``dtype``: every (M, K, N) of ``shapes`` (default
     :data:`PEAK_SHAPES`) as ``torch.mm`` and as ``F.linear`` (the op of the models' linear layers),
     best of ``reps`` after one warm-up each (``ops`` picks among the two); larger shapes are skipped
