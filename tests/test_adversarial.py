@@ -390,6 +390,38 @@ def test_changed_resume_is_refused_and_full_disk_keeps_the_checkpoint(work, tmp_
     assert "changed settings" in r.stdout and "--epochs 1 -> 2" in r.stdout
 
 
+def test_refused_resume_names_what_the_user_set(work, tmp_path):
+    """Only the changes of settings given on the command line are listed; those that follow from
+    them (a warm-up shortened with --epochs, the whole recipe when the recipe changed) are counted."""
+    import shutil
+    run = tmp_path / "run"
+    shutil.copytree(work / "run", run)
+    before = snapshot(run)
+    r = run_cli("train", "--output", run, *TINY_FLAGS, "--batch-size", "64", "--epochs", "3")
+    assert_one_line(r.returncode, r.stderr, "--epochs 1 -> 3 (and 1 value that follows from it)")
+    assert "warmup" not in r.stderr  # the run's warm-up is a tenth of --epochs: never set by the user
+    r = run_cli("train", "--output", run, *TINY_FLAGS, "--batch-size", "64", "--recipe", "lit-ti", "--epochs", "1")
+    assert_one_line(r.returncode, r.stderr, "recipe digits -> lit-ti (and ", "values that follow from it)")
+    assert "--aa" not in r.stderr and "mixup" not in r.stderr
+    assert snapshot(run) == before
+
+
+def test_output_holding_another_tasks_run_is_named(work, tmp_path):
+    import shutil
+    run = tmp_path / "run"
+    shutil.copytree(work / "run", run)
+    before = snapshot(run)
+    r = run_cli(*_det_train_flags(work / "coco", run))
+    assert_one_line(r.returncode, r.stderr, f"{run} holds a classification run (last.pth), not a detection one",
+                    "--output")
+    ckpt = torch.load(run / "last.pth", map_location="cpu", weights_only=False)
+    ckpt["task"] = "detection"
+    torch.save(ckpt, tmp_path / "det.pth")
+    r = run_cli("train", "--output", tmp_path / "o", "--resume", tmp_path / "det.pth", *TINY_FLAGS)
+    assert_one_line(r.returncode, r.stderr, "det.pth is a detection checkpoint, not a classification one")
+    assert snapshot(run) == before and not (tmp_path / "o").exists()
+
+
 # --- predict, validate, export, detect/segment predict: right results ---------------------------------------
 
 def test_predict_skip_reports_skipped_rows(work, tmp_path):
@@ -421,6 +453,59 @@ def test_predict_skip_reports_skipped_rows(work, tmp_path):
     assert r.returncode == 0, r.stderr
     warn = [ln for ln in r.stderr.splitlines() if "warning" in ln]
     assert len(warn) == 1 and "trained at 32x32" in warn[0] and "64x64" in warn[0] and "Traceback" not in r.stderr
+
+
+def test_predict_lists_every_file_with_a_readable_reason(work, tmp_path):
+    """A dangling symlink and a symlink loop are rows of their own, skipped with the reason in words."""
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    DigitsDataset("val").image(0).save(imgs / "a.png")
+    (imgs / "b.png").write_bytes(b"not an image")
+    os.symlink("missing.png", imgs / "c.png")  # dangling
+    os.symlink("e.png", imgs / "d.png")  # d -> e -> d
+    os.symlink("d.png", imgs / "e.png")
+    r = run_cli("predict", imgs, "--checkpoint", work / "run" / "last.pth", "--bad-images", "skip",
+                "--output", tmp_path / "p.csv", "--threads", "1")
+    assert r.returncode == 0, r.stderr
+    rows = dict(ln.split("\t") for ln in r.stdout.strip().splitlines())
+    assert sorted(Path(p).name for p in rows) == ["a.png", "b.png", "c.png", "d.png", "e.png"]
+    why = {Path(p).name: text for p, text in rows.items()}
+    assert "skipped" not in why["a.png"]
+    assert "not an image" in why["b.png"]
+    assert "dangling symlink" in why["c.png"] and "missing.png" in why["c.png"]
+    assert "symlink loop" in why["d.png"] and "symlink loop" in why["e.png"]
+    assert "BufferedReader" not in r.stdout and "4 of 5 image(s) skipped" in r.stderr
+    import csv
+    with open(tmp_path / "p.csv", encoding="utf-8") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == 5 and [bool(t["skipped"]) for t in table] == [False, True, True, True, True]
+    r = run_cli("predict", imgs, "--checkpoint", work / "run" / "last.pth", "--output", tmp_path / "q.csv")
+    assert_one_line(r.returncode, r.stderr, "b.png", "not an image", "and 3 more")
+
+
+def test_predict_on_an_ascii_console(tmp_path):
+    """Class names and file names outside ASCII: the CSV is UTF-8, the console gets escapes, exit 0."""
+    root = tmp_path / "data"
+    ds = DigitsDataset("val")
+    for split in ("train", "val"):
+        for i in range(4):
+            d = root / split / ("café" if i % 2 else "東京")
+            d.mkdir(parents=True, exist_ok=True)
+            ds.image(i).save(d / f"{i}.png")
+    r = run_cli("train", "--data", root, "--output", tmp_path / "run", "--recipe", "digits", "--batch-size", "4",
+                "--epochs", "1", *TINY_FLAGS)
+    assert r.returncode == 0, r.stderr[-2000:]
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    ds.image(0).save(imgs / "ünï.png")
+    env = dict(ENV, PYTHONIOENCODING="ascii")
+    r = subprocess.run([sys.executable, "-m", "litvit", "predict", str(imgs), "--checkpoint",
+                        str(tmp_path / "run" / "best.pth"), "--topk", "2", "--output", str(tmp_path / "p.csv")],
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "caf\\xe9" in r.stdout and "\\u6771\\u4eac" in r.stdout and "\\xfcn\\xef.png" in r.stdout
+    text = (tmp_path / "p.csv").read_text(encoding="utf-8")
+    assert "café" in text and "東京" in text and "ünï.png" in text
 
 
 def test_dense_predict_folders_names_and_extreme_aspect(work, tmp_path):

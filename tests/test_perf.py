@@ -144,29 +144,112 @@ def test_caches_follow_parameter_updates():
         assert not torch.allclose(y0, y1)
 
 
+@pytest.fixture
+def quick_peak(monkeypatch):
+    """The bench's GEMM sweep cut to its first shape (the sweep's size is not what these tests check)."""
+    from litvit.tools import bench
+    monkeypatch.setattr(bench, "PEAK_BUDGET_S", 0.0)
+
+
 @pytest.mark.cli
 @pytest.mark.slow
 @pytest.mark.parametrize("fused", [None, False], ids=["probed", "forced-fallback"])
-def test_bench_end_to_end(tmp_path, fused):
+def test_bench_end_to_end(tmp_path, fused, quick_peak, capsys):
     out, png = tmp_path / "b.json", tmp_path / "b.png"
     args = ["bench", "--models", "lit_ti", "--model-args", json.dumps(dict(SMALL, img_size=64)),
             "--img-size", "64", "--batch-size", "2", "--dtype", "fp32", "bf16", "--mode", "infer", "train",
             "--warmup", "1", "--reps", "2", "--threads", "1", "--out", str(out), "--plot", str(png)]
     with fused_mlp.forced(fused):
         assert main(args) == 0
+    printed = capsys.readouterr().out
     res = json.loads(out.read_text())
-    assert res["matmul_peak_gflops"] > 0
+    assert res["matmul_peak_gflops"] > 0 and set(res["peaks"]) == {"fp32", "bf16"}
     rows = res["models"]
     assert {(r["mode"], r["variant"]) for r in rows} == {
-        (m, v) for m in ("infer", "train") for v in ("reference", "fast fp32", "fast bf16")}
+        (m, f"{p} {d}") for m in ("infer", "train") for p in ("reference", "fast") for d in ("fp32", "bf16")}
+    median = {(r["mode"], r["variant"]): sorted(r["times_s"])[1] / 2 + sorted(r["times_s"])[0] / 2 for r in rows}
     for r in rows:
-        assert r["img_per_s"] > 0 and len(r["times_s"]) == 2 and r["gflop_per_img"] > 0
-        assert r["vs_reference"] > 0 and 0 < r["frac_of_peak"]
-    ref = next(r for r in rows if r["variant"] == "reference" and r["mode"] == "infer")
+        assert r["img_per_s"] > 0 and len(r["times_s"]) == 2 and r["gflop_per_img"] > 0 and r["reps"] == 2
+        # like with like: a variant is compared with the reference path in its own dtype
+        ref = median[(r["mode"], f"reference {r['dtype']}")]
+        assert r["vs_reference"] == pytest.approx(ref / median[(r["mode"], r["variant"])])
+        # %peak against the peak of the row's own dtype, which no row exceeds
+        assert r["peak_gflops"] == res["peaks"][r["dtype"]]["gflops"]
+        assert 0 < r["frac_of_peak"] <= 1.0
+    ref = next(r for r in rows if r["variant"] == "reference fp32" and r["mode"] == "infer")
     assert ref["vs_reference"] == 1.0
     assert ref["gflop_per_img"] == pytest.approx(next(r for r in rows if r["variant"] == "fast fp32"
                                                       and r["mode"] == "infer")["gflop_per_img"])
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # two repetitions: no speed-up is headlined
+    assert "speed-ups not summarised: 2 timed repetitions per variant is noise" in printed
+    assert "best speed-up" not in printed
+
+
+@pytest.mark.cli
+@pytest.mark.slow
+def test_bench_any_timm_model_and_the_plot_beside_the_json(tmp_path, monkeypatch, quick_peak, capsys):
+    """timm models built for one input size get it (mixer), others run on any size (resnet);
+    the plot goes beside --out."""
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "sub" / "b.json"
+    assert main(["bench", "--models", "resnet18", "mixer_s32_224", "--img-size", "64", "--batch-size", "1",
+                 "--dtype", "fp32", "--mode", "infer", "--warmup", "0", "--reps", "1", "--threads", "1",
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    rows = json.loads(out.read_text())["models"]
+    assert [(r["model"], r.get("skipped")) for r in rows] == [("resnet18", None), ("mixer_s32_224", None)]
+    assert (tmp_path / "sub" / "b.png").read_bytes()[:4] == b"\x89PNG" and not (tmp_path / "bench.png").exists()
+    assert "speed-up" not in printed  # nothing to compare with: timm models have no reference path
+
+
+def test_named_models_get_img_size_only_where_their_constructor_takes_it():
+    from litvit.tools.named_models import create_named_model, size_kwargs, takes_img_size
+    assert size_kwargs("lit_ti", 64) == {"img_size": 64}
+    for name in ("resnet18", "convnext_atto", "pvt_v2_b0", "efficientnet_b0"):
+        assert size_kwargs(name, 64) == {}, name
+    for name in ("deit_tiny_patch16_224", "swin_tiny_patch4_window7_224", "mixer_s32_224", "vit_tiny_patch16_384"):
+        assert size_kwargs(name, 64) == {"img_size": 64}, name
+    assert size_kwargs("deit_tiny_patch16_224", None) == {}
+    with pytest.raises(ValueError, match="unknown model 'nope'"):
+        takes_img_size("nope")
+    with torch.device("meta"):
+        assert create_named_model("vit_tiny_patch16_384", img_size=64).patch_embed.img_size == (64, 64)
+        assert type(create_named_model("resnet18", img_size=64)).__name__ == "ResNet"
+
+
+def test_bench_peaks_are_per_dtype_and_never_exceeded():
+    from litvit.tools.bench import matmul_peak, settle_peaks
+    best = matmul_peak(torch.device("cpu"), "fp32", shapes=[(64, 64, 64), (128, 64, 256)], budget_s=60)
+    assert best["gflops"] > 0 and best["shape"] in ((64, 64, 64), (128, 64, 256))
+    assert best["op"].split()[0] in ("mm", "linear")
+    assert matmul_peak(torch.device("cpu"), "bf16", shapes=[(64, 64, 64), (512, 512, 512)], budget_s=0)["shape"] \
+        == (64, 64, 64)  # no budget: only the smallest shape
+    rows = [dict(model="m", variant="fast fp32", mode="infer", dtype="fp32", gflop_per_s=150.0),
+            dict(model="m", variant="fast bf16", mode="infer", dtype="bf16", gflop_per_s=150.0),
+            dict(model="m", variant="reference fp32", mode="infer", dtype="fp32", gflop_per_s=50.0)]
+    peaks = settle_peaks(rows, {"fp32": dict(gflops=100.0, op="mm 2048x2048x2048"),
+                                "bf16": dict(gflops=300.0, op="linear 8192x1024x4096")})
+    assert peaks["fp32"]["gflops"] == 150.0 and "m fast fp32" in peaks["fp32"]["source"]  # a model beat the GEMMs
+    assert peaks["bf16"] == dict(gflops=300.0, op="linear 8192x1024x4096", source="linear 8192x1024x4096")
+    assert [r["frac_of_peak"] for r in rows] == [1.0, 0.5, pytest.approx(1 / 3)]
+
+
+def test_bench_headline_compares_like_with_like():
+    from litvit.tools.bench import speedup_summary
+
+    def row(variant, dtype, ratio, reps=5):
+        return dict(model="lit_ti", batch_size=16, img_size=224, mode="infer", variant=variant, dtype=dtype,
+                    path="ref" if variant.startswith("reference") else "fast", vs_reference=ratio, reps=reps)
+
+    rows = [row("reference fp32", "fp32", 1.0), row("reference bf16", "bf16", 1.0), row("fast fp32", "fp32", 1.45),
+            row("fast bf16", "bf16", 1.2), row("compiled bf16", "bf16", 1.3), dict(model="x", skipped="no")]
+    line = speedup_summary(rows)
+    assert "in the same dtype" in line and "fp32 x1.45 (lit_ti b16 224px infer, fast fp32)" in line
+    assert "bf16 x1.30 (lit_ti b16 224px infer, compiled bf16)" in line
+    rows[2]["reps"] = 1
+    assert speedup_summary(rows).startswith("speed-ups not summarised: 1 timed repetition per variant is noise")
+    assert speedup_summary([row("fast fp32", "fp32", None)]) == ""  # nothing to compare with (a timm peer)
 
 
 @pytest.mark.slow
@@ -180,7 +263,7 @@ def test_peak_memory_in_a_fresh_process():
 
 
 @pytest.mark.cli
-def test_bench_dtm_only(tmp_path):
+def test_bench_dtm_only(tmp_path, quick_peak):
     out, png = tmp_path / "d.json", tmp_path / "d.png"
     # 64 px: the three shapes at 2/7 of LIT-Ti's 224 sizes (16, 8, 4), quick
     assert main(["bench", "--dtm-only", "--img-size", "64", "--batch-size", "2", "--warmup", "0", "--reps", "1",

@@ -323,6 +323,35 @@ def test_missing_and_empty_dataset(tmp_path, capsys):
 
 
 @pytest.mark.cli
+def test_class_folders_without_images_and_a_single_class(tmp_path, capsys):
+    root = image_folder(tmp_path / "data", n=2)
+    (root / "train" / "zebra").mkdir()
+    (root / "val" / "yak").mkdir()
+    with pytest.warns(UserWarning, match=r"class folder\(s\) without images: zebra"):
+        train = ImageFolder(root, "train")
+    assert train.empty_classes == ["zebra"] and "zebra" in train.classes  # still a class: a model output for it
+    # an empty folder in val/ is not a class the training set lacks: a warning, not an error
+    with pytest.warns(UserWarning, match=r"class folder\(s\) without images: yak"):
+        ImageFolder(root, "val", classes=train.classes)
+    # a training set with images of one class only: refused in one line, nothing written
+    one = tmp_path / "one"
+    for split in ("train", "val"):
+        (one / split / "seven").mkdir(parents=True)
+        DigitsDataset("val").image(0).save(one / split / "seven" / "0.png")
+        DigitsDataset("val").image(1).save(one / split / "seven" / "1.png")
+    argv = ["train", "--data", str(one), "--recipe", "digits", "--batch-size", "2", "--max-steps", "1",
+            "--output", str(tmp_path / "o"), *TINY_FLAGS]
+    code, _, err = run_cli(capsys, *argv)
+    assert_one_line_error(code, err, "one/train holds images of one class only (seven)", "at least 2")
+    (one / "train" / "eight").mkdir()
+    code, _, err = run_cli(capsys, *argv)
+    assert_one_line_error(code, err, "one class only (seven)", "class folders without images: eight")
+    assert not (tmp_path / "o").exists()
+    with pytest.warns(UserWarning, match="single class"):  # evaluating one class: allowed, said
+        ImageFolder(one, "val")
+
+
+@pytest.mark.cli
 def test_unreadable_image_fails_with_path_or_is_skipped(tmp_path, capsys):
     root = image_folder(tmp_path / "data")
     bad = next((root / "train").glob("*/*.png"))

@@ -14,9 +14,10 @@ The argument types every command group shares (checked numbers, devices, JSON mo
 are in :mod:`litvit.cli.args`.
 """
 import argparse
+import contextlib
 import importlib
 import sys
-from typing import List, Optional
+from typing import Iterator, List, Optional
 
 from ..errors import CLIError
 from ..utils import preserved_global_state
@@ -68,7 +69,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def _console_cannot_fail() -> Iterator[None]:
+    """stdout and stderr write what their encoding cannot hold as escapes (``caf\\xe9``) instead of
+    raising: a class name or path in another script must not stop a command on an ASCII console
+    (``PYTHONIOENCODING=ascii``, ``LANG=C``). Files are written in UTF-8 whatever the console's
+    encoding. The streams' error handlers are restored afterwards."""
+    changed = []
+    for stream in (sys.stdout, sys.stderr):
+        errors = getattr(stream, "errors", None)
+        if errors == "strict" and hasattr(stream, "reconfigure"):
+            with contextlib.suppress(ValueError, OSError):
+                stream.reconfigure(errors="backslashreplace")
+                changed.append((stream, errors))
+    try:
+        yield
+    finally:
+        for stream, errors in changed:
+            with contextlib.suppress(ValueError, OSError):
+                stream.reconfigure(errors=errors)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    with _console_cannot_fail():
+        return _main(argv)
+
+
+def _main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -2,14 +2,16 @@
 command's ``--help``)."""
 import argparse
 import json
+from pathlib import Path
 
 import torch
 
 from ..errors import CLIError
 from ..models import MODEL_NAMES
 from ..tools import bench as B
-from ..tools.bench import (DEFAULTS, DTYPES, PEERS, bench_dtm, bench_models, machine_info, matmul_peak_gflops, plot,
-                           plot_dtm, print_dtm_table, print_model_table)
+from ..tools.bench import (DEFAULTS, DTYPES, PEERS, bench_dtm, bench_models, machine_info, matmul_peak, peaks_summary,
+                           plot, plot_dtm, print_dtm_table, print_model_table, speedup_summary)
+from ..tools.named_models import is_known_model
 from ..utils import atomic_write
 from .args import check_json_object, check_model_kwargs, device_arg, img_size_arg, nonneg_int, positive_int
 
@@ -18,7 +20,7 @@ __all__ = ["add_parsers", "cmd_bench"]
 
 def _write_json(obj, path: str) -> None:
     def write(p):
-        with open(p, "w") as f:
+        with open(p, "w", encoding="utf-8") as f:
             json.dump(obj, f, indent=1)
     atomic_write(path, write, fsync=False)
 
@@ -48,38 +50,42 @@ def cmd_bench(args: argparse.Namespace) -> int:
         lit = [n for n in args.models if n in MODEL_NAMES] or ["lit_ti"]
         check_model_kwargs(args.model_args, "--model-args", lit[0])
     if not args.dtm_only:
-        import timm
         for n in args.models:
-            if n not in MODEL_NAMES and n not in timm.list_models():
+            if not is_known_model(n):
                 raise CLIError(f"unknown model {n!r}; litvit models: {', '.join(MODEL_NAMES)} (or a timm model name)")
+    plot_path = args.plot or str(Path(args.out).with_suffix(".png"))  # beside the JSON unless named
+    if plot_path == args.out:
+        plot_path += ".png"
     print(f"litvit bench: device {device}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
           f"warm-up {args.warmup}, {args.reps} interleaved repetitions per variant")
-    peak = matmul_peak_gflops(device)
-    print(f"measured fp32 matmul peak at start: {peak:.1f} GFLOP/s (2048^3 torch.mm, best of 5)")
-    result = dict(machine=machine_info(device), matmul_peak_gflops=peak, args={k: v for k, v in vars(args).items()
-                                                                                if k != "func"})
+    dtypes = ["fp32"] if args.dtm_only else list(args.dtype)
+    peaks = {d: matmul_peak(device, d) for d in dtypes}
+    print("best GEMM at start: " + "; ".join(f"{d} {p['gflops']:.1f} GFLOP/s ({p['op']})" for d, p in peaks.items()))
+    result = dict(machine=machine_info(device), args={k: v for k, v in vars(args).items() if k != "func"})
     if args.dtm_only:
         print(f"DTM op (DeformMerge2x2: offset conv + deformable 2x2 merge), batch {args.batch_size[0]}, "
               f"fast vs torchvision reference")
-        rows = bench_dtm(args, device, peak)
+        rows = bench_dtm(args, device, peaks)
         result["dtm"] = rows
         print_dtm_table(rows)
-        plot_dtm(rows, args.plot, f"DTM fast vs torchvision, {device}, {torch.get_num_threads()} threads")
+        plot_dtm(rows, plot_path, f"DTM fast vs torchvision, {device}, {torch.get_num_threads()} threads")
     else:
         print(f"models {', '.join(args.models)}{' + timm peers' if args.peers else ''}; batch {args.batch_size}, "
               f"sizes {args.img_size}, dtypes {args.dtype}, modes {args.mode}, compile {args.compile}, "
               f"memory {'yes (fresh process each)' if args.memory else 'no'}")
-        rows = bench_models(args, device, peak)
-        result["matmul_peak_gflops"] = args.measured_peak
-        print(f"matmul peak, best over the run: {args.measured_peak:.1f} GFLOP/s")
+        rows = bench_models(args, device, peaks)
         result["models"] = rows
         print_model_table(rows)
-        plot(rows, args.plot, f"litvit bench, {device}, {torch.get_num_threads()} threads")
+        plot(rows, plot_path, f"litvit bench, {device}, {torch.get_num_threads()} threads")
+    print(peaks_summary(args.peaks))
+    result["peaks"] = args.peaks
+    result["matmul_peak_gflops"] = args.peaks["fp32"]["gflops"] if "fp32" in args.peaks else None
     _write_json(result, args.out)
     ok = [r for r in rows if not r.get("skipped")]
-    best = max((r["vs_reference"] for r in ok if r.get("vs_reference")), default=None)
-    print(f"wrote {args.out} and {args.plot}: {len(ok)} measurements"
-          + (f", best speed-up over the reference path x{best:.2f}" if best else ""))
+    print(f"wrote {args.out} and {plot_path}: {len(ok)} measurements")
+    headline = speedup_summary(rows)
+    if headline:
+        print(headline)
     return 0
 
 
@@ -112,7 +118,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=nonneg_int, default=0,
                    help="torch threads (0: leave as is; on a CPU shared with other jobs, the free cores)")
     p.add_argument("--warmup", type=nonneg_int, default=DEFAULTS["warmup"], help="untimed repetitions first")
-    p.add_argument("--reps", type=positive_int, default=DEFAULTS["reps"], help="timed repetitions per variant")
+    p.add_argument("--reps", type=positive_int, default=DEFAULTS["reps"],
+                   help=f"timed repetitions per variant (speed-ups are summarised from {B.MIN_REPS_FOR_SPEEDUP} on)")
     p.add_argument("--out", default=DEFAULTS["out"], help="JSON results")
-    p.add_argument("--plot", default=DEFAULTS["plot"], help="PNG plot")
+    p.add_argument("--plot", default=DEFAULTS["plot"],
+                   help="PNG plot (default: beside --out, runs/b.json -> runs/b.png)")
     p.set_defaults(func=cmd_bench)

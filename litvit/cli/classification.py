@@ -18,6 +18,7 @@ functions of the parsed arguments.
 """
 import argparse
 import csv
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -63,6 +64,25 @@ def _resolve_recipe(args: argparse.Namespace) -> Tuple[str, Dict[str, Any]]:
     if args.amp is None and recipe["amp"] == "fp16" and not uses_cuda(args.device):
         recipe["amp"] = "none"  # the recipe's fp16 is for CUDA; the CPU has no fp16 autocast
     return name, recipe
+
+
+def _setting_origins(args: argparse.Namespace, name: str, r: Dict[str, Any]) -> Tuple[Tuple[str, ...], Tuple[str, ...]]:
+    """``(defaulted, derived)`` for :class:`~litvit.engine.TrainConfig`: the settings no flag gave
+    (the recipe's values), and those :func:`_resolve_recipe` and :func:`_train_config` computed from
+    others; a refused resume names the changes of the settings given, and only counts these."""
+    recipe = get_recipe(name)
+    derived = []
+    if args.warmup_epochs is None and r["warmup_epochs"] != recipe["warmup_epochs"]:
+        derived.append("warmup_epochs")  # shortened with --epochs
+    if getattr(args, "drop_path_off_epochs", None) is None and recipe["drop_path_off_epochs"] is None:
+        derived.append("drop_path_off_epochs")  # from the recipe and the model
+    if args.amp is None and r["amp"] != recipe["amp"]:
+        derived.append("amp")  # the recipe's fp16 is off on the CPU
+    if r["scale_warmup_min_lr"]:  # scaled with the batch size
+        derived += [k for k in ("min_lr", "warmup_lr") if getattr(args, k, None) is None]
+    key = dict({k: f"model_kwargs.{k}" for k in ARCH_KEYS}, drop_path="model_kwargs.drop_path_rate")
+    defaulted = [key.get(k, k) for k in BASE if getattr(args, k, None) is None and key.get(k, k) not in derived]
+    return tuple(defaulted), tuple(derived)
 
 
 def _class_config(r: Dict[str, Any], args: argparse.Namespace) -> ClassificationConfig:
@@ -142,8 +162,9 @@ def resolved_config(args: argparse.Namespace) -> Dict[str, Any]:
 def run_training(args: argparse.Namespace) -> Dict[str, Any]:
     """``litvit train`` as a function: resolve the recipe, build the task, call :func:`litvit.engine.fit`."""
     name, r = _resolve_recipe(args)
-    task = ClassificationTask(_class_config(r, args))
+    task = ClassificationTask(dataclasses.replace(_class_config(r, args), recipe=name))
     tc = _train_config(r, args)
+    tc.defaulted, tc.derived = _setting_origins(args, name, r)
     overridden = sorted(k for k in BASE if getattr(args, k, None) is not None)
     print_main(f"recipe {name}" + (f" (overridden: {', '.join(overridden)})" if overridden else "") +
            f" | model {r['model']} at {r['img_size']}px | data {task.cfg.data}")
@@ -237,19 +258,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
             p, c = prob.topk(k, dim=1)
             for i, pi, ci in zip(idx, p.tolist(), c.tolist()):
                 rows[i] = [(task.classes[j], q) for j, q in zip(ci, pi)]
-    n_skipped = 0
-    for i, path in enumerate(files):
-        preds = rows[i]
-        if isinstance(preds, str):
-            n_skipped += 1
-            print(f"{path}\tskipped: {preds}")
-        else:
-            print(f"{path}\t" + "  ".join(f"{name} {q:.3f}" for name, q in preds))
-    if n_skipped:
-        print(f"{n_skipped} of {len(files)} image(s) skipped (unreadable)", file=sys.stderr)
-    if args.output:
+    n_skipped = sum(isinstance(rows[i], str) for i in range(len(files)))
+    if args.output:  # the file first (UTF-8 whatever the console's encoding): nothing is lost if printing fails
         out = Path(args.output)
-        with atomic_path(out) as tmp, open(tmp, "w", newline="") as f:
+        with atomic_path(out) as tmp, open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
             w = csv.writer(f)
             skip_column = ["skipped"] if args.bad_images == "skip" else []  # why a file has no prediction
             w.writerow(["image"] + [h for r in range(1, k + 1) for h in (f"class{r}", f"prob{r}")] + skip_column)
@@ -259,7 +271,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
                     w.writerow([str(path)] + [""] * (2 * k) + [preds])
                 else:
                     w.writerow([str(path)] + [v for name, q in preds for v in (name, f"{q:.6f}")] + [""] * len(skip_column))
-        print(f"{len(files) - n_skipped} predictions ({n_skipped} skipped) written to {out}", file=sys.stderr)
+    for i, path in enumerate(files):
+        preds = rows[i]
+        if isinstance(preds, str):
+            print(f"{path}\tskipped: {preds}")
+        else:
+            print(f"{path}\t" + "  ".join(f"{name} {q:.3f}" for name, q in preds))
+    if n_skipped:
+        print(f"{n_skipped} of {len(files)} image(s) skipped (unreadable)", file=sys.stderr)
+    if args.output:
+        print(f"{len(files) - n_skipped} predictions ({n_skipped} skipped) written to {args.output}", file=sys.stderr)
     return 0
 
 
@@ -414,7 +435,8 @@ def _add_eval_args(p: argparse.ArgumentParser, predict: bool = False) -> None:
                        help="classes of an official checkpoint (default: its classifier's; "
                             "1000 are named as ImageNet's)")
         p.add_argument("--topk", type=positive_int, default=5, help="classes printed per image (default 5)")
-        p.add_argument("--output", default=None, help="write predictions to this CSV")
+        p.add_argument("--output", default=None,
+                       help="write predictions to this CSV (UTF-8; a row per file, a skipped one with the reason)")
     p.add_argument("--img-size", type=img_size_arg, default=None, help="evaluation resolution (multiple of 32)")
     p.add_argument("--crop-pct", type=float_arg(0, 1, lo_open=True), default=None,
                    help="resize to img_size / crop_pct, centre crop")

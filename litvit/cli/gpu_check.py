@@ -22,7 +22,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     report = run_checks(args.only, out, tuple(args.compile_models))
-    out.write_text(json.dumps(report, indent=1))
+    out.write_text(json.dumps(report, indent=1), encoding="utf-8")
     failed = [k for k, v in report["checks"].items() if v["status"] != "ok"]
     print(f"[gpu-check] {report.get('gpu')} torch {report['torch']}: {len(report['checks']) - len(failed)} ok, "
           f"{len(failed)} failed {failed if failed else ''}-> {out}")

@@ -108,10 +108,17 @@ class ImageFolder(_ImageDataset):
         classes (Sequence[str], optional): the class list to use (the training set's, for ``val``);
             a class folder not in it is an error.
         bad_images (str): ``"fail"`` (stop with the file's path) or ``"skip"`` (warn, use the next image).
+        min_classes (int): refuse a split with images of fewer classes (2 for a training set: a
+            classifier of one class learns nothing).
+
+    Class folders without any image are named in a warning (they stay classes: a model trained on
+    this folder has an output for each, never trained); so is a split with a single class.
+    :attr:`empty_classes` lists the former.
 
     Raises:
         FileNotFoundError: ``root`` or ``root/split`` does not exist.
-        ValueError: no class folders, or no images in them, or classes that the training set lacks.
+        ValueError: no class folders, or no images in them, or classes that the training set lacks,
+            or images of fewer than ``min_classes`` classes.
     """
 
     def __init__(
@@ -121,6 +128,7 @@ class ImageFolder(_ImageDataset):
             transform: Optional[Callable] = None,
             classes: Optional[Sequence[str]] = None,
             bad_images: str = "fail",
+            min_classes: int = 1,
     ):
         super().__init__(transform, bad_images)
         root = Path(root)
@@ -133,23 +141,42 @@ class ImageFolder(_ImageDataset):
         found = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
         if not found:
             raise ValueError(f"{folder} holds no class folders (expected {folder}/<class>/<image>)")
+        images = {c: _image_files(folder / c) for c in found}
         if classes is None:
             classes = found
-        else:
-            extra = sorted(set(found) - set(classes))
-            if extra:
-                raise ValueError(f"{folder} has classes the training set lacks: {', '.join(extra[:5])}")
+        extra = sorted(c for c in found if c not in set(classes) and images[c])
+        if extra:
+            raise ValueError(f"{folder} has classes the training set lacks: {', '.join(extra[:5])}")
         self.root, self.split, self.classes = root, split, list(classes)
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
-        self.samples = []
-        for c in found:
-            for dirpath, _, files in os.walk(folder / c, followlinks=True):
-                for f in sorted(files):
-                    if f.lower().endswith(IMG_EXTENSIONS):
-                        self.samples.append((Path(dirpath) / f, self.class_to_idx[c]))
+        self.samples = [(f, self.class_to_idx[c]) for c in found if images[c] for f in images[c]]
         if not self.samples:
             raise ValueError(f"{folder} holds no images ({', '.join(IMG_EXTENSIONS)}) in its class folders")
         self.targets = [t for _, t in self.samples]
+        seen = set(self.targets)
+        self.empty_classes = [c for c in found if not images[c]]
+        empty = ", ".join(self.empty_classes[:10]) + (f" (+{len(self.empty_classes) - 10} more)"
+                                                     if len(self.empty_classes) > 10 else "")
+        if len(seen) < min_classes:
+            with_images = ", ".join(self.classes[t] for t in sorted(seen))
+            raise ValueError(f"{folder} holds images of {'one class' if len(seen) == 1 else f'{len(seen)} classes'} "
+                             f"only ({with_images}); "
+                             f"a classifier needs at least {min_classes}"
+                             + (f" (class folders without images: {empty})" if empty else ""))
+        if self.empty_classes:
+            warnings.warn(f"{folder}: {len(self.empty_classes)} class folder(s) without images: {empty}", stacklevel=2)
+        if len(self.classes) == 1:
+            warnings.warn(f"{folder} holds a single class ({self.classes[0]}): every image gets that label",
+                          stacklevel=2)
+
+
+def _image_files(folder: Path) -> List[Path]:
+    """The image files under one class folder (symlinks followed), in a stable order."""
+    out = []
+    for dirpath, dirs, files in os.walk(folder, followlinks=True):
+        dirs.sort()
+        out += [Path(dirpath) / f for f in sorted(files) if f.lower().endswith(IMG_EXTENSIONS)]
+    return out
 
 
 class ImageList(_ImageDataset):

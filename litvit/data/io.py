@@ -21,6 +21,7 @@ Examples::
     >>> read_image(path).size, check_image(path)
     ((20, 40), (20, 40))
 """
+import errno
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -123,7 +124,21 @@ def read_image(path: Union[str, Path], mode: Optional[str] = "RGB", verb: str = 
                 return out.transpose(_UPRIGHT[orientation])
             return out.copy() if out is img else out  # detached from the file
     except _DECODE_ERRORS as e:
-        raise UnreadableImageError(f"cannot {verb} image {path}: {e}") from None
+        raise UnreadableImageError(f"cannot {verb} image {path}: {_reason(path, e)}") from None
+
+
+def _reason(path: Union[str, Path], e: BaseException) -> str:
+    """Why ``path`` could not be read, in words: the system's reason for a file that cannot be
+    opened (naming a dangling symlink or a symlink loop), PIL's for one that is not an image
+    (without the file object's repr that PIL puts in its message)."""
+    if isinstance(e, Image.UnidentifiedImageError):
+        return "not an image file PIL can identify"
+    if isinstance(e, OSError) and e.strerror:
+        what = {errno.ENOENT: "dangling symlink", errno.ELOOP: "symlink loop"}.get(e.errno)
+        if what and os.path.islink(path):
+            return f"{e.strerror} ({what} to {os.readlink(path)})"
+        return e.strerror
+    return str(e) or type(e).__name__
 
 
 def load_image(path: Union[str, Path]) -> Image.Image:
@@ -159,7 +174,7 @@ def check_image(path: Union[str, Path]) -> Tuple[int, int]:
             f.seek(max(0, f.tell() - 4096))
             tail = f.read()
     except _DECODE_ERRORS as e:
-        raise UnreadableImageError(f"cannot read image {path}: {e}") from None
+        raise UnreadableImageError(f"cannot read image {path}: {_reason(path, e)}") from None
     if size[0] < 1 or size[1] < 1:
         raise UnreadableImageError(f"cannot read image {path}: it is {size[0]}x{size[1]} pixels")
     if (fmt in _FORMAT_END and _FORMAT_END[fmt] not in tail) or (late_exif and b"eXIf" in tail):
@@ -202,14 +217,18 @@ def scan_files(items: Sequence, check: Callable, progress: bool = True, desc: st
 
 def find_images(folder: Union[str, Path], recursive: bool = True) -> List[Path]:
     """Image files under ``folder`` (by extension), sorted. FileNotFoundError / ValueError when the
-    folder is missing or holds none."""
+    folder is missing or holds none.
+
+    A symlink that leads nowhere (dangling, or a loop) is listed too: reading it fails with the
+    reason, so it is reported (or skipped with its reason), never silently left out."""
     folder = Path(folder)
     if not folder.exists():
         raise FileNotFoundError(f"image folder not found: {folder}")
     if folder.is_file():
         return [folder]
     it = folder.rglob("*") if recursive else folder.iterdir()
-    files = sorted(p for p in it if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS)
+    files = sorted(p for p in it if p.suffix.lower() in IMG_EXTENSIONS
+                   and (p.is_file() or (p.is_symlink() and not p.exists())))
     if not files:
         raise ValueError(f"no images ({', '.join(IMG_EXTENSIONS)}) in {folder}")
     return files

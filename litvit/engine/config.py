@@ -44,6 +44,14 @@ class TrainConfig:
             checkpoint path, or ``"never"`` (start fresh; refuses to overwrite an existing run).
         resume_changed (bool): resume although the settings differ from the checkpoint's (the new
             ones apply, the schedule included); without it such a resume is refused, naming the changes.
+        defaulted (Tuple[str, ...]): settings the user did not give (``litvit train``: a recipe's
+            values no flag overrode). A refused resume names the changed settings the user gave (and
+            the recipe, when it changed) and only counts the changes these follow from them; it names
+            them when no given setting changed. Task-config settings by their dotted names, e.g.
+            ``"model_kwargs.drop_path_rate"``; the global batch is ``"batch_size"``.
+        derived (Tuple[str, ...]): settings computed from others (``litvit train``: a warm-up
+            shortened with ``--epochs``, ``amp`` off on the CPU): named last, only when nothing else
+            changed (also when the checkpoint's run derived them).
         log_every (int): log the training loss every N optimizer steps.
         eval_every (int): evaluate every N epochs (and always after the last one).
         max_steps (int, optional): stop after this many optimizer steps in total (checkpointed);
@@ -80,6 +88,8 @@ class TrainConfig:
     save_every_steps: int = 0
     resume: Optional[str] = "auto"
     resume_changed: bool = False
+    defaulted: Tuple[str, ...] = ()
+    derived: Tuple[str, ...] = ()
     log_every: int = 50
     eval_every: int = 1
     max_steps: Optional[int] = None

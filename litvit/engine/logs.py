@@ -88,7 +88,7 @@ class OutputLock:
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text), fsync=False)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), fsync=False)
 
 
 class _RunLog:
@@ -102,7 +102,7 @@ class _RunLog:
             # keep only what the checkpoint we continue from had seen; a fresh run starts a new log
             keep = []
             if resume_step is not None:
-                for line in self.jsonl.read_text().splitlines():
+                for line in self.jsonl.read_text(encoding="utf-8").splitlines():
                     with contextlib.suppress(json.JSONDecodeError):
                         rec = json.loads(line)
                         if rec.get("step", 0) <= resume_step:
@@ -111,7 +111,7 @@ class _RunLog:
 
     def write(self, record: dict) -> None:
         if self.enabled:
-            with open(self.jsonl, "a") as f:
+            with open(self.jsonl, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
 
     def write_csv(self, history: List[dict]) -> None:
@@ -128,7 +128,7 @@ class _RunLog:
         if not self.jsonl.exists():
             return []
         out = []
-        for line in self.jsonl.read_text().splitlines():
+        for line in self.jsonl.read_text(encoding="utf-8").splitlines():
             with contextlib.suppress(json.JSONDecodeError):
                 out.append(json.loads(line))
         return out
@@ -139,7 +139,7 @@ def plot_curves(log_path: Union[str, Path], out_path: Union[str, Path], metrics:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    recs = [json.loads(l) for l in Path(log_path).read_text().splitlines() if l.strip()]
+    recs = [json.loads(l) for l in Path(log_path).read_text(encoding="utf-8").splitlines() if l.strip()]
     steps = [r for r in recs if r.get("event") == "train"]
     epochs = [r for r in recs if r.get("event") == "epoch"]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))

@@ -222,13 +222,11 @@ def check_datasets(datasets: Sequence[Optional[Dataset]], dist: "DistInfo", prog
 # Settings a resumed run may change freely: where and how it runs, not what it computes.
 _RESUME_FREE = ("output_dir", "resume", "resume_changed", "progress", "verbose", "workers", "threads", "device",
                 "val_batch_size", "save_every_steps", "log_every", "eval_every", "max_steps", "grad_checkpointing",
-                "sync_bn", "batch_size", "accum_steps")
+                "sync_bn", "batch_size", "accum_steps", "defaulted", "derived")
 
 
-def changed_settings(ckpt: Mapping, cfg: TrainConfig, task_config: Mapping, world_size: int) -> List[str]:
-    """What differs between a checkpoint's recorded settings and this run's, as ``"--flag old -> new"``
-    (settings in :data:`_RESUME_FREE` and ones the checkpoint did not record are not compared; the
-    global batch is compared instead of the per-process batch)."""
+def _changes(ckpt: Mapping, cfg: TrainConfig, task_config: Mapping, world_size: int) -> List[Tuple[str, str]]:
+    """``(setting, "--flag old -> new")`` for every setting that differs; see :func:`changed_settings`."""
     changes = []
     old_cfg = ckpt.get("config") or {}
     new_cfg = dataclasses.asdict(cfg)
@@ -236,19 +234,45 @@ def changed_settings(ckpt: Mapping, cfg: TrainConfig, task_config: Mapping, worl
         if key in _RESUME_FREE or key not in old_cfg:
             continue
         if plain(old_cfg[key]) != plain(new):
-            changes.append(f"--{key.replace('_', '-')} {plain(old_cfg[key])} -> {plain(new)}")
+            changes.append((key, f"--{key.replace('_', '-')} {plain(old_cfg[key])} -> {plain(new)}"))
     if "batch_size" in old_cfg:
         old_batch = old_cfg["batch_size"] * ckpt.get("world_size", 1) * old_cfg.get("accum_steps", 1)
         new_batch = cfg.batch_size * world_size * cfg.accum_steps
         if old_batch != new_batch:
-            changes.append(f"global batch {old_batch} -> {new_batch}")
+            changes.append(("batch_size", f"global batch {old_batch} -> {new_batch}"))
     old_task, new_task = _flat(ckpt.get("task_config") or {}), _flat(task_config)
     for key, new in new_task.items():
         if key in old_task and old_task[key] != new:
-            changes.append(f"{key} {old_task[key]} -> {new}")
+            changes.append((key, f"{key} {old_task[key]} -> {new}"))
     for key in old_task.keys() - new_task.keys():
-        changes.append(f"{key} {old_task[key]} -> (unset)")
+        changes.append((key, f"{key} {old_task[key]} -> (unset)"))
     return changes
+
+
+def changed_settings(ckpt: Mapping, cfg: TrainConfig, task_config: Mapping, world_size: int) -> List[str]:
+    """What differs between a checkpoint's recorded settings and this run's, as ``"--flag old -> new"``
+    (settings in :data:`_RESUME_FREE` and ones the checkpoint did not record are not compared; the
+    global batch is compared instead of the per-process batch)."""
+    return [text for _, text in _changes(ckpt, cfg, task_config, world_size)]
+
+
+def _describe_changes(changes: Sequence[Tuple[str, str]], ckpt: Mapping, cfg: TrainConfig) -> str:
+    """The changes a refused resume names: those of the settings the user gave; failing any, those
+    of settings left at their defaults (``TrainConfig.defaulted``); failing any, the derived ones
+    (``TrainConfig.derived``, in this run or the checkpoint's). The changes of the later kinds,
+    which follow from the named ones, are counted."""
+    old_derived = (ckpt.get("config") or {}).get("derived") or ()
+    derived, defaulted = set(cfg.derived) | set(old_derived), set(cfg.defaulted)
+
+    def kind(key: str) -> int:
+        return 2 if key in derived else 1 if key in defaulted else 0
+
+    first = min(kind(key) for key, _ in changes)
+    named = [text for key, text in changes if kind(key) == first]
+    follow = len(changes) - len(named)
+    return "; ".join(named) + (f" (and {follow} value{'s' if follow > 1 else ''} that follow"
+                               f"{'' if follow > 1 else 's'} from {'these' if len(named) > 1 else 'it'})"
+                               if follow else "")
 
 
 def _flat(d: Mapping, prefix: str = "") -> Dict[str, Any]:
@@ -300,6 +324,12 @@ def _fit(task: Task, cfg: TrainConfig, dist: DistInfo, threads: str = "", lock: 
         say(f"note: {lock.path} was left by process {lock.stale_owner}, which has ended; taking it over")
     resume_path = _resolve_resume(cfg, out)
     ckpt = read_training_checkpoint(resume_path) if resume_path is not None else None
+    if ckpt is not None and isinstance(ckpt.get("task"), str) and ckpt["task"] != task.name:
+        if resume_path == out / LAST:
+            raise ValueError(f"{out} holds a {ckpt['task']} run ({LAST}), not a {task.name} one: pick another "
+                             f"--output for this {task.name} run")
+        raise ValueError(f"{resume_path} is a {ckpt['task']} checkpoint, not a {task.name} one: --resume "
+                         f"continues a {task.name} run")
 
     # 1. data first: what the model needs (classes, ...) comes from it; every item of every split is
     # checked before anything is built or trained
@@ -340,13 +370,14 @@ def _fit(task: Task, cfg: TrainConfig, dist: DistInfo, threads: str = "", lock: 
     # a resumed run must be the same run: refuse changed settings unless told otherwise
     task_config = plain(task.run_config())
     if ckpt is not None:
-        changes = changed_settings(ckpt, cfg, task_config, dist.world_size)
+        changes = _changes(ckpt, cfg, task_config, dist.world_size)
         if changes and not cfg.resume_changed:
-            raise ValueError(f"{resume_path} was written with other settings: {'; '.join(changes)}; resume with "
-                             f"the checkpoint's settings, add --resume-changed to continue with the new ones, "
-                             f"or pick another --output")
+            raise ValueError(f"{resume_path} was written with other settings: "
+                             f"{_describe_changes(changes, ckpt, cfg)}; resume with the checkpoint's settings, "
+                             f"add --resume-changed to continue with the new ones, or pick another --output")
         if changes:
-            say(f"resuming {resume_path} with changed settings (--resume-changed): {'; '.join(changes)}")
+            say(f"resuming {resume_path} with changed settings (--resume-changed): "
+                f"{'; '.join(text for _, text in changes)}")
 
     # 2. model: identical initialisation on every rank
     torch.manual_seed(cfg.seed)

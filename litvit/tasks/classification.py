@@ -64,6 +64,8 @@ class ClassificationConfig:
         warmup_prefix (bool): the cosine starts after the warm-up (True) or spans the whole run with the
             warm-up overwriting its start (False, both official trainers).
         aa ... crop_pct: augmentation and evaluation transform, see :data:`litvit.recipes.BASE`.
+        recipe (str, optional): the name of the recipe these settings came from (``litvit train``
+            records it; a resume under another recipe names that change first).
     """
     model: str = "lit_ti"
     data: str = D.DIGITS
@@ -96,6 +98,7 @@ class ClassificationConfig:
     crop_pct: float = 0.875
     mean: Tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: Tuple[float, float, float] = (0.229, 0.224, 0.225)
+    recipe: Optional[str] = None
 
     @property
     def mixup_active(self) -> bool:
@@ -181,7 +184,7 @@ class ClassificationTask(Task):
                 self._train = D.DigitsDataset("train", transform=self._transform(True))
             else:
                 self._train = D.ImageFolder(c.data, "train", transform=self._transform(True),
-                                            classes=self.classes, bad_images=c.bad_images)
+                                            classes=self.classes, bad_images=c.bad_images, min_classes=2)
             if self.classes is None:
                 self.classes = list(self._train.classes)
             self._val = self.eval_dataset()
@@ -257,7 +260,8 @@ class ClassificationTask(Task):
     def run_config(self) -> dict:
         """Model, resolution, augmentation and evaluation settings (compared when a run is resumed)."""
         skip = ("data", "classes", "bad_images", "init_checkpoint", "pretrained", "eval_split", "seed")
-        return {k: plain(v) for k, v in dataclasses.asdict(self.cfg).items() if k not in skip}
+        return {k: plain(v) for k, v in dataclasses.asdict(self.cfg).items()
+                if k not in skip and not (k == "recipe" and v is None)}
 
     def checkpoint_extra(self) -> dict:
         c = self.cfg

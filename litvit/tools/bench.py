@@ -5,13 +5,23 @@ B, C, A, B, C, ...), so that a change in machine load hits every variant alike; 
 spread (min-max over repetitions) are reported. Each figure is also given as
 
 * a ratio to the **reference path** (plain softmax attention + ``torchvision.ops.deform_conv2d``,
-  float32, eager: what the original code computes) of the same model, batch, size and mode,
-* a fraction of the machine's **matmul peak** (a float32 2048^3 ``torch.mm``, measured at start-up,
-  before every model case and at the end; the best of all is the peak, so load that comes and
-  goes cannot understate it):
-  achieved GFLOP/s = FLOPs per image x images/s, FLOPs counted by ``FlopCounterMode`` in the paper's
+  eager: what the original code computes) of the same model, batch, size, mode *and dtype*: the
+  reference is timed in every dtype asked for, so a bf16 time is only ever divided by a bf16 one,
+* a ratio to the same path in float32 (what bf16 autocast or compilation gains),
+* a fraction of the **peak of its dtype**: the best GEMM this machine shows in that dtype (square
+  ``torch.mm`` and tall ``F.linear`` products of 1024-4096 sides, as many as ``PEAK_BUDGET_S``
+  allows, at start-up; the best one again before every model case and at the end, so load that
+  comes and goes cannot understate it), or the achieved rate of a model where one ran faster than
+  every GEMM measured (the output names it): no row reads above 100 %.
+  Achieved GFLOP/s = FLOPs per image x images/s, FLOPs counted by ``FlopCounterMode`` in the paper's
   convention (conv/linear multiply-adds and the two attention products, x2; DTM as its dense 2x2
   conv; bilinear sampling, norms and activations not counted); a training step counts 3x forward.
+
+The closing line names the best speed-up of the fast path over the reference in each dtype, when
+every variant was timed at least ``MIN_REPS_FOR_SPEEDUP`` times (fewer is noise, and it says so).
+A ``--models`` name may be any litvit or timm model: the model is built for the input size where
+its constructor takes one (:mod:`litvit.tools.named_models`); a timm model that cannot run at a
+size is skipped with the reason.
 
 Peak memory of a (model, size) is measured in a fresh subprocess: on CUDA
 ``torch.cuda.max_memory_allocated``; on CPU the resident-set high-water mark (``VmHWM``, reset
@@ -25,6 +35,7 @@ Examples::
     litvit bench --models lit_ti pvt_s_msa --img-size 224 512 1024 --batch-size 1 --memory --peers
     litvit bench --dtm-only --threads 2                       # the DTM op alone, fast vs reference
     litvit bench --device cuda --dtype fp32 bf16 fp16
+    litvit bench --models resnet18 convnext_tiny --img-size 160 --out runs/b.json   # any timm model; plot runs/b.png
 """
 import copy
 import ctypes
@@ -45,11 +56,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ..models import MODEL_NAMES, create_model
+from ..models import MODEL_NAMES
 from ..models.lit import Attention
 from ..ops.dtm import DeformableTokenMerging, DeformMerge2x2
 from ..utils import atomic_write, moved_names
 from .flops import count_flops as count_macs
+from .named_models import create_named_model
 
 DEFAULTS = dict(
     models=["lit_ti", "lit_s"],
@@ -60,8 +72,9 @@ DEFAULTS = dict(
     warmup=2,
     reps=5,
     out="bench.json",
-    plot="bench.png",
+    plot=None,  # beside --out: runs/b.json -> runs/b.png
 )
+MIN_REPS_FOR_SPEEDUP = 3  # fewer timed repetitions per variant: a speed-up is not summarised (noise)
 PEERS = ("pvt_v2_b2", "swin_tiny_patch4_window7_224", "deit_small_patch16_224", "resnet50")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # LIT-Ti's three DTM shapes at 224: (in channels, out channels, input map side)
@@ -75,25 +88,112 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def matmul_peak_gflops(device: torch.device, n: int = 2048, reps: int = 5) -> float:
-    """Measured float32 matmul throughput of this machine (best of ``reps`` n x n x n products)."""
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
-    torch.mm(a, b)
+# (M, K, N) of the products that measure a dtype's peak, smallest first: square ones and the tall,
+# narrow ones of linear layers over many tokens (the sweep stops when its time budget is spent)
+PEAK_SHAPES = ((1024, 1024, 1024), (2048, 2048, 2048), (16384, 512, 2048), (8192, 1024, 4096), (4096, 4096, 4096))
+PEAK_SHAPES_CUDA = PEAK_SHAPES + ((8192, 8192, 8192),)
+PEAK_BUDGET_S = 10.0  # seconds of products per dtype for the sweep at start-up
+
+
+def _time_best(fn: Callable[[], object], device: torch.device, reps: int) -> float:
     best = math.inf
     for _ in range(reps):
         sync(device)
         t0 = time.perf_counter()
-        torch.mm(a, b)
+        fn()
         sync(device)
         best = min(best, time.perf_counter() - t0)
-    return 2 * n ** 3 / best / 1e9
+    return best
+
+
+def matmul_peak(device: torch.device, dtype: str = "fp32", shapes: Optional[Sequence[Tuple[int, int, int]]] = None,
+                reps: int = 2, budget_s: Optional[float] = None, ops: Sequence[str] = ("mm", "linear")) -> dict:
+    """The best GEMM rate this machine shows in ``dtype``: every (M, K, N) of ``shapes`` (default
+    :data:`PEAK_SHAPES`) as ``torch.mm`` and as ``F.linear`` (the op of the models' linear layers),
+    best of ``reps`` after one warm-up each (``ops`` picks among the two); larger shapes are skipped
+    once the next one would overrun ``budget_s`` (default :data:`PEAK_BUDGET_S`; at least one shape
+    is always timed).
+
+    Returns:
+        dict: ``gflops`` (the best rate), ``op`` (which product gave it, e.g. ``"linear 8192x1024x4096"``)
+        and ``shape`` (its (M, K, N)).
+
+    Examples::
+        >>> matmul_peak(torch.device("cpu"), "fp32", shapes=[(256, 256, 256)])["gflops"] > 0
+        True
+    """
+    if shapes is None:
+        shapes = PEAK_SHAPES_CUDA if device.type == "cuda" else PEAK_SHAPES
+    budget = PEAK_BUDGET_S if budget_s is None else budget_s
+    dt = DTYPES[dtype]
+    best = dict(gflops=0.0, op="", shape=None)
+    spent = 0.0
+    for m, k, n in sorted(shapes, key=lambda s: s[0] * s[1] * s[2]):
+        flops = 2.0 * m * k * n
+        if best["shape"] is not None and spent + len(ops) * (reps + 1) * flops / (best["gflops"] * 1e9) > budget:
+            break
+        t_start = time.perf_counter()
+        a = torch.randn(m, k, device=device, dtype=dt)
+        b = torch.randn(k, n, device=device, dtype=dt)
+        w = b.t().contiguous()  # N, K: a linear layer's weight
+        products = dict(mm=lambda: torch.mm(a, b), linear=lambda: F.linear(a, w))
+        for op in ops:
+            fn = products[op]
+            fn()
+            rate = flops / _time_best(fn, device, reps) / 1e9
+            if rate > best["gflops"]:
+                best = dict(gflops=rate, op=f"{op} {m}x{k}x{n}", shape=(m, k, n))
+        del a, b, w
+        spent += time.perf_counter() - t_start
+    return best
+
+
+def remeasure_peak(device: torch.device, dtype: str, best: dict) -> float:
+    """The product that gave :func:`matmul_peak`'s ``best`` timed once more (one warm-up, one run):
+    the bench does so before every case and at the end, so load that comes and goes cannot
+    understate the peak."""
+    if not best.get("shape"):
+        return 0.0
+    return matmul_peak(device, dtype, shapes=[best["shape"]], reps=1, ops=[best["op"].split()[0]])["gflops"]
+
+
+def settle_peaks(rows: List[dict], peaks: Dict[str, dict]) -> Dict[str, dict]:
+    """The peak of each dtype, and every row's ``frac_of_peak`` against its own dtype's peak.
+
+    A peak is the best rate seen in that dtype: the best GEMM measured (``peaks``, from
+    :func:`matmul_peak`), or the achieved rate of a row that beat every GEMM measured (a model is
+    then named as the source: no row can read above 100 %).
+    """
+    settled = {d: dict(p, source=p.get("op", "")) for d, p in peaks.items()}
+    for r in rows:
+        if r.get("gflop_per_s") is None:
+            continue
+        d = r["dtype"]
+        if d not in settled or r["gflop_per_s"] > settled[d]["gflops"]:
+            label = " ".join(str(r[k]) for k in ("model", "op", "variant", "impl", "mode", "direction") if r.get(k))
+            settled[d] = dict(gflops=r["gflop_per_s"], op=settled.get(d, {}).get("op", ""),
+                              source=f"{label} (faster than every GEMM measured)")
+    for r in rows:
+        if r.get("gflop_per_s") is not None:
+            r["peak_gflops"] = settled[r["dtype"]]["gflops"]
+            r["frac_of_peak"] = r["gflop_per_s"] / r["peak_gflops"]
+    return settled
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def machine_info(device: torch.device) -> dict:
     info = dict(torch=torch.__version__, python=platform.python_version(), threads=torch.get_num_threads(),
-                device=str(device), cpu=platform.processor() or platform.machine(),
-                cpu_capability=torch.backends.cpu.get_cpu_capability())
+                device=str(device), cpu=_cpu_model(), cpu_capability=torch.backends.cpu.get_cpu_capability())
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     try:
@@ -106,16 +206,11 @@ def machine_info(device: torch.device) -> dict:
 # --- models -------------------------------------------------------------------------------------
 
 def build_model(name: str, resolution: int, **overrides) -> nn.Module:
-    """A LIT model by name, or a timm peer (random init, nothing downloaded)."""
-    if name in MODEL_NAMES:
-        return create_model(name, **overrides)
-    import timm
-    if name not in timm.list_models():
-        raise ValueError(f"unknown model {name!r}: not a litvit model ({', '.join(MODEL_NAMES)}) nor a timm model")
-    kwargs = dict(pretrained=False, **overrides)
-    if resolution != 224 and name.startswith(("deit", "vit", "swin")):
-        kwargs["img_size"] = resolution  # position tables / window masks for this size
-    return timm.create_model(name, **kwargs)
+    """A LIT model or any timm model by name (random init, nothing downloaded), built for
+    ``resolution`` where its constructor takes an input size (:func:`~litvit.tools.named_models.size_kwargs`);
+    an ``img_size`` among ``overrides`` (``--model-args``) wins."""
+    overrides = dict(overrides)
+    return create_named_model(name, img_size=overrides.pop("img_size", resolution), **overrides)
 
 
 def is_lit(model: nn.Module) -> bool:
@@ -312,10 +407,14 @@ def measure_memory(spec: dict, timeout: float = 1800) -> dict:
 
 # --- the model benchmark ------------------------------------------------------------------------
 
-def bench_models(opts, device: torch.device, peak: float) -> List[dict]:
+def bench_models(opts, device: torch.device, peaks: Dict[str, dict]) -> List[dict]:
     """Every (model, batch, size, mode) case of ``opts`` (the options of ``litvit bench``: an
     ``argparse.Namespace`` or any object with those attributes), its variants timed interleaved;
-    one row per variant. Sets ``opts.measured_peak`` to the best matmul peak seen during the run."""
+    one row per variant.
+
+    ``peaks`` maps each dtype of ``opts.dtype`` to its :func:`matmul_peak` at start-up; the best
+    GEMM is re-measured before every case and at the end, and ``opts.peaks`` is set to the settled
+    peak of each dtype (:func:`settle_peaks`), against which every row's ``frac_of_peak`` is given."""
     from tqdm import tqdm
     names = list(opts.models) + (list(PEERS) if opts.peers else [])
     extra_peers = [n for n in names if n not in MODEL_NAMES]
@@ -324,29 +423,38 @@ def bench_models(opts, device: torch.device, peak: float) -> List[dict]:
     cases = [(n, b, r, mode) for n in names for r in opts.img_size for b in opts.batch_size for mode in opts.mode]
     steps_of = {}
     for case in cases:
-        n_fast = len(opts.dtype) * (2 if opts.compile else 1) if "fast" in opts.paths or case[0] not in MODEL_NAMES else 0
-        n_variants = (1 if case[0] in MODEL_NAMES and "ref" in opts.paths else 0) + n_fast
+        lit = case[0] in MODEL_NAMES
+        n_fast = len(opts.dtype) * (2 if opts.compile else 1) if "fast" in opts.paths or not lit else 0
+        n_variants = (len(opts.dtype) if lit and "ref" in opts.paths else 0) + n_fast
         steps_of[case] = n_variants * (opts.warmup + opts.reps)
     total = sum(steps_of.values())
     rows = []
-    peaks = [peak]
+    best_gemm = {d: dict(p) for d, p in peaks.items()}
+
+    def remeasure():
+        for d, p in best_gemm.items():
+            rate = remeasure_peak(device, d, p)
+            if rate > p["gflops"]:
+                p["gflops"] = rate
+
     flops_cache: Dict[Tuple[str, int], float] = {}
     bar = tqdm(total=total, desc="bench", unit="step", dynamic_ncols=True)
     for (name, batch, res, mode) in cases:
         bar.set_postfix_str(f"{name} b{batch} {res}px {mode}")
-        peaks.append(matmul_peak_gflops(device, reps=3))
+        remeasure()
         torch.manual_seed(0)
         try:
             base = build_model(name, res, **(opts.model_args if name in MODEL_NAMES else {})).to(device)
-        except Exception as e:  # a peer that cannot run at this size: say so, keep going
+            if (name, res) not in flops_cache:
+                flops_cache[(name, res)] = count_flops(base, res, device)
+        except Exception as e:  # a peer that cannot be built or run at this size: say so, keep going
             if name in MODEL_NAMES:
                 raise
-            tqdm.write(f"skip {name} @ {res}: {type(e).__name__}: {e}")
-            rows.append(dict(model=name, batch_size=batch, img_size=res, mode=mode, skipped=str(e)))
+            why = " ".join(str(e).split()) or type(e).__name__
+            tqdm.write(f"skip {name} @ {res}: {type(e).__name__}: {why}")
+            rows.append(dict(model=name, batch_size=batch, img_size=res, mode=mode, skipped=why))
             bar.update(steps_of[(name, batch, res, mode)])
             continue
-        if (name, res) not in flops_cache:
-            flops_cache[(name, res)] = count_flops(base, res, device)
         flops = flops_cache[(name, res)] * (3 if mode == "train" else 1)
         x = torch.randn(batch, 3, res, res, device=device)
         variants = []
@@ -357,13 +465,14 @@ def bench_models(opts, device: torch.device, peak: float) -> List[dict]:
             if avail is not None and need > 0.6 * avail:
                 tqdm.write(f"{name} @ {res}: no reference path (its plain attention needs {need / 2 ** 30:.1f} GiB, "
                            f"{avail / 2 ** 30:.1f} GiB available)")
-                rows.append(dict(model=name, batch_size=batch, img_size=res, mode=mode, variant="reference",
-                                 skipped=f"plain attention needs {need / 2 ** 30:.1f} GiB"))
-                bar.update(opts.warmup + opts.reps)
+                for dt in opts.dtype:
+                    rows.append(dict(model=name, batch_size=batch, img_size=res, mode=mode, variant=f"reference {dt}",
+                                     skipped=f"plain attention needs {need / 2 ** 30:.1f} GiB"))
+                bar.update(len(opts.dtype) * (opts.warmup + opts.reps))
             else:
-                ref = set_path(copy.deepcopy(base), "ref")
-                variants.append(Variant("reference", make_step(ref, mode, x, "fp32", device), "ref", "fp32"))
-        lit_ref = bool(variants)
+                for dt in opts.dtype:  # each dtype's reference: a fast variant is compared with its own dtype
+                    ref = set_path(copy.deepcopy(base), "ref")
+                    variants.append(Variant(f"reference {dt}", make_step(ref, mode, x, dt, device), "ref", dt))
         for dt in (opts.dtype if "fast" in opts.paths or not lit else ()):
             m = set_path(copy.deepcopy(base), "fast")
             variants.append(Variant(f"fast {dt}", make_step(m, mode, x, dt, device), "fast", dt))
@@ -383,34 +492,32 @@ def bench_models(opts, device: torch.device, peak: float) -> List[dict]:
         except Exception as e:
             if name in MODEL_NAMES:
                 raise
-            tqdm.write(f"skip {name} @ {res} ({mode}): {type(e).__name__}: {e}")
+            why = " ".join(str(e).split()) or type(e).__name__
+            tqdm.write(f"skip {name} @ {res} ({mode}): {type(e).__name__}: {why}")
             bar.update(max(0, steps_of[(name, batch, res, mode)] - sum(len(v.times) for v in variants)
                            - opts.warmup * len(variants)))
-            rows.append(dict(model=name, batch_size=batch, img_size=res, mode=mode, skipped=str(e)))
+            rows.append(dict(model=name, batch_size=batch, img_size=res, mode=mode, skipped=why))
             continue
-        ref_med = statistics.median(variants[0].times) if lit_ref else None
-        eager = {v.dtype: statistics.median(v.times) for v in variants if v.path == "fast" and not v.compiled}
+        median = {(v.path, v.dtype, v.compiled): statistics.median(v.times) for v in variants}
         for v in variants:
             s = summarise(v.times)
             med = s["median_s"]
             gflops = flops * batch / med / 1e9
+            ref_med = median.get(("ref", v.dtype, False))  # the reference in the same dtype
+            fp32_med = median.get((v.path, "fp32", False))  # the same path, eager, in fp32
             row = dict(model=name, batch_size=batch, img_size=res, mode=mode, variant=v.name, path=v.path,
                        dtype=v.dtype, compiled=v.compiled, img_per_s=batch / med, latency_ms=med * 1e3,
                        latency_min_ms=s["min_s"] * 1e3, latency_max_ms=s["max_s"] * 1e3, spread=s["spread"],
-                       gflop_per_img=flops / 1e9, gflop_per_s=gflops, frac_of_peak=gflops / peak,
+                       gflop_per_img=flops / 1e9, gflop_per_s=gflops,
                        vs_reference=(ref_med / med) if ref_med else None,
-                       vs_fp32_eager=(eager["fp32"] / med) if "fp32" in eager else None,
-                       times_s=v.times)
+                       vs_fp32_eager=(fp32_med / med) if fp32_med else None,
+                       reps=len(v.times), times_s=v.times)
             rows.append(row)
         del variants
         gc.collect()
     bar.close()
-    peaks.append(matmul_peak_gflops(device))
-    best = max(peaks)
-    for row in rows:
-        if "gflop_per_s" in row:
-            row["frac_of_peak"] = row["gflop_per_s"] / best
-    opts.measured_peak = best
+    remeasure()
+    opts.peaks = settle_peaks(rows, best_gemm)
     if opts.memory:
         mem_specs = []
         for row in rows:
@@ -431,9 +538,11 @@ def bench_models(opts, device: torch.device, peak: float) -> List[dict]:
 
 # --- the DTM op benchmark -----------------------------------------------------------------------
 
-def bench_dtm(opts, device: torch.device, peak: float) -> List[dict]:
+def bench_dtm(opts, device: torch.device, peaks: Dict[str, dict]) -> List[dict]:
     """DeformMerge2x2 (offset conv + deformable merge) fast vs torchvision on LIT-Ti's DTM shapes, at
-    ``opts.batch_size[0]`` and ``opts.img_size[0]``, ``opts.warmup`` + ``opts.reps`` repetitions."""
+    ``opts.batch_size[0]`` and ``opts.img_size[0]``, ``opts.warmup`` + ``opts.reps`` repetitions, in
+    float32; ``peaks["fp32"]`` is the GEMM peak at start-up, and ``opts.peaks`` is set to the settled
+    peaks (:func:`settle_peaks`)."""
     from tqdm import tqdm
     batch = opts.batch_size[0]
     scale = opts.img_size[0] / 224
@@ -477,15 +586,55 @@ def bench_dtm(opts, device: torch.device, peak: float) -> List[dict]:
                     s = summarise(v.times)
                     f = flops * (3 if direction != "forward" else 1)
                     rows.append(dict(op="DeformMerge2x2", in_chans=cin, out_chans=cout, side=side, batch_size=batch,
-                                     layout=layout, direction=direction, impl=v.name, latency_ms=s["median_s"] * 1e3,
-                                     latency_min_ms=s["min_s"] * 1e3, latency_max_ms=s["max_s"] * 1e3,
-                                     spread=s["spread"], vs_reference=ref_med / s["median_s"],
-                                     frac_of_peak=f / s["median_s"] / 1e9 / peak, times_s=v.times))
+                                     layout=layout, direction=direction, impl=v.name, path=v.path, dtype="fp32",
+                                     latency_ms=s["median_s"] * 1e3, latency_min_ms=s["min_s"] * 1e3,
+                                     latency_max_ms=s["max_s"] * 1e3, spread=s["spread"],
+                                     vs_reference=ref_med / s["median_s"], gflop_per_s=f / s["median_s"] / 1e9,
+                                     reps=len(v.times), times_s=v.times))
     bar.close()
+    opts.peaks = settle_peaks(rows, {"fp32": peaks["fp32"]})
     return rows
 
 
 # --- output -------------------------------------------------------------------------------------
+
+def _label(r: dict) -> str:
+    if "op" in r:
+        return f"{r['in_chans']}->{r['out_chans']} @{r['side']}^2 {r['layout']} {r['direction']}"
+    return f"{r['model']} b{r['batch_size']} {r['img_size']}px {r['mode']}, {r['variant']}"
+
+
+def speedup_summary(rows: List[dict]) -> str:
+    """The closing line's speed-up: for each dtype, the best ratio of a fast variant to the
+    reference path *in the same dtype*, named; or, when a variant was timed fewer than
+    :data:`MIN_REPS_FOR_SPEEDUP` times, a line saying that such ratios are noise. ``""`` when no
+    row has a reference to compare with.
+
+    Examples::
+        >>> speedup_summary([dict(op="DeformMerge2x2", in_chans=64, out_chans=128, side=56, layout="nchw",
+        ...     direction="forward", path="fast", dtype="fp32", vs_reference=3.1, reps=1)])
+        'speed-ups not summarised: 1 timed repetition per variant is noise (--reps 3 or more)'
+    """
+    fast = [r for r in rows if not r.get("skipped") and r.get("path") == "fast" and r.get("vs_reference")]
+    if not fast:
+        return ""
+    reps = min(r["reps"] for r in fast)
+    if reps < MIN_REPS_FOR_SPEEDUP:
+        return (f"speed-ups not summarised: {reps} timed repetition{'s' if reps > 1 else ''} per variant is noise "
+                f"(--reps {MIN_REPS_FOR_SPEEDUP} or more)")
+    parts = []
+    for dt in dict.fromkeys(r["dtype"] for r in fast):
+        best = max((r for r in fast if r["dtype"] == dt), key=lambda r: r["vs_reference"])
+        parts.append(f"{dt} x{best['vs_reference']:.2f} ({_label(best)})")
+    return (f"best speed-up of the fast path over the reference path in the same dtype (medians of {reps}+ "
+            f"repetitions): " + "; ".join(parts))
+
+
+def peaks_summary(peaks: Dict[str, dict]) -> str:
+    """One line: the peak of each dtype that ``%peak`` divides by, and what set it."""
+    return "peaks (%peak = achieved / the peak of the row's dtype): " + "; ".join(
+        f"{d} {p['gflops']:.1f} GFLOP/s ({p['source']})" for d, p in peaks.items())
+
 
 def _fmt(v, spec: str) -> str:
     return "-" if v is None else format(v, spec)

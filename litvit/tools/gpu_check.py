@@ -177,7 +177,7 @@ def check_cli_train() -> Dict:
                     "--output", str(Path(tmp) / "run")], timeout=300)
         log = Path(tmp) / "run" / "log.jsonl"
         if log.exists():
-            res["last_record"] = json.loads(log.read_text().strip().splitlines()[-1])
+            res["last_record"] = json.loads(log.read_text(encoding="utf-8").strip().splitlines()[-1])
     return res
 
 
@@ -186,7 +186,7 @@ def check_cli_bench(out_dir: Path) -> Dict:
                 "--img-size", "224", "--dtype", "fp32", "bf16", "--mode", "infer", "train", "--reps", "5",
                 "--out", str(out_dir / "gpu-bench.json"), "--plot", str(out_dir / "gpu-bench.png")], timeout=600)
     if (out_dir / "gpu-bench.json").exists():
-        rows = json.loads((out_dir / "gpu-bench.json").read_text())["models"]
+        rows = json.loads((out_dir / "gpu-bench.json").read_text(encoding="utf-8"))["models"]
         res["rows"] = [{k: r.get(k) for k in ("model", "variant", "mode", "img_per_s", "vs_reference", "frac_of_peak")}
                        for r in rows]
     return res
@@ -221,5 +221,5 @@ def run_checks(only: Optional[List[str]], out: Path, compile_models=("lit_ti",))
         result["seconds"] = round(time.perf_counter() - t0, 1)
         print(f"[gpu-check] {name}: {result['status']} in {result['seconds']} s", flush=True)
         report["checks"][name] = result
-        out.write_text(json.dumps(report, indent=1))
+        out.write_text(json.dumps(report, indent=1), encoding="utf-8")
     return report
