@@ -62,7 +62,7 @@ def cmd_flops(args: argparse.Namespace) -> int:
         png = F.plot_sweep(reports, os.path.join(args.out, "flops_sweep.png"))
         csv_path = os.path.join(args.out, "flops_sweep.csv")
         text = F.format_table(REPORT_HEADER, F.report_rows(reports), "csv") + "\n"
-        atomic_write(csv_path, lambda tmp: Path(tmp).write_text(text), fsync=False)
+        atomic_write(csv_path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), fsync=False)
         for name in names:
             rs = sorted((r for r in reports if r.model == name), key=lambda r: r.img_size)
             a0, a1 = rs[0].by_category["attn_mm"], rs[-1].by_category["attn_mm"]

@@ -47,7 +47,8 @@ import torch
 from torch import nn
 
 from ..utils import atomic_write, count_parameters, moved_names
-from ..models import create_model, LIT, MODEL_NAMES
+from ..models import LIT, MODEL_NAMES, create_model
+from .named_models import create_named_model, is_known_model
 
 __all__ = [
     "CATEGORIES", "FlopReport", "count_flops", "profile_model", "build_for_counting", "PAPER_TABLES",
@@ -209,35 +210,20 @@ def build_for_counting(name: str, img_size: Optional[int] = None, **kwargs) -> n
     """Build a model by name without spending time or memory on its weights.
 
     litvit names go through :func:`litvit.create_model`, anything else through
-    ``timm.create_model`` (e.g. ``swin_tiny_patch4_window7_224``, ``resnet18``). The model is built
-    on the meta device (falling back to the CPU for models whose constructor reads tensor values).
-    ``img_size`` is passed to the families whose constructor takes one (ViTs, Swin, LIT) and left
-    out for the others (ResNet, ConvNeXt, EfficientNet, ... which take any input size).
+    ``timm.create_model`` (e.g. ``swin_tiny_patch4_window7_224``, ``resnet18``), by
+    :func:`~litvit.tools.named_models.create_named_model`: ``img_size`` goes to the families whose
+    constructor takes one (ViT, Swin, LIT) and not to the others (ResNet, ConvNeXt, EfficientNet,
+    which take any input size). The model is built on the meta device (falling back to the CPU for
+    models whose constructor reads tensor values).
     """
-    import timm
-    if name in MODEL_NAMES:
-        make = create_model
-    elif timm.is_model(name):
-        make = timm.create_model
-    else:
+    if not is_known_model(name):
         raise ValueError(f"unknown model {name!r}: neither a litvit model ({', '.join(MODEL_NAMES)}) "
                          f"nor a timm model")
-
-    def factory():
-        if img_size is None:
-            return make(name, **kwargs)
-        try:
-            return make(name, img_size=img_size, **kwargs)
-        except TypeError as e:  # the family's constructor has no img_size: it takes any input size
-            if "img_size" not in str(e):
-                raise
-            return make(name, **kwargs)
-
     try:
         with torch.device("meta"):
-            return factory().eval()
+            return create_named_model(name, img_size=img_size, **kwargs).eval()
     except (RuntimeError, NotImplementedError):
-        return factory().eval()
+        return create_named_model(name, img_size=img_size, **kwargs).eval()
 
 
 def profile_model(
@@ -265,9 +251,9 @@ def profile_model(
     """
     from torch._subclasses.fake_tensor import FakeTensorMode
     kwargs = dict(model_kwargs or {})
-    if name not in MODEL_NAMES:  # timm models (Swin) are built for the input size they will see
-        kwargs.setdefault("img_size", img_size)
-    model = build_for_counting(name, **kwargs)
+    # timm models with a fixed grid (ViT, Swin) are built for the size they will see; LIT resizes its tables
+    built_for = kwargs.pop("img_size", None if name in MODEL_NAMES else img_size)
+    model = build_for_counting(name, img_size=built_for, **kwargs)
     params = count_parameters(model)
     if isinstance(model, LIT):
         model.set_fused_attn(fused_attn)
