@@ -36,7 +36,7 @@ def _leaked_patches() -> list:
 
 
 # environment variables that change what later tests do, also when a test only adds them
-_WATCHED_PREFIXES = ("LITVIT", "OMP_", "MKL_", "CUDA_", "TORCH", "RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_",
+_WATCHED_PREFIXES = ("LITVIT", "OMP_", "MKL_", "CUDA_", "TORCH_", "RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_",
                      "PYTHON", "HOME", "XDG_")
 
 
@@ -65,23 +65,19 @@ def _no_leaks(request):
     default dtype or grad mode, the working directory, environment variables, modules in
     ``sys.modules`` that it made up, or a patched function bound into a litvit module (the leak of
     ``litvit flops`` whose CLI once bound a test's stand-in for the rest of the process)."""
-    env, cwd = dict(os.environ), os.getcwd()
-    dtype, grad = torch.get_default_dtype(), torch.is_grad_enabled()
-    modules = set(sys.modules)
+    settings = [("torch threads", torch.get_num_threads, torch.set_num_threads),
+                ("default dtype", torch.get_default_dtype, torch.set_default_dtype),
+                ("grad mode", torch.is_grad_enabled, torch.set_grad_enabled),
+                ("working directory", os.getcwd, os.chdir)]
+    before = [get() for _, get, _ in settings]
+    before[0] = _THREADS  # the suite's own choice, also when an earlier test broke it
+    env, modules = dict(os.environ), set(sys.modules)
     yield
     leaks = []
-    if torch.get_num_threads() != _THREADS:
-        leaks.append(f"torch threads {_THREADS} -> {torch.get_num_threads()}")
-        torch.set_num_threads(_THREADS)
-    if torch.get_default_dtype() != dtype:
-        leaks.append(f"default dtype {dtype} -> {torch.get_default_dtype()}")
-        torch.set_default_dtype(dtype)
-    if torch.is_grad_enabled() != grad:
-        leaks.append(f"grad mode {grad} -> {torch.is_grad_enabled()}")
-        torch.set_grad_enabled(grad)
-    if os.getcwd() != cwd:
-        leaks.append(f"working directory {cwd} -> {os.getcwd()}")
-        os.chdir(cwd)
+    for (what, get, put), value in zip(settings, before):
+        if get() != value:
+            leaks.append(f"{what} {value} -> {get()}")
+            put(value)  # the next test starts clean even so
     changed = sorted(k for k in set(env) | set(os.environ) if env.get(k) != os.environ.get(k) and _watched(k, env))
     if changed:
         leaks.append(f"environment variables {changed}")
