@@ -6,6 +6,8 @@ import types
 import pytest
 import torch
 
+pytest_plugins = ["pytester"]  # test_global_state runs the leak check on a suite of its own
+
 torch.set_num_threads(1)  # the suite runs two workers on two cores
 _THREADS = torch.get_num_threads()
 

@@ -1,6 +1,7 @@
 """In-process runs leave the process as they found it: RNG states and torch's thread count are
 restored after ``litvit.cli.main([...])``, :func:`litvit.engine.fit` and ``evaluate``."""
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -51,3 +52,45 @@ def test_training_in_process_restores_rng_and_threads(tmp_path):
     assert main(["validate", "--checkpoint", str(tmp_path / "run" / "last.pth"), "--data", "digits",
                  "--threads", "2", "--workers", "0"]) == 0
     assert _same(before, _states())
+
+
+LEAKY = """
+import os, sys, types
+import pytest, torch
+pytestmark = pytest.mark.unit
+
+def test_clean(monkeypatch, tmp_path):
+    monkeypatch.setenv("LITVIT_LEAK", "1")
+    monkeypatch.chdir(tmp_path)
+    torch.set_num_threads(2)
+    torch.set_num_threads(1)
+
+def test_threads():
+    torch.set_num_threads(3)
+
+def test_cwd(tmp_path):
+    os.chdir(tmp_path)
+
+def test_env():
+    os.environ["LITVIT_LEAK"] = "1"
+
+def test_made_up_module():
+    sys.modules["yacs"] = types.ModuleType("yacs")
+
+def test_stand_in():
+    import litvit.tools.flops as F
+    F.profile_model = lambda *a, **k: None
+"""
+
+
+def test_the_leak_check_catches_each_kind(pytester):
+    """The suite's own guard (conftest.py) fails each test that leaves something behind, names
+    what, and passes the test that restores everything it changed."""
+    pytester.makeconftest((Path(__file__).parent / "conftest.py").read_text())
+    pytester.makepyfile(test_leaky=LEAKY)
+    result = pytester.runpytest_subprocess("-p", "no:randomly", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=6, errors=5)
+    out = result.stdout.str()
+    for what in ["torch threads 1 -> 3", "working directory", "environment variables ['LITVIT_LEAK']",
+                 "made-up modules left in sys.modules: ['yacs']", "litvit.tools.flops.profile_model"]:
+        assert what in out, what
