@@ -123,7 +123,8 @@ def test_rle_of_another_size_than_its_image_is_refused_before_training(coco, tmp
     img_dir, ann = _variant(coco, tmp_path, lambda d: d["annotations"][0].__setitem__(
         "segmentation", {"counts": [70 * 88], "size": [70, 88]}))
     ds = CocoDetection(img_dir, ann, train=True, with_masks=True)
-    with pytest.raises(ValueError, match=r"annotation 1 in .*variant\.json: its RLE mask is 88x70 .* img0\.png is 88x72"):
+    with pytest.raises(ValueError, match=r"annotation 1 in .*variant\.json: its RLE mask is 88x70 .* img0\.png is "
+                                         r"88x72"):
         ds.scan(progress=False)
 
 
@@ -474,7 +475,8 @@ def test_predict_checks_every_input_before_writing(det_checkpoint, seg_checkpoin
     err = capsys.readouterr().err
     assert rc == 2 and len(err.strip().splitlines()) == 1 and "c.png" in err and "nothing was written" in err
     assert not out.exists()
-    rc = main([command, "predict", "--checkpoint", str(ckpt), str(folder), "--output", str(out), "--bad-images", "skip"])
+    rc = main([command, "predict", "--checkpoint", str(ckpt), str(folder), "--output", str(out),
+               "--bad-images", "skip"])
     captured = capsys.readouterr()
     assert rc == 0 and "1 of 4 image(s) skipped" in captured.err
     assert [ln.split(":")[0].endswith("c.png") for ln in captured.out.splitlines()].count(True) == 1
