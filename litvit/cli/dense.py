@@ -1,16 +1,21 @@
 """Command-line plumbing shared by ``litvit detect`` and ``litvit segment``: the engine, backbone,
 eval and predict options, recipe resolution, the engine and optimizer parts of ``--print-config``,
-image lists and distinct output names, atomic PNG writes."""
+image lists checked before a prediction starts, distinct output names, atomic PNG writes."""
 import argparse
+import functools
 import os
+import sys
 import tempfile
+import warnings
 from collections import Counter
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from PIL import Image
 
-from ..data.io import find_images
+from ..data.classification import BAD_IMAGE_MODES
+from ..data.io import check_image, find_images, read_image, scan_files
+from ..errors import UnreadableImageError
 from ..engine import TrainConfig, describe_param_groups, is_main_process
 from ..models import MODEL_NAMES
 from ..models.backbone import backbone_family
@@ -79,6 +84,7 @@ def add_eval_args(p: argparse.ArgumentParser, batch_size: int) -> None:
     p.add_argument("--workers", type=nonneg_int, default=2, help="data-loader workers per process")
     p.add_argument("--threads", type=threads_arg, default="auto", help="torch CPU threads (default auto)")
     p.add_argument("--device", type=device_arg(), default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
 
 
 def add_predict_args(p: argparse.ArgumentParser) -> None:
@@ -87,6 +93,9 @@ def add_predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", nargs="+", help="image files and/or folders of images (searched recursively)")
     p.add_argument("--output", default="predictions", help="folder for the PNGs (default: predictions)")
     p.add_argument("--ema", action="store_true", help="use the checkpoint's EMA weights")
+    p.add_argument("--bad-images", default="fail", choices=BAD_IMAGE_MODES,
+                   help="every input is checked before the first prediction: an unreadable image stops the "
+                        "command before anything is written (fail, default) or is reported and left out (skip)")
 
 
 def expand_images(inputs: Sequence[str]) -> List[Path]:
@@ -186,7 +195,7 @@ def train_config(args: argparse.Namespace, r: Dict[str, Any], epochs: int, iters
 
 def eval_config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(output_dir=tempfile.gettempdir(), batch_size=args.batch_size, amp=args.amp,
-                       workers=args.workers, threads=args.threads, device=args.device, progress=False)
+                       workers=args.workers, threads=args.threads, device=args.device, progress=not args.no_progress)
 
 
 def backbone_kwargs(args: argparse.Namespace, r: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
@@ -253,6 +262,36 @@ def note_random_backbone(args: argparse.Namespace) -> None:
         print("note: no --pretrained ImageNet checkpoint; the backbone starts from random weights")
 
 
+def best_score(summary: Dict[str, Any]) -> str:
+    """The best score of a dense ``train`` (box AP, mIoU: in %) and its epoch, or "-" when none was measured."""
+    best = summary["best_score"]
+    return "-" if best is None else f"{best:.2f} % (epoch {summary['best_epoch']})"
+
+
+def written_files(summary: Dict[str, Any]) -> str:
+    """The end of a dense ``train``'s last line: the checkpoints and curves :func:`fit` wrote, only
+    those that exist (a run stopped by ``--max-steps`` inside its first epoch has no best.pth)."""
+    ckpts = [summary[k] for k in ("last_checkpoint", "best_checkpoint") if os.path.isfile(summary[k])]
+    text = f"checkpoints {', '.join(ckpts)}" if ckpts else "no checkpoint written"
+    return text + (f"; curves {summary['curves']}" if os.path.isfile(summary["curves"]) else "")
+
+
+def one_line_warnings(command: str) -> Callable[[Callable[[argparse.Namespace], int]], Callable[..., int]]:
+    """Wrap a command's function so that the warnings raised while it runs (what the data checks
+    repaired, ...) show as one line each, ``litvit <command>: warning: <message>``, instead of
+    Python's file, line and source line."""
+    def wrap(func: Callable[[argparse.Namespace], int]) -> Callable[..., int]:
+        @functools.wraps(func)
+        def run(args: argparse.Namespace) -> int:
+            def show(message, category, filename, lineno, file=None, line=None):
+                print(f"litvit {command}: warning: {message}", file=file or sys.stderr)
+            with warnings.catch_warnings():  # puts the previous showwarning back
+                warnings.showwarning = show
+                return func(args)
+        return run
+    return wrap
+
+
 def model_from_checkpoint(task_cls, args: argparse.Namespace):
     """``predict``'s task and model: rebuilt from ``--checkpoint``'s record, its weights (or EMA
     weights with ``--ema``) loaded, in eval mode."""
@@ -260,3 +299,40 @@ def model_from_checkpoint(task_cls, args: argparse.Namespace):
     model = task.build_model()
     task.load_weights(model, args.checkpoint, use_ema=args.ema)
     return task, model.eval()
+
+
+def predict_files(args: argparse.Namespace, task_cls, predict_one: Callable[..., str]) -> int:
+    """The body of a dense ``predict``: the inputs expanded and every one checked (header and end
+    marker, :func:`~litvit.data.check_image`) before the model loads or anything is written; under
+    ``--bad-images fail`` an unreadable one stops the command with one line naming it (and how many
+    more there are), under ``skip`` each is reported on its own line and left out. Then, per image,
+    ``predict_one(task, model, path, image, stem)`` writes its outputs and returns the line printed.
+
+    Returns:
+        the exit code, 0 (skipped images included, as classification's ``predict``).
+    """
+    files = expand_images(args.images)
+    bad = dict(scan_files(files, check_image, desc="checking images"))
+    if bad and args.bad_images == "fail":
+        first = bad[min(bad)]
+        raise UnreadableImageError(first + (f" (and {len(bad) - 1} more; --bad-images skip reports them and goes "
+                                            f"on)" if len(bad) > 1 else "") + "; nothing was written")
+    task, model = model_from_checkpoint(task_cls, args)
+    skipped = 0
+    for i, (path, stem) in enumerate(zip(files, output_stems(files))):
+        why = bad.get(i)
+        if why is None:
+            try:
+                image = read_image(path)
+            except UnreadableImageError as e:  # passed the cheap check, fails to decode
+                if args.bad_images == "fail":
+                    raise
+                why = str(e)
+        if why is not None:
+            skipped += 1
+            print(f"{path}: skipped: {why}")
+            continue
+        print(predict_one(task, model, path, image, stem))
+    if skipped:
+        print(f"{skipped} of {len(files)} image(s) skipped (unreadable)", file=sys.stderr)
+    return 0

@@ -26,8 +26,7 @@ from typing import Any, Dict
 
 import torch
 
-from ..data.coco import pad_extreme_aspect
-from ..data.io import image_to_tensor, read_image
+from ..data.io import image_to_tensor
 from ..engine import evaluate as engine_evaluate, fit, is_main_process
 from ..errors import CLIError
 from ..metrics import _STAT_NAMES
@@ -36,9 +35,9 @@ from ..tasks.detection import DetectionTask, draw_detections
 from ..utils import count_parameters
 from .args import nonneg_int, positive_int, print_config, prob_arg
 from .dense import (add_backbone_args, add_engine_args, add_eval_args, add_predict_args, backbone_kwargs,
-                    backbone_summary, check_train_args, engine_summary, eval_config, expand_images, model_from_checkpoint,
-                    note_random_backbone, optimizer_summary, output_stems, print_parameter_table, resolve_recipe,
-                    save_png_atomic, train_config)
+                    backbone_summary, best_score, check_train_args, engine_summary, eval_config, note_random_backbone,
+                    one_line_warnings, optimizer_summary, predict_files, print_parameter_table, resolve_recipe,
+                    save_png_atomic, train_config, written_files)
 
 __all__ = ["add_parsers", "resolved_config"]
 
@@ -73,7 +72,7 @@ def _task(args: argparse.Namespace, r: Dict[str, Any], **data) -> DetectionTask:
         arch=r["arch"], backbone=args.backbone, pretrained=args.pretrained, min_size=r["min_size"],
         max_size=r["max_size"], frozen_stages=args.frozen_stages, norm_eval=args.norm_eval, lr_steps=r["lr_steps"],
         warmup_iters=r["warmup_iters"], warmup_ratio=r["warmup_ratio"], backbone_kwargs=backbone_kwargs(args, r),
-        fpn_channels=r["fpn_channels"], no_decay_keys=r["no_decay_keys"], **data)
+        fpn_channels=r["fpn_channels"], no_decay_keys=r["no_decay_keys"], progress=not args.no_progress, **data)
 
 
 def resolved_config(args: argparse.Namespace) -> Dict[str, Any]:
@@ -115,38 +114,36 @@ def _train(args: argparse.Namespace) -> int:
         return 0
     if task.last_summary:
         print(task.last_summary.rstrip())
-    best = summary["best_score"]
     print(f"done: {summary['epochs_done']} epochs, {summary['steps']} steps in {summary['train_time_s']:.0f} s; "
-          f"best box AP {best if best is None else round(best, 2)} (epoch {summary['best_epoch']}); "
-          f"checkpoints {summary['last_checkpoint']}, {summary['best_checkpoint']}; curves {summary['curves']}")
+          f"best box AP {best_score(summary)}; {written_files(summary)}")
     return 0
 
 
 def _eval(args: argparse.Namespace) -> int:
     _require_pycocotools()
-    task = DetectionTask.from_checkpoint(args.checkpoint, val_images=args.val_images, val_ann=args.val_ann)
+    task = DetectionTask.from_checkpoint(args.checkpoint, val_images=args.val_images, val_ann=args.val_ann,
+                                         progress=not args.no_progress)
     metrics = engine_evaluate(task, eval_config(args), args.checkpoint, use_ema=args.ema)
     if not is_main_process():
         return 0
     if task.last_summary:
         print(task.last_summary.rstrip())
-    shown = "  ".join(f"{k} {v:.2f}" for k, v in metrics.items() if k.endswith(_STAT_NAMES[:3]))
+    shown = "  ".join(f"{k} {v:.2f} %" for k, v in metrics.items() if k.endswith(_STAT_NAMES[:3]))
     print(f"{args.checkpoint}: {int(metrics['images'])} images in {metrics['eval_time_s']:.1f} s  {shown}")
     return 0
 
 
 def _predict(args: argparse.Namespace) -> int:
-    files = expand_images(args.images)
-    task, model = model_from_checkpoint(DetectionTask, args)
     out_dir = Path(args.output)
-    for path, stem in zip(files, output_stems(files)):
-        image = image_to_tensor(read_image(path))
-        with torch.no_grad():
-            output = model([pad_extreme_aspect(image, task.max_size)[0]])[0]
-        img, n = draw_detections(image, output, task.class_names, args.score_thresh)
-        dst = save_png_atomic(img, out_dir / f"{stem}_det.png")
-        print(f"{path}: {n} detection(s) with score >= {args.score_thresh} -> {dst}")
-    return 0
+
+    def predict_one(task: DetectionTask, model, path: Path, img, stem: str) -> str:
+        image = image_to_tensor(img)
+        output = task.predict(model, [image], paste_masks=False)[0]  # masks pasted one box at a time when drawn
+        drawn, n = draw_detections(image, output, task.class_names, args.score_thresh)
+        dst = save_png_atomic(drawn, out_dir / f"{stem}_det.png")
+        return f"{path}: {n} detection(s) with score >= {args.score_thresh} -> {dst}"
+
+    return predict_files(args, DetectionTask, predict_one)
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -178,7 +175,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--max-size", type=positive_int, default=None, help=f"longer-side limit (recipe: {d['max_size']})")
     add_backbone_args(t)
     add_engine_args(t, batch_size=d["batch_size"], lr=d["lr"], weight_decay=d["weight_decay"])
-    t.set_defaults(func=_train)
+    t.set_defaults(func=one_line_warnings("detect")(_train))
 
     e = cmds.add_parser("eval", help="box / mask AP of a checkpoint with pycocotools",
                         description="Box AP (and mask AP for Mask R-CNN) of a `litvit detect train` checkpoint "
@@ -187,14 +184,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--val-images", required=True, help="folder of the images to evaluate on")
     e.add_argument("--val-ann", required=True, help="COCO instances JSON of those images")
     add_eval_args(e, batch_size=2)
-    e.set_defaults(func=_eval)
+    e.set_defaults(func=one_line_warnings("detect")(_eval))
 
     r = cmds.add_parser("predict", help="draw a checkpoint's detections on images (PNG)",
                         description="Draw the boxes (and masks) a `litvit detect train` checkpoint finds on "
                                     "images or folders of images: OUTPUT/NAME_det.png per image.")
     add_predict_args(r)
     r.add_argument("--score-thresh", type=prob_arg, default=0.3, help="draw detections scoring at least this (0.3)")
-    r.set_defaults(func=_predict)
+    r.set_defaults(func=one_line_warnings("detect")(_predict))
 
     q = cmds.add_parser("params", help="parameter counts of the paper's detectors beside the paper's",
                         description="Parameter counts of RetinaNet and Mask R-CNN with LIT-Ti and LIT-S "

@@ -31,7 +31,6 @@ import torch
 from torch import nn
 
 from ..data.ade20k import SegEvalTransform
-from ..data.io import read_image
 from ..engine import evaluate as engine_evaluate, fit, is_main_process
 from ..metrics import segmentation_metrics
 from ..models.semantic_fpn import SEGMENTATION_DEFAULTS, parameter_table
@@ -39,9 +38,9 @@ from ..tasks.segmentation import SegmentationTask, colorize
 from ..utils import count_parameters
 from .args import float_arg, img_size_arg, int_arg, positive_int, print_config
 from .dense import (add_backbone_args, add_engine_args, add_eval_args, add_predict_args, backbone_kwargs,
-                    backbone_summary, check_train_args, engine_summary, eval_config, expand_images, model_from_checkpoint,
-                    note_random_backbone, optimizer_summary, output_stems, print_parameter_table, resolve_recipe,
-                    save_png_atomic, train_config)
+                    backbone_summary, best_score, check_train_args, engine_summary, eval_config, note_random_backbone,
+                    one_line_warnings, optimizer_summary, predict_files, print_parameter_table, resolve_recipe,
+                    save_png_atomic, train_config, written_files)
 
 __all__ = ["add_parsers", "resolved_config"]
 
@@ -70,7 +69,8 @@ def _task(args: argparse.Namespace, r: Dict[str, Any], class_names=None) -> Segm
         pretrained=args.pretrained, iters=r["iters"], crop_size=r["crop_size"], scale=r["scale"],
         ratio_range=r["ratio_range"], frozen_stages=args.frozen_stages, norm_eval=args.norm_eval,
         backbone_kwargs=backbone_kwargs(args, r), fpn_channels=r["fpn_channels"], head_channels=r["head_channels"],
-        class_names=class_names, cat_max_ratio=r["cat_max_ratio"], no_decay_keys=r["no_decay_keys"])
+        class_names=class_names, cat_max_ratio=r["cat_max_ratio"], no_decay_keys=r["no_decay_keys"],
+        progress=not args.no_progress)
 
 
 def resolved_config(args: argparse.Namespace) -> Dict[str, Any]:
@@ -107,50 +107,50 @@ def _train(args: argparse.Namespace) -> int:
     summary = fit(task, train_config(args, r, 1, iters=r["iters"]))  # the engine turns iterations into epochs
     if not is_main_process():
         return 0
-    best = summary["best_score"]
-    print(f"done: {summary['steps']} iterations in {summary['train_time_s']:.0f} s; best mIoU "
-          f"{best if best is None else round(best, 2)} (epoch {summary['best_epoch']}); checkpoints "
-          f"{summary['last_checkpoint']}, {summary['best_checkpoint']}; curves {summary['curves']}")
+    print(f"done: {summary['steps']} iterations in {summary['train_time_s']:.0f} s; best mIoU {best_score(summary)}; "
+          f"{written_files(summary)}")
     return 0
 
 
 def _eval(args: argparse.Namespace) -> int:
-    task = SegmentationTask.from_checkpoint(args.checkpoint, data=args.data, val_split=args.split)
+    task = SegmentationTask.from_checkpoint(args.checkpoint, data=args.data, val_split=args.split,
+                                            progress=not args.no_progress)
     metrics = engine_evaluate(task, eval_config(args), args.checkpoint, use_ema=args.ema)
     if not is_main_process():
         return 0
     per_class = segmentation_metrics(task.last_confusion, task.class_names)
     pixels = task.last_confusion.sum(1)
-    print(f"{'class':<24}{'IoU':>8}{'pixels':>14}")
+    print(f"{'class':<24}{'IoU (%)':>8}{'pixels':>14}")
     for c, name in enumerate(task.class_names):
         iou = per_class[f"IoU/{name}"]
         print(f"{name:<24}{'-' if iou != iou else f'{iou:.2f}':>8}{int(pixels[c]):>14,}")
     print(f"{args.checkpoint}: {int(metrics['images'])} images in {metrics['eval_time_s']:.1f} s  "
-          f"mIoU {metrics['mIoU']:.2f}  mAcc {metrics['mAcc']:.2f}  aAcc {metrics['aAcc']:.2f}")
+          f"mIoU {metrics['mIoU']:.2f} %  mAcc {metrics['mAcc']:.2f} %  aAcc {metrics['aAcc']:.2f} %")
     return 0
 
 
 def _predict(args: argparse.Namespace) -> int:
     from PIL import Image
-    files = expand_images(args.images)
-    task, model = model_from_checkpoint(SegmentationTask, args)
-    tf = SegEvalTransform(scale=task.scale)
     out_dir = Path(args.output)
-    for path, stem in zip(files, output_stems(files)):
-        img = read_image(path)
-        x, _ = tf(img, np.zeros((img.size[1], img.size[0]), np.uint8))
-        pred = model.predict(x[None], size=(img.size[1], img.size[0]))[0].numpy().astype(np.uint8)
-        colours = colorize(pred, task.num_classes)
-        overlay = (0.5 * np.asarray(img, dtype=np.float32) + 0.5 * colours).astype(np.uint8)
-        side = np.concatenate([np.asarray(img), overlay, colours], axis=1)  # image | overlay | colour map
-        dst = save_png_atomic(Image.fromarray(side), out_dir / f"{stem}_seg.png")
-        labels = Image.fromarray(pred, mode="L")
+
+    def predict_one(task: SegmentationTask, model, path: Path, img, stem: str) -> str:
+        x, _ = SegEvalTransform(scale=task.scale)(img, np.zeros((1, 1), np.uint8))  # the model's scale
+        pred = model.predict(x[None], size=(img.size[1], img.size[0]), dtype=torch.uint8)[0].numpy()
+        labels = Image.fromarray(pred)  # uint8: mode L
         labels_png = save_png_atomic(labels, out_dir / f"{stem}_labels.png")
-        present = np.bincount(pred.ravel(), minlength=task.num_classes)
+        colours = Image.fromarray(colorize(pred, task.num_classes))
+        W, H = img.size
+        side = Image.new("RGB", (3 * W, H))  # image | overlay (half image, half colour) | colour map
+        side.paste(img, (0, 0))
+        side.paste(Image.blend(img, colours, 0.5), (W, 0))
+        side.paste(colours, (2 * W, 0))
+        dst = save_png_atomic(side, out_dir / f"{stem}_seg.png")
+        present = np.asarray(labels.histogram()[:task.num_classes], dtype=np.int64)
         top = ", ".join(f"{task.class_names[c]} {100 * present[c] / pred.size:.0f}%" for c in present.argsort()[::-1][:3]
                         if present[c])
-        print(f"{path}: {top} -> {dst} (class indices in {labels_png})")
-    return 0
+        return f"{path}: {top} -> {dst} (class indices in {labels_png})"
+
+    return predict_files(args, SegmentationTask, predict_one)
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -180,7 +180,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--val-batch-size", type=positive_int, default=1, help="evaluation images per process")
     add_backbone_args(t)
     add_engine_args(t, batch_size=d["batch_size"], lr=d["lr"], weight_decay=d["weight_decay"])
-    t.set_defaults(func=_train)
+    t.set_defaults(func=one_line_warnings("segment")(_train))
 
     e = cmds.add_parser("eval", help="mIoU / pixel accuracy of a checkpoint",
                         description="mIoU, mean class accuracy, pixel accuracy and per-class IoU of a "
@@ -189,14 +189,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--data", required=True, help="dataset root in ADE20K layout")
     e.add_argument("--split", default="validation", help="sub-folder of images/ and annotations/ (default validation)")
     add_eval_args(e, batch_size=1)
-    e.set_defaults(func=_eval)
+    e.set_defaults(func=one_line_warnings("segment")(_eval))
 
     r = cmds.add_parser("predict", help="colour-coded segmentation of images (PNG)",
                         description="Segment images or folders of images with a `litvit segment train` checkpoint: "
                                     "OUTPUT/NAME_seg.png (image | overlay | colours) and OUTPUT/NAME_labels.png "
                                     "(class indices) per image.")
     add_predict_args(r)
-    r.set_defaults(func=_predict)
+    r.set_defaults(func=one_line_warnings("segment")(_predict))
 
     q = cmds.add_parser("params", help="parameter counts of the paper's Semantic FPN models beside the paper's",
                         description="Parameter counts of Semantic FPN with LIT-Ti and LIT-S backbones, beside "

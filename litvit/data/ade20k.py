@@ -13,6 +13,8 @@ Training (mmsegmentation's ADE20K pipeline): random rescale (ratio 0.5-2.0 of a 
 random 512x512 crop (re-drawn up to 10 times while one class covers >= 75 % of it,
 ``cat_max_ratio``), horizontal flip, mmsegmentation's photometric distortion
 (:class:`PhotoMetricDistortion`), ImageNet normalisation, padding with the ignore index. Evaluation: resize to the 2048x512 scale; labels stay at full size.
+Before training, :meth:`SegmentationDataset.scan` checks every pair, and that the labels hold at
+least one pixel of a class between them (labels that are all "ignore" leave nothing to learn).
 """
 import os
 import random
@@ -280,29 +282,41 @@ class SegmentationDataset(Dataset):
     def scan(self, progress: bool = True) -> List[int]:
         """Check every pair before training: the image's header (readable, not truncated), the label
         PNG's mode and size, and its value range (``getextrema`` on the decoded label: labels are
-        small 8-bit maps; images are never decoded).
+        small 8-bit maps; images are never decoded). The labels must hold, all together, at least
+        one pixel of a class: labels that are all "ignore" (all 0 under ``reduce_zero_label``) leave
+        nothing to learn or to measure.
 
         Raises:
-            ValueError / OSError: the first bad pair, named.
+            ValueError / OSError: the first bad pair, named; or labels without any pixel of a class.
         """
+        labelled = []
 
         def check(pair) -> None:
             img_path, label_path = pair
             size = check_image(img_path)
-            self._check_label(label_path, size)
+            if self._check_label(label_path, size):
+                labelled.append(label_path)
 
-        bad = scan_files(self.samples, check, progress, desc=f"checking {os.path.dirname(self.samples[0][0])}")
+        folder = os.path.dirname(self.samples[0][0])
+        bad = scan_files(self.samples, check, progress, desc=f"checking {folder}")
         if bad:
             more = f" (and {len(bad) - 1} more bad pair(s))" if len(bad) > 1 else ""
             raise ValueError(bad[0][1] + more)
+        if not labelled:
+            ignored = "0 (\"other\", ignored)" if self.reduce_zero_label else f"{IGNORE_INDEX} (ignored)"
+            raise ValueError(f"the {len(self.samples)} label(s) of {os.path.dirname(self.samples[0][1])} hold no "
+                             f"pixel of the {self.num_classes} classes: every pixel is {ignored}; "
+                             + ("are the classes 0..K-1 (then add --no-reduce-zero-label)?" if self.reduce_zero_label
+                                else "check the labels"))
         return []
 
     def drop(self, indices) -> None:
         out = set(indices)
         self.samples = [p for i, p in enumerate(self.samples) if i not in out]
 
-    def _check_label(self, path: str, size: Tuple[int, int]) -> None:
-        """Mode, size (``(W, H)`` of the image) and value range of one label PNG, as :meth:`load_label` reads it."""
+    def _check_label(self, path: str, size: Tuple[int, int]) -> bool:
+        """Mode, size (``(W, H)`` of the image) and value range of one label PNG, as :meth:`load_label`
+        reads it; whether it holds a pixel of a class (one not ignored)."""
         K = self.num_classes
         try:
             with Image.open(path) as im:
@@ -327,6 +341,7 @@ class SegmentationDataset(Dataset):
         if lo < 0 or bad is not None:
             raise ValueError(f"label {path} holds value {bad if bad is not None else lo}, outside the {K} classes "
                              f"({expected})")
+        return hi >= 1 if self.reduce_zero_label else lo < K
 
     def load_label(self, path: str) -> np.ndarray:
         """The label map (uint8 [H, W]) after the zero-label reduction, range-checked."""

@@ -565,8 +565,9 @@ def _fit(task: Task, cfg: TrainConfig, dist: DistInfo, threads: str = "", lock: 
                 with autocast(device, cfg.amp):
                     loss, metrics = task.train_step(train_model, batch, device)
                 if not torch.isfinite(loss.detach()):
-                    raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1}, step {step}; "
-                                             f"the last good checkpoint is {out / LAST}")
+                    saved = (f"the last good checkpoint is {out / LAST}" if (out / LAST).is_file()
+                             else "no checkpoint was written before it")
+                    raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1}, step {step}; {saved}")
                 scaled = loss / cfg.accum_steps
                 (scaler.scale(scaled) if scaler is not None else scaled).backward()
             micro += 1

@@ -34,12 +34,15 @@ from ..recipes import DENSE_RECIPES
 from ..utils import count_parameters
 from .backbone import LITFPN, build_backbone, dense_backbone_kwargs
 
-__all__ = ["SemanticFPNHead", "SemanticFPN", "semantic_fpn", "SEGMENTATION_DEFAULTS", "PAPER_PARAMS",
-           "SyncBatchNorm", "convert_head_sync_batchnorm"]
+__all__ = ["SemanticFPNHead", "SemanticFPN", "semantic_fpn", "resize_argmax", "RESIZE_MAX_ELEMENTS",
+           "SEGMENTATION_DEFAULTS", "PAPER_PARAMS", "SyncBatchNorm", "convert_head_sync_batchnorm"]
 
 # The paper's ADE20K recipe, family-independent values (the whole recipe, family rules included, is
 # litvit.recipes.DENSE_RECIPES["semantic-fpn-80k"]).
 SEGMENTATION_DEFAULTS = {k: v for k, v in DENSE_RECIPES["semantic-fpn-80k"].items() if k != "by_family"}
+
+# How many logits resize_argmax resizes at once (float32: 64 MiB).
+RESIZE_MAX_ELEMENTS = 1 << 24
 
 # Parameter counts the paper reports (ADE20K, 150 classes), millions.
 PAPER_PARAMS = {("semantic_fpn", "lit_ti"): 24.0, ("semantic_fpn", "lit_s"): 32.0}
@@ -150,12 +153,68 @@ class SemanticFPN(nn.Module):
         return logits[..., :H, :W]
 
     @torch.no_grad()
-    def predict(self, x: Tensor, size: Optional[Sequence[int]] = None) -> Tensor:
-        """Class map ``[B, H, W]`` (int64), logits resized to ``size`` (the original image) first."""
+    def predict(self, x: Tensor, size: Optional[Sequence[int]] = None, dtype: torch.dtype = torch.int64) -> Tensor:
+        """Class map ``[B, H, W]`` in ``dtype``, the logits resized bilinearly to ``size`` (the
+        original image) first; memory stays bounded whatever ``size`` (:func:`resize_argmax`)."""
         logits = self(x)
-        if size is not None and tuple(size) != tuple(logits.shape[-2:]):
-            logits = F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
-        return logits.argmax(1)
+        return resize_argmax(logits, logits.shape[-2:] if size is None else size, dtype=dtype)
+
+
+def resize_argmax(
+        logits: Tensor,
+        size: Sequence[int],
+        dtype: torch.dtype = torch.int64,
+        max_elements: Optional[int] = None,
+) -> Tensor:
+    """``F.interpolate(logits, size, mode="bilinear").argmax(1)`` without holding the resized logits.
+
+    The classes are resized a few at a time (as many as fit in ``max_elements`` values, at least
+    one) and a running maximum keeps the best class of each pixel: each resize computes the same
+    numbers as the whole one, so the labels are the same (ties go to the lower class, as
+    ``argmax``'s), while memory holds one group of classes and the running maximum instead of K
+    full-size maps (150 classes at 9000x9000 would take 48.6 GB in float32).
+
+    Args:
+        logits (Tensor[B, K, h, w]): class scores.
+        size (Sequence[int]): (H, W) to resize to.
+        dtype (torch.dtype): of the labels (``torch.uint8`` holds up to 256 classes in a quarter of
+            the memory of int64).
+        max_elements (int, optional): values resized at once (default :data:`RESIZE_MAX_ELEMENTS`,
+            2**24: 64 MiB of float32; one class at least).
+
+    Returns:
+        Tensor[B, H, W]: class indices.
+
+    Examples::
+        >>> resize_argmax(torch.randn(1, 150, 16, 16), (300, 200)).shape
+        torch.Size([1, 300, 200])
+    """
+    B, K = logits.shape[:2]
+    H, W = int(size[0]), int(size[1])
+    if (H, W) == tuple(logits.shape[-2:]):
+        return logits.argmax(1).to(dtype)
+    step = max(1, (max_elements or RESIZE_MAX_ELEMENTS) // max(1, B * H * W))
+    labels = torch.zeros(B, H, W, dtype=dtype, device=logits.device)
+    best = None
+    for k in range(0, K, step):
+        part = F.interpolate(logits[:, k:k + step], size=(H, W), mode="bilinear", align_corners=False)
+        if part.shape[1] == 1:  # large images: one class at a time, no index map to hold
+            value, index = part[:, 0], None
+        else:
+            value, index = part.max(1)  # B, n, H, W -> B, H, W (the first of equal maxima)
+        if best is None:
+            best = value
+            if index is not None:
+                labels.copy_(index)
+            continue
+        better = value > best  # strictly: a tie keeps the lower class
+        torch.maximum(best, value, out=best)
+        if index is None:
+            labels.masked_fill_(better, k)
+        else:
+            labels.copy_(torch.where(better, index + k, labels))
+        del part, value, index, better
+    return labels
 
 
 def semantic_fpn(

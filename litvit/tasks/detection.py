@@ -15,10 +15,12 @@ Examples::
     >>> model = task.build_model()                                                         # doctest: +SKIP
 """
 import contextlib
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.models.detection import MaskRCNN
 
 from ..checkpoint import read_model_record
 from ..data.coco import CocoDetection, detection_collate, pad_extreme_aspect
@@ -31,7 +33,7 @@ from ..utils import moved_names
 if TYPE_CHECKING:
     from PIL import Image
 
-__all__ = ["DetectionTask", "coco_results", "coco_evaluate", "draw_detections", "float32_heads"]
+__all__ = ["DetectionTask", "coco_results", "coco_evaluate", "draw_detections", "float32_heads", "mask_regions"]
 
 class _AutocastBody(nn.Module):
     """Runs a detector's backbone under autocast and hands float32 maps to the heads."""
@@ -83,6 +85,7 @@ class DetectionTask(Task):
         fpn_channels (int): FPN/head width (256).
         no_decay_keys (Sequence[str]): parameters whose names contain one of these get no weight
             decay; all others are decayed (mmdetection's ``paramwise_cfg``; none for LIT-Ti).
+        progress (bool): a progress bar while evaluating (on the first process).
     """
     name = "detection"
     curve_metrics = ("score", "bbox_AP50")
@@ -109,6 +112,7 @@ class DetectionTask(Task):
             backbone_kwargs: Optional[Dict[str, Any]] = None,
             fpn_channels: int = 256,
             no_decay_keys: Sequence[str] = (),
+            progress: bool = True,
     ):
         if arch not in DETECTORS:
             raise ValueError(f"unknown detector {arch!r}; choose one of {', '.join(DETECTORS)}")
@@ -127,6 +131,7 @@ class DetectionTask(Task):
         self.backbone_kwargs = dict(backbone_kwargs or {})
         self.fpn_channels = int(fpn_channels)
         self.no_decay_keys = tuple(no_decay_keys)
+        self.progress = bool(progress)
         self.find_unused_parameters = arch == "mask_rcnn"  # a batch without boxes leaves the mask head idle
         self._train_set: Optional[CocoDetection] = None
         self._val_set: Optional[CocoDetection] = None
@@ -228,10 +233,9 @@ class DetectionTask(Task):
         model.eval()
         label_to_cat = [0] + list(self.cat_ids)
         results, image_ids = [], []
-        for images, targets in progress(loader, dist.is_main, "evaluating"):
-            images = [pad_extreme_aspect(im.to(device), self.max_size)[0] for im in images]
+        for images, targets in progress(loader, dist.is_main and self.progress, "evaluating"):
             with float32_heads(model, device):
-                outputs = model(images)
+                outputs = self.predict(model, [im.to(device) for im in images])
             ids = [int(t["image_id"]) for t in targets]
             results += coco_results(outputs, ids, label_to_cat)
             image_ids += ids
@@ -246,6 +250,36 @@ class DetectionTask(Task):
         metrics = dist.broadcast_object(metrics)
         metrics["score"] = metrics["bbox_AP"]
         return metrics
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, images: Sequence[Tensor], paste_masks: bool = True) -> List[Dict[str, Tensor]]:
+        """The detections of an eval-mode ``model`` on images of any aspect ratio.
+
+        Each image is padded as :func:`~litvit.data.coco.pad_extreme_aspect` says (a 4000x20 image
+        keeps 32 px on its short side through the detector's resize), and the outputs are cut back
+        to the image: boxes clipped to it (those left without area, wholly in the padding, dropped),
+        masks cropped to its size.
+
+        Args:
+            model (nn.Module): a detector of :func:`~litvit.models.detectors.build_detector`.
+            images (Sequence[Tensor[3, H, W]]): RGB in [0, 1].
+            paste_masks (bool): Mask R-CNN's masks pasted into full-size maps (``masks``, what
+                pycocotools evaluates), or left at the mask head's M x M (``mask_probs`` with the
+                ``mask_boxes`` they belong in, which :func:`draw_detections` pastes one box at a
+                time): N full-size maps hold N x H x W floats (32 GB for 100 detections on a
+                9000x9000 image), the unpasted ones N x 28 x 28.
+
+        Returns:
+            one dict per image: ``boxes`` (Tensor[N, 4]), ``scores``, ``labels`` and, for Mask R-CNN,
+            ``masks`` (Tensor[N, 1, H, W]) or ``mask_probs`` (Tensor[N, 1, M, M]) and ``mask_boxes``
+            (Tensor[N, 4]), in the image's pixels.
+        """
+        padded = [pad_extreme_aspect(im, self.max_size)[0] for im in images]
+        if paste_masks or not isinstance(model, MaskRCNN):
+            outputs = model(padded)
+        else:
+            outputs = _mask_rcnn_unpasted(model, padded)
+        return [_crop_to_image(out, im.shape[-2:]) for out, im in zip(outputs, images)]
 
     def run_config(self) -> dict:
         return dict(arch=self.arch, backbone=self.backbone, min_size=list(self.min_size), max_size=self.max_size,
@@ -271,11 +305,77 @@ class DetectionTask(Task):
         return cls(**kwargs)
 
 
+def _mask_rcnn_unpasted(model: "MaskRCNN", images: List[Tensor]) -> List[Dict[str, Tensor]]:
+    """torchvision's ``GeneralizedRCNN.forward`` in eval mode, but the masks are not pasted into the
+    image: ``mask_probs`` (Tensor[N, 1, M, M]) as the mask head gives them and ``mask_boxes`` (the
+    boxes, in image pixels, torchvision would paste them into)."""
+    sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
+    batch, _ = model.transform(images)
+    features = model.backbone(batch.tensors)
+    proposals, _ = model.rpn(batch, features)
+    detections, _ = model.roi_heads(features, proposals, batch.image_sizes)
+    probs = [d.pop("masks") for d in detections]
+    detections = model.transform.postprocess(detections, batch.image_sizes, sizes)
+    for d, p in zip(detections, probs):
+        d["mask_probs"], d["mask_boxes"] = p, d["boxes"].clone()
+    return detections
+
+
+def mask_regions(mask_probs: Tensor, mask_boxes: Tensor, size: Sequence[int], threshold: float = 0.5
+                 ) -> Iterator[Optional[Tuple[Tuple[slice, slice], Tensor]]]:
+    """Each unpasted mask pasted into its box only, exactly as torchvision's
+    ``paste_masks_in_image`` would paste it into a whole image of ``size`` (H, W) (the mask padded
+    by one pixel, the box widened alike and truncated to integers, a bilinear resize to the box),
+    then thresholded.
+
+    Args:
+        mask_probs (Tensor[N, 1, M, M]): mask head probabilities.
+        mask_boxes (Tensor[N, 4]): x1, y1, x2, y2 in image pixels.
+        size (Sequence[int]): the image's (H, W).
+
+    Yields:
+        per mask, ``((rows, columns), Tensor[h, w] bool)``: where in the image and which pixels;
+        None for a box wholly outside the image.
+    """
+    from torchvision.models.detection.roi_heads import expand_boxes, expand_masks
+    H, W = int(size[0]), int(size[1])
+    masks, scale = expand_masks(mask_probs, padding=1)
+    boxes = expand_boxes(mask_boxes, scale).to(dtype=torch.int64)
+    for mask, (bx0, by0, bx1, by1) in zip(masks, boxes.tolist()):
+        x0, x1, y0, y1 = max(bx0, 0), min(bx1 + 1, W), max(by0, 0), min(by1 + 1, H)
+        if x1 <= x0 or y1 <= y0:
+            yield None
+            continue
+        h, w = max(by1 - by0 + 1, 1), max(bx1 - bx0 + 1, 1)
+        box = F.interpolate(mask[None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]  # 1, 1, M+2, M+2
+        yield (slice(y0, y1), slice(x0, x1)), box[y0 - by0:y1 - by0, x0 - bx0:x1 - bx0] > threshold
+
+
+def _crop_to_image(output: Dict[str, Tensor], size: Sequence[int]) -> Dict[str, Tensor]:
+    """Detections on a padded image cut back to the image of ``size`` (H, W): boxes clipped, those
+    left without area dropped, masks cropped (``mask_boxes``, where unpasted masks go, stay as
+    torchvision pastes them; :func:`mask_regions` clips their regions)."""
+    H, W = int(size[0]), int(size[1])
+    boxes = output["boxes"].clone()
+    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, W)
+    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, H)
+    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    out = {k: v[keep] for k, v in output.items() if k != "boxes"}
+    out["boxes"] = boxes[keep]
+    if "masks" in out:
+        out["masks"] = out["masks"][..., :H, :W]
+    return out
+
+
 # --- drawing ------------------------------------------------------------------------------------------
 
 def draw_detections(image: Tensor, output: Dict[str, Tensor], class_names: Sequence[str], score_thresh: float = 0.3
                     ) -> Tuple["Image.Image", int]:
     """Boxes (and masks) with scores >= ``score_thresh`` drawn on ``image`` (``Tensor[3, H, W]`` in [0, 1]).
+
+    The masks are ``output["masks"]`` (full size) or ``output["mask_probs"]`` / ``["mask_boxes"]``
+    (:meth:`DetectionTask.predict` with ``paste_masks=False``), pasted one box at a time: the same
+    picture, without holding a full-size map per detection.
 
     Returns:
         (PIL image, number of detections drawn).
@@ -290,12 +390,39 @@ def draw_detections(image: Tensor, output: Dict[str, Tensor], class_names: Seque
     if "masks" in output and keep.any():
         masks = output["masks"][keep][:, 0].cpu() > 0.5
         canvas = draw_segmentation_masks(canvas, masks, alpha=0.45, colors=colour_list)
+    elif "mask_probs" in output and keep.any():
+        canvas = _draw_mask_regions(canvas, output["mask_probs"][keep].cpu(), output["mask_boxes"][keep].cpu(),
+                                    colour_list, alpha=0.45)
     if keep.any():
         names = [f"{class_names[l - 1] if 0 < l <= len(class_names) else l} {s:.2f}"
                  for l, s in zip(labels, output["scores"][keep].tolist())]
         canvas = draw_bounding_boxes(canvas, output["boxes"][keep].cpu(), labels=names, colors=colour_list,
                                      width=max(1, round(max(image.shape[-2:]) / 300)))
     return Image.fromarray(canvas.permute(1, 2, 0).numpy()), int(keep.sum())  # 3, H, W -> H, W, 3
+
+
+def _draw_mask_regions(canvas: Tensor, mask_probs: Tensor, mask_boxes: Tensor, colours: Sequence[Tuple[int, ...]],
+                       alpha: float) -> Tensor:
+    """torchvision's ``draw_segmentation_masks(canvas, pasted masks > 0.5, alpha, colours)`` pixel for
+    pixel, each mask pasted into its box only (:func:`mask_regions`): later masks paint over earlier
+    ones, pixels under two or more masks go black, then the colours are blended in, a band of rows
+    at a time. Memory: the canvas three times over, not one full-size map per mask."""
+    H, W = canvas.shape[-2:]
+    painted = canvas.clone()
+    covered = torch.zeros(H, W, dtype=torch.uint8)  # masks over each pixel, counted up to 2
+    for region, colour in zip(mask_regions(mask_probs, mask_boxes, (H, W)), colours):
+        if region is None:
+            continue
+        (rows, cols), pixels = region
+        painted[:, rows, cols][:, pixels] = torch.tensor(colour, dtype=torch.uint8)[:, None]
+        count = covered[rows, cols]
+        count[pixels] = (count[pixels] + 1).clamp_(max=2)
+    painted[:, covered > 1] = 0
+    band = max(1, (1 << 22) // max(1, W))
+    for r in range(0, H, band):
+        rows = slice(r, r + band)
+        painted[:, rows] = (canvas[:, rows] * (1 - alpha) + painted[:, rows] * alpha).to(torch.uint8)
+    return painted
 
 
 # the command-line functions that lived here, now in litvit.cli.detection: their old import path stays

@@ -25,7 +25,7 @@ from ..data.ade20k import SegEvalTransform, SegmentationDataset, SegTrainTransfo
 from ..data.io import palette
 from ..engine import DistInfo, Task, TrainConfig, param_groups, progress
 from ..metrics import IGNORE_INDEX, confusion_matrix, segmentation_metrics
-from ..models.semantic_fpn import SEGMENTATION_DEFAULTS, convert_head_sync_batchnorm, semantic_fpn
+from ..models.semantic_fpn import SEGMENTATION_DEFAULTS, convert_head_sync_batchnorm, resize_argmax, semantic_fpn
 from ..utils import moved_names
 
 __all__ = ["SegmentationTask", "colorize"]
@@ -51,6 +51,7 @@ class SegmentationTask(Task):
         no_decay_keys (Sequence[str]): parameters whose names contain one of these get no weight
             decay; all others are decayed (none in the authors' configs).
         sync_bn (bool): under DDP, the head's BatchNorms become SyncBatchNorms (the authors' SyncBN).
+        progress (bool): a progress bar while evaluating (on the first process).
     """
     name = "segmentation"
     curve_metrics = ("score", "aAcc")
@@ -77,6 +78,7 @@ class SegmentationTask(Task):
             cat_max_ratio: float = SEGMENTATION_DEFAULTS["cat_max_ratio"],
             no_decay_keys: Sequence[str] = (),
             sync_bn: bool = True,
+            progress: bool = True,
     ):
         if num_classes < 1:
             raise ValueError(f"num_classes must be at least 1, got {num_classes}")
@@ -98,6 +100,7 @@ class SegmentationTask(Task):
         self.cat_max_ratio = float(cat_max_ratio)
         self.no_decay_keys = tuple(no_decay_keys)
         self.sync_bn = bool(sync_bn)
+        self.progress = bool(progress)
         self.class_names = list(class_names) if class_names is not None else [f"class_{i}" for i in range(num_classes)]
         if len(self.class_names) != self.num_classes:
             raise ValueError(f"{len(self.class_names)} class names for {self.num_classes} classes")
@@ -168,21 +171,23 @@ class SegmentationTask(Task):
         if isinstance(images, list):
             raise ValueError("training crops must share one size (SegTrainTransform pads them to crop_size)")
         logits = model(images)
-        loss = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX)
-        return loss, {}
+        # the mean over the pixels not ignored; a batch of crops with none (all "other") gives 0, not 0 / 0
+        loss = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="sum")
+        return loss / (labels != IGNORE_INDEX).sum().clamp(min=1), {}
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader, device: torch.device, dist: DistInfo) -> Dict[str, float]:
         """mIoU / mAcc / aAcc over the whole validation set (confusion matrices summed over ranks)."""
         model.eval()
         cm = torch.zeros(self.num_classes, self.num_classes, dtype=torch.float64)
-        for images, labels in progress(loader, dist.is_main, "evaluating"):
+        label_dtype = torch.uint8 if self.num_classes <= 256 else torch.int32
+        for images, labels in progress(loader, dist.is_main and self.progress, "evaluating"):
             if isinstance(images, Tensor):
                 images, labels = list(images), list(labels)
             for image, label in zip(images, labels):
-                logits = model(image[None].to(device))
-                logits = F.interpolate(logits.float(), size=label.shape[-2:], mode="bilinear", align_corners=False)
-                cm += confusion_matrix(logits.argmax(1)[0].cpu(), label.cpu(), self.num_classes).double()
+                logits = model(image[None].to(device)).float()
+                pred = resize_argmax(logits, label.shape[-2:], dtype=label_dtype)  # bounded memory on large images
+                cm += confusion_matrix(pred[0].cpu(), label.cpu(), self.num_classes).double()
         cm = dist.reduce_sum(cm)
         metrics = segmentation_metrics(cm)
         metrics["score"] = metrics["mIoU"]
@@ -214,9 +219,18 @@ class SegmentationTask(Task):
 
 
 def colorize(pred: np.ndarray, num_classes: int) -> np.ndarray:
-    """Class map ``[H, W]`` -> colours ``[H, W, 3]`` uint8 (ignored pixels black)."""
+    """Class map ``[H, W]`` -> colours ``[H, W, 3]`` uint8 (ignored pixels black).
+
+    A uint8 map is coloured through a PIL palette image: 3 bytes a pixel besides the map, where
+    numpy's indexing would first copy the map into 8-byte indices.
+    """
     colours = np.concatenate([palette(num_classes), np.zeros((256 - num_classes, 3), np.uint8)]) \
         if num_classes < 256 else palette(num_classes)
+    if pred.dtype == np.uint8 and pred.ndim == 2 and len(colours) == 256:
+        from PIL import Image
+        img = Image.fromarray(pred)  # mode L; a palette makes it P
+        img.putpalette(colours.tobytes())
+        return np.asarray(img.convert("RGB"))
     return colours[pred.astype(np.int64).clip(0, len(colours) - 1)]
 
 
