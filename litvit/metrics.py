@@ -15,12 +15,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["accuracy_counts", "coco_results", "coco_evaluate", "confusion_matrix", "segmentation_metrics",
+__all__ = ["COCO_STATS", "accuracy_counts", "coco_results", "coco_evaluate", "confusion_matrix", "segmentation_metrics",
            "IGNORE_INDEX"]
 
 IGNORE_INDEX = 255  # the label value of pixels that count for nothing (ADE20K's "other", padding)
 
 _STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+COCO_STATS = _STAT_NAMES  # the names of the COCO summary numbers, each in percent: bbox_AP, segm_AP50, ...
 
 
 # --- classification ------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Segmentation: Semantic FPN with a LIT backbone on a tiny ADE20K-format set generated here."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -161,6 +162,11 @@ def test_cli_train_eval_predict(ade, tmp_path, capsys):
     assert rc == 0
     text = capsys.readouterr().out
     assert "4 iterations = 2 epoch(s)" in text and (out / "best.pth").is_file()
+    # the banner says true things: DTM's offset predictors counted, how the lr was chosen
+    assert "(0 offset-predictor)" not in text and "in DTM offset predictors)" in text
+    assert "unscaled" not in text and ("as given, not scaled by the batch" in text or "x global batch" in text)
+    epoch_line = next(ln for ln in text.splitlines() if ln.startswith("epoch 2/2"))
+    assert re.search(r"val_mIoU \d+\.\d\d%", epoch_line) and re.search(r"val_aAcc \d+\.\d\d%", epoch_line)
     rc = main(["segment", "eval", "--checkpoint", str(out / "last.pth"), "--data", str(ade), "--workers", "0",
                "--device", "cpu"])
     text = capsys.readouterr().out

@@ -467,12 +467,14 @@ def _fit(task: Task, cfg: TrainConfig, dist: DistInfo, threads: str = "", lock: 
             find_unused_parameters=task.find_unused_parameters)
 
     n_params = count_parameters(model)
-    offset_params = sum(p.numel() for g in groups if g["name"].startswith("offset") for p in g["params"])
-    say(f"{task.name}: {type(model).__name__} {n_params:,} parameters ({offset_params:,} offset-predictor) | "
+    offset_params = sum(p.numel() for n, p in model.named_parameters() if "conv_offset" in n)  # DTM's offset predictors
+    offsets = f" ({offset_params:,} in DTM offset predictors)" if offset_params else ""
+    lr_how = f"{cfg.lr:g} x global batch {global_batch} / 512" if cfg.scale_lr else "as given, not scaled by the batch"
+    say(f"{task.name}: {type(model).__name__} {n_params:,} parameters{offsets} | "
         f"device {device} x {dist.world_size} process(es)"
         f"{f' x {threads or torch.get_num_threads()} thread(s)' if device.type == 'cpu' else ''}, amp {cfg.amp} | "
         f"global batch {global_batch} = {cfg.batch_size} x {dist.world_size} x {cfg.accum_steps} accum | "
-        f"lr {peak_lr:.3g} ({cfg.lr:g} x {global_batch}/512{'' if cfg.scale_lr else ', unscaled'}) | "
+        f"lr {peak_lr:.3g} ({lr_how}) | "
         f"{cfg.epochs} epochs x {steps_per_epoch} steps | {len(train_set)} train / "
         f"{len(val_set) if val_set is not None else 0} val | output {out}")
 
@@ -527,7 +529,7 @@ def _fit(task: Task, cfg: TrainConfig, dist: DistInfo, threads: str = "", lock: 
         log.write(dict(event="epoch", **record))
         log.write_csv(history)
         save(epoch, 0, best=is_best)
-        shown = "  ".join(f"{k} {v:.4g}" for k, v in record.items() if k not in ("epoch", "step"))
+        shown = "  ".join(_shown(k, v, task.percent_metrics) for k, v in record.items() if k not in ("epoch", "step"))
         say(f"epoch {epoch}/{cfg.epochs}  {shown}")
         return record
 
@@ -638,6 +640,12 @@ def _fit(task: Task, cfg: TrainConfig, dist: DistInfo, threads: str = "", lock: 
         world_size=dist.world_size,
     )
     return summary
+
+
+def _shown(key: str, value: float, percent: Sequence[str]) -> str:
+    """One value of the epoch line: a metric the task gives in percent as ``val_mIoU 41.27%``."""
+    name = key.split("_", 1)[1] if key.startswith(("val_", "ema_")) else None
+    return f"{key} {value:.2f}%" if name in percent else f"{key} {value:.4g}"
 
 
 def _batch_len(batch: Any) -> int:

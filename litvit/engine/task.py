@@ -19,10 +19,12 @@ class Task:
     Attributes:
         name (str): ``"classification"``, ``"detection"``, ``"segmentation"``, ...
         curve_metrics (Tuple[str, ...]): evaluation metrics drawn in ``curves.png``.
+        percent_metrics (Tuple[str, ...]): evaluation metrics given in percent (shown as ``81.25%``).
         find_unused_parameters (bool): passed to DistributedDataParallel.
     """
     name: str = "task"
     curve_metrics: Tuple[str, ...] = ("score",)
+    percent_metrics: Tuple[str, ...] = ()
     find_unused_parameters: bool = False
 
     def setup(self) -> Dict[str, Any]:

@@ -130,6 +130,7 @@ class ClassificationTask(Task):
 
     name = "classification"
     curve_metrics = ("top1", "top5")
+    percent_metrics = ("score", "top1", "top5")
 
     def __init__(self, cfg: ClassificationConfig):
         if cfg.bad_images not in D.BAD_IMAGE_MODES:

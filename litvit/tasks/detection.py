@@ -26,7 +26,7 @@ from ..checkpoint import read_model_record
 from ..data.coco import CocoDetection, detection_collate, pad_extreme_aspect
 from ..data.io import palette
 from ..engine import DistInfo, Task, TrainConfig, param_groups, progress
-from ..metrics import coco_evaluate, coco_results  # noqa: F401  (re-exported: their old place)
+from ..metrics import COCO_STATS, coco_evaluate, coco_results  # noqa: F401  (re-exported: their old place)
 from ..models.detectors import DETECTION_DEFAULTS, DETECTORS, build_detector
 from ..utils import moved_names
 
@@ -89,6 +89,7 @@ class DetectionTask(Task):
     """
     name = "detection"
     curve_metrics = ("score", "bbox_AP50")
+    percent_metrics = ("score",) + tuple(f"{t}_{n}" for t in ("bbox", "segm") for n in COCO_STATS)
 
     def __init__(
             self,

@@ -55,6 +55,7 @@ class SegmentationTask(Task):
     """
     name = "segmentation"
     curve_metrics = ("score", "aAcc")
+    percent_metrics = ("score", "mIoU", "mAcc", "aAcc")
 
     def __init__(
             self,
