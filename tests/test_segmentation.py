@@ -224,3 +224,20 @@ def test_errors_are_one_line(ade, tmp_path, capsys):
     Image.new("RGB", (90, 72)).save(bad / "annotations" / "training" / "training_1.png")
     with pytest.raises(ValueError, match="single-channel"):
         SegmentationDataset(str(bad), "training", NUM_CLASSES)[1]
+
+
+@pytest.mark.cli
+def test_cli_resume_refusal_names_what_was_given(ade, tmp_path, capsys):
+    """A dense run resumed with other flags is refused naming the flags changed; what follows from
+    them (the epochs of an iteration-based run) is counted, the recipe's own values are not listed."""
+    out = tmp_path / "run"
+    common = ["segment", "train", "--data", str(ade), "--backbone", "lit_ti", "--num-classes", str(NUM_CLASSES),
+              "--batch-size", "2", "--crop-size", "64", "--scale", "128", "64", "--fpn-channels", "32",
+              "--backbone-kwargs", json.dumps(TINY), "--workers", "0", "--no-progress", "--output", str(out)]
+    assert main(common + ["--iters", "2"]) == 0
+    capsys.readouterr()
+    assert main(common + ["--iters", "6", "--lr", "0.0005"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert "--lr 0.0001 -> 0.0005" in err[0] and err[0].count("iters 2 -> 6") == 1
+    assert "--epochs" not in err[0] and "weight-decay" not in err[0] and "that follow" in err[0]

@@ -181,7 +181,7 @@ def optimizer_summary(task, model, tc: TrainConfig, r: Dict[str, Any]) -> Dict[s
 def train_config(args: argparse.Namespace, r: Dict[str, Any], epochs: int, iters: Optional[int] = None) -> TrainConfig:
     """The engine configuration of a dense run from its resolved recipe ``r`` and the run flags: ``epochs``
     long, or ``iters`` optimizer steps (then the engine derives the epochs)."""
-    return TrainConfig(
+    tc = TrainConfig(
         output_dir=args.output or "", epochs=epochs, batch_size=int(r["batch_size"]), accum_steps=args.accum_steps,
         lr=float(r["lr"]), scale_lr=False, min_lr=float(r.get("min_lr", 0.0)), warmup_epochs=0.0,
         weight_decay=float(r["weight_decay"]), opt_eps=float(r["opt_eps"]), offset_lr_mult=float(r["offset_lr_mult"]),
@@ -191,6 +191,15 @@ def train_config(args: argparse.Namespace, r: Dict[str, Any], epochs: int, iters
         max_steps=args.max_steps, iters=iters, resume_changed=args.resume_changed,
         threads=args.threads, device=args.device, progress=not args.no_progress,
         val_batch_size=getattr(args, "val_batch_size", None))
+    # a refused resume names the changes of the flags given; the recipe's values and what follows
+    # from them (the epochs of an iteration-based run, fp16 turned off on the CPU) are only counted
+    derived = ["epochs"] if iters is not None else []
+    if args.amp is None and r["amp"] != resolve_dense_recipe(r["recipe"], r["backbone_family"])["amp"]:
+        derived.append("amp")
+    tc.derived = tuple(derived)
+    tc.defaulted = tuple(k for k in r if k not in r["overridden"] and k not in derived
+                         and k not in ("recipe", "backbone_family", "overridden"))
+    return tc
 
 
 def eval_config(args: argparse.Namespace) -> TrainConfig:

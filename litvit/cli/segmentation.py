@@ -56,7 +56,7 @@ def _read_class_names(path: Optional[str]) -> Optional[list]:
         return None
     if not os.path.isfile(path):
         raise FileNotFoundError(f"class-name file not found: {path}")
-    with open(path) as f:
+    with open(path, encoding="utf-8") as f:
         return [line.strip() for line in f if line.strip()]
 
 

@@ -47,7 +47,7 @@ def _load_coco_json(ann_file: str) -> dict:
     if not os.path.isfile(ann_file):
         raise FileNotFoundError(f"annotation file not found: {ann_file}")
     try:
-        with open(ann_file) as f:
+        with open(ann_file, encoding="utf-8") as f:
             data = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"malformed annotation file {ann_file}: not valid JSON ({e})") from None

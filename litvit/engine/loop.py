@@ -241,8 +241,9 @@ def _changes(ckpt: Mapping, cfg: TrainConfig, task_config: Mapping, world_size: 
         if old_batch != new_batch:
             changes.append(("batch_size", f"global batch {old_batch} -> {new_batch}"))
     old_task, new_task = _flat(ckpt.get("task_config") or {}), _flat(task_config)
+    seen = {key for key, _ in changes}  # a setting both configs hold (a dense run's iters) is named once
     for key, new in new_task.items():
-        if key in old_task and old_task[key] != new:
+        if key in old_task and old_task[key] != new and key not in seen:
             changes.append((key, f"{key} {old_task[key]} -> {new}"))
     for key in old_task.keys() - new_task.keys():
         changes.append((key, f"{key} {old_task[key]} -> (unset)"))
