@@ -48,7 +48,7 @@ VARIANTS = {
         depths=[1, 1, 2, 1], classes=12, scale=(400, 240), image=dict(w=120, h=160, seed=2, fmt='png'),
         tiny=dict(fpn_out=8, retina_feat=8, retina_stacked=3)),
     'mask_rcnn_lit_ti': dict(
-        base='mask_rcnn_lit_ti', seed=17003, dims=[4, 8, 10, 16], depths=[2, 1, 1, 1], classes=7,
+        base='mask_rcnn_lit_ti', seed=17003, dims=[4, 8, 10, 16], depths=[2, 1, 1, 1], classes=3,
         scale=(320, 256), image=dict(w=170, h=128, seed=3, fmt='jpeg'),
         tiny=dict(fpn_out=8, rpn_feat=8, fc_out=16, mask_conv=8)),
     'mask_rcnn_lit_s': dict(
@@ -58,6 +58,12 @@ VARIANTS = {
     'sem_fpn_lit_ti': dict(
         base='sem_fpn_lit_ti', seed=17005, dims=[4, 8, 10, 16], depths=[1, 1, 2, 1],
         scale=(2048, 512), image=dict(w=150, h=113, seed=5, fmt='jpeg'),
+        tiny=dict(fpn_out=8, semfpn_channels=8)),
+    # a 196x256 image kept at its size: LIT-Ti's stage-1 grid 64x49 has as many tokens as its 56x56
+    # position table, which the authors then add unresized
+    'sem_fpn_lit_ti_grid': dict(
+        base='sem_fpn_lit_ti', seed=17007, dims=[4, 8, 10, 16], depths=[1, 1, 1, 1],
+        scale=(256, 196), image=dict(w=196, h=256, seed=7, fmt='jpeg'),
         tiny=dict(fpn_out=8, semfpn_channels=8)),
     'sem_fpn_lit_s': dict(
         base='sem_fpn_lit_s', seed=17006, dims=[4, 8, 16, 32], heads=[3, 6, 2, 2], mlp_ratio=2.0,
@@ -162,7 +168,36 @@ def worker(variant, out, tool):
         return original_save(model, filename, optimizer=optimizer, meta=meta)
 
     mmcv.runner.save_checkpoint = save_checkpoint
+    if model['tree'] == 'det':
+        _keep_result_aligned(out)
     mf.main_worker(model['tree'], out, [base])
+
+
+def _keep_result_aligned(out):
+    """mmdet 2.11 gives no mask to a detection whose box ends at y = 0 (its per-class mask list is
+    then shorter than its box list, which the tool cannot flatten): put an empty mask in its place
+    and count them in ``OUT/empty_masks.json``."""
+    import numpy as np
+    import mmdet.apis
+    from PIL import Image
+    original = mmdet.apis.inference_detector
+
+    def inference_detector(model, img):
+        result = original(model, img)
+        inserted = []
+        if isinstance(result, tuple):
+            shape = Image.open(img).size[::-1]
+            for c, boxes in enumerate(result[0]):
+                for j in np.flatnonzero(boxes[:, 3] == 0):
+                    if len(result[1][c]) < len(boxes):
+                        result[1][c].insert(int(j), np.zeros(shape, bool))
+                        inserted.append([c, int(j)])
+                assert len(result[1][c]) == len(boxes)
+            with open(osp.join(out, 'empty_masks.json'), 'w') as f:
+                json.dump(inserted, f)
+        return result
+
+    mmdet.apis.inference_detector = inference_detector
 
 
 # --------------------------------------------------------------------------------- compaction
@@ -263,6 +298,8 @@ def compact(variant, root, image_bytes, dest):
         p.add('value/roi.mask_feats', exp['roi.mask_feats_first8'][:1, :, ::3, ::3].numpy(), 'float32')
         p.add('value/roi.mask_pred_of_label', exp['roi.mask_pred_of_label'][:2, ::2, ::2].numpy(), 'float32')
     if 'result.masks_runs' in exp:
+        empty = osp.join(root, 'empty_masks.json')
+        record['values']['empty_masks'] = json.load(open(empty)) if osp.exists(empty) else []
         runs = exp['result.masks_runs'][:MASKS]
         record['values']['mask_runs'] = [int(r.numel()) for r in runs]
         record['values']['mask_shape'] = exp['result.mask_shape']
