@@ -355,6 +355,17 @@ def test_defaults_are_the_authors_settings(runs, name):
         (m.pipeline.mean, m.pipeline.std, m.pipeline.to_rgb, m.pipeline.size_divisor)
 
 
+def test_old_style_rpn_settings_are_read():
+    """mask_rcnn_lit_ti's config has the old RPN keys (nms_thr, max_num), as the authors' LIT-Ti config."""
+    from litvit.models.official_dense import build_dense
+    fx = Fixture("mask_rcnn_lit_ti")
+    meta = fx.meta()
+    assert "nms_thr=0.7" in meta["config"] and "max_num=1000" in meta["config"]
+    meta["config"] = meta["config"].replace("nms_thr=0.7", "nms_thr=0.6").replace("max_num=1000", "max_num=50")
+    model = build_dense(fx.state_dict(), meta)
+    assert model.test_cfg["rpn"] == dict(nms_pre=1000, max_per_img=50, iou_threshold=0.6, min_bbox_size=0.0)
+
+
 def test_release_with_optimizer_state_loads(runs, tmp_path):
     """Releases saved during training also hold the optimizer (AdamW) state; the reader accepts it."""
     fx = runs("sem_fpn_lit_ti").fx

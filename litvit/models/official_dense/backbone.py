@@ -42,12 +42,14 @@ class ReleaseBackbone(LITBackbone):
             embeddings; the class token itself is not used).
         family (str): ``"pvt"`` (LIT-Ti) or ``"swin"`` (LIT-S).
         out_norms (Sequence[int]): stages with an output LayerNorm (the authors' ``norm{i}``).
+        out_indices (Sequence[int]): stages returned (LIT-S's ``out_indices``; LIT-Ti returns all four).
     """
 
-    def __init__(self, model: LIT, family: str, out_norms: Sequence[int] = ()):
+    def __init__(self, model: LIT, family: str, out_norms: Sequence[int] = (),
+                 out_indices: Sequence[int] = (0, 1, 2, 3)):
         if family not in ("pvt", "swin"):
             raise ValueError(f"family must be 'pvt' or 'swin', got {family!r}")
-        super().__init__(model, out_indices=(0, 1, 2, 3), keep_class_token=False, out_norms=tuple(out_norms),
+        super().__init__(model, out_indices=tuple(out_indices), keep_class_token=False, out_norms=tuple(out_norms),
                          pos_embed_interpolation="bilinear")
         self.family = family
 
@@ -64,8 +66,8 @@ class ReleaseBackbone(LITBackbone):
             x (Tensor[B, 3, H, W]): the network input (any size).
 
         Returns:
-            List[Tensor[B, C_i, H_i, W_i]]: the four stage maps (strides 4, 8, 16, 32, sizes as the
-            authors' code gives them).
+            List[Tensor[B, C_i, H_i, W_i]]: the maps of ``out_indices`` (strides 4, 8, 16, 32; sizes as
+            the authors' code gives them).
         """
         if x.dim() != 4:
             raise ValueError(f"Expected a 4-D image batch (B, C, H, W), got shape {tuple(x.shape)}")
@@ -76,15 +78,16 @@ class ReleaseBackbone(LITBackbone):
         tokens, feat_size = m.patch_embed(x)
         B = x.shape[0]
         outs = []
-        for i, stage in enumerate(m.stages):
+        for i, stage in enumerate(m.stages[:max(self.out_indices) + 1]):
             if stage.downsample is not None:
                 tokens, feat_size = stage.downsample(tokens, feat_size)
             if stage.pos_embed is not None:
                 tokens = stage.pos_drop(tokens + self._pos_embed(i, stage, feat_size))
             for blk in stage.blocks:
                 tokens = blk(tokens, feat_size)
-            y = self.out_norms[str(i)](tokens) if str(i) in self.out_norms else tokens
-            outs.append(y.transpose(1, 2).reshape(B, y.shape[2], *feat_size))  # B, N, C -> B, C, H, W
+            if i in self.out_indices:
+                y = self.out_norms[str(i)](tokens) if str(i) in self.out_norms else tokens
+                outs.append(y.transpose(1, 2).reshape(B, y.shape[2], *feat_size))  # B, N, C -> B, C, H, W
         return outs
 
 
@@ -143,6 +146,7 @@ def build_release_backbone(
                     attn_types=["msa" if a else "none" for a in attn], merge="dtm", pos_embed="abs",
                     class_token=True, qkv_bias=qkv_bias, norm_eps=1e-6)
         out_norms: List[int] = []
+        out_indices = (0, 1, 2, 3)  # LIT_Ti ignores its config
     elif any(k.startswith("layers.") for k in keys):
         family = "swin"
         n = _count(keys, r"layers\.(\d+)\.")
@@ -178,10 +182,11 @@ def build_release_backbone(
                     depths=depths, num_heads=heads, mlp_ratios=mlp, attn_types=["msa" if a else "none" for a in attn],
                     merge="dtm", pos_embed="rel", class_token=False, qkv_bias=qkv_bias, norm_eps=1e-5)
         out_norms = [i for i in range(n) if f"norm{i}.weight" in sd]
+        out_indices = tuple(int(i) for i in cfg.get("out_indices", (0, 1, 2, 3)))
     else:
         raise CheckpointMismatchError("the backbone is neither LIT-Ti (backbone.patch_embed1, block1, ...) nor "
                                       "LIT-S (backbone.patch_embed, layers.0, ...)")
-    backbone = ReleaseBackbone(model, family, out_norms)
+    backbone = ReleaseBackbone(model, family, out_norms, out_indices)
     return backbone, backbone_state_dict(sd)
 
 

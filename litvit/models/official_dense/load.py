@@ -23,7 +23,7 @@ from torch import Tensor
 
 from ...checkpoint import mismatch_message, read_checkpoint
 from ...errors import CheckpointMismatchError
-from .backbone import build_release_backbone
+from .backbone import backbone_state_dict, build_release_backbone
 from .config import parse_config
 from .heads import FPN, ConvFCBBoxHead, FCNMaskHead, FPNHead, RetinaHead, RoIExtractor, RPNHead
 from .models import AnchorGenerator, DenseRelease, MaskRCNN, RetinaNet, SemanticFPN, StandardRoIHead
@@ -79,7 +79,7 @@ def _count(sd: Mapping[str, Tensor], prefix: str) -> int:
 
 def _nms_iou(cfg: Dict[str, Any], where: str) -> float:
     nms = cfg.get("nms")
-    if nms is None:  # mmdet < 2.? style: nms_thr
+    if nms is None:  # the older key, which mmdet 2.11's RPN still reads
         if "nms_thr" not in cfg:
             raise CheckpointMismatchError(f"{where} has neither nms nor nms_thr")
         return float(cfg["nms_thr"])
@@ -188,7 +188,7 @@ def build_dense(state_dict: Mapping[str, Tensor], meta: Optional[Mapping[str, An
         in_ch = sd["bbox_head.cls_convs.0.conv.weight"].shape[1] if stacked else feat
         head = RetinaHead(num_classes, in_ch, feat_channels=feat, stacked_convs=stacked, num_anchors=A,
                           use_sigmoid=use_sigmoid)
-        tc = dict(_RETINA_TEST, **test_cfg)
+        tc = test_cfg or dict(_RETINA_TEST)
         settings = dict(nms_pre=int(tc.get("nms_pre", -1)), min_bbox_size=float(tc.get("min_bbox_size", 0)),
                         score_thr=float(tc["score_thr"]), iou_threshold=_nms_iou(tc, "test_cfg"),
                         max_per_img=int(tc.get("max_per_img", tc.get("max_num", -1))))
@@ -235,13 +235,11 @@ def build_dense(state_dict: Mapping[str, Tensor], meta: Optional[Mapping[str, An
                                     class_agnostic=logits.shape[0] == 1 and num_classes != 1)
             mask_extractor = _extractor(roi_cfg.get("mask_roi_extractor") or {}, 14)
         roi_head = StandardRoIHead(bbox_extractor, bbox_head, mask_extractor, mask_head)
-        rpn_tc = dict(_RPN_TEST, **(test_cfg.get("rpn") or {}))
-        rcnn_tc = dict(_RCNN_TEST, **(test_cfg.get("rcnn") or roi_cfg.get("test_cfg") or {}))
-        if "nms_thr" in rpn_tc and "nms" not in (test_cfg.get("rpn") or {}):
-            rpn_tc.pop("nms")
+        rpn_tc = dict(test_cfg.get("rpn") or _RPN_TEST)  # mmdet 2.11 reads old names too: nms_thr, max_num
+        rcnn_tc = dict(test_cfg.get("rcnn") or roi_cfg.get("test_cfg") or _RCNN_TEST)
         settings = dict(
             rpn=dict(nms_pre=int(rpn_tc.get("nms_pre", -1)),
-                     max_per_img=int(rpn_tc.get("max_per_img", rpn_tc.get("max_num", 1000))),
+                     max_per_img=int(rpn_tc.get("max_per_img", rpn_tc.get("max_num", -1))),
                      iou_threshold=_nms_iou(rpn_tc, "test_cfg.rpn"), min_bbox_size=float(rpn_tc.get("min_bbox_size", 0))),
             rcnn=dict(score_thr=float(rcnn_tc["score_thr"]), iou_threshold=_nms_iou(rcnn_tc, "test_cfg.rcnn"),
                       max_per_img=int(rcnn_tc.get("max_per_img", -1)),
@@ -317,8 +315,7 @@ def load_dense(path: PathLike) -> DenseRelease:
         model = build_dense(sd, meta)
     except ValueError as e:
         raise type(e)(f"{path}: {e}") from None
-    _, backbone_sd = build_release_backbone(_sub(sd, "backbone."), None)
-    state = {f"backbone.{k}": v for k, v in backbone_sd.items()}
+    state = {f"backbone.{k}": v for k, v in backbone_state_dict(_sub(sd, "backbone.")).items()}
     state.update({k: v for k, v in sd.items() if not k.startswith("backbone.")})
     problem = mismatch_message(model.state_dict(), state, limit=3)
     if problem:
