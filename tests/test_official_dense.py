@@ -1,6 +1,6 @@
 """The authors' dense releases (mmdet 2.11 / mmseg 0.13) in litvit, stage by stage against their code.
 
-``tests/data/official_dense/*.npz`` hold six tiny releases made by the authors' own code (RetinaNet,
+``tests/data/official_dense/*.npz`` hold seven tiny releases made by the authors' own code (RetinaNet,
 Mask R-CNN, Semantic FPN on LIT-Ti and LIT-S; other seeds, widths, depths, heads, MLP ratios,
 classes, test scales and images than the reference tool's defaults) and what their
 ``inference_detector`` / ``inference_segmentor`` computed on each image (``generate.py`` there

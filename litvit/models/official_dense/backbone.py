@@ -18,9 +18,8 @@ follows the authors' handling of sizes:
 import re
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
-import torch
-from torch import Tensor
 import torch.nn.functional as F
+from torch import Tensor
 
 from ...errors import CheckpointMismatchError
 from ..backbone import LITBackbone

@@ -16,7 +16,7 @@ Each module keeps the submodule names of the authors' state dicts (``neck.latera
   NMS per class above) on ``torchvision.ops.nms``;
 * :class:`FPNHead`: mmseg's Semantic FPN head.
 """
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -96,7 +96,8 @@ class FPN(nn.Module):
         self.lateral_convs = nn.ModuleList([
             ConvModule(self.in_channels[i], out_channels, 1, act=False) for i in range(start_level, self.end_level)])
         self.fpn_convs = nn.ModuleList([
-            ConvModule(out_channels, out_channels, 3, padding=1, act=False) for _ in range(start_level, self.end_level)])
+            ConvModule(out_channels, out_channels, 3, padding=1, act=False)
+            for _ in range(start_level, self.end_level)])
         extra = num_outs - (self.end_level - start_level)
         if add_extra_convs and extra > 0:
             for i in range(extra):

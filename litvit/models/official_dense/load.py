@@ -45,7 +45,7 @@ _RCNN_TEST = dict(score_thr=0.05, nms=dict(type="nms", iou_threshold=0.5), max_p
 _DET_PIPELINE = TestPipeline(img_scale=(1333, 800), size_divisor=32)
 _SEG_PIPELINE = TestPipeline(img_scale=(2048, 512), size_divisor=None)
 
-PathLike = Union[str, "os.PathLike[str]"]
+PathLike = Union[str, os.PathLike]
 
 
 def release_kind(state_dict: Mapping[str, Tensor]) -> str:
@@ -240,7 +240,8 @@ def build_dense(state_dict: Mapping[str, Tensor], meta: Optional[Mapping[str, An
         settings = dict(
             rpn=dict(nms_pre=int(rpn_tc.get("nms_pre", -1)),
                      max_per_img=int(rpn_tc.get("max_per_img", rpn_tc.get("max_num", -1))),
-                     iou_threshold=_nms_iou(rpn_tc, "test_cfg.rpn"), min_bbox_size=float(rpn_tc.get("min_bbox_size", 0))),
+                     iou_threshold=_nms_iou(rpn_tc, "test_cfg.rpn"),
+                     min_bbox_size=float(rpn_tc.get("min_bbox_size", 0))),
             rcnn=dict(score_thr=float(rcnn_tc["score_thr"]), iou_threshold=_nms_iou(rcnn_tc, "test_cfg.rcnn"),
                       max_per_img=int(rcnn_tc.get("max_per_img", -1)),
                       mask_thr_binary=float(rcnn_tc.get("mask_thr_binary", 0.5))))

@@ -85,8 +85,13 @@ class DenseRelease(nn.Module):
     """
     kind = ""
 
-    def __init__(self, classes: Sequence[str], pipeline: TestPipeline, test_cfg: Dict[str, Any],
-                 palette: Optional[Sequence[Sequence[int]]] = None):
+    def __init__(
+            self,
+            classes: Sequence[str],
+            pipeline: TestPipeline,
+            test_cfg: Dict[str, Any],
+            palette: Optional[Sequence[Sequence[int]]] = None,
+    ):
         super().__init__()
         self.classes = tuple(classes)
         self.palette = [list(c) for c in palette] if palette is not None else None
@@ -127,8 +132,17 @@ class RetinaNet(DenseRelease):
     """
     kind = "retinanet"
 
-    def __init__(self, backbone: nn.Module, neck: FPN, bbox_head: RetinaHead, anchor_generator: AnchorGenerator,
-                 coder: Dict[str, Any], test_cfg: Dict[str, Any], classes: Sequence[str], pipeline: TestPipeline):
+    def __init__(
+            self,
+            backbone: nn.Module,
+            neck: FPN,
+            bbox_head: RetinaHead,
+            anchor_generator: AnchorGenerator,
+            coder: Dict[str, Any],
+            test_cfg: Dict[str, Any],
+            classes: Sequence[str],
+            pipeline: TestPipeline,
+    ):
         super().__init__(classes, pipeline, test_cfg)
         self.backbone = backbone
         self.neck = neck
@@ -149,9 +163,10 @@ class RetinaNet(DenseRelease):
         sigmoid = self.bbox_head.use_sigmoid
         boxes_l, scores_l = [], []
         for cls, reg, anc in zip(cls_scores, bbox_preds, anchors):
+            # 1, A*C, H, W -> 1, H*W*A, C
             cls = cls[:1].permute(0, 2, 3, 1).reshape(1, -1, self.bbox_head.cls_out_channels)
             scores = cls.sigmoid() if sigmoid else cls.softmax(-1)
-            reg = reg[:1].permute(0, 2, 3, 1).reshape(1, -1, 4)
+            reg = reg[:1].permute(0, 2, 3, 1).reshape(1, -1, 4)  # 1, A*4, H, W -> 1, H*W*A, 4
             anc = anc.expand_as(reg)
             nms_pre = cfg["nms_pre"]
             if 0 < nms_pre < scores.shape[-2]:
@@ -195,8 +210,13 @@ class StandardRoIHead(nn.Module):
     """mmdet's StandardRoIHead at test time: RoI extractors (no parameters), ``bbox_head``,
     optional ``mask_head``."""
 
-    def __init__(self, bbox_roi_extractor: RoIExtractor, bbox_head: ConvFCBBoxHead,
-                 mask_roi_extractor: Optional[RoIExtractor] = None, mask_head: Optional[FCNMaskHead] = None):
+    def __init__(
+            self,
+            bbox_roi_extractor: RoIExtractor,
+            bbox_head: ConvFCBBoxHead,
+            mask_roi_extractor: Optional[RoIExtractor] = None,
+            mask_head: Optional[FCNMaskHead] = None,
+    ):
         super().__init__()
         self.bbox_roi_extractor = bbox_roi_extractor
         self.bbox_head = bbox_head
@@ -219,9 +239,19 @@ class MaskRCNN(DenseRelease):
     """
     kind = "mask_rcnn"
 
-    def __init__(self, backbone: nn.Module, neck: FPN, rpn_head: RPNHead, roi_head: StandardRoIHead,
-                 anchor_generator: AnchorGenerator, rpn_coder: Dict[str, Any], rcnn_coder: Dict[str, Any],
-                 test_cfg: Dict[str, Any], classes: Sequence[str], pipeline: TestPipeline):
+    def __init__(
+            self,
+            backbone: nn.Module,
+            neck: FPN,
+            rpn_head: RPNHead,
+            roi_head: StandardRoIHead,
+            anchor_generator: AnchorGenerator,
+            rpn_coder: Dict[str, Any],
+            rcnn_coder: Dict[str, Any],
+            test_cfg: Dict[str, Any],
+            classes: Sequence[str],
+            pipeline: TestPipeline,
+    ):
         super().__init__(classes, pipeline, test_cfg)
         self.backbone = backbone
         self.neck = neck
@@ -246,8 +276,8 @@ class MaskRCNN(DenseRelease):
         anchors = self.anchor_generator.grid_anchors([c.shape[-2:] for c in cls_scores], cls_scores[0].device)
         scores_l, reg_l, anc_l, ids_l = [], [], [], []
         for lvl, (cls, reg, anc) in enumerate(zip(cls_scores, bbox_preds, anchors)):
-            scores = cls[:1].permute(0, 2, 3, 1).reshape(1, -1).sigmoid()
-            reg = reg[:1].permute(0, 2, 3, 1).reshape(1, -1, 4)
+            scores = cls[:1].permute(0, 2, 3, 1).reshape(1, -1).sigmoid()  # 1, A, H, W -> 1, H*W*A
+            reg = reg[:1].permute(0, 2, 3, 1).reshape(1, -1, 4)  # 1, A*4, H, W -> 1, H*W*A, 4
             anc = anc.expand_as(reg)
             if 0 < cfg["nms_pre"] < scores.shape[-1]:
                 ranked, rank_inds = scores.sort(descending=True)
@@ -347,9 +377,17 @@ class SemanticFPN(DenseRelease):
     """
     kind = "semantic_fpn"
 
-    def __init__(self, backbone: nn.Module, neck: FPN, decode_head: FPNHead, test_cfg: Dict[str, Any],
-                 classes: Sequence[str], pipeline: TestPipeline, palette: Optional[Sequence[Sequence[int]]] = None,
-                 align_corners: bool = False):
+    def __init__(
+            self,
+            backbone: nn.Module,
+            neck: FPN,
+            decode_head: FPNHead,
+            test_cfg: Dict[str, Any],
+            classes: Sequence[str],
+            pipeline: TestPipeline,
+            palette: Optional[Sequence[Sequence[int]]] = None,
+            align_corners: bool = False,
+    ):
         super().__init__(classes, pipeline, test_cfg, palette)
         self.backbone = backbone
         self.neck = neck

@@ -12,14 +12,20 @@ image, and then keeps a small part of what it records in one ``VARIANT.npz`` per
   the recorded outputs are those of exactly these weights);
 * the input image (its JPEG or PNG bytes) and what the authors' pipeline made of it (metas, a
   SHA-256 of the exact network input);
-* every recorded stage, spatially subsampled to a few thousand numbers, with float64
-  ``[sum, sum|x|, sum x^2, min, max]`` of the full tensor; final detections, masks (row-major run
-  lengths), label maps.
+* every recorded stage, spatially subsampled to about a hundred numbers (at least four positions
+  of every channel), with float64 ``[sum, sum|x|, sum x^2, min, max]`` of the full tensor; the
+  first proposals and their RoI logits, final detections, masks (row-major run lengths), label
+  maps.
 
-Usage (after the tool's ``setup.sh WORK OFFICIAL_LIT``)::
+mmdet 2.11 gives no mask to a detection whose box ends at ``y = 0`` (its per-class mask list is
+then shorter than its box list); such detections get an empty mask in the recorded result, and
+are listed in the fixture (``empty_masks``).
 
-    PYTHONPATH=. python tests/data/official_dense/generate.py --work WORK \
-        --tool ../shared/tools/official-dense [--only NAME,NAME]
+Usage (after the tool's ``setup.sh WORK OFFICIAL_LIT``; ``OFFICIAL_LIT_GIT``, the bare git dir, only
+adds the authors' commit to the releases' version string)::
+
+    python tests/data/official_dense/generate.py --work WORK --tool ../shared/tools/official-dense \
+        [--only NAME,NAME]
 
 The test suite reads the ``.npz`` files with numpy and torch only (no mmcv, mmdet, cv2).
 """
