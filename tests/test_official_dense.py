@@ -355,6 +355,19 @@ def test_defaults_are_the_authors_settings(runs, name):
         (m.pipeline.mean, m.pipeline.std, m.pipeline.to_rgb, m.pipeline.size_divisor)
 
 
+def test_faster_rcnn_and_pil_input(runs, tmp_path):
+    """Without ``roi_head.mask_head`` a release is a Faster R-CNN: the same boxes, no masks; a PIL
+    image gives what its array gives."""
+    r = runs("mask_rcnn_lit_s")
+    sd = {k: v for k, v in r.fx.state_dict().items() if not k.startswith("roi_head.mask_head.")}
+    torch.save(dict(meta=r.fx.meta(), state_dict=sd), tmp_path / "faster.pth")
+    model = load_dense(tmp_path / "faster.pth")
+    assert not model.with_mask
+    out = model.predict(Image.fromarray(r.image))
+    assert "masks" not in out and torch.equal(out["labels"], r.out["labels"])
+    assert torch.equal(out["boxes"], r.out["boxes"]) and torch.equal(out["scores"], r.out["scores"])
+
+
 def test_old_style_rpn_settings_are_read():
     """mask_rcnn_lit_ti's config has the old RPN keys (nms_thr, max_num), as the authors' LIT-Ti config."""
     from litvit.models.official_dense import build_dense
