@@ -9,8 +9,9 @@ Examples::
     torch.Size([1, 1000])
 """
 from .models import LIT, CheckpointMismatchError, create_model, list_models, load_checkpoint, load_weights
+from .models.official_dense import load_dense
 from .ops import DeformableTokenMerging, DeformMerge2x2, deform_merge2x2
 
 __version__ = "0.1.0"
 __all__ = ["LIT", "CheckpointMismatchError", "create_model", "list_models", "load_checkpoint", "load_weights",
-           "DeformableTokenMerging", "DeformMerge2x2", "deform_merge2x2", "__version__"]
+           "load_dense", "DeformableTokenMerging", "DeformMerge2x2", "deform_merge2x2", "__version__"]
