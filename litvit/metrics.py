@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["COCO_STATS", "accuracy_counts", "coco_results", "coco_evaluate", "confusion_matrix", "segmentation_metrics",
-           "IGNORE_INDEX"]
+           "IGNORE_INDEX", "rle_encode", "COCO_CLASSES", "COCO_CATEGORY_IDS"]
 
 IGNORE_INDEX = 255  # the label value of pixels that count for nothing (ADE20K's "other", padding)
 
@@ -40,6 +40,81 @@ def accuracy_counts(logits: Tensor, target: Tensor, ks: Sequence[int] = (1, 5)) 
 
 
 # --- detection ------------------------------------------------------------------------------------------
+
+# COCO's 80 object categories in the order of their ids (mmdetection's ``CocoDataset.CLASSES``),
+# and those ids (1..90 with gaps).
+COCO_CLASSES = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
+    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
+    "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee",
+    "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
+    "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
+    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
+    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone",
+    "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors", "teddy bear",
+    "hair drier", "toothbrush")
+COCO_CATEGORY_IDS = tuple(i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83))
+
+
+def _rle_string(counts: Sequence[int]) -> str:
+    """COCO's compressed RLE text: each count (from the third on, less the count two before it)
+    in 5-bit groups, low first, a 6th bit marking that more follow, each group + 48 as a character."""
+    chars = []
+    for i, c in enumerate(counts):
+        x = int(c) - (int(counts[i - 2]) if i > 2 else 0)
+        more = True
+        while more:
+            group = x & 0x1F
+            x >>= 5  # arithmetic shift: a negative difference ends at -1
+            more = x != -1 if group & 0x10 else x != 0
+            chars.append(chr(48 + (group | 0x20 if more else group)))
+    return "".join(chars)
+
+
+def rle_encode(mask: np.ndarray, size: Optional[Sequence[int]] = None, offset: Sequence[int] = (0, 0)) -> Dict:
+    """A binary mask as COCO's RLE with ``counts`` as str (what pycocotools' ``encode`` gives,
+    decoded), computed without pycocotools and without a full-size map: the mask may be a
+    region ``mask[h, w]`` placed at ``offset`` (row, column) in an image of ``size`` (H, W).
+
+    Args:
+        mask (np.ndarray[h, w]): the pixels of the region (nonzero: in the mask).
+        size (Sequence[int], optional): (H, W) of the image (default: the mask's own).
+        offset (Sequence[int]): (y0, x0) of the region's top-left pixel in the image.
+
+    Returns:
+        dict: ``{"size": [H, W], "counts": str}`` (column-major runs, zeros first).
+
+    Examples::
+        >>> rle_encode(np.array([[0, 1], [1, 1]]))
+        {'size': [2, 2], 'counts': '13'}
+    """
+    sub = np.asarray(mask).astype(bool, copy=False)
+    if sub.ndim != 2:
+        raise ValueError(f"rle_encode: expected a 2-D mask, got shape {tuple(sub.shape)}")
+    H, W = (int(v) for v in (size if size is not None else sub.shape))
+    y0, x0 = (int(v) for v in offset)
+    h, w = sub.shape
+    if y0 < 0 or x0 < 0 or y0 + h > H or x0 + w > W:
+        raise ValueError(f"rle_encode: a {h}x{w} region at ({y0}, {x0}) does not fit in a {H}x{W} image")
+    padded = np.zeros((w, h + 2), np.int8)  # per column (COCO's order is column-major), False above and below
+    padded[:, 1:-1] = sub.T  # h, w -> w, h
+    step = np.diff(padded, axis=1)  # w, h + 1: +1 where a run starts, -1 one past its end
+    cs, rs = np.nonzero(step == 1)
+    ce, re_ = np.nonzero(step == -1)
+    starts = (x0 + cs.astype(np.int64)) * H + y0 + rs
+    ends = (x0 + ce.astype(np.int64)) * H + y0 + re_
+    if len(starts) > 1:  # a run down to the last row goes on at the top of the next column
+        apart = starts[1:] != ends[:-1]
+        starts = np.concatenate([starts[:1], starts[1:][apart]])
+        ends = np.concatenate([ends[:-1][apart], ends[-1:]])
+    bounds = np.empty(2 * len(starts) + 2, np.int64)
+    bounds[0], bounds[-1] = 0, H * W
+    bounds[1:-1:2], bounds[2:-1:2] = starts, ends
+    counts = np.diff(bounds).tolist()
+    if len(counts) > 1 and counts[-1] == 0:
+        counts.pop()  # the mask reaches the last pixel: no closing run of zeros
+    return {"size": [H, W], "counts": _rle_string(counts)}
+
 
 def coco_results(outputs: Sequence[Dict[str, Tensor]], image_ids: Sequence[int], label_to_cat: Sequence[int]) -> List[dict]:
     """Detector outputs -> COCO result entries (``bbox`` as x, y, w, h; ``segmentation`` as RLE when

@@ -89,13 +89,17 @@ def add_eval_args(p: argparse.ArgumentParser, batch_size: int) -> None:
 
 def add_predict_args(p: argparse.ArgumentParser) -> None:
     """Options every dense ``predict`` command takes."""
-    p.add_argument("--checkpoint", required=True, help="a checkpoint written by the task's train command")
+    p.add_argument("--checkpoint", required=True,
+                   help="a checkpoint written by the task's train command, or one of the authors' releases: "
+                        "its file (mmdet/mmseg format) or its name (downloaded once into the torch hub cache)")
     p.add_argument("images", nargs="+", help="image files and/or folders of images (searched recursively)")
     p.add_argument("--output", default="predictions", help="folder for the PNGs (default: predictions)")
     p.add_argument("--ema", action="store_true", help="use the checkpoint's EMA weights")
     p.add_argument("--bad-images", default="fail", choices=BAD_IMAGE_MODES,
                    help="every input is checked before the first prediction: an unreadable image stops the "
                         "command before anything is written (fail, default) or is reported and left out (skip)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no bars (checking many images, downloading a release)")
 
 
 def expand_images(inputs: Sequence[str]) -> List[Path]:
@@ -301,32 +305,67 @@ def one_line_warnings(command: str) -> Callable[[Callable[[argparse.Namespace], 
     return wrap
 
 
-def model_from_checkpoint(task_cls, args: argparse.Namespace):
-    """``predict``'s task and model: rebuilt from ``--checkpoint``'s record, its weights (or EMA
-    weights with ``--ema``) loaded, in eval mode."""
+def open_release(args: argparse.Namespace, kinds: Sequence[str]):
+    """The authors' release that ``--checkpoint`` names (a release name, downloaded on first use,
+    or a file in mmcv's format), loaded by :func:`~litvit.models.official_dense.load_dense`; None
+    for any other checkpoint (litvit's own). ValueError when the release is not one of ``kinds``
+    or a flag does not apply to it."""
+    from ..checkpoint import read_checkpoint
+    from ..models.official_dense import RELEASES, dense_from_checkpoint, is_release, release_file
+    spec = args.checkpoint
+    if spec in RELEASES and not os.path.exists(spec):
+        spec = release_file(spec, progress=not args.no_progress)
+    elif not os.path.isfile(spec):
+        raise FileNotFoundError(f"checkpoint not found: {spec} (a file, or a release: {', '.join(RELEASES)})")
+    ckpt = read_checkpoint(spec)
+    if not is_release(ckpt):
+        return None
+    model = dense_from_checkpoint(ckpt, args.checkpoint)
+    if model.kind not in kinds:
+        other = "litvit segment" if model.kind == "semantic_fpn" else "litvit detect"
+        what = dict(retinanet="RetinaNet", mask_rcnn="Mask R-CNN", semantic_fpn="Semantic FPN")[model.kind]
+        raise ValueError(f"{args.checkpoint} is a {what} release: use `{other}`")
+    if getattr(args, "ema", False):
+        raise ValueError(f"--ema: {args.checkpoint} is one of the authors' releases, which hold no EMA weights")
+    if getattr(args, "amp", "none") != "none":
+        raise ValueError(f"--amp {args.amp}: a release runs the authors' float32 inference")
+    return model
+
+
+def model_from_checkpoint(task_cls, args: argparse.Namespace, kinds: Sequence[str] = ()):
+    """``predict``'s task and model, in eval mode: a release of one of ``kinds`` (see
+    :func:`open_release`) with its own task (``task_cls.from_release``), else rebuilt from
+    ``--checkpoint``'s record, its weights (or EMA weights with ``--ema``) loaded."""
+    release = open_release(args, kinds) if kinds else None
+    if release is not None:
+        return task_cls.from_release(release), release.eval()
     task = task_cls.from_checkpoint(args.checkpoint)
     model = task.build_model()
     task.load_weights(model, args.checkpoint, use_ema=args.ema)
     return task, model.eval()
 
 
-def predict_files(args: argparse.Namespace, task_cls, predict_one: Callable[..., str]) -> int:
+def predict_files(args: argparse.Namespace, task_cls, predict_one: Callable[..., str], kinds: Sequence[str] = (),
+                  done: Optional[Callable[[Any], None]] = None) -> int:
     """The body of a dense ``predict``: the inputs expanded and every one checked (header and end
     marker, :func:`~litvit.data.check_image`) before the model loads or anything is written; under
     ``--bad-images fail`` an unreadable one stops the command with one line naming it (and how many
     more there are), under ``skip`` each is reported on its own line and left out. Then, per image,
     ``predict_one(task, model, path, image, stem)`` writes its outputs and returns the line printed.
 
+    ``kinds``: the kinds of the authors' releases the command also takes (:func:`model_from_checkpoint`);
+    ``done(task)`` runs once every image has been predicted.
+
     Returns:
         the exit code, 0 (skipped images included, as classification's ``predict``).
     """
     files = expand_images(args.images)
-    bad = dict(scan_files(files, check_image, desc="checking images"))
+    bad = dict(scan_files(files, check_image, progress=not args.no_progress, desc="checking images"))
     if bad and args.bad_images == "fail":
         first = bad[min(bad)]
         raise UnreadableImageError(first + (f" (and {len(bad) - 1} more; --bad-images skip reports them and goes "
                                             f"on)" if len(bad) > 1 else "") + "; nothing was written")
-    task, model = model_from_checkpoint(task_cls, args)
+    task, model = model_from_checkpoint(task_cls, args, kinds)
     skipped = 0
     for i, (path, stem) in enumerate(zip(files, output_stems(files))):
         why = bad.get(i)
@@ -342,6 +381,8 @@ def predict_files(args: argparse.Namespace, task_cls, predict_one: Callable[...,
             print(f"{path}: skipped: {why}")
             continue
         print(predict_one(task, model, path, image, stem))
+    if done is not None:
+        done(task)
     if skipped:
         print(f"{skipped} of {len(files)} image(s) skipped (unreadable)", file=sys.stderr)
     return 0

@@ -21,6 +21,7 @@ Examples::
     litvit detect predict --checkpoint runs/retina_lit_ti/best.pth photo.jpg --output preds/
 """
 import argparse
+import json
 from pathlib import Path
 from typing import Any, Dict
 
@@ -31,12 +32,12 @@ from ..engine import evaluate as engine_evaluate, fit, is_main_process
 from ..errors import CLIError
 from ..metrics import _STAT_NAMES
 from ..models.detectors import DETECTION_DEFAULTS, DETECTORS, RECIPE_OF, parameter_table
-from ..tasks.detection import DetectionTask, draw_detections
-from ..utils import count_parameters
+from ..tasks.detection import DetectionTask, detection_records, draw_detections
+from ..utils import atomic_write, count_parameters
 from .args import nonneg_int, positive_int, print_config, prob_arg
 from .dense import (add_backbone_args, add_engine_args, add_eval_args, add_predict_args, backbone_kwargs,
                     backbone_summary, best_score, check_train_args, engine_summary, eval_config, note_random_backbone,
-                    one_line_warnings, optimizer_summary, predict_files, print_parameter_table, resolve_recipe,
+                    one_line_warnings, open_release, optimizer_summary, predict_files, print_parameter_table, resolve_recipe,
                     save_png_atomic, train_config, written_files)
 
 __all__ = ["add_parsers", "resolved_config"]
@@ -119,11 +120,20 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+_DETECTORS = ("retinanet", "mask_rcnn")  # the kinds of the authors' releases ``litvit detect`` takes
+
+
 def _eval(args: argparse.Namespace) -> int:
     _require_pycocotools()
-    task = DetectionTask.from_checkpoint(args.checkpoint, val_images=args.val_images, val_ann=args.val_ann,
-                                         progress=not args.no_progress)
-    metrics = engine_evaluate(task, eval_config(args), args.checkpoint, use_ema=args.ema)
+    release = open_release(args, _DETECTORS)
+    if release is not None:
+        task = DetectionTask.from_release(release, val_images=args.val_images, val_ann=args.val_ann,
+                                          progress=not args.no_progress)
+    else:
+        task = DetectionTask.from_checkpoint(args.checkpoint, val_images=args.val_images, val_ann=args.val_ann,
+                                             progress=not args.no_progress)
+    metrics = engine_evaluate(task, eval_config(args), None if release is not None else args.checkpoint,
+                              use_ema=args.ema)
     if not is_main_process():
         return 0
     if task.last_summary:
@@ -135,15 +145,22 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     out_dir = Path(args.output)
+    records = []
 
     def predict_one(task: DetectionTask, model, path: Path, img, stem: str) -> str:
         image = image_to_tensor(img)
         output = task.predict(model, [image], paste_masks=False)[0]  # masks pasted one box at a time when drawn
+        records.extend(detection_records(output, str(path), task.class_names, task.category_ids(), image.shape[-2:]))
         drawn, n = draw_detections(image, output, task.class_names, args.score_thresh)
         dst = save_png_atomic(drawn, out_dir / f"{stem}_det.png")
-        return f"{path}: {n} detection(s) with score >= {args.score_thresh} -> {dst}"
+        return f"{path}: {len(output['scores'])} detection(s), {n} with score >= {args.score_thresh} drawn -> {dst}"
 
-    return predict_files(args, DetectionTask, predict_one)
+    def write_records(task: DetectionTask) -> None:
+        dst = atomic_write(out_dir / "detections.json", lambda tmp: Path(tmp).write_text(
+            json.dumps(records, ensure_ascii=False) + "\n", encoding="utf-8"))
+        print(f"{len(records)} detection(s) -> {dst}")
+
+    return predict_files(args, DetectionTask, predict_one, kinds=_DETECTORS, done=write_records)
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:

@@ -34,12 +34,12 @@ from ..data.ade20k import SegEvalTransform
 from ..engine import evaluate as engine_evaluate, fit, is_main_process
 from ..metrics import segmentation_metrics
 from ..models.semantic_fpn import SEGMENTATION_DEFAULTS, parameter_table
-from ..tasks.segmentation import SegmentationTask, colorize
+from ..tasks.segmentation import ReleaseSegmentationTask, SegmentationTask, colorize
 from ..utils import count_parameters
 from .args import float_arg, img_size_arg, int_arg, positive_int, print_config
 from .dense import (add_backbone_args, add_engine_args, add_eval_args, add_predict_args, backbone_kwargs,
                     backbone_summary, best_score, check_train_args, engine_summary, eval_config, note_random_backbone,
-                    one_line_warnings, optimizer_summary, predict_files, print_parameter_table, resolve_recipe,
+                    one_line_warnings, open_release, optimizer_summary, predict_files, print_parameter_table, resolve_recipe,
                     save_png_atomic, train_config, written_files)
 
 __all__ = ["add_parsers", "resolved_config"]
@@ -113,9 +113,15 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    task = SegmentationTask.from_checkpoint(args.checkpoint, data=args.data, val_split=args.split,
-                                            progress=not args.no_progress)
-    metrics = engine_evaluate(task, eval_config(args), args.checkpoint, use_ema=args.ema)
+    release = open_release(args, ("semantic_fpn",))
+    if release is not None:
+        task = SegmentationTask.from_release(release, data=args.data, val_split=args.split,
+                                             progress=not args.no_progress)
+    else:
+        task = SegmentationTask.from_checkpoint(args.checkpoint, data=args.data, val_split=args.split,
+                                                progress=not args.no_progress)
+    metrics = engine_evaluate(task, eval_config(args), None if release is not None else args.checkpoint,
+                              use_ema=args.ema)
     if not is_main_process():
         return 0
     per_class = segmentation_metrics(task.last_confusion, task.class_names)
@@ -134,11 +140,16 @@ def _predict(args: argparse.Namespace) -> int:
     out_dir = Path(args.output)
 
     def predict_one(task: SegmentationTask, model, path: Path, img, stem: str) -> str:
-        x, _ = SegEvalTransform(scale=task.scale)(img, np.zeros((1, 1), np.uint8))  # the model's scale
-        pred = model.predict(x[None], size=(img.size[1], img.size[0]), dtype=torch.uint8)[0].numpy()
+        size = (img.size[1], img.size[0])
+        if isinstance(task, ReleaseSegmentationTask):  # the release's own test pipeline
+            pred = task.predict_labels(model, torch.from_numpy(np.array(img, dtype=np.uint8)), size, torch.uint8)
+            pred = pred[0].cpu().numpy()
+        else:
+            x, _ = SegEvalTransform(scale=task.scale)(img, np.zeros((1, 1), np.uint8))  # the model's scale
+            pred = model.predict(x[None], size=size, dtype=torch.uint8)[0].numpy()
         labels = Image.fromarray(pred)  # uint8: mode L
         labels_png = save_png_atomic(labels, out_dir / f"{stem}_labels.png")
-        colours = Image.fromarray(colorize(pred, task.num_classes))
+        colours = Image.fromarray(colorize(pred, task.num_classes, task.colours()))
         W, H = img.size
         side = Image.new("RGB", (3 * W, H))  # image | overlay (half image, half colour) | colour map
         side.paste(img, (0, 0))
@@ -150,7 +161,7 @@ def _predict(args: argparse.Namespace) -> int:
                         if present[c])
         return f"{path}: {top} -> {dst} (class indices in {labels_png})"
 
-    return predict_files(args, SegmentationTask, predict_one)
+    return predict_files(args, SegmentationTask, predict_one, kinds=("semantic_fpn",))
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:

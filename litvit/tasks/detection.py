@@ -17,6 +17,7 @@ Examples::
 import contextlib
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -26,14 +27,16 @@ from ..checkpoint import read_model_record
 from ..data.coco import CocoDetection, detection_collate, pad_extreme_aspect
 from ..data.io import palette
 from ..engine import DistInfo, Task, TrainConfig, param_groups, progress
-from ..metrics import COCO_STATS, coco_evaluate, coco_results  # noqa: F401  (re-exported: their old place)
+from ..metrics import COCO_CATEGORY_IDS, COCO_CLASSES, COCO_STATS, coco_evaluate, coco_results, rle_encode  # noqa: F401
+from ..models.official_dense import DenseRelease
 from ..models.detectors import DETECTION_DEFAULTS, DETECTORS, build_detector
 from ..utils import moved_names
 
 if TYPE_CHECKING:
     from PIL import Image
 
-__all__ = ["DetectionTask", "coco_results", "coco_evaluate", "draw_detections", "float32_heads", "mask_regions"]
+__all__ = ["DetectionTask", "ReleaseDetectionTask", "coco_results", "coco_evaluate", "detection_records",
+           "draw_detections", "float32_heads", "mask_regions"]
 
 class _AutocastBody(nn.Module):
     """Runs a detector's backbone under autocast and hands float32 maps to the heads."""
@@ -304,6 +307,127 @@ class DetectionTask(Task):
                       fpn_channels=extra.get("fpn_channels", 256))
         kwargs.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**kwargs)
+
+    @classmethod
+    def from_release(cls, model: DenseRelease, **kwargs) -> "ReleaseDetectionTask":
+        """The task of one of the authors' detector releases (:func:`litvit.load_dense`)."""
+        return ReleaseDetectionTask(model, **kwargs)
+
+    def category_ids(self) -> List[Optional[int]]:
+        """The category id of each class (index into ``class_names``), as in the annotation file
+        the checkpoint was trained on."""
+        return list(self.cat_ids)
+
+
+class ReleaseDetectionTask(DetectionTask):
+    """One of the authors' RetinaNet / Mask R-CNN releases (loaded by :func:`litvit.load_dense`) for
+    :func:`litvit.engine.evaluate` and ``detect predict``: its own inference, its classes.
+
+    :meth:`predict` gives its detections in :class:`DetectionTask`'s convention (labels 1..K, masks
+    ``Tensor[N, 1, H, W]``). On a COCO-format set the release's classes are matched to the
+    annotation file's categories by name (the releases hold COCO's 80 names, in order).
+
+    Args:
+        model (DenseRelease): a detector release, weights loaded.
+        val_images, val_ann (str, optional): COCO-format evaluation data.
+        progress (bool): a progress bar while evaluating.
+    """
+
+    def __init__(
+            self,
+            model: DenseRelease,
+            val_images: Optional[str] = None,
+            val_ann: Optional[str] = None,
+            progress: bool = True,
+    ):
+        if model.kind not in ("retinanet", "mask_rcnn"):
+            raise ValueError(f"a {model.kind} release is not a detector")
+        arch = "mask_rcnn" if model.kind == "mask_rcnn" and model.with_mask else "retinanet"
+        super().__init__(arch=arch, val_images=val_images, val_ann=val_ann, num_classes=len(model.classes),
+                         class_names=model.classes, cat_ids=range(1, len(model.classes) + 1), progress=progress)
+        self.release = model
+        self.find_unused_parameters = False
+
+    def setup(self) -> Dict[str, Any]:
+        """The evaluation set, whose categories must be the release's classes (matched by name)."""
+        if self._val_set is None and self.val_ann is not None:
+            self._val_set = self._dataset(self.val_images, self.val_ann, train=False)
+        if self._val_set is not None:
+            self.cat_ids = self._match_categories(self._val_set)
+        return dict(num_classes=self.num_classes, class_names=list(self.class_names), cat_ids=list(self.cat_ids))
+
+    def _match_categories(self, ds: CocoDetection) -> List[int]:
+        by_name = dict(zip(ds.class_names, ds.cat_ids))
+        missing = [c for c in self.class_names if c not in by_name]
+        extra = [c for c in ds.class_names if c not in self.class_names]
+        if missing or extra or len(by_name) != len(ds.cat_ids):
+            said = "; ".join(p for p in (
+                f"{len(missing)} of its classes are not categories there ({', '.join(missing[:3])}"
+                f"{', ...' if len(missing) > 3 else ''})" if missing else "",
+                f"{len(extra)} categories there are not among its classes ({', '.join(extra[:3])}"
+                f"{', ...' if len(extra) > 3 else ''})" if extra else "",
+                "category names repeat there" if len(by_name) != len(ds.cat_ids) else "") if p)
+            raise ValueError(f"{ds.ann_file} does not hold the release's {self.num_classes} classes: {said}")
+        return [int(by_name[c]) for c in self.class_names]
+
+    def _check_categories(self, ds: CocoDetection) -> None:
+        self._match_categories(ds)
+
+    def build_model(self) -> nn.Module:
+        return self.release
+
+    def load_weights(self, model: nn.Module, path: str, use_ema: bool = False) -> None:
+        """The release's weights are in the model already."""
+
+    def category_ids(self) -> List[Optional[int]]:
+        """COCO's id of each class when every class is one of COCO's 80 names (the releases), else None."""
+        ids = dict(zip(COCO_CLASSES, COCO_CATEGORY_IDS))
+        return [ids[c] for c in self.class_names] if all(c in ids for c in self.class_names) \
+            else [None] * len(self.class_names)
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, images: Sequence[Tensor], paste_masks: bool = True) -> List[Dict[str, Tensor]]:
+        """The release's detections (its own test pipeline and settings) of RGB images in [0, 1]
+        (``Tensor[3, H, W]``, as :func:`~litvit.data.io.image_to_tensor` makes them from 8-bit
+        pixels, which are recovered exactly): ``boxes``, ``scores``, ``labels`` (1..K) and, for Mask
+        R-CNN, ``masks`` (Tensor[N, 1, H, W] bool, pasted as the authors paste them)."""
+        outputs = []
+        for im in images:
+            pixels = (im.detach().cpu() * 255).round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+            out = model.predict(pixels)  # 3, H, W -> H, W, 3
+            out["labels"] = out["labels"] + 1
+            if "masks" in out:
+                out["masks"] = out["masks"][:, None]  # N, H, W -> N, 1, H, W
+            outputs.append(out)
+        return outputs
+
+
+def detection_records(output: Dict[str, Tensor], file_name: str, class_names: Sequence[str],
+                      category_ids: Sequence[Optional[int]], size: Sequence[int]) -> List[Dict[str, Any]]:
+    """One JSON record per detection of :meth:`DetectionTask.predict` on an image of ``size`` (H, W):
+    ``file_name``, ``label`` (index into ``class_names``), ``category``, ``category_id``, ``bbox``
+    ``[x, y, w, h]`` in the image's pixels, ``score`` and, with masks, ``segmentation`` (COCO RLE,
+    ``counts`` as str; unpasted masks are encoded from their box's region, without a full-size map)."""
+    H, W = int(size[0]), int(size[1])
+    boxes = output["boxes"].float().cpu()
+    labels = (output["labels"].cpu() - 1).tolist()
+    scores = output["scores"].float().cpu().tolist()
+    segmentations: List[Optional[Dict[str, Any]]] = [None] * len(labels)
+    if "masks" in output:
+        segmentations = [rle_encode(m[0].numpy() > 0.5) for m in output["masks"].cpu()]
+    elif "mask_probs" in output:
+        empty = np.zeros((0, 0), bool)
+        segmentations = [rle_encode(empty, (H, W)) if region is None else
+                         rle_encode(region[1].numpy(), (H, W), (region[0][0].start, region[0][1].start))
+                         for region in mask_regions(output["mask_probs"].cpu(), output["mask_boxes"].cpu(), (H, W))]
+    records = []
+    for (x1, y1, x2, y2), label, score, seg in zip(boxes.tolist(), labels, scores, segmentations):
+        record = dict(file_name=file_name, label=int(label), category=class_names[label],
+                      category_id=category_ids[label], bbox=[x1, y1, x2 - x1, y2 - y1], score=score)
+        if seg is not None:
+            record["segmentation"] = seg
+        records.append(record)
+    return records
 
 
 def _mask_rcnn_unpasted(model: "MaskRCNN", images: List[Tensor]) -> List[Dict[str, Tensor]]:

@@ -25,10 +25,11 @@ from ..data.ade20k import SegEvalTransform, SegmentationDataset, SegTrainTransfo
 from ..data.io import palette
 from ..engine import DistInfo, Task, TrainConfig, param_groups, progress
 from ..metrics import IGNORE_INDEX, confusion_matrix, segmentation_metrics
+from ..models.official_dense import DenseRelease
 from ..models.semantic_fpn import SEGMENTATION_DEFAULTS, convert_head_sync_batchnorm, resize_argmax, semantic_fpn
 from ..utils import moved_names
 
-__all__ = ["SegmentationTask", "colorize"]
+__all__ = ["SegmentationTask", "ReleaseSegmentationTask", "colorize", "release_reduce_zero_label"]
 
 
 class SegmentationTask(Task):
@@ -186,14 +187,18 @@ class SegmentationTask(Task):
             if isinstance(images, Tensor):
                 images, labels = list(images), list(labels)
             for image, label in zip(images, labels):
-                logits = model(image[None].to(device)).float()
-                pred = resize_argmax(logits, label.shape[-2:], dtype=label_dtype)  # bounded memory on large images
+                pred = self.predict_labels(model, image.to(device), label.shape[-2:], label_dtype)
                 cm += confusion_matrix(pred[0].cpu(), label.cpu(), self.num_classes).double()
         cm = dist.reduce_sum(cm)
         metrics = segmentation_metrics(cm)
         metrics["score"] = metrics["mIoU"]
         self.last_confusion = cm
         return metrics
+
+    def predict_labels(self, model: nn.Module, image: Tensor, size: Sequence[int], dtype: torch.dtype) -> Tensor:
+        """The class map (Tensor[1, H, W]) of one network input ``image`` (Tensor[3, h, w]) at ``size``
+        (H, W): the logits resized a few classes at a time, memory bounded on large images."""
+        return resize_argmax(model(image[None]).float(), size, dtype=dtype)
 
     def run_config(self) -> dict:
         return dict(backbone=self.backbone, num_classes=self.num_classes, reduce_zero_label=self.reduce_zero_label,
@@ -209,6 +214,15 @@ class SegmentationTask(Task):
                     class_names=list(self.class_names))
 
     @classmethod
+    def from_release(cls, model: DenseRelease, **kwargs) -> "ReleaseSegmentationTask":
+        """The task of one of the authors' Semantic FPN releases (:func:`litvit.load_dense`)."""
+        return ReleaseSegmentationTask(model, **kwargs)
+
+    def colours(self) -> np.ndarray:
+        """The RGB colour of each class, uint8 [K, 3]."""
+        return palette(self.num_classes)
+
+    @classmethod
     def from_checkpoint(cls, path: str, **overrides) -> "SegmentationTask":
         extra = read_model_record(path, cls.name)
         kwargs = dict(backbone=extra["backbone"], num_classes=extra["num_classes"],
@@ -219,14 +233,98 @@ class SegmentationTask(Task):
         return cls(**kwargs)
 
 
-def colorize(pred: np.ndarray, num_classes: int) -> np.ndarray:
-    """Class map ``[H, W]`` -> colours ``[H, W, 3]`` uint8 (ignored pixels black).
+class _ReleaseInput:
+    """The evaluation transform of a release: the image's 8-bit pixels (Tensor[H, W, 3] uint8), which
+    the release's own test pipeline resizes and normalises; the label left at full size."""
+
+    def __call__(self, img, label: np.ndarray) -> Tuple[Tensor, Tensor]:
+        return torch.from_numpy(np.array(img, dtype=np.uint8)), torch.from_numpy(np.array(label, dtype=np.int64))
+
+
+def release_reduce_zero_label(config: Dict[str, Any]) -> bool:
+    """Whether a Semantic FPN release's labels follow ADE20K's convention (0 = ignore, v -> v - 1),
+    as its config says: the test (or validation) set's ``reduce_zero_label``, else True for an
+    ``ADE20KDataset`` (mmseg 0.13 sets it there), else the training pipeline's ``LoadAnnotations``;
+    a release without a config is one of the authors' ADE20K models (True)."""
+    data = config.get("data") or {}
+    sets = [data.get(k) or {} for k in ("test", "val", "train")]
+    for ds in sets[:2]:
+        if "reduce_zero_label" in ds:
+            return bool(ds["reduce_zero_label"])
+    for ds in sets:
+        if ds.get("type") == "ADE20KDataset":
+            return True
+        for step in ds.get("pipeline") or []:
+            if isinstance(step, dict) and step.get("type") == "LoadAnnotations" and "reduce_zero_label" in step:
+                return bool(step["reduce_zero_label"])
+    return True
+
+
+class ReleaseSegmentationTask(SegmentationTask):
+    """One of the authors' Semantic FPN releases (loaded by :func:`litvit.load_dense`) for
+    :func:`litvit.engine.evaluate` and ``segment predict``: its own test pipeline, classes,
+    palette, and the label convention its config names (:func:`release_reduce_zero_label`).
+
+    Args:
+        model (DenseRelease): a Semantic FPN release, weights loaded.
+        data (str, optional): an ADE20K-format dataset root.
+        val_split (str): its sub-folder to evaluate.
+        progress (bool): a progress bar while evaluating.
+    """
+
+    def __init__(
+            self,
+            model: DenseRelease,
+            data: Optional[str] = None,
+            val_split: str = "validation",
+            progress: bool = True,
+    ):
+        if model.kind != "semantic_fpn":
+            raise ValueError(f"a {model.kind} release is not a segmentation model")
+        super().__init__(data=data, num_classes=len(model.classes), val_split=val_split,
+                         reduce_zero_label=release_reduce_zero_label(model.config), iters=0,
+                         class_names=model.classes, progress=progress)
+        self.release = model
+
+    def _build_datasets(self):
+        if self.data is None:
+            raise ValueError("no dataset: give --data (a folder in ADE20K layout)")
+        return [], self._dataset(self.val_split, _ReleaseInput())
+
+    def build_model(self) -> nn.Module:
+        return self.release
+
+    def load_weights(self, model: nn.Module, path: str, use_ema: bool = False) -> None:
+        """The release's weights are in the model already."""
+
+    def colours(self) -> np.ndarray:
+        """The release's palette (``meta['PALETTE']``), else :func:`~litvit.data.io.palette`'s."""
+        if self.release.palette is None:
+            return palette(self.num_classes)
+        return np.asarray(self.release.palette, dtype=np.uint8).reshape(-1, 3)
+
+    def predict_labels(self, model: nn.Module, image: Tensor, size: Sequence[int], dtype: torch.dtype) -> Tensor:
+        """The release's label map (Tensor[1, H, W]) of 8-bit pixels ``image`` (Tensor[H, W, 3] uint8):
+        its test pipeline, whole-image logits, resized to the image as the authors resize them; the
+        resize runs a few classes at a time (the same labels as their softmax over full-size maps)."""
+        x, meta = model.preprocess(image.cpu().numpy())
+        if tuple(meta["ori_shape"][:2]) != tuple(size):
+            raise ValueError(f"image of {tuple(meta['ori_shape'][:2])} pixels, label of {tuple(size)}")
+        if model.align_corners:
+            return model.inference(x, meta).argmax(dim=1).to(dtype)
+        return resize_argmax(model.encode_decode(x).float(), size, dtype=dtype)
+
+
+def colorize(pred: np.ndarray, num_classes: int, colours: Optional[np.ndarray] = None) -> np.ndarray:
+    """Class map ``[H, W]`` -> colours ``[H, W, 3]`` uint8 (ignored pixels black); ``colours``
+    ([K, 3] uint8) default to :func:`~litvit.data.io.palette`'s.
 
     A uint8 map is coloured through a PIL palette image: 3 bytes a pixel besides the map, where
     numpy's indexing would first copy the map into 8-byte indices.
     """
-    colours = np.concatenate([palette(num_classes), np.zeros((256 - num_classes, 3), np.uint8)]) \
-        if num_classes < 256 else palette(num_classes)
+    colours = palette(num_classes) if colours is None else np.asarray(colours, dtype=np.uint8)[:num_classes]
+    if num_classes < 256:
+        colours = np.concatenate([colours, np.zeros((256 - num_classes, 3), np.uint8)])
     if pred.dtype == np.uint8 and pred.ndim == 2 and len(colours) == 256:
         from PIL import Image
         img = Image.fromarray(pred)  # mode L; a palette makes it P

@@ -29,11 +29,12 @@ from torch import Tensor
 
 from .backbone import ReleaseBackbone, build_release_backbone
 from .config import parse_config
-from .load import build_dense, load_dense, release_kind
+from .load import RELEASES, build_dense, dense_from_checkpoint, is_release, load_dense, release_file, release_kind
 from .models import DenseRelease, MaskRCNN, RetinaNet, SemanticFPN
 from .preprocess import TestPipeline, preprocess, resize_bilinear_u8
 
-__all__ = ["load_dense", "predict", "build_dense", "release_kind", "DenseRelease", "RetinaNet", "MaskRCNN",
+__all__ = ["load_dense", "predict", "build_dense", "release_kind", "is_release", "release_file", "dense_from_checkpoint",
+           "RELEASES", "DenseRelease", "RetinaNet", "MaskRCNN",
            "SemanticFPN", "ReleaseBackbone", "build_release_backbone", "parse_config", "TestPipeline", "preprocess",
            "resize_bilinear_u8"]
 

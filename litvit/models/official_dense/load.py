@@ -14,9 +14,14 @@ litvit's one checkpoint reader and builds the model it holds:
   pipeline) from ``meta['config']`` (parsed, never executed), falling back to the values of the
   authors' configs for what the file does not say;
 * class names and palette from ``meta``.
+
+The six releases also load by name (``load_dense("retina_lit_ti")``): :func:`release_file`
+downloads them once into torch hub's checkpoint folder (``$TORCH_HOME/hub/checkpoints``), as
+``pretrained=True`` does for the ImageNet weights.
 """
 import logging
 import os
+import sys
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 from torch import Tensor
@@ -29,7 +34,8 @@ from .heads import FPN, ConvFCBBoxHead, FCNMaskHead, FPNHead, RetinaHead, RoIExt
 from .models import AnchorGenerator, DenseRelease, MaskRCNN, RetinaNet, SemanticFPN, StandardRoIHead
 from .preprocess import TestPipeline, pipeline_from_config
 
-__all__ = ["load_dense", "build_dense", "release_kind"]
+__all__ = ["load_dense", "build_dense", "release_kind", "is_release", "release_file", "dense_from_checkpoint",
+           "RELEASES"]
 
 _logger = logging.getLogger(__name__)
 
@@ -46,6 +52,39 @@ _DET_PIPELINE = TestPipeline(img_scale=(1333, 800), size_divisor=32)
 _SEG_PIPELINE = TestPipeline(img_scale=(2048, 512), size_divisor=None)
 
 PathLike = Union[str, os.PathLike]
+
+# The authors' six dense releases (LIT release v2.0), by the names ``--checkpoint`` and
+# :func:`load_dense` accept.
+_RELEASE_URL = "https://github.com/ziplab/LIT/releases/download/v2.0/"
+RELEASES: Dict[str, str] = {name: f"{_RELEASE_URL}{name}.pth" for name in (
+    "retina_lit_ti", "retina_lit_s", "mask_rcnn_lit_ti", "mask_rcnn_lit_s", "sem_fpn_lit_ti", "sem_fpn_lit_s")}
+
+
+def is_release(ckpt: Any) -> bool:
+    """Whether a read checkpoint is in the format mmcv's ``save_checkpoint`` writes for mmdet /
+    mmseg: a ``state_dict`` mapping beside a ``meta`` mapping that names an mmdet or mmseg
+    version or carries a config."""
+    if not isinstance(ckpt, Mapping) or not isinstance(ckpt.get("state_dict"), Mapping):
+        return False
+    meta = ckpt.get("meta")
+    return isinstance(meta, Mapping) and any(k in meta for k in ("mmdet_version", "mmseg_version", "config"))
+
+
+def release_file(name: str, progress: bool = True) -> str:
+    """The local file of the release called ``name`` (a key of :data:`RELEASES`), downloaded on
+    first use into torch hub's checkpoint folder (``torch.hub.get_dir()/checkpoints``, which
+    honours ``$TORCH_HOME``); the download goes to a temporary file renamed when complete."""
+    import torch.hub
+    if name not in RELEASES:
+        raise KeyError(f"unknown release {name!r}; the releases are {', '.join(RELEASES)}")
+    url = RELEASES[name]
+    folder = os.path.join(torch.hub.get_dir(), "checkpoints")
+    path = os.path.join(folder, os.path.basename(url))
+    if not os.path.isfile(path):
+        os.makedirs(folder, exist_ok=True)
+        sys.stderr.write(f"downloading {url} to {path}\n")  # as torch.hub's download of weights says
+        torch.hub.download_url_to_file(url, path, progress=progress)
+    return path
 
 
 def release_kind(state_dict: Mapping[str, Tensor]) -> str:
@@ -287,7 +326,8 @@ def load_dense(path: PathLike) -> DenseRelease:
     LIT-S; mmdet 2.11 / mmseg 0.13 format) from the file alone.
 
     Args:
-        path (str | PathLike): the ``.pth`` file.
+        path (str | PathLike): the ``.pth`` file, or the name of a release (:data:`RELEASES`:
+            ``retina_lit_ti``, ``mask_rcnn_lit_s``, ...), downloaded on first use.
 
     Returns:
         DenseRelease: the model in eval mode, with ``classes`` (and ``palette`` for Semantic FPN);
@@ -304,7 +344,13 @@ def load_dense(path: PathLike) -> DenseRelease:
         >>> model.predict(np.zeros((480, 640, 3), np.uint8))['boxes'].shape  # doctest: +SKIP
         torch.Size([0, 4])
     """
-    ckpt = read_checkpoint(path)
+    if isinstance(path, str) and path in RELEASES and not os.path.exists(path):
+        path = release_file(path)
+    return dense_from_checkpoint(read_checkpoint(path), path)
+
+
+def dense_from_checkpoint(ckpt: Any, path: PathLike = "the checkpoint") -> DenseRelease:
+    """:func:`load_dense` of a checkpoint already read (``path`` names it in messages)."""
     if not isinstance(ckpt, Mapping) or not isinstance(ckpt.get("state_dict"), Mapping):
         found = sorted(ckpt)[:5] if isinstance(ckpt, Mapping) else type(ckpt).__name__
         raise CheckpointMismatchError(f"{path} is not an mmdet/mmseg release (expected 'meta' and 'state_dict', "
