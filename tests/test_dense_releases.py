@@ -9,6 +9,7 @@ import functools
 import http.server
 import json
 import socket
+import sys
 import threading
 from pathlib import Path
 
@@ -102,6 +103,17 @@ def test_detect_predict_release_writes_every_detection(release, tmp_path, capsys
             assert np.array_equal(_decode(r["segmentation"]), want["masks"][k].numpy())
         else:
             assert "segmentation" not in r
+
+
+@cli
+def test_detect_predict_needs_no_pycocotools(release, tmp_path, monkeypatch):
+    """pycocotools is optional: predict encodes the masks' RLE itself."""
+    path, img, _ = release("mask_rcnn_lit_s")
+    for name in ("pycocotools", "pycocotools.mask", "pycocotools.coco", "pycocotools.cocoeval"):
+        monkeypatch.setitem(sys.modules, name, None)  # import raises ImportError
+    assert main(["detect", "predict", "--checkpoint", str(path), str(img), "--output", str(tmp_path / "o")]) == 0
+    records = json.loads((tmp_path / "o" / "detections.json").read_text(encoding="utf-8"))
+    assert records and all(isinstance(r["segmentation"]["counts"], str) for r in records)
 
 
 @cli

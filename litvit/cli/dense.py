@@ -93,8 +93,8 @@ def add_predict_args(p: argparse.ArgumentParser) -> None:
                    help="a checkpoint written by the task's train command, or one of the authors' releases: "
                         "its file (mmdet/mmseg format) or its name (downloaded once into the torch hub cache)")
     p.add_argument("images", nargs="+", help="image files and/or folders of images (searched recursively)")
-    p.add_argument("--output", default="predictions", help="folder for the PNGs (default: predictions)")
-    p.add_argument("--ema", action="store_true", help="use the checkpoint's EMA weights")
+    p.add_argument("--output", default="predictions", help="folder for the outputs (default: predictions)")
+    p.add_argument("--ema", action="store_true", help="use the checkpoint's EMA weights (litvit checkpoints)")
     p.add_argument("--bad-images", default="fail", choices=BAD_IMAGE_MODES,
                    help="every input is checked before the first prediction: an unreadable image stops the "
                         "command before anything is written (fail, default) or is reported and left out (skip)")

@@ -19,6 +19,19 @@ Examples::
     torchrun --nproc_per_node 8 -m litvit detect train --arch mask_rcnn --backbone lit_s ... --output runs/mrcnn_lit_s
     litvit detect eval --checkpoint runs/retina_lit_ti/best.pth --val-images coco/val2017 --val-ann ...
     litvit detect predict --checkpoint runs/retina_lit_ti/best.pth photo.jpg --output preds/
+
+The authors' released detectors (mmdet 2.11 format, :func:`litvit.load_dense`) run the same way,
+given as a file or by name (``retina_lit_ti``, ``retina_lit_s``, ``mask_rcnn_lit_ti``,
+``mask_rcnn_lit_s``: downloaded once into the torch hub cache); no flag describes the model::
+
+    litvit detect predict --checkpoint mask_rcnn_lit_s photo.jpg --output preds/
+    litvit detect eval --checkpoint retina_lit_ti.pth --val-images coco/val2017 --val-ann ...
+
+``predict`` writes ``OUTPUT/NAME_det.png`` per image and ``OUTPUT/detections.json``: every detection
+the model returns under its own test settings (not only those drawn), one record each with
+``file_name``, ``label`` (index into the checkpoint's classes), ``category``, ``category_id``,
+``bbox`` ``[x, y, w, h]`` in the image's pixels, ``score`` and, for Mask R-CNN, ``segmentation``
+(COCO RLE, ``counts`` as str).
 """
 import argparse
 import json
@@ -196,18 +209,25 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     e = cmds.add_parser("eval", help="box / mask AP of a checkpoint with pycocotools",
                         description="Box AP (and mask AP for Mask R-CNN) of a `litvit detect train` checkpoint "
-                                    "on COCO-format data, with pycocotools; torchrun-ready.")
-    e.add_argument("--checkpoint", required=True, help="a checkpoint written by `litvit detect train`")
+                                    "or one of the authors' releases on COCO-format data, with pycocotools; "
+                                    "torchrun-ready. A release's classes are matched to the annotation file's "
+                                    "categories by name: they must be the same set.")
+    e.add_argument("--checkpoint", required=True,
+                   help="a checkpoint written by `litvit detect train`, or one of the authors' releases: its file "
+                        "(mmdet format) or its name (retina_lit_ti, retina_lit_s, mask_rcnn_lit_ti, mask_rcnn_lit_s)")
     e.add_argument("--val-images", required=True, help="folder of the images to evaluate on")
     e.add_argument("--val-ann", required=True, help="COCO instances JSON of those images")
     add_eval_args(e, batch_size=2)
     e.set_defaults(func=one_line_warnings("detect")(_eval))
 
     r = cmds.add_parser("predict", help="draw a checkpoint's detections on images (PNG)",
-                        description="Draw the boxes (and masks) a `litvit detect train` checkpoint finds on "
-                                    "images or folders of images: OUTPUT/NAME_det.png per image.")
+                        description="Draw the boxes (and masks) a `litvit detect train` checkpoint or one of the "
+                                    "authors' releases finds on images or folders of images: OUTPUT/NAME_det.png "
+                                    "per image, and every detection (not only those drawn) in "
+                                    "OUTPUT/detections.json: file_name, label, category, category_id, bbox "
+                                    "[x, y, w, h], score, segmentation (COCO RLE) for Mask R-CNN.")
     add_predict_args(r)
-    r.add_argument("--score-thresh", type=prob_arg, default=0.3, help="draw detections scoring at least this (0.3)")
+    r.add_argument("--score-thresh", type=prob_arg, default=0.3, help="draw detections scoring at least this (0.3); detections.json holds all")
     r.set_defaults(func=one_line_warnings("detect")(_predict))
 
     q = cmds.add_parser("params", help="parameter counts of the paper's detectors beside the paper's",

@@ -20,6 +20,14 @@ Examples::
     torchrun --nproc_per_node 8 -m litvit segment train --data ADEChallengeData2016 --backbone lit_s ... --output runs/fpn_lit_s
     litvit segment eval --checkpoint runs/fpn_lit_ti/best.pth --data ADEChallengeData2016
     litvit segment predict --checkpoint runs/fpn_lit_ti/best.pth photo.jpg --output preds/
+
+The authors' released Semantic FPN models (mmseg 0.13 format, :func:`litvit.load_dense`) run the
+same way, given as a file or by name (``sem_fpn_lit_ti``, ``sem_fpn_lit_s``: downloaded once into
+the torch hub cache), with their own test pipeline, classes, palette and label convention (ADE20K's
+``reduce_zero_label``, as their config says)::
+
+    litvit segment predict --checkpoint sem_fpn_lit_s photo.jpg --output preds/
+    litvit segment eval --checkpoint sem_fpn_lit_ti.pth --data ADEChallengeData2016
 """
 import argparse
 import os
@@ -195,17 +203,21 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     e = cmds.add_parser("eval", help="mIoU / pixel accuracy of a checkpoint",
                         description="mIoU, mean class accuracy, pixel accuracy and per-class IoU of a "
-                                    "`litvit segment train` checkpoint on ADE20K-format data; torchrun-ready.")
-    e.add_argument("--checkpoint", required=True, help="a checkpoint written by `litvit segment train`")
+                                    "`litvit segment train` checkpoint or one of the authors' releases on "
+                                    "ADE20K-format data; torchrun-ready.")
+    e.add_argument("--checkpoint", required=True,
+                   help="a checkpoint written by `litvit segment train`, or one of the authors' releases: its file "
+                        "(mmseg format) or its name (sem_fpn_lit_ti, sem_fpn_lit_s)")
     e.add_argument("--data", required=True, help="dataset root in ADE20K layout")
     e.add_argument("--split", default="validation", help="sub-folder of images/ and annotations/ (default validation)")
     add_eval_args(e, batch_size=1)
     e.set_defaults(func=one_line_warnings("segment")(_eval))
 
     r = cmds.add_parser("predict", help="colour-coded segmentation of images (PNG)",
-                        description="Segment images or folders of images with a `litvit segment train` checkpoint: "
-                                    "OUTPUT/NAME_seg.png (image | overlay | colours) and OUTPUT/NAME_labels.png "
-                                    "(class indices) per image.")
+                        description="Segment images or folders of images with a `litvit segment train` checkpoint "
+                                    "or one of the authors' releases: OUTPUT/NAME_seg.png (image | overlay | "
+                                    "colours, a release's in its palette) and OUTPUT/NAME_labels.png (class "
+                                    "indices) per image.")
     add_predict_args(r)
     r.set_defaults(func=one_line_warnings("segment")(_predict))
 
