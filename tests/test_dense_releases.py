@@ -116,6 +116,47 @@ def test_detect_predict_needs_no_pycocotools(release, tmp_path, monkeypatch):
     assert records and all(isinstance(r["segmentation"]["counts"], str) for r in records)
 
 
+def test_unpasted_release_masks_paste_into_the_same_pixels_and_picture(release):
+    """predict(paste_masks=False) + paste_regions, one box at a time, gives predict()'s masks (the
+    detections mmdet 2.11 leaves without a mask included) and draw_detections' picture."""
+    from litvit.data.io import image_to_tensor
+    from litvit.tasks.detection import draw_detections
+    path, img, model = release("mask_rcnn_lit_ti")
+    pixels = np.array(Image.open(img).convert("RGB"))
+    full = model.predict(pixels)
+    task = DetectionTask.from_release(model)
+    image = image_to_tensor(Image.open(img).convert("RGB"))
+    unpasted = task.predict(model, [image], paste_masks=False)[0]
+    assert "masks" not in unpasted and torch.equal(unpasted["boxes"], full["boxes"])
+    H, W = pixels.shape[:2]
+    regions = list(task.paste_regions(unpasted["mask_probs"], unpasted["mask_boxes"], (H, W)))
+    assert len(regions) == len(full["masks"]) and (~full["masks"].flatten(1).any(1)).any()  # some get no mask
+    for region, want in zip(regions, full["masks"]):
+        mine = torch.zeros(H, W, dtype=torch.bool)
+        if region is not None:
+            mine[region[0]] = region[1]
+        assert torch.equal(mine, want)
+    pasted = task.predict(model, [image])[0]
+    a, n = draw_detections(image, pasted, task.class_names, 0.05)
+    b, m = draw_detections(image, unpasted, task.class_names, 0.05, paste=task.paste_regions)
+    assert n == m > 0 and np.array_equal(np.asarray(a), np.asarray(b))
+
+
+@cli
+def test_detect_predict_release_never_pastes_every_mask_full_size(release, tmp_path, monkeypatch):
+    """N full-size maps of a large image would take N x H x W bytes: the command pastes box by box."""
+    from litvit.models.official_dense import models
+    path, img, model = release("mask_rcnn_lit_s")
+    want = len(model.predict(np.array(Image.open(img).convert("RGB")))["scores"])
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("every mask pasted into a full-size map")
+    monkeypatch.setattr(models, "paste_masks", refuse)
+    assert main(["detect", "predict", "--checkpoint", str(path), str(img), "--output", str(tmp_path / "o")]) == 0
+    records = json.loads((tmp_path / "o" / "detections.json").read_text(encoding="utf-8"))
+    assert len(records) == want > 0
+
+
 @cli
 def test_release_classes_that_are_not_cocos_get_no_category_id(release, tmp_path):
     path, img, model = release("retinanet_lit_s")

@@ -163,8 +163,9 @@ def _predict(args: argparse.Namespace) -> int:
     def predict_one(task: DetectionTask, model, path: Path, img, stem: str) -> str:
         image = image_to_tensor(img)
         output = task.predict(model, [image], paste_masks=False)[0]  # masks pasted one box at a time when drawn
-        records.extend(detection_records(output, str(path), task.class_names, task.category_ids(), image.shape[-2:]))
-        drawn, n = draw_detections(image, output, task.class_names, args.score_thresh)
+        records.extend(detection_records(output, str(path), task.class_names, task.category_ids(), image.shape[-2:],
+                                         paste=task.paste_regions))
+        drawn, n = draw_detections(image, output, task.class_names, args.score_thresh, paste=task.paste_regions)
         dst = save_png_atomic(drawn, out_dir / f"{stem}_det.png")
         return f"{path}: {len(output['scores'])} detection(s), {n} with score >= {args.score_thresh} drawn -> {dst}"
 

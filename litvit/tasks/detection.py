@@ -15,7 +15,7 @@ Examples::
     >>> model = task.build_model()                                                         # doctest: +SKIP
 """
 import contextlib
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -29,6 +29,7 @@ from ..data.io import palette
 from ..engine import DistInfo, Task, TrainConfig, param_groups, progress
 from ..metrics import COCO_CATEGORY_IDS, COCO_CLASSES, COCO_STATS, coco_evaluate, coco_results, rle_encode  # noqa: F401
 from ..models.official_dense import DenseRelease
+from ..models.official_dense.heads import paste_mask_regions
 from ..models.detectors import DETECTION_DEFAULTS, DETECTORS, build_detector
 from ..utils import moved_names
 
@@ -318,6 +319,12 @@ class DetectionTask(Task):
         the checkpoint was trained on."""
         return list(self.cat_ids)
 
+    def paste_regions(self, mask_probs: Tensor, mask_boxes: Tensor, size: Sequence[int]
+                      ) -> Iterator[Optional[Tuple[Tuple[slice, slice], Tensor]]]:
+        """The unpasted masks of :meth:`predict` (``paste_masks=False``) pasted one box at a time
+        into an image of ``size`` (H, W), as the model pastes them: :func:`mask_regions`."""
+        return mask_regions(mask_probs, mask_boxes, size)
+
 
 class ReleaseDetectionTask(DetectionTask):
     """One of the authors' RetinaNet / Mask R-CNN releases (loaded by :func:`litvit.load_dense`) for
@@ -379,6 +386,13 @@ class ReleaseDetectionTask(DetectionTask):
     def load_weights(self, model: nn.Module, path: str, use_ema: bool = False) -> None:
         """The release's weights are in the model already."""
 
+    def paste_regions(self, mask_probs: Tensor, mask_boxes: Tensor, size: Sequence[int]
+                      ) -> Iterator[Optional[Tuple[Tuple[slice, slice], Tensor]]]:
+        """The release's unpasted masks pasted one box at a time as mmdet 2.11 pastes them
+        (:func:`~litvit.models.official_dense.heads.paste_mask_regions`, its ``mask_thr_binary``)."""
+        threshold = self.release.test_cfg["rcnn"]["mask_thr_binary"]
+        return paste_mask_regions(mask_probs[:, 0], mask_boxes, int(size[0]), int(size[1]), threshold)
+
     def category_ids(self) -> List[Optional[int]]:
         """COCO's id of each class when every class is one of COCO's 80 names (the releases), else None."""
         ids = dict(zip(COCO_CLASSES, COCO_CATEGORY_IDS))
@@ -390,24 +404,34 @@ class ReleaseDetectionTask(DetectionTask):
         """The release's detections (its own test pipeline and settings) of RGB images in [0, 1]
         (``Tensor[3, H, W]``, as :func:`~litvit.data.io.image_to_tensor` makes them from 8-bit
         pixels, which are recovered exactly): ``boxes``, ``scores``, ``labels`` (1..K) and, for Mask
-        R-CNN, ``masks`` (Tensor[N, 1, H, W] bool, pasted as the authors paste them)."""
+        R-CNN, ``masks`` (Tensor[N, 1, H, W] bool, pasted as the authors paste them) or, with
+        ``paste_masks=False``, ``mask_probs`` (Tensor[N, 1, M, M]) and ``mask_boxes`` for
+        :meth:`paste_regions`."""
         outputs = []
         for im in images:
             pixels = (im.detach().cpu() * 255).round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
-            out = model.predict(pixels)  # 3, H, W -> H, W, 3
+            if model.kind == "mask_rcnn":  # 3, H, W -> H, W, 3
+                out = model.predict(pixels, paste_masks=paste_masks)
+            else:
+                out = model.predict(pixels)
             out["labels"] = out["labels"] + 1
-            if "masks" in out:
-                out["masks"] = out["masks"][:, None]  # N, H, W -> N, 1, H, W
+            for key in ("masks", "mask_probs"):
+                if key in out:
+                    out[key] = out[key][:, None]  # N, H, W -> N, 1, H, W
             outputs.append(out)
         return outputs
 
 
 def detection_records(output: Dict[str, Tensor], file_name: str, class_names: Sequence[str],
-                      category_ids: Sequence[Optional[int]], size: Sequence[int]) -> List[Dict[str, Any]]:
+                      category_ids: Sequence[Optional[int]], size: Sequence[int],
+                      paste: Optional[Callable[..., Iterator]] = None) -> List[Dict[str, Any]]:
     """One JSON record per detection of :meth:`DetectionTask.predict` on an image of ``size`` (H, W):
     ``file_name``, ``label`` (index into ``class_names``), ``category``, ``category_id``, ``bbox``
     ``[x, y, w, h]`` in the image's pixels, ``score`` and, with masks, ``segmentation`` (COCO RLE,
-    ``counts`` as str; unpasted masks are encoded from their box's region, without a full-size map)."""
+    ``counts`` as str). Unpasted masks are encoded from their box's region, without a full-size map:
+    ``paste(mask_probs, mask_boxes, size)`` yields the regions (default :func:`mask_regions`; the
+    task's :meth:`~DetectionTask.paste_regions`)."""
+    paste = paste or mask_regions
     H, W = int(size[0]), int(size[1])
     boxes = output["boxes"].float().cpu()
     labels = (output["labels"].cpu() - 1).tolist()
@@ -419,7 +443,7 @@ def detection_records(output: Dict[str, Tensor], file_name: str, class_names: Se
         empty = np.zeros((0, 0), bool)
         segmentations = [rle_encode(empty, (H, W)) if region is None else
                          rle_encode(region[1].numpy(), (H, W), (region[0][0].start, region[0][1].start))
-                         for region in mask_regions(output["mask_probs"].cpu(), output["mask_boxes"].cpu(), (H, W))]
+                         for region in paste(output["mask_probs"].cpu(), output["mask_boxes"].cpu(), (H, W))]
     records = []
     for (x1, y1, x2, y2), label, score, seg in zip(boxes.tolist(), labels, scores, segmentations):
         record = dict(file_name=file_name, label=int(label), category=class_names[label],
@@ -494,13 +518,15 @@ def _crop_to_image(output: Dict[str, Tensor], size: Sequence[int]) -> Dict[str, 
 
 # --- drawing ------------------------------------------------------------------------------------------
 
-def draw_detections(image: Tensor, output: Dict[str, Tensor], class_names: Sequence[str], score_thresh: float = 0.3
-                    ) -> Tuple["Image.Image", int]:
+def draw_detections(image: Tensor, output: Dict[str, Tensor], class_names: Sequence[str], score_thresh: float = 0.3,
+                    paste: Optional[Callable[..., Iterator]] = None) -> Tuple["Image.Image", int]:
     """Boxes (and masks) with scores >= ``score_thresh`` drawn on ``image`` (``Tensor[3, H, W]`` in [0, 1]).
 
     The masks are ``output["masks"]`` (full size) or ``output["mask_probs"]`` / ``["mask_boxes"]``
-    (:meth:`DetectionTask.predict` with ``paste_masks=False``), pasted one box at a time: the same
-    picture, without holding a full-size map per detection.
+    (:meth:`DetectionTask.predict` with ``paste_masks=False``), pasted one box at a time by
+    ``paste(mask_probs, mask_boxes, size)`` (default :func:`mask_regions`; the task's
+    :meth:`~DetectionTask.paste_regions`): the same picture, without holding a full-size map per
+    detection.
 
     Returns:
         (PIL image, number of detections drawn).
@@ -517,7 +543,7 @@ def draw_detections(image: Tensor, output: Dict[str, Tensor], class_names: Seque
         canvas = draw_segmentation_masks(canvas, masks, alpha=0.45, colors=colour_list)
     elif "mask_probs" in output and keep.any():
         canvas = _draw_mask_regions(canvas, output["mask_probs"][keep].cpu(), output["mask_boxes"][keep].cpu(),
-                                    colour_list, alpha=0.45)
+                                    colour_list, alpha=0.45, paste=paste or mask_regions)
     if keep.any():
         names = [f"{class_names[l - 1] if 0 < l <= len(class_names) else l} {s:.2f}"
                  for l, s in zip(labels, output["scores"][keep].tolist())]
@@ -527,7 +553,7 @@ def draw_detections(image: Tensor, output: Dict[str, Tensor], class_names: Seque
 
 
 def _draw_mask_regions(canvas: Tensor, mask_probs: Tensor, mask_boxes: Tensor, colours: Sequence[Tuple[int, ...]],
-                       alpha: float) -> Tensor:
+                       alpha: float, paste: Callable[..., Iterator]) -> Tensor:
     """torchvision's ``draw_segmentation_masks(canvas, pasted masks > 0.5, alpha, colours)`` pixel for
     pixel, each mask pasted into its box only (:func:`mask_regions`): later masks paint over earlier
     ones, pixels under two or more masks go black, then the colours are blended in, a band of rows
@@ -535,7 +561,7 @@ def _draw_mask_regions(canvas: Tensor, mask_probs: Tensor, mask_boxes: Tensor, c
     H, W = canvas.shape[-2:]
     painted = canvas.clone()
     covered = torch.zeros(H, W, dtype=torch.uint8)  # masks over each pixel, counted up to 2
-    for region, colour in zip(mask_regions(mask_probs, mask_boxes, (H, W)), colours):
+    for region, colour in zip(paste(mask_probs, mask_boxes, (H, W)), colours):
         if region is None:
             continue
         (rows, cols), pixels = region

@@ -16,7 +16,7 @@ Each module keeps the submodule names of the authors' state dicts (``neck.latera
   NMS per class above) on ``torchvision.ops.nms``;
 * :class:`FPNHead`: mmseg's Semantic FPN head.
 """
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 __all__ = ["ConvModule", "FPN", "RetinaHead", "RPNHead", "ConvFCBBoxHead", "FCNMaskHead", "FPNHead",
            "RoIExtractor", "base_anchors", "anchor_grid", "delta2bbox", "batched_nms", "multiclass_nms",
-           "paste_masks"]
+           "paste_masks", "paste_mask_regions"]
 
 
 class ConvModule(nn.Module):
@@ -464,27 +464,31 @@ class FCNMaskHead(nn.Module):
         return self.conv_logits(F.relu(self.upsample(x)))
 
 
-def paste_masks(masks: Tensor, boxes: Tensor, img_h: int, img_w: int, threshold: float = 0.5) -> Tensor:
-    """Paste per-box mask probabilities into the image, as mmdet 2.11 does on the CPU.
-
-    Each box is pasted alone over its pixel range ``[floor(x1) - 1, ceil(x2) + 1)`` (clamped to the
-    image), sampling the mask bilinearly (``grid_sample``, ``align_corners=False``) at pixel
-    centres; pixels outside that range stay empty.
+def paste_mask_regions(masks: Tensor, boxes: Tensor, img_h: int, img_w: int, threshold: float = 0.5
+                       ) -> Iterator[Optional[Tuple[Tuple[slice, slice], Tensor]]]:
+    """Each box's mask pasted over its own pixel range only, as mmdet 2.11 pastes it on the CPU:
+    ``[floor(x1) - 1, ceil(x2) + 1)`` (clamped to the image), the mask sampled bilinearly
+    (``grid_sample``, ``align_corners=False``) at pixel centres, then ``>= threshold``. One box at a
+    time: no full-size map is held.
 
     Args:
         masks (Tensor[N, h, w]): probabilities of each box's class.
         boxes (Tensor[N, 4]): boxes in image pixels.
+        img_h, img_w (int): the image's size.
         threshold (float): a pixel is in the mask when its probability is ``>= threshold``.
 
-    Returns:
-        Tensor[N, img_h, img_w] (bool).
+    Yields:
+        per box, ``((rows, columns), Tensor[h', w'] bool)``: where in the image and which pixels;
+        None when its range holds no pixel of the image.
     """
-    out = torch.zeros(len(masks), img_h, img_w, dtype=torch.bool, device=masks.device)
     for n in range(len(masks)):
         box = boxes[n:n + 1]
         x0_int, y0_int = torch.clamp(box.min(dim=0).values.floor()[:2] - 1, min=0).to(dtype=torch.int32).tolist()
         x1_int = int(torch.clamp(box[:, 2].max().ceil() + 1, max=img_w).to(dtype=torch.int32))
         y1_int = int(torch.clamp(box[:, 3].max().ceil() + 1, max=img_h).to(dtype=torch.int32))
+        if x1_int <= x0_int or y1_int <= y0_int:
+            yield None
+            continue
         x0, y0, x1, y1 = torch.split(box, 1, dim=1)  # 1, 1 each
         img_y = torch.arange(y0_int, y1_int, device=masks.device, dtype=torch.float32) + 0.5
         img_x = torch.arange(x0_int, x1_int, device=masks.device, dtype=torch.float32) + 0.5
@@ -496,7 +500,26 @@ def paste_masks(masks: Tensor, boxes: Tensor, img_h: int, img_w: int, threshold:
         gy = img_y[:, :, None].expand(1, img_y.size(1), img_x.size(1))
         grid = torch.stack([gx, gy], dim=3)  # 1, h', w', 2
         pasted = F.grid_sample(masks[n:n + 1, None].float(), grid, align_corners=False)[0, 0]
-        out[n, y0_int:y1_int, x0_int:x1_int] = pasted >= threshold
+        yield (slice(y0_int, y1_int), slice(x0_int, x1_int)), pasted >= threshold
+
+
+def paste_masks(masks: Tensor, boxes: Tensor, img_h: int, img_w: int, threshold: float = 0.5) -> Tensor:
+    """Paste per-box mask probabilities into the image, as mmdet 2.11 does on the CPU
+    (:func:`paste_mask_regions`, each into a full-size map).
+
+    Args:
+        masks (Tensor[N, h, w]): probabilities of each box's class.
+        boxes (Tensor[N, 4]): boxes in image pixels.
+        threshold (float): a pixel is in the mask when its probability is ``>= threshold``.
+
+    Returns:
+        Tensor[N, img_h, img_w] (bool).
+    """
+    out = torch.zeros(len(masks), img_h, img_w, dtype=torch.bool, device=masks.device)
+    for n, region in enumerate(paste_mask_regions(masks, boxes, img_h, img_w, threshold)):
+        if region is not None:
+            (rows, cols), pixels = region
+            out[n, rows, cols] = pixels
     return out
 
 

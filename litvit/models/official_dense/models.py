@@ -109,12 +109,12 @@ class DenseRelease(nn.Module):
         return self.neck(self.backbone(x))
 
 
-def _class_major(dets: Tensor, labels: Tensor, masks: Optional[Tensor]) -> Dict[str, Tensor]:
-    """Detections in the order of the authors' per-class result lists: by class, then by score."""
+def _class_major(dets: Tensor, labels: Tensor, **per_detection: Optional[Tensor]) -> Dict[str, Tensor]:
+    """Detections in the order of the authors' per-class result lists: by class, then by score
+    (``per_detection`` tensors, one row per detection, reordered alike; None left out)."""
     order = torch.sort(labels, stable=True).indices
     out = dict(boxes=dets[order, :4], scores=dets[order, 4], labels=labels[order])
-    if masks is not None:
-        out["masks"] = masks[order]
+    out.update({k: v[order] for k, v in per_detection.items() if v is not None})
     return out
 
 
@@ -203,7 +203,7 @@ class RetinaNet(DenseRelease):
         """
         x, meta = self.preprocess(image)
         dets, labels = self.simple_test(x, meta)
-        return _class_major(dets.cpu(), labels.cpu(), None)
+        return _class_major(dets.cpu(), labels.cpu())
 
 
 class StandardRoIHead(nn.Module):
@@ -320,26 +320,32 @@ class MaskRCNN(DenseRelease):
             boxes = boxes / boxes.new_tensor(img_meta["scale_factor"]).repeat(boxes.size(-1) // 4)
         return multiclass_nms(boxes, scores, cfg["score_thr"], cfg["iou_threshold"], cfg["max_per_img"])
 
+    def get_mask_probs(self, feats: Sequence[Tensor], dets: Tensor, labels: Tensor, img_meta: Dict[str, Any]
+                       ) -> Tuple[Tensor, Tensor]:
+        """The mask head's probabilities of each detection's class, (N, M, M), and the boxes (N, 4)
+        in the original image they are pasted into (:func:`~.heads.paste_mask_regions`); zero for a
+        detection mmdet 2.11 gives no mask (nothing reaches the threshold, which is above 0)."""
+        scale = dets.new_tensor(img_meta["scale_factor"])
+        boxes = dets[:, :4] * scale
+        if len(dets) == 0:
+            return dets.new_zeros(0, 1, 1), boxes / scale
+        mask_head = self.roi_head.mask_head
+        rois = torch.cat([boxes.new_zeros(len(boxes), 1), boxes], dim=-1)
+        roi_head = self.roi_head
+        mask_pred = mask_head(roi_head.mask_roi_extractor(feats[:roi_head.mask_roi_extractor.num_inputs], rois))
+        probs = mask_pred.new_zeros(len(dets), *mask_pred.shape[-2:])
+        keep = boxes[:, -1] != 0  # mmdet 2.11 drops detections whose y2 is 0 (see the module docstring)
+        if keep.any():
+            kept = mask_pred[keep].sigmoid()
+            index = torch.arange(len(kept), device=kept.device)
+            probs[keep] = kept[:, 0] if mask_head.class_agnostic else kept[index, labels[keep]]
+        return probs, boxes / scale
+
     def get_masks(self, feats: Sequence[Tensor], dets: Tensor, labels: Tensor, img_meta: Dict[str, Any]) -> Tensor:
         """Binary masks (N, H, W) in the original image of detections given in its pixels."""
         h, w = img_meta["ori_shape"][:2]
-        masks = torch.zeros(len(dets), h, w, dtype=torch.bool, device=dets.device)
-        if len(dets) == 0:
-            return masks
-        scale = dets.new_tensor(img_meta["scale_factor"])
-        boxes = dets[:, :4] * scale
-        rois = torch.cat([boxes.new_zeros(len(boxes), 1), boxes], dim=-1)
-        roi_head = self.roi_head
-        mask_pred = roi_head.mask_head(roi_head.mask_roi_extractor(
-            feats[:roi_head.mask_roi_extractor.num_inputs], rois))
-        keep = boxes[:, -1] != 0  # mmdet 2.11 drops detections whose y2 is 0 (see the module docstring)
-        if not keep.any():
-            return masks
-        probs = mask_pred[keep].sigmoid()
-        index = torch.arange(len(probs), device=probs.device)
-        probs = probs[:, 0] if roi_head.mask_head.class_agnostic else probs[index, labels[keep]]
-        masks[keep] = paste_masks(probs, boxes[keep] / scale, h, w, self.test_cfg["rcnn"]["mask_thr_binary"])
-        return masks
+        probs, boxes = self.get_mask_probs(feats, dets, labels, img_meta)
+        return paste_masks(probs, boxes, h, w, self.test_cfg["rcnn"]["mask_thr_binary"])
 
     @torch.no_grad()
     def simple_test(self, x: Tensor, img_meta: Dict[str, Any]) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
@@ -352,19 +358,31 @@ class MaskRCNN(DenseRelease):
         return dets, labels, masks
 
     @torch.no_grad()
-    def predict(self, image: Any) -> Dict[str, Tensor]:
+    def predict(self, image: Any, paste_masks: bool = True) -> Dict[str, Tensor]:
         """Detections of one image as the authors' ``inference_detector`` returns them.
 
         Args:
             image: (H, W, 3) uint8 RGB array or PIL image.
+            paste_masks (bool): the masks pasted into full-size maps (``masks``), or left as the
+                mask head gives them (``mask_probs`` Tensor[N, M, M] of each detection's class and
+                ``mask_boxes`` Tensor[N, 4], which :func:`~.heads.paste_mask_regions` pastes one
+                box at a time into the same pixels): N full-size maps of a large image take N x H x W
+                bytes.
 
         Returns:
             dict: ``boxes`` (Tensor[N, 4] in the image's pixels), ``scores``, ``labels`` and, with a
-            mask head, ``masks`` (Tensor[N, H, W] bool), ordered by class, then by score.
+            mask head, ``masks`` (Tensor[N, H, W] bool) or ``mask_probs`` and ``mask_boxes``,
+            ordered by class, then by score.
         """
         x, meta = self.preprocess(image)
-        dets, labels, masks = self.simple_test(x, meta)
-        return _class_major(dets.cpu(), labels.cpu(), masks.cpu() if masks is not None else None)
+        if paste_masks or not self.with_mask:
+            dets, labels, masks = self.simple_test(x, meta)
+            return _class_major(dets.cpu(), labels.cpu(), masks=masks.cpu() if masks is not None else None)
+        feats = self.extract_feat(x)
+        proposals = self.get_proposals(*self.rpn_head(feats), meta)
+        dets, labels = self.get_bboxes(*self.bbox_forward(feats, proposals), meta)
+        probs, boxes = self.get_mask_probs(feats, dets, labels, meta)
+        return _class_major(dets.cpu(), labels.cpu(), mask_probs=probs.cpu(), mask_boxes=boxes.cpu())
 
 
 class SemanticFPN(DenseRelease):
