@@ -27,7 +27,8 @@ from ..checkpoint import read_model_record
 from ..data.coco import CocoDetection, detection_collate, pad_extreme_aspect
 from ..data.io import palette
 from ..engine import DistInfo, Task, TrainConfig, param_groups, progress
-from ..metrics import COCO_CATEGORY_IDS, COCO_CLASSES, COCO_STATS, coco_evaluate, coco_results, rle_encode  # noqa: F401
+from ..metrics import COCO_STATS, coco_evaluate, coco_results  # noqa: F401  (re-exported: their old place)
+from ..metrics import COCO_CATEGORY_IDS, COCO_CLASSES, rle_encode
 from ..models.official_dense import DenseRelease
 from ..models.official_dense.heads import paste_mask_regions
 from ..models.detectors import DETECTION_DEFAULTS, DETECTORS, build_detector
@@ -364,6 +365,8 @@ class ReleaseDetectionTask(DetectionTask):
         return dict(num_classes=self.num_classes, class_names=list(self.class_names), cat_ids=list(self.cat_ids))
 
     def _match_categories(self, ds: CocoDetection) -> List[int]:
+        """The category id of each of the release's classes in ``ds``, whose category names must be
+        those classes (any order, any ids); ValueError naming what differs."""
         by_name = dict(zip(ds.class_names, ds.cat_ids))
         missing = [c for c in self.class_names if c not in by_name]
         extra = [c for c in ds.class_names if c not in self.class_names]
@@ -409,8 +412,9 @@ class ReleaseDetectionTask(DetectionTask):
         :meth:`paste_regions`."""
         outputs = []
         for im in images:
-            pixels = (im.detach().cpu() * 255).round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
-            if model.kind == "mask_rcnn":  # 3, H, W -> H, W, 3
+            pixels = (im.detach().cpu() * 255).round_().clamp_(0, 255).to(torch.uint8)
+            pixels = pixels.permute(1, 2, 0).numpy()  # 3, H, W -> H, W, 3
+            if model.kind == "mask_rcnn":
                 out = model.predict(pixels, paste_masks=paste_masks)
             else:
                 out = model.predict(pixels)

@@ -8,7 +8,9 @@ and compute what the authors' test code computes, on CPU or GPU, with nothing to
 
 * :func:`load_dense` (:mod:`.load`): the model of a release file, in eval mode, with its classes
   (and palette); ``model.predict(image)`` gives the detections / label map of an RGB image as
-  ``inference_detector`` / ``inference_segmentor`` do;
+  ``inference_detector`` / ``inference_segmentor`` do; a release name (:data:`RELEASES`:
+  ``retina_lit_ti``, ...) is downloaded once into torch hub's cache (:func:`release_file`);
+  :func:`is_release` tells a read checkpoint in mmcv's format from litvit's own;
 * :mod:`.backbone`: the authors' dense LIT-Ti / LIT-S on litvit's :class:`~litvit.models.LIT`;
 * :mod:`.heads`: FPN, RetinaHead, RPN and RoI heads, Semantic FPN head, anchors, box coder, NMS;
 * :mod:`.models`: :class:`RetinaNet`, :class:`MaskRCNN`, :class:`SemanticFPN` (test-time flow);
