@@ -529,8 +529,11 @@ def test_dense_predict_folders_names_and_extreme_aspect(work, tmp_path):
     r = run_cli("detect", "predict", "--checkpoint", tmp_path / "det" / "last.pth", a, b, "--output", tmp_path / "p",
                 "--score-thresh", "0")
     assert r.returncode == 0, r.stderr[-2000:]
-    assert sorted(p.name for p in (tmp_path / "p").iterdir()) == ["a__x_det.png", "b__x_det.png", "y_det.png"]
+    assert sorted(p.name for p in (tmp_path / "p").iterdir()) == ["a__x_det.png", "b__x_det.png", "detections.json",
+                                                                   "y_det.png"]
     assert Image.open(tmp_path / "p" / "a__x_det.png").size == (4000, 20)
+    # the machine-readable results beside the pictures (their records: tests/test_dense_releases.py)
+    assert isinstance(json.loads((tmp_path / "p" / "detections.json").read_text(encoding="utf-8")), list)
     r = run_cli("detect", "predict", "--checkpoint", tmp_path / "det" / "last.pth", tmp_path / "nope")
     assert_one_line(r.returncode, r.stderr, "image not found", "nope")
 
