@@ -42,8 +42,11 @@ def test_layout_is_a_release_with_its_config():
     assert all(torch.equal(sd[k], sd2[k]) for k in sd)  # the same weights every time (fixed seed)
     sd3, _ = D.release_layout("retinanet_lit_s", tiny=True, seed=1)
     assert not torch.equal(sd["neck.fpn_convs.0.conv.weight"], sd3["neck.fpn_convs.0.conv.weight"])
-    # the authors' class prior on RetinaNet's classifier: random weights score few anchors above 0.05
-    assert torch.allclose(sd["bbox_head.retina_cls.bias"], torch.full((9 * 80,), -math.log(99.0)))
+    # the authors' class prior on RetinaNet's classifier, but for the busy classes
+    bias = sd["bbox_head.retina_cls.bias"].view(9, 80)
+    busy = torch.zeros(80, dtype=torch.bool)
+    busy[list(D.BUSY_CLASSES)] = True
+    assert torch.all(bias[:, busy] == 0) and torch.allclose(bias[:, ~busy], torch.tensor(-math.log(99.0)))
     seg_sd, seg_meta = D.release_layout("sem_fpn_lit_ti", tiny=True)
     seg = dense_from_checkpoint(dict(meta=seg_meta, state_dict=seg_sd))
     assert seg.pipeline.img_scale == D.TINY["seg_scale"] and "mmseg_version" in seg_meta
@@ -71,7 +74,7 @@ def test_bench_dense_command_on_tiny_layouts(tmp_path, capsys):
         assert r["params"] == r["litvit_params"] == D.litvit_params(r["name"], tiny=True)[0]
         assert "official_s" not in r and "ratio" not in r
         assert f"{r['params']:,}" in printed
-    assert rows[0]["detections"] is not None and rows[1]["detections"] is None
+    assert rows[0]["detections"] == 100 and rows[1]["detections"] is None  # busy: max_per_img
     assert res["machine"]["threads"] == 1 and res["machine"]["cpu"]
     assert (tmp_path / "d.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -2,8 +2,9 @@
 
 Each architecture (RetinaNet, Mask R-CNN and Semantic FPN on LIT-Ti and LIT-S) is built as a
 release in memory, without a file and without the authors' code: :func:`release_layout` makes the
-state dict of the full-size layout (random weights, drawn from a fixed seed) under the names the
-authors' mmdet 2.11 / mmseg 0.13 models use, and the config text (:func:`release_config`, written
+state dict of the full-size layout (random weights, drawn from a fixed seed; the detectors' class
+biases set so that every image gives ``max_per_img`` = 100 detections, see :data:`BUSY_CLASSES`)
+under the names the authors' mmdet 2.11 / mmseg 0.13 models use, and the config text (:func:`release_config`, written
 out by :func:`config_text` in mmcv's ``name = dict(...)`` form) from litvit's own description of
 the authors' settings (``docs``: the README's "The authors' released dense models"). litvit's model
 is then :func:`~litvit.models.official_dense.dense_from_checkpoint` of that release, timed on one
@@ -46,7 +47,7 @@ from ..models.lit import lit_s, lit_ti
 from ..models.official_dense import build_dense, dense_from_checkpoint
 from ..models.official_dense.heads import (FPN, ConvFCBBoxHead, FCNMaskHead, FPNHead, RetinaHead, RPNHead)
 
-__all__ = ["ARCHITECTURES", "FULL", "TINY", "release_config", "config_text", "release_layout", "release_params",
+__all__ = ["ARCHITECTURES", "FULL", "TINY", "BUSY_CLASSES", "release_config", "config_text", "release_layout", "release_params",
            "litvit_params", "bench_dense", "print_dense_table", "plot_dense", "OfficialEnvError"]
 
 # name -> (detector / segmentor, backbone family); the order of the README's table
@@ -68,6 +69,10 @@ _MEAN = [123.675, 116.28, 103.53]
 _STD = [58.395, 57.12, 57.375]
 _ADE_CLASSES = 150
 _SEED = 17
+# Random weights with the authors' initial class biases score no detection above 0.05, and the
+# post-processing and mask branch would not run; raising these classes' biases makes every image
+# as busy as a crowded photo: max_per_img (100) detections, with their masks.
+BUSY_CLASSES = (0, 2, 9, 39, 56)
 
 
 class OfficialEnvError(RuntimeError):
@@ -234,14 +239,18 @@ def release_layout(name: str, tiny: bool = False, seed: int = _SEED) -> Tuple[Di
         if kind == "retinanet":
             sd.update(_prefixed(FPN(dims, fpn, 5, start_level=1, add_extra_convs="on_input"), "neck"))
             head = RetinaHead(80, fpn, s["retina_feat"], s["retina_convs"], 9)
-            with torch.no_grad():  # the authors' initial class bias (prior 0.01), or every anchor scores 0.5
+            with torch.no_grad():  # the authors' class prior 0.01, but a few classes likely everywhere
                 head.retina_cls.bias.fill_(-math.log(99.0))
+                head.retina_cls.bias.view(9, 80)[:, list(BUSY_CLASSES)] = 0.0
             sd.update(_prefixed(head, "bbox_head"))
             model["bbox_head"].update(in_channels=fpn, feat_channels=s["retina_feat"], stacked_convs=s["retina_convs"])
         elif kind == "mask_rcnn":
             sd.update(_prefixed(FPN(dims, fpn, 5), "neck"))
             sd.update(_prefixed(RPNHead(fpn, s["rpn_feat"], 3), "rpn_head"))
-            sd.update(_prefixed(ConvFCBBoxHead(80, fpn, 7, s["fc"], 2), "roi_head.bbox_head"))
+            box_head = ConvFCBBoxHead(80, fpn, 7, s["fc"], 2)
+            with torch.no_grad():  # a few classes likely for every RoI (background is the last logit)
+                box_head.fc_cls.bias[list(BUSY_CLASSES)] = 3.0
+            sd.update(_prefixed(box_head, "roi_head.bbox_head"))
             sd.update(_prefixed(FCNMaskHead(80, fpn, s["mask_feat"], s["mask_convs"]), "roi_head.mask_head"))
             model["rpn_head"].update(in_channels=fpn, feat_channels=s["rpn_feat"])
             roi = model["roi_head"]
