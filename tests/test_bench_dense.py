@@ -4,6 +4,7 @@ with the settings of its config text, and the bench runs end to end on tiny layo
 code (``--official``) is never needed: only its errors are checked here."""
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -25,6 +26,17 @@ AUTHORS_PARAMS = dict(retinanet_lit_ti=29_621_708, retinanet_lit_s=38_904_292, m
 def test_full_size_layouts_have_the_authors_parameter_counts(name):
     release, litvit = D.litvit_params(name)  # on the meta device: nothing allocated
     assert release == litvit == AUTHORS_PARAMS[name]
+
+
+@pytest.mark.parametrize("name", list(D.ARCHITECTURES))
+def test_layout_names_the_entries_of_the_authors_releases(name):
+    """The entries of a layout are those of the tiny release the authors' code wrote (indices aside:
+    the sizes differ): no relative-position index, LIT-S's output norms, their head names."""
+    from test_official_dense import Fixture
+
+    def kinds(keys):
+        return {re.sub(r"\d+", "#", k) for k in keys}
+    assert kinds(D.release_layout(name, tiny=True)[0]) == kinds(Fixture(name).state_dict())
 
 
 def test_layout_is_a_release_with_its_config():

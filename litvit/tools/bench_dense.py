@@ -202,7 +202,8 @@ def _backbone_entries(kind: str, family: str, sizes: dict) -> Dict[str, Tensor]:
         return {k: v for k, v in sd.items() if k not in drop and not k.startswith("head.")}
     grid = 512 if kind == "semantic_fpn" else 800
     sd = litvit_to_official(lit_s(num_classes=0, img_size=grid, **arch).state_dict(), "swin")
-    sd = {k: v for k, v in sd.items() if k not in ("norm.weight", "norm.bias") and not k.startswith("head.")}
+    sd = {k: v for k, v in sd.items() if k not in ("norm.weight", "norm.bias") and not k.startswith("head.")
+          and not k.endswith("relative_position_index")}  # their dense LIT-S does not save the index
     for i in (range(4) if kind == "semantic_fpn" else range(1, 4)):
         norm = torch.nn.LayerNorm(arch["embed_dims"][i])
         sd[f"norm{i}.weight"], sd[f"norm{i}.bias"] = norm.weight.detach(), norm.bias.detach()
@@ -329,6 +330,12 @@ def _official_runner(kind: str, ckpt: dict):
     return run, params
 
 
+def _count_results(result: Any) -> int:
+    """Detections in mmdet's result: per-class box arrays, or (boxes, masks) for Mask R-CNN."""
+    boxes = result[0] if isinstance(result, tuple) else result
+    return int(sum(len(b) for b in boxes))
+
+
 def _install_stubs() -> None:
     """Stand-ins for the compiled modules the authors' code imports (mmcv's ``_ext`` kernels, their
     ``DCN`` extension, apex), computing with torchvision's ops; registered before their import."""
@@ -410,6 +417,7 @@ def _bench_in_process(names: Sequence[str], tiny: bool, warmup: int, reps: int, 
         if official:
             run, row["official_params"] = _official_runner(kind, ckpt)
             runners.append(("official", run))
+            row["official_detections"] = _count_results(run(image)) if kind != "semantic_fpn" else None
         out = model.predict(image)
         row["detections"] = int(len(out["scores"])) if "scores" in out else None
         times = _time_round(runners, image, warmup, reps)
@@ -442,7 +450,9 @@ def bench_dense(names: Sequence[str], tiny: bool = False, warmup: int = 1, reps:
     Returns:
         list of dict: per architecture ``name``, ``params`` (release layout), ``litvit_params``,
         ``litvit_s`` (median seconds per image) and its ``litvit_times``; with ``official``
-        also ``official_params``, ``official_s``, ``official_times`` and ``ratio`` (official / litvit).
+        also ``official_params``, ``official_detections``, ``official_s``, ``official_times`` and
+        ``ratio`` (official / litvit). ``detections``: what litvit's model returned (None for
+        Semantic FPN), from an untimed run before the warm-up, as is the authors'.
     """
     unknown = [n for n in names if n not in ARCHITECTURES]
     if unknown:
@@ -476,12 +486,15 @@ def bench_dense(names: Sequence[str], tiny: bool = False, warmup: int = 1, reps:
 
 def print_dense_table(rows: List[dict]) -> None:
     official = any("official_s" in r for r in rows)
-    head = f"{'architecture':<18} {'params (release)':>16} {'params (litvit)':>15} {'litvit s/img':>12}"
+    head = f"{'architecture':<18} {'params (release)':>16} {'params (litvit)':>15} {'detections':>10} {'litvit s/img':>12}"
     if official:
         head += f" {'authors s/img':>13} {'authors/litvit':>14}"
     print(head)
     for r in rows:
-        line = f"{r['name']:<18} {r['params']:>16,} {r['litvit_params']:>15,} {r['litvit_s']:>12.3f}"
+        dets = "-" if r.get("detections") is None else str(r["detections"])
+        if official and r.get("official_detections") is not None:
+            dets += f"/{r['official_detections']}"  # litvit's / the authors'
+        line = f"{r['name']:<18} {r['params']:>16,} {r['litvit_params']:>15,} {dets:>10} {r['litvit_s']:>12.3f}"
         if official:
             line += f" {r['official_s']:>13.3f} {r['ratio']:>13.2f}x"
         print(line)
