@@ -110,3 +110,8 @@ def test_bench_dense_command_errors(tmp_path, capsys):
 def test_bench_image_is_fixed_and_structured():
     a, b = D._image((64, 48)), D._image((64, 48))
     assert a.shape == (48, 64, 3) and a.dtype == np.uint8 and np.array_equal(a, b) and a.std() > 20
+
+
+def test_detections_are_counted_in_mmdets_results():
+    boxes = [np.zeros((2, 5)), np.zeros((0, 5)), np.zeros((3, 5))]
+    assert D._count_results(boxes) == 5 and D._count_results((boxes, [[], [], []])) == 5

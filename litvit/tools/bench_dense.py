@@ -26,7 +26,6 @@ The parameter counts are those of the release layouts (every state-dict entry th
 parameter in the authors' models: BatchNorm statistics and LIT-S's relative-position indices are
 buffers) and of litvit's models built from them.
 """
-import argparse
 import json
 import math
 import os
@@ -470,8 +469,8 @@ def bench_dense(names: Sequence[str], tiny: bool = False, warmup: int = 1, reps:
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths + [root] + [os.environ.get("PYTHONPATH", "")]),
                    PYTHONWARNINGS="ignore")
-        cmd = [sys.executable, "-m", "litvit.tools.bench_dense", "--worker", "--names", *mine,
-               "--warmup", str(warmup), "--reps", str(reps), "--threads", str(threads or torch.get_num_threads())]
+        spec = dict(names=mine, warmup=warmup, reps=reps, threads=threads or torch.get_num_threads())
+        cmd = [sys.executable, "-m", "litvit.tools.bench_dense", json.dumps(spec)]
         proc = subprocess.run(cmd, env=env, cwd=paths[1], capture_output=True, text=True)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
         if proc.returncode or not lines:
@@ -525,22 +524,18 @@ def plot_dense(rows: List[dict], path: str, title: str) -> None:
     plt.close(fig)
 
 
-def _worker(argv: Optional[Sequence[str]] = None) -> int:
-    """The process that times litvit and the authors' code side by side (``python -m``, started by
-    :func:`bench_dense` with the authors' tree on ``PYTHONPATH`` and as working directory)."""
-    p = argparse.ArgumentParser(prog="python -m litvit.tools.bench_dense")
-    p.add_argument("--worker", action="store_true", required=True)
-    p.add_argument("--names", nargs="+", required=True, choices=list(ARCHITECTURES))
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--reps", type=int, default=3)
-    p.add_argument("--threads", type=int, default=2)
-    a = p.parse_args(argv)
-    torch.set_num_threads(a.threads)
+def _worker(spec: str) -> int:
+    """The process that times litvit and the authors' code side by side (``python -m
+    litvit.tools.bench_dense SPEC``, started by :func:`bench_dense` with the authors' tree on
+    ``PYTHONPATH`` and as working directory; ``SPEC``: JSON with ``names``, ``warmup``, ``reps``,
+    ``threads``). Prints one JSON line: ``{"rows": [...]}``."""
+    opts = json.loads(spec)
+    torch.set_num_threads(int(opts["threads"]))
     _install_stubs()
-    rows = _bench_in_process(a.names, False, a.warmup, a.reps, official=True)
+    rows = _bench_in_process(opts["names"], False, int(opts["warmup"]), int(opts["reps"]), official=True)
     print(json.dumps(dict(rows=rows)), flush=True)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(_worker())
+    sys.exit(_worker(sys.argv[1]))
