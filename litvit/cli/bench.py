@@ -2,6 +2,7 @@
 command's ``--help``)."""
 import argparse
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -32,6 +33,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.dense_releases is not None:
+        return _cmd_dense(args)
+    if args.official or args.dense_tiny:
+        raise CLIError("--official and --dense-tiny go with --dense-releases")
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise CLIError("--device cuda: no CUDA device is available here")
@@ -89,6 +94,43 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_dense(args: argparse.Namespace) -> int:
+    """``--dense-releases``: :mod:`litvit.tools.bench_dense`."""
+    from ..tools import bench_dense as D
+    names = args.dense_releases or list(D.ARCHITECTURES)
+    unknown = [n for n in names if n not in D.ARCHITECTURES]
+    if unknown:
+        raise CLIError(f"--dense-releases {unknown[0]!r}: choose from {', '.join(D.ARCHITECTURES)}")
+    if args.device != "cpu":
+        raise CLIError("--dense-releases times the CPU only (the authors' code runs there with torchvision's ops)")
+    if args.official and args.dense_tiny:
+        raise CLIError("--official times the full-size layouts only (the authors' LIT-Ti has fixed sizes): "
+                       "drop --dense-tiny")
+    if args.official and not os.path.isdir(args.official):
+        raise CLIError(f"--official {args.official}: no such folder")
+    size = D.TINY["image"] if args.dense_tiny else D.FULL["image"]
+    plot_path = args.plot or str(Path(args.out).with_suffix(".png"))
+    if plot_path == args.out:
+        plot_path += ".png"
+    print(f"litvit bench --dense-releases: {', '.join(names)}{' (tiny layouts)' if args.dense_tiny else ''}; "
+          f"one {size[0]}x{size[1]} image, cpu, {torch.get_num_threads()} threads, torch {torch.__version__}; "
+          f"warm-up {args.warmup}, median of {args.reps}"
+          + (f"; the authors' code from {args.official}, interleaved" if args.official else ""))
+    try:
+        rows = D.bench_dense(names, tiny=args.dense_tiny, warmup=args.warmup, reps=args.reps,
+                             official=args.official, threads=torch.get_num_threads())
+    except D.OfficialEnvError as e:
+        raise CLIError(str(e)) from None
+    D.print_dense_table(rows)
+    result = dict(machine=machine_info(torch.device("cpu")),
+                  args={k: v for k, v in vars(args).items() if k != "func"}, dense=rows)
+    _write_json(result, args.out)
+    D.plot_dense(rows, plot_path, f"seconds per {size[0]}x{size[1]} image, cpu, {torch.get_num_threads()} threads, "
+                                  f"torch {torch.__version__}")
+    print(f"wrote {args.out} and {plot_path}")
+    return 0
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="throughput, latency and peak memory vs the reference path and timm peers",
                        description=B.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -114,6 +156,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--decode", nargs="?", type=positive_int, const=64, default=0, metavar="N",
                    help="time JPEG decoding instead: read_image vs the old PIL reader and torchvision, N synthetic "
                         "500x375 photos, one thread (litvit.tools.decode_bench)")
+    p.add_argument("--dense-releases", nargs="*", default=None, metavar="NAME",
+                   help="time litvit's model of the authors' dense releases (random weights, full-size layouts "
+                        "built in memory) on a 1333x800 image and print parameter counts; NAMEs among "
+                        "retinanet_lit_ti ... sem_fpn_lit_s, none: all six (litvit.tools.bench_dense)")
+    p.add_argument("--official", metavar="WORK", default=None,
+                   help="with --dense-releases: also time the authors' code from WORK (a folder prepared by "
+                        "shared/tools/official-dense/setup.sh) on the same releases, interleaved")
+    p.add_argument("--dense-tiny", action="store_true",
+                   help="with --dense-releases: tiny widths, depths and image (a quick check)")
     p.add_argument("--device", type=device_arg(auto=False), default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--threads", type=nonneg_int, default=0,
                    help="torch threads (0: leave as is; on a CPU shared with other jobs, the free cores)")

@@ -34,6 +34,7 @@ Examples::
     litvit bench --models lit_ti --threads 2 --compile        # + torch.compile(fullgraph=True)
     litvit bench --models lit_ti pvt_s_msa --img-size 224 512 1024 --batch-size 1 --memory --peers
     litvit bench --dtm-only --threads 2                       # the DTM op alone, fast vs reference
+    litvit bench --dense-releases --official WORK --threads 2 # the authors' six dense models vs their code
     litvit bench --device cuda --dtype fp32 bf16 fp16
     litvit bench --models resnet18 convnext_tiny --img-size 160 --out runs/b.json   # any timm model; plot runs/b.png
 """
