@@ -101,7 +101,7 @@ def test_bench_dense_command_errors(tmp_path, capsys):
     assert main(["bench", "--dense-releases", "sem_fpn_lit_ti", "--official", str(tmp_path / "none")]) == 2
     assert "no such folder" in capsys.readouterr().err
     assert main(["bench", "--dense-releases", "sem_fpn_lit_ti", "--official", str(tmp_path), "--out", out]) == 2
-    assert "not a folder prepared by the reference tool" in capsys.readouterr().err
+    assert "not a folder holding the authors" in capsys.readouterr().err
     assert main(["bench", "--official", str(tmp_path), "--out", out]) == 2
     assert "go with --dense-releases" in capsys.readouterr().err
     assert not (tmp_path / "d.json").exists()

@@ -161,8 +161,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                         "built in memory) on a 1333x800 image and print parameter counts; NAMEs among "
                         "retinanet_lit_ti ... sem_fpn_lit_s, none: all six (litvit.tools.bench_dense)")
     p.add_argument("--official", metavar="WORK", default=None,
-                   help="with --dense-releases: also time the authors' code from WORK (a folder prepared by "
-                        "shared/tools/official-dense/setup.sh) on the same releases, interleaved")
+                   help="with --dense-releases: also time the authors' code from WORK (WORK/LIT: their "
+                        "repository; WORK/site: mmcv 1.7.2 without compiled ops) on the same releases, interleaved")
     p.add_argument("--dense-tiny", action="store_true",
                    help="with --dense-releases: tiny widths, depths and image (a quick check)")
     p.add_argument("--device", type=device_arg(auto=False), default="cpu", help="cpu, cuda or cuda:N")

@@ -15,9 +15,10 @@ network, post-processing), after warm-up, median of the repetitions.
 release (its config text through mmcv's ``Config``, its state dict loaded strictly), with their
 ``inference_detector`` / ``inference_segmentor`` on the same image, interleaved with litvit's in
 one process per code tree (mmdet's and mmseg's trees cannot share a process: both ship packages
-of the same names). ``WORK`` is a folder prepared by the reference tool
-(``shared/tools/official-dense/setup.sh``): ``WORK/site`` holds mmcv (without compiled ops) and
-its dependencies, ``WORK/LIT`` the authors' repository. Their compiled kernels are replaced in that
+of the same names). ``WORK`` is a folder you prepare: ``WORK/LIT`` a checkout of the authors'
+repository (zhuang-group/LIT: its ``detection/`` vendors mmdet 2.11, ``segmentation/`` mmseg 0.13),
+``WORK/site`` mmcv 1.7.2 built without compiled ops (``MMCV_WITH_OPS=0 pip install --target
+WORK/site mmcv==1.7.2 addict yapf==0.32.0 terminaltables``). Their compiled kernels are replaced in that
 process before anything imports them: mmcv's ``nms`` and ``roi_align`` kernels and the authors'
 deformable convolution by torchvision's ops, apex's ``amp`` decorators by the identity. Nothing of
 their code is part of litvit; it is only imported from ``WORK`` at run time.
@@ -75,7 +76,7 @@ BUSY_CLASSES = (0, 2, 9, 39, 56)
 
 
 class OfficialEnvError(RuntimeError):
-    """The folder given to ``--official`` is not one the reference tool prepared, or its run failed."""
+    """The folder given to ``--official`` does not hold the authors' code and mmcv, or their run failed."""
 
 
 # --- the release: config and state dict -------------------------------------------------------------
@@ -435,7 +436,7 @@ def _official_paths(work: str, tree: str) -> List[str]:
     paths = [os.path.join(work, "site"), os.path.join(work, "LIT", sub)]
     missing = [p for p in paths if not os.path.isdir(p)]
     if missing or not os.path.isdir(os.path.join(paths[1], "mmdet" if tree == "det" else "mmseg")):
-        raise OfficialEnvError(f"--official {work}: not a folder prepared by the reference tool (expected "
+        raise OfficialEnvError(f"--official {work}: not a folder holding the authors' code (expected "
                                f"{paths[0]} and {paths[1]} with the authors' {'mmdet' if tree == 'det' else 'mmseg'})")
     return paths
 
@@ -443,7 +444,7 @@ def _official_paths(work: str, tree: str) -> List[str]:
 def bench_dense(names: Sequence[str], tiny: bool = False, warmup: int = 1, reps: int = 3,
                 official: Optional[str] = None, threads: int = 0) -> List[dict]:
     """Time ``model.predict`` of each architecture of ``names`` on one image (1333x800; 320x192 with
-    ``tiny``); with ``official`` (a folder prepared by the reference tool) also the authors'
+    ``tiny``); with ``official`` (a folder holding the authors' code and mmcv, see above) also the authors'
     inference on the same release, interleaved in one process per code tree.
 
     Returns:
