@@ -190,3 +190,24 @@ def test_bad_configuration_raises():
         litvit.create_model("litv2_s", alpha=1.5, device="meta")
     with pytest.raises(ValueError, match="attn_types\\[0\\]='msa'"):
         litvit.create_model("litv2_s", attn_types=("msa", "none", "hilo", "hilo"), device="meta")
+
+
+def test_recipe_by_model_name():
+    from litvit.recipes import default_recipe_for, get_recipe
+    assert default_recipe_for("/data/imagenet", "litv2_b") == "litv2"
+    assert default_recipe_for("/data/imagenet", "lit_s") == "lit-smb"
+    r = get_recipe("litv2")
+    assert (r["model"], r["offset_lr_mult"], r["warmup_epochs"], r["clip_grad"]) == ("litv2_s", 0.01, 20, 5.0)
+
+
+@pytest.mark.cli
+def test_digits_train_a_small_litv2(tmp_path, capsys):
+    from litvit.cli import main
+    argv = ["train", "--model", "litv2_s", "--embed-dims", "8", "16", "24", "32", "--depths", "1", "1", "1", "1",
+            "--num-heads", "1", "2", "3", "4", "--epochs", "1", "--output", str(tmp_path)]
+    assert main(argv) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "LITv2" in out and "val top-1" in out
+    model = litvit.create_model("litv2_s", embed_dims=(8, 16, 24, 32), depths=(1, 1, 1, 1), num_heads=(1, 2, 3, 4),
+                                num_classes=10, checkpoint_path=str(tmp_path / "best.pth")).eval()
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 10)
