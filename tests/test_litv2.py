@@ -211,3 +211,28 @@ def test_digits_train_a_small_litv2(tmp_path, capsys):
     model = litvit.create_model("litv2_s", embed_dims=(8, 16, 24, 32), depths=(1, 1, 1, 1), num_heads=(1, 2, 3, 4),
                                 num_classes=10, checkpoint_path=str(tmp_path / "best.pth")).eval()
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+
+
+def test_fused_convffn_equals_the_plain_modules(monkeypatch):
+    """CPU inference runs the ConvFFN as oneDNN's conv+GELU and linear+residual where the probe
+    allows; it equals the plain modules (fp32 tight, bf16 autocast loosely); never with gradients."""
+    from litvit.ops import fused_mlp
+    if not fused_mlp.supported(torch.float32):
+        pytest.skip("oneDNN's fused kernels do not run on this CPU")
+    calls = []
+    real = fused_mlp.fused_conv_mlp_residual
+    monkeypatch.setattr(fused_mlp, "fused_conv_mlp_residual", lambda *a, **k: calls.append(1) or real(*a, **k))
+    model = litvit.create_model("litv2_s", **TINY_V2, num_classes=5).eval()
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        fused = model(x)
+        assert len(calls) == 5  # every block
+        model.set_fused_mlp(False)
+        torch.testing.assert_close(fused, model(x), rtol=1e-4, atol=1e-4)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            plain = model(x)
+            model.set_fused_mlp(True)
+            torch.testing.assert_close(model(x).float(), plain.float(), rtol=0.1, atol=0.1)
+    calls.clear()
+    model(x).sum().backward()
+    assert not calls

@@ -39,7 +39,8 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models._features import feature_take_indices
 
 from ..ops.dtm import DTM_IMPLS, DeformableTokenMerging
-from ..ops.tracing import is_fx_proxy
+from ..ops import fused_mlp as fused_mlp_ops
+from ..ops.tracing import autocast_dtype, is_fx_proxy, is_tracing
 from .convert import checkpoint_filter_fn, load_weights
 from .lit import DTMDownsample, PatchEmbed, TokenMap, _int_or_tuple_2, _to_2tuple, check_image_batch
 
@@ -225,7 +226,11 @@ class DWConvMlp(nn.Module):
 
 class LITv2Block(nn.Module):
     """A ConvFFN block (``attn_type="none"``: ``x + DropPath(DWConvMlp(LN2(x)))``) or a HiLo block
-    (``x + DropPath(HiLo(LN1(x)))`` first); norm names follow the releases."""
+    (``x + DropPath(HiLo(LN1(x)))`` first); norm names follow the releases.
+
+    In CPU inference the ConvFFN may run with the depthwise conv + GELU and fc2 + residual fused
+    (oneDNN, :func:`litvit.ops.fused_mlp.fused_conv_mlp_residual`) where the probe says this CPU
+    supports it; ``fused_mlp=False`` keeps the plain modules (the reference)."""
 
     def __init__(
             self,
@@ -239,6 +244,7 @@ class LITv2Block(nn.Module):
             proj_drop: float = 0.,
             drop_path: float = 0.,
             fused_attn: bool = True,
+            fused_mlp: bool = True,
             norm_layer: Callable[..., nn.Module] = partial(nn.LayerNorm, eps=1e-5),
             device: Optional[torch.device] = None,
             dtype: Optional[torch.dtype] = None,
@@ -257,10 +263,24 @@ class LITv2Block(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
         self.norm2 = norm_layer(dim, **dd)
         self.mlp = DWConvMlp(dim, int(dim * mlp_ratio), drop=proj_drop, **dd)
+        self.fused_mlp = fused_mlp
+
+    def _use_fused_mlp(self, x: Tensor) -> bool:
+        """CPU inference in a dtype the oneDNN probe accepts; never with gradients or while anything
+        traces (torch.fx, torch.compile, exporters and FLOP counters see the plain ops)."""
+        if not self.fused_mlp or self.training or torch.is_grad_enabled() or is_fx_proxy(x) or is_tracing():
+            return False
+        if x.device.type != "cpu" or not (isinstance(self.mlp.act, nn.GELU) and self.mlp.act.approximate == "none"):
+            return False
+        return fused_mlp_ops.supported(autocast_dtype("cpu") or x.dtype)
 
     def forward(self, x: Tensor, feat_size: Tuple[int, int]) -> Tensor:
         if self.attn is not None:
             x = x + self.drop_path(self.attn(self.norm1(x), feat_size))
+        if self._use_fused_mlp(x):
+            m = self.mlp
+            return fused_mlp_ops.fused_conv_mlp_residual(x, feat_size, self.norm2, m.fc1, m.dwconv.dwconv, m.fc2,
+                                                         autocast_dtype("cpu"))
         return x + self.drop_path(self.mlp(self.norm2(x), feat_size))
 
 
@@ -282,6 +302,7 @@ class LITv2Stage(nn.Module):
             proj_drop: float = 0.,
             drop_path: Sequence[float] = (),
             fused_attn: bool = True,
+            fused_mlp: bool = True,
             norm_layer: Callable[..., nn.Module] = partial(nn.LayerNorm, eps=1e-5),
             device: Optional[torch.device] = None,
             dtype: Optional[torch.dtype] = None,
@@ -297,7 +318,8 @@ class LITv2Stage(nn.Module):
         self.blocks = nn.ModuleList([
             LITv2Block(dim, num_heads, mlp_ratio=mlp_ratio, attn_type=attn_type, window_size=window_size,
                        alpha=alpha, qkv_bias=qkv_bias, proj_drop=proj_drop,
-                       drop_path=drop_path[j] if drop_path else 0., fused_attn=fused_attn, norm_layer=norm_layer,
+                       drop_path=drop_path[j] if drop_path else 0., fused_attn=fused_attn, fused_mlp=fused_mlp,
+                       norm_layer=norm_layer,
                        device=device, dtype=dtype)
             for j in range(depth)])
         self.to_map = TokenMap(0)
@@ -340,6 +362,8 @@ class LITv2(nn.Module):
         drop_path_rate (float): stochastic depth, increasing linearly over all blocks.
         norm_eps (float): LayerNorm eps (1e-5 as released).
         fused_attn (bool): HiLo through ``scaled_dot_product_attention`` (else explicit softmax).
+        fused_mlp (bool): in CPU inference, oneDNN's fused conv+GELU and linear+residual in the
+            ConvFFNs where this CPU supports them in the dtype at hand (probed once).
         dtm_impl (str): DTM implementation, ``"fast"`` or ``"torchvision"``.
         device (torch.device, optional): where the parameters are created (``"meta"`` works).
         dtype (torch.dtype, optional): dtype of the parameters.
@@ -369,6 +393,7 @@ class LITv2(nn.Module):
             drop_path_rate: float = 0.,
             norm_eps: float = 1e-5,
             fused_attn: bool = True,
+            fused_mlp: bool = True,
             dtm_impl: str = "fast",
             device: Optional[torch.device] = None,
             dtype: Optional[torch.dtype] = None,
@@ -430,6 +455,7 @@ class LITv2(nn.Module):
                 proj_drop=drop_rate,
                 drop_path=dpr[i],
                 fused_attn=fused_attn,
+                fused_mlp=fused_mlp,
                 norm_layer=norm_layer,
                 **dd,
             ))
@@ -507,7 +533,11 @@ class LITv2(nn.Module):
                 m.fused_attn = enable
 
     def set_fused_mlp(self, enable: bool = True) -> None:
-        """Accepted for the LIT API; LITv2's ConvFFN has no fused CPU kernel (a no-op)."""
+        """Switch every block's CPU-inference ConvFFN between oneDNN's fused conv+GELU / linear+residual
+        (where the probe in :mod:`litvit.ops.fused_mlp` says they work) and the plain modules."""
+        for m in self.modules():
+            if isinstance(m, LITv2Block):
+                m.fused_mlp = enable
 
     def set_dtm_impl(self, impl: str) -> None:
         """Switch every DTM between ``"fast"`` and ``"torchvision"``."""
