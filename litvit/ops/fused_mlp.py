@@ -48,11 +48,16 @@ def _probe(dtype: torch.dtype) -> bool:
             args = [t.to(dtype) for t in (x, w1, b1)]
             h = torch.ops.mkldnn._linear_pointwise(*args, "gelu", [], "none")
             out = torch.ops.mkldnn._linear_pointwise.binary(h, res.to(dtype), w2.to(dtype), b2.to(dtype), "add")
+            plain = torch.ops.mkldnn._linear_pointwise(*args, "none", [], "none")  # LITv2's fc1
     except (RuntimeError, NotImplementedError):  # oneDNN: "could not create a primitive descriptor ..."
         return False
     want = F.linear(F.gelu(F.linear(x, w1, b1)), w2, b2) + res
     tol = 1e-4 if dtype == torch.float32 else 0.1
     if not (out.shape == want.shape and torch.allclose(out.float(), want, rtol=tol, atol=tol)):
+        return False
+    with torch.autocast("cpu", enabled=False):
+        want = F.linear(x, w1, b1)
+    if not torch.allclose(plain.float(), want, rtol=tol, atol=tol):
         return False
     # LITv2's ConvFFN: a depthwise 3x3 conv with the GELU fused, on a channels-last map
     m = torch.randn(2, 5, 4, 8, generator=g).permute(0, 3, 1, 2)  # B, H, W, C -> B, C, H, W (channels-last view)
@@ -148,7 +153,10 @@ def fused_conv_mlp_residual(x: Tensor, feat_size, norm: nn.Module, fc1: nn.Linea
     """
     B, N, _ = x.shape
     H, W = feat_size
-    h = fc1(norm(x))  # under autocast: in autocast's dtype
+    if autocast_dtype is None:  # bias in the GEMM's epilogue: no copy of the broadcast bias first (addmm)
+        h = torch.ops.mkldnn._linear_pointwise(norm(x), fc1.weight, fc1.bias, "none", [], "none")
+    else:
+        h = fc1(norm(x))  # in autocast's dtype
     hidden = h.shape[-1]
     m = h.reshape(B, H, W, hidden).permute(0, 3, 1, 2)  # B, N, hid -> B, hid, H, W (channels-last view)
     w, b = dwconv.weight, dwconv.bias
