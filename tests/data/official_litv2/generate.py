@@ -15,7 +15,9 @@ float32 on the rounded values.
 Per model NAME: ``NAME.pth`` (``{'model': state_dict}``, the release layout) and
 ``NAME_expected.pt``: inputs 2x3x64x64 and 1x3x96x96 (bfloat16), eval logits at both sizes,
 train-mode logits (DTM's BatchNorm on batch statistics) and each stage's output tokens in eval
-mode. The suite itself never needs the authors' code.
+mode. ``keys/``: the full-size release layouts (key and shape per line) of LITv2-S/M/B and the alpha 0
+and 1 releases, as the shared tool lists them from the authors' code (``out/official_keys``).
+The suite itself never needs the authors' code.
 """
 import os
 import sys
