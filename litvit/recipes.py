@@ -14,6 +14,11 @@ values every recipe starts from are in :data:`BASE`.
 * ``lit-smb``: the Swin recipe of LIT-S/M/B: as above but 20 warm-up epochs from 5e-7, min lr 5e-6,
   both scaled by batch/512 like the lr, gradient clipping 5.0, no repeated augmentation; drop
   path from the model (0.2 / 0.3 / 0.5).
+* ``litv2``: the authors' LITv2 recipe (their ``config.py`` and yaml, the same Swin trainer): the
+  ``lit-smb`` settings with ``litv2_s`` (drop path from the model: 0.2 / 0.3 / 0.5 for S/M/B); the
+  DTM offset predictors' weights at lr x 0.01 in their own group (their ``optimizer.py``:
+  ``MODEL.OFFSET_LR_MULTI``), the offset bias with the other 1-D parameters at the full lr without
+  decay.
 * ``digits``: a LIT-Ti-shaped model with narrow stages at 32x32 on the embedded digits; about a
   minute on two CPU cores to >= 99% validation top-1 (what ``litvit demo`` runs).
 
@@ -32,6 +37,7 @@ Examples::
 
     litvit train --recipe lit-ti --data /data/imagenet --batch-size 1024 --accum-steps 8
     litvit train --recipe lit-smb --model lit_b --data /data/imagenet --amp bf16
+    litvit train --recipe litv2 --model litv2_m --data /data/imagenet --print-config
 """
 from typing import Dict, Optional
 
@@ -84,6 +90,9 @@ RECIPES: Dict[str, Dict[str, object]] = {
     "lit-smb": dict(
         BASE, model="lit_s", warmup_epochs=20, warmup_lr=5e-7, min_lr=5e-6, scale_warmup_min_lr=True, clip_grad=5.0,
         repeated_aug=0, sched_on="step"),
+    "litv2": dict(
+        BASE, model="litv2_s", warmup_epochs=20, warmup_lr=5e-7, min_lr=5e-6, scale_warmup_min_lr=True,
+        clip_grad=5.0, repeated_aug=0, sched_on="step", offset_lr_mult=0.01),
     "digits": dict(
         BASE,
         model="lit_ti", img_size=32,
@@ -199,9 +208,12 @@ def resolve_dense_recipe(name: str, family: str) -> Dict[str, object]:
 
 def default_recipe_for(data: Optional[str], model: Optional[str]) -> str:
     """The recipe used when none is named: ``digits`` on the embedded data, else the paper's recipe
-    of the model's family (``lit-smb`` for the Swin-based models, ``lit-ti`` otherwise)."""
+    of the model's family (``litv2`` for LITv2, ``lit-smb`` for the Swin-based models, ``lit-ti``
+    otherwise)."""
     if data in (None, "digits"):
         return "digits"
+    if model is not None and model.startswith("litv2"):
+        return "litv2"
     if model is not None and model.startswith(("lit_s", "lit_m", "lit_b")):
         return "lit-smb"
     return "lit-ti"

@@ -31,6 +31,16 @@ def test_onnx_round_trip_dynamic_batch_and_size(tmp_path):
     assert all(r["max_abs_diff"] < 1e-4 for r in results)
 
 
+@pytest.mark.slow
+def test_onnx_litv2_non_square_sizes(tmp_path):
+    """LITv2 (HiLo windows and pooled keys reshaped from the run-time size) exported once, run at
+    other batch sizes and non-square sizes."""
+    model = randomize_(litvit.create_model("litv2_s", num_classes=7, **SMALL), offset_scale=1.0).eval()
+    path = export_onnx(model, str(tmp_path / "litv2_s.onnx"), img_size=64, opset=17)
+    results = check_onnx(model, path, shapes=[(1, 64, 64), (3, 96, 64), (2, 32, 128)], atol=1e-4, rtol=1e-4)
+    assert all(r["max_abs_diff"] < 1e-4 for r in results)
+
+
 @pytest.mark.cli
 def test_export_cli_errors(tmp_path, capsys):
     assert main(["export", "--model", "nope"]) == 2

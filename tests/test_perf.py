@@ -15,7 +15,7 @@ from helpers import TINY, randomize_
 pytestmark = pytest.mark.unit
 
 MODELS = litvit.list_models()
-DTM_MODELS = ("lit_ti", "lit_s", "lit_m", "lit_b")
+DTM_MODELS = ("lit_ti", "lit_s", "lit_m", "lit_b", "litv2_s", "litv2_m", "litv2_b", "litv2_b_384")
 SMALL = dict(TINY, depths=(1, 1, 1, 1))  # one block per stage where only tracing is checked
 
 

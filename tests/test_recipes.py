@@ -136,6 +136,10 @@ SEGMENTATION_FAMILY = {"lit_ti": {}, "lit_s": {("model", "out_norm_stages"): [0,
 PRESETS = [
     (["train", "--recipe", "lit-ti"], LIT_TI_IMAGENET),
     (["train", "--recipe", "lit-smb"], LIT_SMB_IMAGENET),
+    # the authors' LITv2 yaml/config.py: the same Swin trainer and values, offset weights at lr x 0.01
+    (["train", "--recipe", "litv2"], {**LIT_SMB_IMAGENET, ("model", "name"): "litv2_s"}),
+    (["train", "--recipe", "litv2", "--model", "litv2_b"],
+     {**LIT_SMB_IMAGENET, ("model", "name"): "litv2_b", ("model", "drop_path"): 0.5}),
 ]
 for _bb in ("lit_ti", "lit_s"):
     PRESETS += [
@@ -212,7 +216,7 @@ def _cosine(t, total, base, low):
     return low + 0.5 * (base - low) * (1 + math.cos(math.pi * t / total))
 
 
-@pytest.mark.parametrize("recipe,model", [("lit-ti", "lit_ti"), ("lit-smb", "lit_s")])
+@pytest.mark.parametrize("recipe,model", [("lit-ti", "lit_ti"), ("lit-smb", "lit_s"), ("litv2", "litv2_s")])
 def test_imagenet_param_groups_by_name_and_lr_along_the_schedule(recipe, model):
     from litvit.cli.classification import _add_train_args, _class_config, _resolve_recipe, _train_config
     from litvit.tasks.classification import ClassificationTask
@@ -227,12 +231,15 @@ def test_imagenet_param_groups_by_name_and_lr_along_the_schedule(recipe, model):
     spe = 4  # steps per epoch
     groups, opt, sched = _optimizer_and_scheduler(task, tc, net, spe, 1e-3)
     of = {n: g["name"] for g in groups for n in g["param_names"]}
-    decayed = {"patch_embed.proj.weight", "stages.2.blocks.0.attn.qkv.weight", "head.weight",
+    qkv = "l_q" if model == "litv2_s" else "qkv"
+    decayed = {"patch_embed.proj.weight", f"stages.2.blocks.0.attn.{qkv}.weight", "head.weight",
                "stages.1.downsample.dtm.dconv.weight"}
     exempt = {"patch_embed.proj.bias", "patch_embed.norm.weight", "stages.2.blocks.0.norm1.weight",
-              "stages.2.blocks.0.attn.qkv.bias", "stages.1.downsample.dtm.norm_layer.weight",
+              f"stages.2.blocks.0.attn.{qkv}.bias", "stages.1.downsample.dtm.norm_layer.weight",
               "stages.1.downsample.dtm.dconv.bias", "stages.1.downsample.dtm.dconv.conv_offset.bias"}
-    if model == "lit_ti":
+    if model == "litv2_s":
+        decayed |= {"stages.0.blocks.0.mlp.dwconv.dwconv.weight", "stages.2.blocks.0.attn.h_qkv.weight"}
+    elif model == "lit_ti":
         decayed |= {"stages.0.pos_embed", "stages.3.pos_embed"}  # LIT-Ti's position embeddings are decayed
         exempt |= {"stages.3.cls_token"}
     else:

@@ -74,7 +74,8 @@ def test_model_default_cfgs_non_std(name):
     assert model(x).shape[-1] == model.num_features
     assert cfg["classifier"] + ".weight" in state_dict
     assert cfg["first_conv"] + ".weight" in state_dict
-    assert cfg["input_size"] == (3, 224, 224) and not cfg["fixed_input_size"]
+    assert cfg["input_size"] == ((3, 384, 384) if name.endswith("_384") else (3, 224, 224))
+    assert not cfg["fixed_input_size"]
 
 
 @pytest.mark.parametrize("feature_cls", ["getter", "fx"])

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import List
 
 from ..tools import flops as F  # called through the module: a patch of litvit.tools.flops is seen here
-from ..tools.flops import CATEGORIES, PAPER_HEADER, PAPER_NOTES, PAPER_TABLES, REPORT_HEADER, FlopReport
+from ..tools.flops import CATEGORIES, PAPER_HEADER, PAPER_NOTES, PAPER_SIZES, PAPER_TABLES, REPORT_HEADER, FlopReport
 from ..utils import atomic_write
 from .args import img_size_arg
 
@@ -27,11 +27,11 @@ def _profile_all(jobs, args) -> List[FlopReport]:
 def cmd_flops(args: argparse.Namespace) -> int:
     if args.paper:
         names = list(OrderedDict.fromkeys(n for rows in PAPER_TABLES.values() for n, *_ in rows))
-        reports = {r.model: r for r in _profile_all([(n, 224) for n in names], args)}
+        reports = {r.model: r for r in _profile_all([(n, PAPER_SIZES.get(n, 224)) for n in names], args)}
         rows = F.paper_rows(reports)
         if args.format != "csv":
             print("FLOPs = MACs of convs, linears and the two attention products, one 224x224 image "
-                  "(traced; DTM as a dense 2x2 conv).")
+                  "(384x384 for LITv2-B 384; traced; DTM as a dense 2x2 conv).")
         print(F.format_table(PAPER_HEADER, rows, args.format))
         if args.format != "csv":
             for note in PAPER_NOTES:
@@ -85,7 +85,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resolutions", type=img_size_arg, nargs="+", metavar="SIZE",
                    help="sweep these input sides and plot FLOPs per stage type (e.g. 224 384 512 768 1024)")
     p.add_argument("--format", choices=("table", "markdown", "csv"), default="table", help="output format (default table)")
-    p.add_argument("--paper", action="store_true", help="the paper's Tables 2-4 rows beside the published values")
+    p.add_argument("--paper", action="store_true", help="the paper's Tables 2-4 rows and LITv2's (family, alpha) beside the published values")
     p.add_argument("--by-stage", action="store_true", help="also print the FLOPs of every stage")
     p.add_argument("--fused", action="store_true", help="trace the fused (SDPA) attention path instead of the plain one")
     p.add_argument("--dtm-impl", choices=("fast", "torchvision"), default="fast", help="DTM implementation traced")

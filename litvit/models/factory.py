@@ -1,7 +1,7 @@
 """Building LIT models by name, loading weights into them, and naming the model a bare
 checkpoint holds."""
 import functools
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Tuple, Union
 
 import timm
 import torch
@@ -9,14 +9,15 @@ import torch
 from ..errors import CheckpointMismatchError
 from .convert import load_weights, official_to_litvit, unwrap_state_dict
 from .lit import LIT, default_cfgs
+from .litv2 import LITv2, default_cfgs as _litv2_cfgs
 
 __all__ = ["MODEL_NAMES", "list_models", "create_model", "load_weights", "load_checkpoint", "models_fitting"]
 
-MODEL_NAMES = tuple(sorted({name.split(".")[0] for name in default_cfgs}))
+MODEL_NAMES = tuple(sorted({name.split(".")[0] for name in (*default_cfgs, *_litv2_cfgs)}))
 
 
 def list_models() -> tuple:
-    """Names of every LIT model and ablation model litvit registers."""
+    """Names of every LIT and LITv2 model and ablation model litvit registers."""
     return MODEL_NAMES
 
 
@@ -28,11 +29,12 @@ def create_model(
         pretrained: bool = False,
         checkpoint_path: Optional[str] = None,
         **overrides,
-) -> LIT:
+) -> Union[LIT, LITv2]:
     """Build a LIT model by name.
 
     Args:
-        name (str): one of :func:`list_models` (``lit_ti``, ``lit_s``, ``lit_m``, ``lit_b``, ablations).
+        name (str): one of :func:`list_models` (``lit_ti``, ``lit_s``, ``lit_m``, ``lit_b``, ablations,
+            ``litv2_s``, ``litv2_m``, ``litv2_b``, ``litv2_b_384``).
         pretrained (bool): load the official ImageNet-1K release (downloaded once by timm's hub
             machinery; ``pretrained_cfg_overlay=dict(file=...)`` points it at a local copy,
             ``dict(url=...)`` at another address). The file is read by litvit's one reader, as

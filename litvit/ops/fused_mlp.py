@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["supported", "forced", "fused_mlp_residual", "PROBE_DTYPES"]
+__all__ = ["supported", "forced", "fused_mlp_residual", "fused_conv_mlp_residual", "PROBE_DTYPES"]
 
 PROBE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -28,7 +28,7 @@ _forced: Optional[bool] = None  # set by :func:`forced` (tests, debugging)
 
 def _op_available() -> bool:
     return (torch.backends.mkldnn.is_available() and hasattr(torch.ops, "mkldnn")
-            and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+            and hasattr(torch.ops.mkldnn, "_linear_pointwise") and hasattr(torch.ops.mkldnn, "_convolution_pointwise"))
 
 
 def _probe(dtype: torch.dtype) -> bool:
@@ -48,11 +48,28 @@ def _probe(dtype: torch.dtype) -> bool:
             args = [t.to(dtype) for t in (x, w1, b1)]
             h = torch.ops.mkldnn._linear_pointwise(*args, "gelu", [], "none")
             out = torch.ops.mkldnn._linear_pointwise.binary(h, res.to(dtype), w2.to(dtype), b2.to(dtype), "add")
+            plain = torch.ops.mkldnn._linear_pointwise(*args, "none", [], "none")  # LITv2's fc1
     except (RuntimeError, NotImplementedError):  # oneDNN: "could not create a primitive descriptor ..."
         return False
     want = F.linear(F.gelu(F.linear(x, w1, b1)), w2, b2) + res
     tol = 1e-4 if dtype == torch.float32 else 0.1
-    return out.shape == want.shape and torch.allclose(out.float(), want, rtol=tol, atol=tol)
+    if not (out.shape == want.shape and torch.allclose(out.float(), want, rtol=tol, atol=tol)):
+        return False
+    with torch.autocast("cpu", enabled=False):
+        want = F.linear(x, w1, b1)
+    if not torch.allclose(plain.float(), want, rtol=tol, atol=tol):
+        return False
+    # LITv2's ConvFFN: a depthwise 3x3 conv with the GELU fused, on a channels-last map
+    m = torch.randn(2, 5, 4, 8, generator=g).permute(0, 3, 1, 2)  # B, H, W, C -> B, C, H, W (channels-last view)
+    wc, bc = torch.randn(8, 1, 3, 3, generator=g) / 3, torch.randn(8, generator=g)
+    try:
+        with torch.no_grad(), torch.inference_mode(False):
+            got = _dwconv_gelu(m.to(dtype), wc.to(dtype), bc.to(dtype))
+    except (RuntimeError, NotImplementedError):
+        return False
+    with torch.autocast("cpu", enabled=False):  # the probe may first run under the caller's autocast
+        want = F.gelu(F.conv2d(m, wc, bc, padding=1, groups=8))
+    return got.shape == want.shape and torch.allclose(got.float(), want, rtol=tol, atol=tol)
 
 
 def supported(dtype: torch.dtype) -> bool:
@@ -107,4 +124,45 @@ def fused_mlp_residual(x: Tensor, norm: nn.Module, fc1: nn.Linear, fc2: nn.Linea
             h.to(dt), fc1.weight.to(dt), None if fc1.bias is None else fc1.bias.to(dt), "gelu", [], "none")
         return x + fc2(h)
     h = torch.ops.mkldnn._linear_pointwise(h, fc1.weight, fc1.bias, "gelu", [], "none")
+    return torch.ops.mkldnn._linear_pointwise.binary(h, x, fc2.weight, fc2.bias, "add")
+
+
+def _dwconv_gelu(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+    """GELU(depthwise 3x3 conv, padding 1) as one oneDNN primitive; x (B, C, H, W), channels-last best."""
+    return torch.ops.mkldnn._convolution_pointwise(
+        x, weight, bias, [1, 1], [1, 1], [1, 1], x.shape[1], "gelu", [], "none")
+
+
+def fused_conv_mlp_residual(x: Tensor, feat_size, norm: nn.Module, fc1: nn.Linear, dwconv: nn.Conv2d,
+                            fc2: nn.Linear, autocast_dtype: Optional[torch.dtype] = None) -> Tensor:
+    """``x + fc2(GELU(dwconv(fc1(norm(x)))))`` (LITv2's ConvFFN) with the conv+GELU and the
+    fc2+residual fused (check :func:`supported` first).
+
+    Args:
+        x (Tensor[B, H*W, C]): the residual stream (float32 or bfloat16).
+        feat_size (Tuple[int, int]): the map (H, W).
+        norm (nn.Module): the block's pre-MLP norm.
+        fc1 (nn.Linear): C -> hidden.
+        dwconv (nn.Conv2d): the 3x3 depthwise conv over the hidden map (padding 1).
+        fc2 (nn.Linear): hidden -> C.
+        autocast_dtype (torch.dtype, optional): the CPU autocast dtype when autocast is on: the conv
+            then runs in it (as autocast would) and the residual add follows autocast's promotion.
+
+    Returns:
+        Tensor[B, H*W, C].
+    """
+    B, N, _ = x.shape
+    H, W = feat_size
+    if autocast_dtype is None:  # bias in the GEMM's epilogue: no copy of the broadcast bias first (addmm)
+        h = torch.ops.mkldnn._linear_pointwise(norm(x), fc1.weight, fc1.bias, "none", [], "none")
+    else:
+        h = fc1(norm(x))  # in autocast's dtype
+    hidden = h.shape[-1]
+    m = h.reshape(B, H, W, hidden).permute(0, 3, 1, 2)  # B, N, hid -> B, hid, H, W (channels-last view)
+    w, b = dwconv.weight, dwconv.bias
+    if autocast_dtype is not None:
+        m, w, b = m.to(autocast_dtype), w.to(autocast_dtype), None if b is None else b.to(autocast_dtype)
+    h = _dwconv_gelu(m, w, b).permute(0, 2, 3, 1).reshape(B, N, hidden)  # -> B, N, hid
+    if autocast_dtype is not None:
+        return x + fc2(h)
     return torch.ops.mkldnn._linear_pointwise.binary(h, x, fc2.weight, fc2.bias, "add")

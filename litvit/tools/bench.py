@@ -30,7 +30,7 @@ threshold so freed tensors leave the resident set) minus the resident size befor
 
 Examples::
 
-    litvit bench                                              # LIT-Ti and LIT-S, batch 16, 224, fp32+bf16, infer+train
+    litvit bench                                              # LIT-Ti, LIT-S, LITv2-S, batch 16, 224, fp32+bf16, infer+train
     litvit bench --models lit_ti --threads 2 --compile        # + torch.compile(fullgraph=True)
     litvit bench --models lit_ti pvt_s_msa --img-size 224 512 1024 --batch-size 1 --memory --peers
     litvit bench --dtm-only --threads 2                       # the DTM op alone, fast vs reference
@@ -65,7 +65,7 @@ from .flops import count_flops as count_macs
 from .named_models import create_named_model
 
 DEFAULTS = dict(
-    models=["lit_ti", "lit_s"],
+    models=["lit_ti", "lit_s", "litv2_s"],
     batch_size=[16],
     img_size=[224],
     dtype=["fp32", "bf16"],
