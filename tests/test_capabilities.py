@@ -104,3 +104,18 @@ def test_bf16_on_a_cpu_capped_at_avx2():
     if not report["bf16_native"]:
         assert not report["fused_bf16"]
     assert report["fused_fp32"] == fused_mlp._probe(torch.float32)  # fp32 is unaffected by the cap
+
+
+def test_conv_kernel_probed_apart(monkeypatch):
+    """LITv2's fused conv kernel has a probe of its own: a CPU where only it fails keeps LIT's fused
+    MLP (the linear kernels), and LITv2 falls back to its plain ConvFFN."""
+    monkeypatch.setattr(fused_mlp, "_probed", {})
+    monkeypatch.setattr(fused_mlp, "_probe", lambda dtype: True)
+    monkeypatch.setattr(fused_mlp, "_probe_conv", lambda dtype: False)
+    assert fused_mlp.supported(torch.float32) and not fused_mlp.supported(torch.float32, conv=True)
+    monkeypatch.setattr(fused_mlp, "_probed", {})
+    monkeypatch.setattr(fused_mlp, "_probe_conv", lambda dtype: True)
+    assert fused_mlp.supported(torch.float32, conv=True)
+    monkeypatch.setattr(fused_mlp, "_probed", {})
+    monkeypatch.setattr(fused_mlp, "_probe", lambda dtype: False)  # no linear kernels: no conv path either
+    assert not fused_mlp.supported(torch.float32, conv=True)

@@ -272,7 +272,7 @@ class LITv2Block(nn.Module):
             return False
         if x.device.type != "cpu" or not (isinstance(self.mlp.act, nn.GELU) and self.mlp.act.approximate == "none"):
             return False
-        return fused_mlp_ops.supported(autocast_dtype("cpu") or x.dtype)
+        return fused_mlp_ops.supported(autocast_dtype("cpu") or x.dtype, conv=True)
 
     def forward(self, x: Tensor, feat_size: Tuple[int, int]) -> Tensor:
         if self.attn is not None:

@@ -22,13 +22,13 @@ __all__ = ["supported", "forced", "fused_mlp_residual", "fused_conv_mlp_residual
 
 PROBE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
-_probed: Dict[torch.dtype, bool] = {}
+_probed: Dict[object, bool] = {}  # dtype (linear kernels) or (dtype, "conv")
 _forced: Optional[bool] = None  # set by :func:`forced` (tests, debugging)
 
 
 def _op_available() -> bool:
     return (torch.backends.mkldnn.is_available() and hasattr(torch.ops, "mkldnn")
-            and hasattr(torch.ops.mkldnn, "_linear_pointwise") and hasattr(torch.ops.mkldnn, "_convolution_pointwise"))
+            and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
 
 
 def _probe(dtype: torch.dtype) -> bool:
@@ -57,9 +57,17 @@ def _probe(dtype: torch.dtype) -> bool:
         return False
     with torch.autocast("cpu", enabled=False):
         want = F.linear(x, w1, b1)
-    if not torch.allclose(plain.float(), want, rtol=tol, atol=tol):
+    return torch.allclose(plain.float(), want, rtol=tol, atol=tol)
+
+
+def _probe_conv(dtype: torch.dtype) -> bool:
+    """LITv2's ConvFFN kernel: a depthwise 3x3 conv with the GELU fused, on a channels-last map,
+    against the plain ops (probed apart from the linear kernels, so that a CPU where only this one
+    fails keeps LIT's fused MLP)."""
+    if not hasattr(torch.ops.mkldnn, "_convolution_pointwise"):
         return False
-    # LITv2's ConvFFN: a depthwise 3x3 conv with the GELU fused, on a channels-last map
+    g = torch.Generator().manual_seed(0)
+    tol = 1e-4 if dtype == torch.float32 else 0.1
     m = torch.randn(2, 5, 4, 8, generator=g).permute(0, 3, 1, 2)  # B, H, W, C -> B, C, H, W (channels-last view)
     wc, bc = torch.randn(8, 1, 3, 3, generator=g) / 3, torch.randn(8, generator=g)
     try:
@@ -72,14 +80,20 @@ def _probe(dtype: torch.dtype) -> bool:
     return got.shape == want.shape and torch.allclose(got.float(), want, rtol=tol, atol=tol)
 
 
-def supported(dtype: torch.dtype) -> bool:
-    """Whether the fused kernels run, and agree with the plain ops, in ``dtype`` on this CPU.
-    Probed on the first call for each dtype; the answer is cached."""
+def supported(dtype: torch.dtype, conv: bool = False) -> bool:
+    """Whether the fused kernels run, and agree with the plain ops, in ``dtype`` on this CPU: the
+    linear ones (LIT's MLP, LITv2's fc1 and fc2), and with ``conv=True`` also LITv2's fused
+    depthwise conv + GELU. Probed on the first call for each dtype and kind; the answer is cached."""
     if _forced is not None:
         return _forced
     ok = _probed.get(dtype)
     if ok is None:
         ok = _probed[dtype] = _probe(dtype)
+    if ok and conv:
+        key = (dtype, "conv")
+        if key not in _probed:
+            _probed[key] = _probe_conv(dtype)
+        ok = _probed[key]
     return ok
 
 
