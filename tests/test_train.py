@@ -414,7 +414,7 @@ def test_bad_batch_size_recipe_and_overwrite(trained, tmp_path, capsys):
                            "--output", str(tmp_path / "o"))
     assert_one_line_error(code, err, "even batch", "15 per process")
     code, _, err = run_cli(capsys, "train", "--recipe", "lit-xl", "--output", str(tmp_path / "o"))
-    assert_one_line_error(code, err, "invalid choice: 'lit-xl'", "'lit-ti', 'lit-smb', 'digits'")
+    assert_one_line_error(code, err, "invalid choice: 'lit-xl'", "'lit-ti', 'lit-smb', 'litv2', 'digits'")
     code, _, err = run_cli(capsys, "train", "--amp", "fp16", "--device", "cpu", "--output", str(tmp_path / "o"),
                            *TINY_FLAGS)
     assert_one_line_error(code, err, "fp16' needs CUDA")
