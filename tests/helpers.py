@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["TINY", "randomize_", "assert_dense_parameters_add_up", "image_folder"]
+__all__ = ["TINY", "randomize_", "assert_dense_parameters_add_up", "image_folder", "perfect_coco_results"]
 
 # Tiny widths for behaviour tests (the full sizes are only built on the meta device to count parameters).
 TINY = dict(img_size=64, embed_dims=(16, 32, 48, 64), depths=(1, 2, 2, 1), num_heads=(1, 2, 3, 4))
@@ -60,3 +60,16 @@ def image_folder(root: Path, n: int = 4) -> Path:
             d.mkdir(parents=True, exist_ok=True)
             ds.image(i).save(d / f"{i}.png")
     return root
+
+
+def perfect_coco_results(ds):
+    """The ground truth of a ``CocoDetection`` (``with_masks=True``) fed back as detections (boxes and
+    masks, score 1): ``(coco_results records, image ids)``, for AP-100 checks."""
+    from litvit.metrics import coco_results
+    outputs, ids = [], []
+    for i in range(len(ds)):
+        _, t = ds[i]
+        outputs.append(dict(boxes=t["boxes"], labels=t["labels"], scores=torch.ones(len(t["labels"])),
+                            masks=t["masks"][:, None].float()))
+        ids.append(t["image_id"])
+    return coco_results(outputs, ids, [0] + ds.cat_ids), ids

@@ -16,12 +16,12 @@ from litvit.cli import main
 from litvit.data.ade20k import SegmentationDataset
 from litvit.data.coco import CocoDetection, rle_string_counts
 from litvit.engine import Task, TrainConfig, fit
-from litvit.metrics import coco_evaluate, coco_results
+from litvit.metrics import coco_evaluate
 from litvit.models import semantic_fpn as sfpn
 from litvit.tasks.detection import DetectionTask, draw_detections
 from litvit.tasks.segmentation import SegmentationTask
 
-from helpers import TINY
+from helpers import TINY, perfect_coco_results
 from test_detection import make_coco
 from test_segmentation import make_ade
 
@@ -45,17 +45,6 @@ def _variant(coco, tmp_path, change, name="variant.json"):
     path = tmp_path / name
     path.write_text(json.dumps(data))
     return str(coco[0]), str(path)
-
-
-def _perfect_results(ds):
-    """The ground truth of ``ds`` fed back as detections (boxes and masks)."""
-    outputs, ids = [], []
-    for i in range(len(ds)):
-        _, t = ds[i]
-        outputs.append(dict(boxes=t["boxes"], labels=t["labels"], scores=torch.ones(len(t["labels"])),
-                            masks=t["masks"][:, None].float()))
-        ids.append(t["image_id"])
-    return coco_results(outputs, ids, [0] + ds.cat_ids), ids
 
 
 # --- COCO annotations -------------------------------------------------------------------------------------
@@ -160,7 +149,7 @@ def test_sizes_that_disagree_with_the_files_are_repaired_with_one_warning(coco, 
                                          r"img0\.png is 88x72, the annotation file says 100x70.*files' sizes are used"):
         assert ds.scan(progress=False) == []
     assert all((im["width"], im["height"]) == (88, 72) for im in ds.coco.imgs.values())
-    results, ids = _perfect_results(ds)
+    results, ids = perfect_coco_results(ds)
     metrics, _ = coco_evaluate(ds.coco, results, ids, ("bbox", "segm"))
     assert metrics["segm_AP"] == pytest.approx(100.0) and metrics["bbox_AP"] == pytest.approx(100.0)
 
@@ -177,7 +166,7 @@ def test_repeated_or_missing_annotation_ids_are_renumbered(coco, tmp_path):
                                          r"one's id \(1, 5\): given new ids 9\.\.11"):
         ds = CocoDetection(img_dir, ann, with_masks=True)
     assert sorted(ds.coco.anns) == [1, 3, 4, 5, 8, 9, 10, 11]
-    results, ids = _perfect_results(ds)
+    results, ids = perfect_coco_results(ds)
     metrics, _ = coco_evaluate(ds.coco, results, ids, ("bbox", "segm"))
     assert metrics["bbox_AP"] == pytest.approx(100.0) and metrics["segm_AP"] == pytest.approx(100.0)
 
@@ -191,7 +180,7 @@ def test_missing_iscrowd_and_area_are_filled_for_evaluation(coco, tmp_path):
         ds = CocoDetection(img_dir, ann)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        results, ids = _perfect_results(CocoDetection(img_dir, ann, with_masks=True))
+        results, ids = perfect_coco_results(CocoDetection(img_dir, ann, with_masks=True))
     assert coco_evaluate(ds.coco, results, ids)[0]["bbox_AP"] == pytest.approx(100.0)
 
 

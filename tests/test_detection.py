@@ -11,9 +11,9 @@ import litvit.detection
 from litvit.cli import main
 from litvit.dense_data import CocoDetection, detection_collate
 from litvit.ops import fused_mlp
-from litvit.tasks.detection import DetectionTask, coco_evaluate, coco_results
+from litvit.tasks.detection import DetectionTask, coco_evaluate
 
-from helpers import TINY, assert_dense_parameters_add_up
+from helpers import TINY, assert_dense_parameters_add_up, perfect_coco_results
 
 pytestmark = pytest.mark.unit
 
@@ -145,13 +145,7 @@ def test_training_reduces_loss(arch, coco):
 def test_coco_results_and_eval_perfect_detections(coco):
     """Ground truth fed back as detections gives AP 100 through pycocotools (boxes and masks)."""
     ds = CocoDetection(*map(str, coco), train=False, with_masks=True)
-    outputs, ids = [], []
-    for i in range(len(ds)):
-        _, t = ds[i]
-        outputs.append(dict(boxes=t["boxes"], labels=t["labels"], scores=torch.ones(len(t["labels"])),
-                            masks=t["masks"][:, None].float()))
-        ids.append(t["image_id"])
-    results = coco_results(outputs, ids, [0] + ds.cat_ids)
+    results, ids = perfect_coco_results(ds)
     assert {r["category_id"] for r in results} == {3, 7}
     metrics, text = coco_evaluate(ds.coco, results, ids, ("bbox", "segm"))
     assert metrics["bbox_AP"] == pytest.approx(100.0) and metrics["segm_AP"] == pytest.approx(100.0)
