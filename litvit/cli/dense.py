@@ -157,7 +157,7 @@ def resolve_recipe(args: argparse.Namespace, name: str) -> Dict[str, Any]:
     """The dense recipe ``name`` for ``args.backbone``'s family, overridden by the flags given."""
     family = backbone_family(args.backbone)
     r = resolve_dense_recipe(name, family)
-    r.update(recipe=name, backbone_family=family, overridden=[])
+    r.update(recipe=name, backbone_family=family, overridden=[], derived=[])
     for key in _FLAG_KEYS:
         value = getattr(args, key, None)
         if key in r and value is not None:
@@ -167,6 +167,7 @@ def resolve_recipe(args: argparse.Namespace, name: str) -> Dict[str, Any]:
         r["grad_checkpointing"] = True
     if args.amp is None and r["amp"] == "fp16" and not uses_cuda(args.device):
         r["amp"] = "none"  # the recipe's fp16 is for CUDA; the CPU has no fp16 autocast
+        r["derived"].append("amp")
     return r
 
 
@@ -197,12 +198,9 @@ def train_config(args: argparse.Namespace, r: Dict[str, Any], epochs: int, iters
         val_batch_size=getattr(args, "val_batch_size", None))
     # a refused resume names the changes of the flags given; the recipe's values and what follows
     # from them (the epochs of an iteration-based run, fp16 turned off on the CPU) are only counted
-    derived = ["epochs"] if iters is not None else []
-    if args.amp is None and r["amp"] != resolve_dense_recipe(r["recipe"], r["backbone_family"])["amp"]:
-        derived.append("amp")
-    tc.derived = tuple(derived)
-    tc.defaulted = tuple(k for k in r if k not in r["overridden"] and k not in derived
-                         and k not in ("recipe", "backbone_family", "overridden"))
+    tc.derived = tuple((["epochs"] if iters is not None else []) + r["derived"])
+    tc.defaulted = tuple(k for k in r if k not in r["overridden"] and k not in tc.derived
+                         and k not in ("recipe", "backbone_family", "overridden", "derived"))
     return tc
 
 
