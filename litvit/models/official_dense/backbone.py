@@ -22,12 +22,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ...errors import CheckpointMismatchError
-from ..backbone import LITBackbone
+from ..backbone import LITBackbone, dense_backbone_kwargs
+from ..factory import create_model
 from ..convert import official_to_litvit
 from ..lit import LIT
 from ..pos_embed import resize_abs_pos_embed
 
-__all__ = ["ReleaseBackbone", "build_release_backbone", "backbone_state_dict", "LIT_TI_HEADS", "LIT_S_HEADS"]
+__all__ = ["ReleaseBackbone", "build_release_backbone", "dense_backbone", "backbone_state_dict", "LIT_TI_HEADS",
+           "LIT_S_HEADS"]
 
 LIT_TI_HEADS = (1, 2, 5, 8)    # hard-coded in the authors' LIT_Ti
 LIT_S_HEADS = (3, 6, 12, 24)   # the LIT-S configs' num_heads
@@ -42,14 +44,16 @@ class ReleaseBackbone(LITBackbone):
         family (str): ``"pvt"`` (LIT-Ti) or ``"swin"`` (LIT-S).
         out_norms (Sequence[int]): stages with an output LayerNorm (the authors' ``norm{i}``).
         out_indices (Sequence[int]): stages returned (LIT-S's ``out_indices``; LIT-Ti returns all four).
+        frozen_stages (int), norm_eval (bool): training options, as :class:`LITBackbone` (the
+            authors' ``frozen_stages`` / ``norm_eval``; none in their configs).
     """
 
     def __init__(self, model: LIT, family: str, out_norms: Sequence[int] = (),
-                 out_indices: Sequence[int] = (0, 1, 2, 3)):
+                 out_indices: Sequence[int] = (0, 1, 2, 3), frozen_stages: int = -1, norm_eval: bool = False):
         if family not in ("pvt", "swin"):
             raise ValueError(f"family must be 'pvt' or 'swin', got {family!r}")
-        super().__init__(model, out_indices=tuple(out_indices), keep_class_token=False, out_norms=tuple(out_norms),
-                         pos_embed_interpolation="bilinear")
+        super().__init__(model, out_indices=tuple(out_indices), frozen_stages=frozen_stages, norm_eval=norm_eval,
+                         keep_class_token=False, out_norms=tuple(out_norms), pos_embed_interpolation="bilinear")
         self.family = family
 
     def _pos_embed(self, i: int, stage, feat_size: Tuple[int, int]) -> Tensor:
@@ -197,3 +201,42 @@ def backbone_state_dict(sd: Mapping[str, Tensor]) -> Dict[str, Tensor]:
         m = re.match(r"^norm(\d)\.(.*)$", k)
         out[f"out_norms.{m[1]}.{m[2]}" if m else f"model.{k}"] = v
     return out
+
+
+def dense_backbone(
+        name: str,
+        task: str = "detection",
+        recipe: str = "retinanet-1x",
+        pretrained: Optional[str] = None,
+        frozen_stages: int = -1,
+        norm_eval: bool = False,
+        backbone_kwargs: Optional[Dict] = None,
+) -> ReleaseBackbone:
+    """The authors' dense backbone of a litvit model name, for litvit's own detectors and segmenters:
+    the same :class:`ReleaseBackbone` a release is loaded into, built from ``name`` instead of a
+    state dict.
+
+    Args:
+        name (str): any LIT model name (``lit_ti``, ``lit_s``, an ablation model, ...).
+        task (str): ``"detection"`` or ``"segmentation"``: the grid LIT-S's relative tables are
+            learned for (800 / 512 px) and which stages get an output LayerNorm (the recipe's).
+        recipe (str): the dense recipe whose family rules apply (:data:`litvit.recipes.DENSE_RECIPES`).
+        pretrained (str, optional): an ImageNet checkpoint (official or litvit) for the backbone.
+        frozen_stages (int), norm_eval (bool): see :class:`~litvit.models.backbone.LITBackbone`.
+        backbone_kwargs (dict, optional): passed to :func:`litvit.create_model` (``img_size``,
+            ``drop_path_rate``, widths of tiny test models, ...).
+
+    Returns:
+        ReleaseBackbone: all four stages, in the authors' handling of sizes.
+    """
+    kwargs = dense_backbone_kwargs(name, task, recipe, backbone_kwargs)
+    out_norms = kwargs.pop("out_norms", ()) or ()
+    kwargs.pop("pos_embed_interpolation", None)  # the authors' rule: bilinear for LIT-Ti's tables
+    model = create_model(name, num_classes=0, **kwargs)
+    family = "pvt" if model.num_prefix_tokens else "swin"  # as backbone_family(name) tells, for these kwargs
+    backbone = ReleaseBackbone(model, family, out_norms=tuple(out_norms), frozen_stages=frozen_stages,
+                               norm_eval=norm_eval)
+    if pretrained:
+        backbone.load_pretrained(pretrained)
+        backbone._freeze_stages()
+    return backbone
