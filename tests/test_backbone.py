@@ -190,7 +190,7 @@ def test_out_norms_for_swin_family():
     # the dense models pick them by task: detection stages 2-4, segmentation all four (LIT.md)
     det = litvit.detection.retinanet("lit_s", num_classes=2, backbone_kwargs=dict(TINY), fpn_channels=16)
     seg = litvit.segmentation.semantic_fpn("lit_s", num_classes=2, backbone_kwargs=dict(TINY), fpn_channels=16)
-    assert sorted(det.backbone.body.out_norms) == ["1", "2", "3"]
+    assert sorted(det.backbone.out_norms) == ["1", "2", "3"]
     assert sorted(seg.backbone.body.out_norms) == ["0", "1", "2", "3"]
     for name in ("lit_ti", "pvt_s_msa"):  # the PVT family has none
         assert not litvit.segmentation.semantic_fpn(name, num_classes=2, backbone_kwargs=dict(TINY),
@@ -226,7 +226,7 @@ def test_pos_embed_resize_by_family(name, expected):
         assert same == ((interp or expected) == "bicubic")
     # the detector and the segmenter pick the family's mode
     det = litvit.detection.retinanet(name, num_classes=2, backbone_kwargs=dict(TINY), fpn_channels=16)
-    assert det.backbone.body.pos_embed_interpolation == expected
+    assert det.backbone.pos_embed_interpolation == expected
     with pytest.raises(ValueError, match="pos_embed_interpolation"):
         LITBackbone(tiny(name), pos_embed_interpolation="nearest")
 
@@ -275,22 +275,22 @@ def test_loads_official_layout_checkpoint_into_backbone_only(name, tmp_path):
     # into a whole detector: only its backbone changes
     det = litvit.detection.retinanet(name, num_classes=2, pretrained_backbone=str(path), backbone_kwargs=dict(TINY),
                                      fpn_channels=32)
-    torch.testing.assert_close(det.backbone.body.model.patch_embed.proj.weight, src.patch_embed.proj.weight)
+    torch.testing.assert_close(det.backbone.model.patch_embed.proj.weight, src.patch_embed.proj.weight)
     # a checkpoint of another width is refused with the offending keys
     with pytest.raises(CheckpointMismatchError, match="mis-shaped"):
         build_backbone(name, pretrained=str(path), **dict(TINY, embed_dims=(8, 16, 24, 64)))
 
 
 def test_param_groups_inside_a_detector():
-    """The ImageNet rules reach the backbone inside torchvision's model: no decay on the class token,
+    """The ImageNet rules reach the backbone inside a detector: no decay on the class token,
     offset-predictor weights at lr x 0.01 (the dense tasks use their own rules, test_recipes.py)."""
     det = litvit.detection.mask_rcnn("lit_ti", num_classes=2, backbone_kwargs=dict(TINY), fpn_channels=32)
     groups = {g["name"]: g for g in param_groups(det, 0.05)}
-    assert "backbone.body.model.stages.0.pos_embed" in groups["decay"]["param_names"]
+    assert "backbone.model.stages.0.pos_embed" in groups["decay"]["param_names"]
     assert all("conv_offset.weight" in n for n in groups["offset"]["param_names"])
     assert groups["offset"]["lr_mult"] == 0.01
-    assert "backbone.body.model.stages.1.downsample.dtm.dconv.conv_offset.bias" in groups["no_decay"]["param_names"]
-    assert "backbone.fpn.inner_blocks.0.0.weight" in groups["decay"]["param_names"]
+    assert "backbone.model.stages.1.downsample.dtm.dconv.conv_offset.bias" in groups["no_decay"]["param_names"]
+    assert "neck.lateral_convs.0.conv.weight" in groups["decay"]["param_names"]
 
 
 def test_grad_checkpointing_and_early_stop():

@@ -201,7 +201,7 @@ def test_mask_rcnn_outputs_are_cut_back_to_extreme_images(coco, size):
     task = DetectionTask("mask_rcnn", "lit_ti", num_classes=2, min_size=(64,), max_size=96,
                          backbone_kwargs=dict(TINY), fpn_channels=16)
     model = task.build_model().eval()
-    model.roi_heads.score_thresh = 0.0
+    model.test_cfg["rcnn"]["score_thr"] = 0.0
     image = torch.rand(3, *size)
     out = task.predict(model, [image])[0]
     H, W = size
@@ -214,28 +214,28 @@ def test_mask_rcnn_outputs_are_cut_back_to_extreme_images(coco, size):
 
 def test_unpasted_masks_draw_the_same_picture_without_full_size_maps(monkeypatch):
     """``detect predict`` pastes each mask into its box only (N full-size maps of 100 detections on
-    a 9000x9000 image take 32 GB): the drawing is the one of torchvision's pasted masks, pixel for
-    pixel, overlaps (black under two masks) and extreme aspect ratios included."""
-    import torchvision.models.detection.transform as tv_transform
+    a 9000x9000 image take 32 GB): the drawing is the one of the model's full-size pasted masks,
+    pixel for pixel, overlaps (black under two masks) and extreme aspect ratios included."""
+    from litvit.models.official_dense import models as dense_models
     from helpers import randomize_
     task = DetectionTask("mask_rcnn", "lit_ti", num_classes=2, min_size=(64,), max_size=96,
                          backbone_kwargs=dict(TINY), fpn_channels=16)
     model = randomize_(task.build_model()).eval()
-    model.roi_heads.score_thresh = 0.0
+    model.test_cfg["rcnn"]["score_thr"] = 0.0
     g = torch.Generator().manual_seed(0)
     for size in [(72, 88), (20, 300), (130, 50)]:
         image = torch.rand(3, *size, generator=g)
         with torch.no_grad():
             full = task.predict(model, [image])[0]
             with monkeypatch.context() as m:
-                m.setattr(tv_transform, "paste_masks_in_image", None)  # never called
+                m.setattr(dense_models.MaskRCNN, "get_masks", None)  # the full-size paste is never called
                 compact = task.predict(model, [image], paste_masks=False)[0]
         assert "masks" not in compact and compact["mask_probs"].shape[-2:] == (28, 28)
         assert torch.equal(full["boxes"], compact["boxes"]) and len(full["boxes"]) > 10
         overlaps = (full["masks"] > 0.5).sum(0).gt(1).sum()
         assert overlaps > 0
         a, n = draw_detections(image, full, task.class_names, score_thresh=0.0)
-        b, m = draw_detections(image, compact, task.class_names, score_thresh=0.0)
+        b, m = draw_detections(image, compact, task.class_names, score_thresh=0.0, paste=task.paste_regions)
         assert n == m and np.array_equal(np.asarray(a), np.asarray(b))
 
 

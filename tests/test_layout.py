@@ -172,7 +172,7 @@ print("\\n".join(failed))
     ("litvit.models", ["load_checkpoint", "load_weights", "checkpoint_filter_fn", "MODEL_NAMES"]),
     ("litvit.models.lit", ["resize_abs_pos_embed", "resize_rel_pos_table", "relative_position_index"]),
     ("litvit.models.convert", ["load_state_dict_file", "CheckpointMismatchError", "official_to_litvit"]),
-    ("litvit.detection", ["retinanet", "mask_rcnn", "build_detector", "parameter_table", "LastLevelP6P7OnInput"]),
+    ("litvit.detection", ["retinanet", "mask_rcnn", "build_detector", "parameter_table", "DETECTORS"]),
     ("litvit.segmentation", ["semantic_fpn", "confusion_matrix", "segmentation_metrics", "IGNORE_INDEX",
                              "SyncBatchNorm", "parameter_table"]),
     ("litvit.dense_data", ["CocoDetection", "SegmentationDataset", "read_image", "IMAGE_EXTENSIONS", "IGNORE_INDEX"]),

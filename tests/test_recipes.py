@@ -283,18 +283,18 @@ def test_dense_param_groups_by_name_and_lr_along_the_schedule(backbone):
     spe = 1000
     groups, opt, sched = _optimizer_and_scheduler(task, tc, model, spe, r["lr"])
     of = {n: g["name"] for g in groups for n in g["param_names"]}
-    bb = "backbone.body.model."
+    bb = "backbone.model."
     if backbone == "lit_ti":  # no per-parameter rules: everything decays, biases, norms, embeddings too
         assert [g["name"] for g in groups] == ["decay"]
         assert of[bb + "stages.0.pos_embed"] == of[bb + "stages.0.blocks.0.norm2.weight"] == "decay"
     else:
         exempt = [bb + "patch_embed.norm.weight", bb + "stages.0.blocks.0.norm2.bias",
-                  bb + "stages.1.downsample.dtm.norm_layer.weight", "backbone.body.out_norms.1.weight",
+                  bb + "stages.1.downsample.dtm.norm_layer.weight", "backbone.out_norms.1.weight",
                   bb + "stages.2.blocks.0.attn.relative_position_bias_table"]
         assert {of[n] for n in exempt} == {"no_decay"}
         assert of[bb + "stages.2.blocks.0.attn.qkv.bias"] == "decay"  # biases decay in mmdet's rule
     assert of[bb + "stages.1.downsample.dtm.dconv.conv_offset.weight"] == "decay"  # full lr: no offset group
-    assert of["backbone.fpn.inner_blocks.0.0.bias"] == "decay"
+    assert of["neck.lateral_convs.0.conv.bias"] == "decay"
     assert {g["lr_mult"] for g in groups} == {1.0}
     lr = 2e-4
     assert [g["lr"] for g in opt.param_groups] == pytest.approx([lr * 0.001] * len(groups))  # step 0
@@ -460,12 +460,14 @@ def test_photometric_distortion_semantics():
 # --- RetinaNet's extra levels --------------------------------------------------------------------------------
 
 def test_retinanet_p6_p7_on_input_without_relu():
-    from litvit.detection import LastLevelP6P7OnInput
-    block = LastLevelP6P7OnInput(16, 16)  # equal widths: torchvision's would read P5; mmdet's 'on_input' reads C5
-    c5, p5 = torch.randn(1, 16, 8, 8), torch.randn(1, 16, 8, 8)
-    p, names = block([p5], [c5], ["0"])
-    assert names == ["0", "p6", "p7"]
-    torch.testing.assert_close(p[1], block.p6(c5))
-    torch.testing.assert_close(p[2], block.p7(block.p6(c5)))  # no ReLU before P7
+    """mmdet 2.11's RetinaNet FPN: P6 = conv3x3/2 of C5 (the backbone's stage-4 map, not P5), P7 =
+    conv3x3/2 of P6 with no ReLU between (``relu_before_extra_convs=False``)."""
     det = litvit.detection.retinanet("lit_ti", num_classes=2, backbone_kwargs=dict(TINY), fpn_channels=16)
-    assert isinstance(det.backbone.fpn.extra_blocks, LastLevelP6P7OnInput)
+    neck = det.neck
+    feats = [torch.randn(1, c, 32 // 2 ** i, 48 // 2 ** i) for i, c in enumerate(det.backbone.channels)]
+    outs = neck(feats)
+    assert len(outs) == 5 and neck.start_level == 1
+    p6, p7 = neck.fpn_convs[3], neck.fpn_convs[4]
+    assert p6.conv.in_channels == det.backbone.channels[3] and p6.conv.stride == (2, 2)
+    torch.testing.assert_close(outs[3], p6(feats[3]))
+    torch.testing.assert_close(outs[4], p7(outs[3]))  # no ReLU before P7

@@ -241,14 +241,18 @@ def backbone_summary(model, args: argparse.Namespace, r: Dict[str, Any]) -> Dict
     """The backbone part of a dense ``--print-config``'s model section, read from the model built
     on the meta device: its grid, stochastic depth, out-norms, position-table interpolation, FPN."""
     from timm.layers import DropPath
-    body = model.backbone.body
+    body = getattr(model.backbone, "body", model.backbone)  # the authors' modules: the backbone itself
+    if hasattr(model, "neck"):
+        fpn_stages = list(range(model.neck.start_level, model.neck.end_level))
+    else:
+        fpn_stages = list(model.backbone.fpn_stages)
     drop_path = max([m.drop_prob for m in model.modules() if isinstance(m, DropPath)], default=0.0)
     has_abs = any(stage.pos_embed is not None for stage in body.model.stages)
     return dict(backbone=args.backbone, backbone_family=r["backbone_family"],
                 backbone_img_size=list(body.model.img_size), drop_path=round(drop_path, 6),
                 out_norm_stages=sorted(int(i) for i in body.out_norms),
                 pos_embed_interpolation=body.pos_embed_interpolation if has_abs else None,
-                fpn_channels=r["fpn_channels"], fpn_stages=list(model.backbone.fpn_stages),
+                fpn_channels=r["fpn_channels"], fpn_stages=fpn_stages,
                 frozen_stages=args.frozen_stages, norm_eval=args.norm_eval, pretrained=args.pretrained)
 
 

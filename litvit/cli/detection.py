@@ -59,8 +59,8 @@ __all__ = ["add_parsers", "resolved_config"]
 def _params(args: argparse.Namespace) -> int:
     return print_parameter_table(
         parameter_table(args.num_classes), "detector",
-        f"({args.num_classes} classes + torchvision's background slot; backbone = LIT without classifier, "
-        f"with the dense-task output norms; LIT-S relative tables learned for 800x800 as the authors')")
+        f"({args.num_classes} classes; the authors' mmdet 2.11 layouts, which their releases load into; backbone = "
+        f"LIT without classifier, with the dense-task output norms; LIT-S relative tables learned for 800x800)")
 
 
 def _require_pycocotools() -> None:
@@ -103,8 +103,8 @@ def resolved_config(args: argparse.Namespace) -> Dict[str, Any]:
                    num_classes=None, parameters_80_classes=count_parameters(model)),
         data=dict(train_images=args.train_images, train_ann=args.train_ann, val_images=args.val_images,
                   val_ann=args.val_ann, min_size=list(r["min_size"]), max_size=r["max_size"],
-                  test_min_size=int(r["min_size"][-1]), size_divisor=r["size_divisor"], mean=list(model.transform.image_mean),
-                  std=list(model.transform.image_std)),
+                  test_min_size=int(r["min_size"][-1]), size_divisor=r["size_divisor"],
+                  mean_rgb_0_255=list(model.pipeline.mean), std_rgb_0_255=list(model.pipeline.std)),
         optimizer=optimizer_summary(task, model, tc, r),
         schedule=dict(type="step", epochs=r["epochs"], lr_steps=list(r["lr_steps"]), lr_gamma=r["lr_gamma"],
                       warmup="linear", warmup_iters=r["warmup_iters"], warmup_ratio=r["warmup_ratio"]),

@@ -1,47 +1,54 @@
-"""RetinaNet and Mask R-CNN with a LIT backbone, on torchvision's detection models.
+"""RetinaNet and Mask R-CNN with a LIT backbone: the authors' mmdetection 2.11 models, built by name.
 
 The paper (Pan et al., AAAI 2022, Table 6) trains RetinaNet and Mask R-CNN with LIT-Ti and LIT-S
 backbones on COCO with the 1x schedule (12 epochs, lr x0.1 after epochs 8 and 11), AdamW lr 1e-4
 (RetinaNet) / 2e-4 (Mask R-CNN), weight decay 1e-4, images resized to (1333, 800) (the recipes
 ``retinanet-1x`` and ``mask-rcnn-1x`` of :mod:`litvit.recipes`). The authors used forked
-mmdetection 2.11 trees; here the same architectures are assembled from ``torchvision.models.detection``:
+mmdetection 2.11 trees. litvit has one definition of these detectors: the classes their released
+models load into (:mod:`litvit.models.official_dense`, :func:`litvit.load_dense`), here built from
+a LIT model name instead of a release file, so that a model trained by litvit and one of the
+authors' releases are the same kind of object (same modules, same names, same inference, same
+training losses):
 
-* RetinaNet: an FPN over stages 2-4 (strides 8-32, P3-P5) plus P6/P7 from stride-2 3x3 convs on
-  the *input* of the last level (C5), as mmdetection's ``add_extra_convs='on_input'``, without a
-  ReLU before P7 (mmdetection 2.11's ``relu_before_extra_convs=False``; torchvision's
-  ``LastLevelP6P7`` has one); 9 anchors per location (3 octave scales x 3 ratios, sizes 32-512);
-  focal loss.
-* Mask R-CNN: an FPN over all four stages (P2-P5) plus a max-pooled P6 for the RPN; RoIAlign
-  7x7 box head (two 1024-d FC layers) and 14x14 mask head (four convs + deconv).
+* backbone: :func:`~litvit.models.official_dense.backbone.dense_backbone` (the authors' dense LIT:
+  LIT-S's relative tables for 800x800, output LayerNorms on stages 2-4, LIT-Ti's position
+  embeddings resized bilinearly);
+* RetinaNet: FPN over stages 2-4 plus P6/P7 convolved from stage 4's output
+  (``add_extra_convs='on_input'``, no ReLU before P7), RetinaHead (4 stacked convs, 9 anchors,
+  ``num_classes`` sigmoid logits per anchor: no background logit), focal loss and L1 box loss;
+* Mask R-CNN: FPN over all four stages plus a max-pooled P6, RPN (3 anchors), RoIAlign
+  (``aligned=True``, adaptive sampling) 7x7 into two 1024-d FCs (softmax classes, background
+  last, class-specific deltas) and 14x14 into the FCN mask head (4 convs, deconv, 28x28 masks).
 
-Labels follow torchvision: object classes are 1..K and 0 is background, so both detectors are
-built with ``num_classes + 1`` outputs. For RetinaNet the extra logit (never a positive target)
-costs 9 x (256 x 9 + 1) = 20,745 parameters beside mmdetection's count.
+Training settings (assigners, samplers, losses, initialisation) are mmdet 2.11's
+(``model.train_cfg``, ``model.init_weights()``); inference is the authors' test pipeline and
+``test_cfg`` (``model.predict(image)``).
 
 Examples::
-    >>> import torch
+    >>> import numpy as np
     >>> from litvit.models.detectors import retinanet
     >>> model = retinanet(backbone='lit_ti', num_classes=80).eval()
-    >>> out = model([torch.rand(3, 480, 640)])
-    >>> sorted(out[0])
+    >>> out = model.predict(np.zeros((480, 640, 3), np.uint8))
+    >>> sorted(out)
     ['boxes', 'labels', 'scores']
 """
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
-from torch import Tensor, nn
-from torchvision.models.detection import MaskRCNN, RetinaNet
-from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
-
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from torch import nn
 
 from ..recipes import DENSE_RECIPES
 from ..utils import count_parameters
-from .backbone import LITFPN, build_backbone, default_backbone_img_size, dense_backbone_kwargs
-from .factory import create_model
+from .backbone import default_backbone_img_size
+from .official_dense.backbone import dense_backbone
+from .official_dense.heads import FPN, ConvFCBBoxHead, FCNMaskHead, RetinaHead, RoIExtractor, RPNHead
+from .official_dense.load import (CODER, DET_PIPELINE, RCNN_CODER, RETINA_ANCHORS, RPN_ANCHORS,
+                                  mask_rcnn_test_settings, retina_test_settings)
+from .official_dense.models import AnchorGenerator, DenseRelease, MaskRCNN, RetinaNet, StandardRoIHead
+from .official_dense.preprocess import TestPipeline
 
 __all__ = ["retinanet", "mask_rcnn", "build_detector", "DETECTORS", "DETECTION_DEFAULTS", "PAPER_PARAMS",
-           "LastLevelP6P7OnInput", "detector_backbone", "default_backbone_img_size"]
+           "RECIPE_OF", "default_backbone_img_size", "parameter_table", "class_names_or_indices"]
 
 DETECTORS = ("retinanet", "mask_rcnn")
 RECIPE_OF = {"retinanet": "retinanet-1x", "mask_rcnn": "mask-rcnn-1x"}
@@ -57,41 +64,33 @@ PAPER_PARAMS = {
 }
 
 
-class LastLevelP6P7OnInput(LastLevelP6P7):
-    """RetinaNet's P6 and P7 as mmdetection 2.11 builds them (``add_extra_convs='on_input'``,
-    ``relu_before_extra_convs=False``): P6 = conv3x3/2(C5), P7 = conv3x3/2(P6), no ReLU between.
-    Parameters are torchvision's ``p6`` / ``p7``."""
-
-    def forward(self, p: List[Tensor], c: List[Tensor], names: List[str]) -> Tuple[List[Tensor], List[str]]:
-        p6 = self.p6(c[-1])
-        p7 = self.p7(p6)
-        p.extend([p6, p7])
-        names.extend(["p6", "p7"])
-        return p, names
+def class_names_or_indices(num_classes: int, class_names: Optional[Sequence[str]] = None) -> Tuple[str, ...]:
+    """``class_names`` (checked to be ``num_classes`` long), or ``class_0`` ... as a release without names."""
+    if class_names is None:
+        return tuple(f"class_{i}" for i in range(num_classes))
+    if len(class_names) != num_classes:
+        raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
+    return tuple(str(c) for c in class_names)
 
 
-def detector_backbone(
-        backbone: str,
-        fpn_stages: Sequence[int],
-        extra_blocks: nn.Module,
-        pretrained_backbone: Optional[str] = None,
-        frozen_stages: int = -1,
-        norm_eval: bool = False,
-        backbone_kwargs: Optional[Dict] = None,
-        fpn_channels: int = 256,
-) -> LITFPN:
-    """A LIT backbone with an FPN over ``fpn_stages`` and the given extra levels; output norms and
-    position-embedding resizing as the authors' detection backbones of the model's family."""
-    kwargs = dense_backbone_kwargs(backbone, "detection", "retinanet-1x", backbone_kwargs)
-    body = build_backbone(backbone, pretrained=pretrained_backbone, out_indices=tuple(sorted(fpn_stages)),
-                          frozen_stages=frozen_stages, norm_eval=norm_eval, **kwargs)
-    return LITFPN(body, fpn_stages=fpn_stages, out_channels=fpn_channels, extra_blocks=extra_blocks)
+def _pipeline(min_size: Union[int, Sequence[int]], max_size: int) -> TestPipeline:
+    """The test pipeline of the authors' configs at litvit's sizes: keep-ratio resize to
+    (``max_size``, last ``min_size``), their mean/std (RGB, 0-255), padding to 32."""
+    test_min = min_size if isinstance(min_size, int) else list(min_size)[-1]
+    return TestPipeline(img_scale=(int(max_size), int(test_min)), keep_ratio=True, mean=DET_PIPELINE.mean,
+                        std=DET_PIPELINE.std, to_rgb=True, size_divisor=DET_PIPELINE.size_divisor)
 
 
-def _transform_kwargs(min_size: Union[int, Sequence[int]], max_size: int) -> Dict:
-    min_size = (min_size,) if isinstance(min_size, int) else tuple(int(s) for s in min_size)
-    return dict(min_size=min_size, max_size=max_size, image_mean=list(IMAGENET_DEFAULT_MEAN),
-                image_std=list(IMAGENET_DEFAULT_STD))
+def _backbone(backbone: str, arch: str, pretrained_backbone: Optional[str], frozen_stages: int, norm_eval: bool,
+              backbone_kwargs: Optional[Dict]) -> nn.Module:
+    return dense_backbone(backbone, "detection", RECIPE_OF[arch], pretrained=pretrained_backbone,
+                          frozen_stages=frozen_stages, norm_eval=norm_eval, backbone_kwargs=backbone_kwargs)
+
+
+def _finish(model: DenseRelease, arch: str, backbone: str) -> DenseRelease:
+    getattr(model, "init_weights", lambda: None)()  # MERGE: helper A provides init_weights
+    model.meta = dict(mmdet_version="2.11.0", CLASSES=model.classes, litvit=dict(arch=arch, backbone=backbone))
+    return model
 
 
 def retinanet(
@@ -104,33 +103,36 @@ def retinanet(
         norm_eval: bool = False,
         backbone_kwargs: Optional[Dict] = None,
         fpn_channels: int = 256,
-        **kwargs,
+        class_names: Optional[Sequence[str]] = None,
 ) -> RetinaNet:
     """RetinaNet with a LIT backbone (paper: LIT-Ti 30 M params, 41.6 box AP; LIT-S 39 M, 41.6).
 
     Args:
         backbone (str): a LIT model name (``lit_ti``, ``lit_s``, ... or an ablation model).
-        num_classes (int): object classes K (labels 1..K; the model has K + 1 outputs).
+        num_classes (int): object classes K (sigmoid logits 0..K-1, no background logit).
         pretrained_backbone (str, optional): ImageNet checkpoint for the backbone (official or litvit).
-        min_size (int | Sequence[int]): shorter image side; several values = multi-scale training
-            (one drawn per batch), the last one is used at test time.
-        max_size (int): longer side limit.
+        min_size (int | Sequence[int]): shorter side of the test scale (the last value; several
+            values are the training scales of multi-scale training).
+        max_size (int): longer side of the scale (mmdet's ``img_scale=(max_size, min_size)``).
         frozen_stages (int): see :class:`litvit.models.backbone.LITBackbone`.
         norm_eval (bool): keep the DTM BatchNorms in eval mode while training.
         backbone_kwargs (dict, optional): passed to :func:`litvit.create_model` (``img_size``,
             ``drop_path_rate``, widths for tiny test models, ...).
         fpn_channels (int): FPN and head width (256 in the paper; smaller only for quick tests).
-        **kwargs: passed to ``torchvision.models.detection.RetinaNet`` (``score_thresh``,
-            ``nms_thresh``, ``detections_per_img``, ``anchor_generator``, ...).
+        class_names (Sequence[str], optional): the classes' names (``model.classes``).
 
     Returns:
-        torchvision's RetinaNet: ``model(images, targets)`` returns the loss dict when training
-        and a list of ``{'boxes', 'scores', 'labels'}`` in input-image coordinates in eval mode.
+        :class:`~litvit.models.official_dense.RetinaNet`: ``model.predict(image)`` runs the test
+        pipeline and ``test_cfg`` on an RGB image; ``model.forward_train(...)`` gives mmdet's losses.
     """
-    bb = detector_backbone(backbone, (1, 2, 3), LastLevelP6P7OnInput(_c5(backbone, backbone_kwargs), fpn_channels),
-                           pretrained_backbone, frozen_stages, norm_eval, backbone_kwargs, fpn_channels)
-    kwargs.setdefault("detections_per_img", 100)  # mmdetection's max_per_img
-    return RetinaNet(bb, num_classes=num_classes + 1, **_transform_kwargs(min_size, max_size), **kwargs)
+    body = _backbone(backbone, "retinanet", pretrained_backbone, frozen_stages, norm_eval, backbone_kwargs)
+    neck = FPN(list(body.channels), fpn_channels, 5, start_level=1, add_extra_convs="on_input")
+    anchors = AnchorGenerator(**RETINA_ANCHORS)
+    head = RetinaHead(num_classes, fpn_channels, feat_channels=fpn_channels, stacked_convs=4,
+                      num_anchors=anchors.num_anchors)
+    model = RetinaNet(body, neck, head, anchors, dict(CODER), retina_test_settings(),
+                      class_names_or_indices(num_classes, class_names), _pipeline(min_size, max_size))
+    return _finish(model, "retinanet", backbone)
 
 
 def mask_rcnn(
@@ -143,37 +145,28 @@ def mask_rcnn(
         norm_eval: bool = False,
         backbone_kwargs: Optional[Dict] = None,
         fpn_channels: int = 256,
-        **kwargs,
+        class_names: Optional[Sequence[str]] = None,
 ) -> MaskRCNN:
     """Mask R-CNN with a LIT backbone (paper: LIT-Ti 40 M params, 42.0 box / 39.1 mask AP; LIT-S
-    48 M, 42.9 / 39.6). Arguments as :func:`retinanet`; ``**kwargs`` go to torchvision's MaskRCNN.
+    48 M, 42.9 / 39.6). Arguments as :func:`retinanet`; the RPN, the FCN mask head's convs and the
+    RoI features are ``fpn_channels`` wide, the box head's FCs 1024.
 
     Returns:
-        torchvision's MaskRCNN: losses when training; ``{'boxes', 'scores', 'labels', 'masks'}``
-        (masks ``[N, 1, H, W]`` probabilities) in eval mode.
+        :class:`~litvit.models.official_dense.MaskRCNN`.
     """
-    bb = detector_backbone(backbone, (0, 1, 2, 3), LastLevelMaxPool(), pretrained_backbone, frozen_stages,
-                           norm_eval, backbone_kwargs, fpn_channels)
-    if fpn_channels != 256 and "mask_head" not in kwargs:
-        # torchvision's default mask head is 256 wide whatever the FPN; narrow FPNs get a narrow mask head
-        from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
-        from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
-        kwargs.update(mask_head=MaskRCNNHeads(fpn_channels, [fpn_channels] * 4, 1),
-                      mask_predictor=MaskRCNNPredictor(fpn_channels, fpn_channels, num_classes + 1),
-                      box_predictor=FastRCNNPredictor(1024, num_classes + 1))
-        return MaskRCNN(bb, num_classes=None, **_transform_kwargs(min_size, max_size), **kwargs)
-    return MaskRCNN(bb, num_classes=num_classes + 1, **_transform_kwargs(min_size, max_size), **kwargs)
+    body = _backbone(backbone, "mask_rcnn", pretrained_backbone, frozen_stages, norm_eval, backbone_kwargs)
+    neck = FPN(list(body.channels), fpn_channels, 5)
+    anchors = AnchorGenerator(**RPN_ANCHORS)
+    rpn = RPNHead(fpn_channels, fpn_channels, anchors.num_anchors)
+    strides = [4, 8, 16, 32]
+    roi_head = StandardRoIHead(RoIExtractor(7, strides), ConvFCBBoxHead(num_classes, fpn_channels, 7, 1024, 2),
+                               RoIExtractor(14, strides), FCNMaskHead(num_classes, fpn_channels, fpn_channels, 4))
+    model = MaskRCNN(body, neck, rpn, roi_head, anchors, dict(CODER), dict(RCNN_CODER), mask_rcnn_test_settings(),
+                     class_names_or_indices(num_classes, class_names), _pipeline(min_size, max_size))
+    return _finish(model, "mask_rcnn", backbone)
 
 
-def _c5(backbone: str, backbone_kwargs: Optional[Dict]) -> int:
-    """Channels of stage 4 (the input of RetinaNet's P6 conv)."""
-    if backbone_kwargs and "embed_dims" in backbone_kwargs:
-        return int(backbone_kwargs["embed_dims"][3])
-    with torch.device("meta"):
-        return create_model(backbone, num_classes=0).embed_dims[3]
-
-
-def build_detector(arch: str, **kwargs) -> nn.Module:
+def build_detector(arch: str, **kwargs) -> DenseRelease:
     """``retinanet(**kwargs)`` or ``mask_rcnn(**kwargs)`` by name."""
     if arch not in DETECTORS:
         raise ValueError(f"unknown detector {arch!r}; choose one of {', '.join(DETECTORS)}")
@@ -181,11 +174,11 @@ def build_detector(arch: str, **kwargs) -> nn.Module:
 
 
 def parameter_table(num_classes: int = 80) -> Tuple[Tuple[str, str, int, int, Optional[float]], ...]:
-    """(detector, backbone, total params, backbone+FPN params, paper's millions) for the paper's four
+    """(detector, backbone, total params, backbone params, paper's millions) for the paper's four
     models, counted on the meta device."""
     rows = []
     for (arch, bb), paper in PAPER_PARAMS.items():
         with torch.device("meta"):
             model = build_detector(arch, backbone=bb, num_classes=num_classes)
-        rows.append((arch, bb, count_parameters(model), count_parameters(model.backbone.body), paper))
+        rows.append((arch, bb, count_parameters(model), count_parameters(model.backbone), paper))
     return tuple(rows)

@@ -15,13 +15,13 @@ Examples::
     >>> model = task.build_model()                                                         # doctest: +SKIP
 """
 import contextlib
+import random
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.models.detection import MaskRCNN
 
 from ..checkpoint import read_model_record
 from ..data.coco import CocoDetection, detection_collate, pad_extreme_aspect
@@ -31,33 +31,38 @@ from ..metrics import COCO_STATS, coco_evaluate, coco_results  # noqa: F401  (re
 from ..metrics import COCO_CATEGORY_IDS, COCO_CLASSES, rle_encode
 from ..models.official_dense import DenseRelease
 from ..models.official_dense.heads import paste_mask_regions
+from ..models.official_dense.preprocess import TestPipeline, preprocess
 from ..models.detectors import DETECTION_DEFAULTS, DETECTORS, build_detector
 from ..utils import moved_names
 
 if TYPE_CHECKING:
     from PIL import Image
 
+# The checkpoint record's mark of the detectors' definition: the authors' mmdet 2.11 modules
+# (litvit.models.detectors); records without it were written by litvit's earlier torchvision-based detectors.
+DEFINITION = "mmdet-2.11"
+
 __all__ = ["DetectionTask", "ReleaseDetectionTask", "coco_results", "coco_evaluate", "detection_records",
            "draw_detections", "float32_heads", "mask_regions"]
 
 class _AutocastBody(nn.Module):
-    """Runs a detector's backbone under autocast and hands float32 maps to the heads."""
+    """Runs a detector's backbone under autocast and hands float32 maps to the neck and heads."""
 
     def __init__(self, body: nn.Module, device_type: str, dtype: torch.dtype):
         super().__init__()
         self.body, self.device_type, self.dtype = body, device_type, dtype
-        self.out_channels = body.out_channels
 
-    def forward(self, x: Tensor):
+    def forward(self, x: Tensor) -> List[Tensor]:
         with torch.autocast(self.device_type, dtype=self.dtype):
             feats = self.body(x)
-        return type(feats)((k, v.float()) for k, v in feats.items())
+        return [f.float() for f in feats]
 
 
 @contextlib.contextmanager
 def float32_heads(model: nn.Module, device: torch.device):
-    """Under an active autocast, keep it for the backbone only: box decoding, NMS and mask pasting
-    run in float32 (bf16 has 8 bits of mantissa, about 4 px at x = 1000, too coarse for AP)."""
+    """Under an active autocast, keep it for the backbone only: the FPN, the heads, box decoding, NMS
+    and mask pasting run in float32 (bf16 has 8 bits of mantissa, about 4 px at x = 1000, too
+    coarse for AP)."""
     if not torch.is_autocast_enabled(device.type):
         yield
         return
@@ -175,7 +180,8 @@ class DetectionTask(Task):
         return build_detector(
             self.arch, backbone=self.backbone, num_classes=self.num_classes, pretrained_backbone=self.pretrained,
             min_size=tuple(self.min_size), max_size=self.max_size, frozen_stages=self.frozen_stages,
-            norm_eval=self.norm_eval, backbone_kwargs=self.backbone_kwargs, fpn_channels=self.fpn_channels)
+            norm_eval=self.norm_eval, backbone_kwargs=self.backbone_kwargs, fpn_channels=self.fpn_channels,
+            class_names=self.class_names)
 
     def _dataset(self, images: Optional[str], ann: str, train: bool) -> CocoDetection:
         if images is None:
@@ -222,12 +228,56 @@ class DetectionTask(Task):
 
     # --- steps ------------------------------------------------------------------------------------
     def train_step(self, model: nn.Module, batch: Any, device: torch.device) -> Tuple[Tensor, Dict[str, float]]:
-        images, targets = batch
-        padded = [pad_extreme_aspect(im, self.max_size, t) for im, t in zip(images, targets)]
-        images, targets = [im for im, _ in padded], [t for _, t in padded]
-        loss_dict = model(images, targets)
-        loss = sum(loss_dict.values())
-        return loss, {k: float(v.detach()) for k, v in loss_dict.items()}
+        """mmdet 2.11's ``forward_train`` on a batch of the train pipeline (:meth:`train_inputs`);
+        the loss is the sum of the entries named ``loss*`` (mmdet's ``_parse_losses``)."""
+        img, metas, boxes, labels, masks = self.train_inputs(model, *batch, device=device)
+        if masks is None:
+            losses = model.forward_train(img, metas, boxes, labels)
+        else:
+            losses = model.forward_train(img, metas, boxes, labels, masks)
+        loss = sum(v for k, v in losses.items() if "loss" in k)
+        return loss, {k: float(v.detach()) for k, v in losses.items()}
+
+    def train_inputs(self, model: nn.Module, images: Sequence[Tensor], targets: Sequence[Dict[str, Tensor]],
+                     device: torch.device = torch.device("cpu")):
+        """The authors' train pipeline after loading and flipping (:class:`CocoDetection` flips):
+        per image a scale drawn from ``(max_size, s)`` for ``s`` in ``min_size`` (mmdet's
+        ``multiscale_mode='value'``), the keep-ratio resize of the test pipeline (OpenCV's bilinear
+        filter, the model's mean/std), padding to 32; boxes scaled by the resize and clipped to the
+        resized image, labels 0..K-1, masks resized nearest; the batch padded to its largest image.
+
+        Returns:
+            (Tensor[B, 3, H, W], img_metas, gt_bboxes, gt_labels, gt_masks or None), on ``device``.
+        """
+        base = model.pipeline
+        imgs, metas, boxes, labels, masks = [], [], [], [], []
+        for image, target in zip(images, targets):
+            image, target = pad_extreme_aspect(image, self.max_size, target)
+            pipeline = TestPipeline(img_scale=(self.max_size, random.choice(self.min_size)), keep_ratio=True,
+                                    mean=base.mean, std=base.std, to_rgb=base.to_rgb, size_divisor=base.size_divisor)
+            x, meta = preprocess(_to_pixels(image), pipeline)
+            h, w = meta["img_shape"][:2]
+            b = target["boxes"].float() * torch.from_numpy(meta["scale_factor"])
+            b[:, 0::2] = b[:, 0::2].clamp(0, w)
+            b[:, 1::2] = b[:, 1::2].clamp(0, h)
+            imgs.append(x[0])
+            metas.append(meta)
+            boxes.append(b.to(device))
+            labels.append((target["labels"] - 1).to(device))
+            if "masks" in target:
+                m = target["masks"]
+                if m.shape[0]:
+                    m = F.interpolate(m[:, None].float(), size=(h, w), mode="nearest")[:, 0].to(torch.uint8)
+                else:
+                    m = m.new_zeros(0, h, w)
+                ph, pw = meta["pad_shape"][:2]
+                masks.append(F.pad(m, (0, pw - w, 0, ph - h)).to(device))
+        H = max(x.shape[-2] for x in imgs)
+        W = max(x.shape[-1] for x in imgs)
+        batch = torch.stack([F.pad(x, (0, W - x.shape[-1], 0, H - x.shape[-2])) for x in imgs]).to(device)
+        for meta in metas:
+            meta["batch_input_shape"] = (H, W)
+        return batch, metas, boxes, labels, (masks if masks else None)
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader, device: torch.device, dist: DistInfo) -> Dict[str, float]:
@@ -259,42 +309,53 @@ class DetectionTask(Task):
 
     @torch.no_grad()
     def predict(self, model: nn.Module, images: Sequence[Tensor], paste_masks: bool = True) -> List[Dict[str, Tensor]]:
-        """The detections of an eval-mode ``model`` on images of any aspect ratio.
+        """The detections of an eval-mode ``model`` (litvit's or a release: the same inference, the
+        authors' test pipeline and ``test_cfg``) on RGB images in [0, 1] (``Tensor[3, H, W]``, as
+        :func:`~litvit.data.io.image_to_tensor` makes them from 8-bit pixels, which are recovered
+        exactly).
 
-        Each image is padded as :func:`~litvit.data.coco.pad_extreme_aspect` says (a 4000x20 image
-        keeps 32 px on its short side through the detector's resize), and the outputs are cut back
-        to the image: boxes clipped to it (those left without area, wholly in the padding, dropped),
-        masks cropped to its size.
+        An image of extreme aspect ratio is padded as :func:`~litvit.data.coco.pad_extreme_aspect`
+        says (a 4000x20 image keeps 32 px on its short side through the resize; other images are
+        untouched: their detections are the model's own), and the outputs of a padded image are cut
+        back to it: boxes clipped (those left without area, wholly in the padding, dropped), masks
+        cropped to its size.
 
         Args:
-            model (nn.Module): a detector of :func:`~litvit.models.detectors.build_detector`.
+            model (nn.Module): a detector of :func:`~litvit.models.detectors.build_detector` or
+                :func:`~litvit.load_dense`.
             images (Sequence[Tensor[3, H, W]]): RGB in [0, 1].
             paste_masks (bool): Mask R-CNN's masks pasted into full-size maps (``masks``, what
                 pycocotools evaluates), or left at the mask head's M x M (``mask_probs`` with the
-                ``mask_boxes`` they belong in, which :func:`draw_detections` pastes one box at a
-                time): N full-size maps hold N x H x W floats (32 GB for 100 detections on a
-                9000x9000 image), the unpasted ones N x 28 x 28.
+                ``mask_boxes`` they belong in, which :meth:`paste_regions` pastes one box at a time):
+                N full-size maps hold N x H x W bytes, the unpasted ones N x 28 x 28 floats.
 
         Returns:
-            one dict per image: ``boxes`` (Tensor[N, 4]), ``scores``, ``labels`` and, for Mask R-CNN,
-            ``masks`` (Tensor[N, 1, H, W]) or ``mask_probs`` (Tensor[N, 1, M, M]) and ``mask_boxes``
-            (Tensor[N, 4]), in the image's pixels.
+            one dict per image: ``boxes`` (Tensor[N, 4]), ``scores``, ``labels`` (1..K) and, for Mask
+            R-CNN, ``masks`` (Tensor[N, 1, H, W] bool) or ``mask_probs`` (Tensor[N, 1, M, M]) and
+            ``mask_boxes`` (Tensor[N, 4]), in the image's pixels, ordered by class, then score.
         """
-        padded = [pad_extreme_aspect(im, self.max_size)[0] for im in images]
-        if paste_masks or not isinstance(model, MaskRCNN):
-            outputs = model(padded)
-        else:
-            outputs = _mask_rcnn_unpasted(model, padded)
-        return [_crop_to_image(out, im.shape[-2:]) for out, im in zip(outputs, images)]
+        outputs = []
+        for image in images:
+            padded, _ = pad_extreme_aspect(image, self.max_size)
+            if model.kind == "mask_rcnn" and model.with_mask:
+                out = model.predict(_to_pixels(padded), paste_masks=paste_masks)
+            else:
+                out = model.predict(_to_pixels(padded))
+            out["labels"] = out["labels"] + 1
+            for key in ("masks", "mask_probs"):
+                if key in out:
+                    out[key] = out[key][:, None]  # N, H, W -> N, 1, H, W
+            outputs.append(out if padded.shape == image.shape else _crop_to_image(out, image.shape[-2:]))
+        return outputs
 
     def run_config(self) -> dict:
-        return dict(arch=self.arch, backbone=self.backbone, min_size=list(self.min_size), max_size=self.max_size,
-                    frozen_stages=self.frozen_stages, norm_eval=self.norm_eval, lr_steps=list(self.lr_steps),
-                    warmup_iters=self.warmup_iters, warmup_ratio=self.warmup_ratio,
+        return dict(definition=DEFINITION, arch=self.arch, backbone=self.backbone, min_size=list(self.min_size),
+                    max_size=self.max_size, frozen_stages=self.frozen_stages, norm_eval=self.norm_eval,
+                    lr_steps=list(self.lr_steps), warmup_iters=self.warmup_iters, warmup_ratio=self.warmup_ratio,
                     backbone_kwargs=dict(self.backbone_kwargs), fpn_channels=self.fpn_channels)
 
     def checkpoint_extra(self) -> dict:
-        return dict(arch=self.arch, backbone=self.backbone, num_classes=self.num_classes,
+        return dict(definition=DEFINITION, arch=self.arch, backbone=self.backbone, num_classes=self.num_classes,
                     class_names=list(self.class_names), cat_ids=list(self.cat_ids), min_size=list(self.min_size),
                     max_size=self.max_size, backbone_kwargs=dict(self.backbone_kwargs),
                     fpn_channels=self.fpn_channels)
@@ -303,6 +364,10 @@ class DetectionTask(Task):
     def from_checkpoint(cls, path: str, **overrides) -> "DetectionTask":
         """A task rebuilt from a detection checkpoint's metadata (for eval and predict)."""
         extra = read_model_record(path, cls.name)
+        if extra.get("definition") != DEFINITION:
+            raise ValueError(f"{path} holds a detector of litvit's earlier definition (torchvision's detection "
+                             f"models), which litvit no longer builds: train it again, or fine-tune the authors' "
+                             f"release (--init-checkpoint)")
         kwargs = dict(arch=extra["arch"], backbone=extra["backbone"], num_classes=extra["num_classes"],
                       class_names=extra["class_names"], cat_ids=extra["cat_ids"], min_size=extra["min_size"],
                       max_size=extra["max_size"], backbone_kwargs=extra.get("backbone_kwargs") or {},
@@ -320,11 +385,11 @@ class DetectionTask(Task):
         the checkpoint was trained on."""
         return list(self.cat_ids)
 
-    def paste_regions(self, mask_probs: Tensor, mask_boxes: Tensor, size: Sequence[int]
+    def paste_regions(self, mask_probs: Tensor, mask_boxes: Tensor, size: Sequence[int], threshold: float = 0.5
                       ) -> Iterator[Optional[Tuple[Tuple[slice, slice], Tensor]]]:
         """The unpasted masks of :meth:`predict` (``paste_masks=False``) pasted one box at a time
         into an image of ``size`` (H, W), as the model pastes them: :func:`mask_regions`."""
-        return mask_regions(mask_probs, mask_boxes, size)
+        return mask_regions(mask_probs, mask_boxes, size, threshold)
 
 
 class ReleaseDetectionTask(DetectionTask):
@@ -351,8 +416,10 @@ class ReleaseDetectionTask(DetectionTask):
         if model.kind not in ("retinanet", "mask_rcnn"):
             raise ValueError(f"a {model.kind} release is not a detector")
         arch = "mask_rcnn" if model.kind == "mask_rcnn" and model.with_mask else "retinanet"
+        scale = model.pipeline.img_scale
         super().__init__(arch=arch, val_images=val_images, val_ann=val_ann, num_classes=len(model.classes),
-                         class_names=model.classes, cat_ids=range(1, len(model.classes) + 1), progress=progress)
+                         class_names=model.classes, cat_ids=range(1, len(model.classes) + 1),
+                         min_size=(min(scale),), max_size=max(scale), progress=progress)
         self.release = model
         self.find_unused_parameters = False
 
@@ -389,41 +456,17 @@ class ReleaseDetectionTask(DetectionTask):
     def load_weights(self, model: nn.Module, path: str, use_ema: bool = False) -> None:
         """The release's weights are in the model already."""
 
-    def paste_regions(self, mask_probs: Tensor, mask_boxes: Tensor, size: Sequence[int]
+    def paste_regions(self, mask_probs: Tensor, mask_boxes: Tensor, size: Sequence[int], threshold: float = 0.5
                       ) -> Iterator[Optional[Tuple[Tuple[slice, slice], Tensor]]]:
         """The release's unpasted masks pasted one box at a time as mmdet 2.11 pastes them
         (:func:`~litvit.models.official_dense.heads.paste_mask_regions`, its ``mask_thr_binary``)."""
-        threshold = self.release.test_cfg["rcnn"]["mask_thr_binary"]
-        return paste_mask_regions(mask_probs[:, 0], mask_boxes, int(size[0]), int(size[1]), threshold)
+        return mask_regions(mask_probs, mask_boxes, size, self.release.test_cfg["rcnn"]["mask_thr_binary"])
 
     def category_ids(self) -> List[Optional[int]]:
         """COCO's id of each class when every class is one of COCO's 80 names (the releases), else None."""
         ids = dict(zip(COCO_CLASSES, COCO_CATEGORY_IDS))
         return [ids[c] for c in self.class_names] if all(c in ids for c in self.class_names) \
             else [None] * len(self.class_names)
-
-    @torch.no_grad()
-    def predict(self, model: nn.Module, images: Sequence[Tensor], paste_masks: bool = True) -> List[Dict[str, Tensor]]:
-        """The release's detections (its own test pipeline and settings) of RGB images in [0, 1]
-        (``Tensor[3, H, W]``, as :func:`~litvit.data.io.image_to_tensor` makes them from 8-bit
-        pixels, which are recovered exactly): ``boxes``, ``scores``, ``labels`` (1..K) and, for Mask
-        R-CNN, ``masks`` (Tensor[N, 1, H, W] bool, pasted as the authors paste them) or, with
-        ``paste_masks=False``, ``mask_probs`` (Tensor[N, 1, M, M]) and ``mask_boxes`` for
-        :meth:`paste_regions`."""
-        outputs = []
-        for im in images:
-            pixels = (im.detach().cpu() * 255).round_().clamp_(0, 255).to(torch.uint8)
-            pixels = pixels.permute(1, 2, 0).numpy()  # 3, H, W -> H, W, 3
-            if model.kind == "mask_rcnn":
-                out = model.predict(pixels, paste_masks=paste_masks)
-            else:
-                out = model.predict(pixels)
-            out["labels"] = out["labels"] + 1
-            for key in ("masks", "mask_probs"):
-                if key in out:
-                    out[key] = out[key][:, None]  # N, H, W -> N, 1, H, W
-            outputs.append(out)
-        return outputs
 
 
 def detection_records(output: Dict[str, Tensor], file_name: str, class_names: Sequence[str],
@@ -458,56 +501,35 @@ def detection_records(output: Dict[str, Tensor], file_name: str, class_names: Se
     return records
 
 
-def _mask_rcnn_unpasted(model: "MaskRCNN", images: List[Tensor]) -> List[Dict[str, Tensor]]:
-    """torchvision's ``GeneralizedRCNN.forward`` in eval mode, but the masks are not pasted into the
-    image: ``mask_probs`` (Tensor[N, 1, M, M]) as the mask head gives them and ``mask_boxes`` (the
-    boxes, in image pixels, torchvision would paste them into)."""
-    sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
-    batch, _ = model.transform(images)
-    features = model.backbone(batch.tensors)
-    proposals, _ = model.rpn(batch, features)
-    detections, _ = model.roi_heads(features, proposals, batch.image_sizes)
-    probs = [d.pop("masks") for d in detections]
-    detections = model.transform.postprocess(detections, batch.image_sizes, sizes)
-    for d, p in zip(detections, probs):
-        d["mask_probs"], d["mask_boxes"] = p, d["boxes"].clone()
-    return detections
-
-
 def mask_regions(mask_probs: Tensor, mask_boxes: Tensor, size: Sequence[int], threshold: float = 0.5
                  ) -> Iterator[Optional[Tuple[Tuple[slice, slice], Tensor]]]:
-    """Each unpasted mask pasted into its box only, exactly as torchvision's
-    ``paste_masks_in_image`` would paste it into a whole image of ``size`` (H, W) (the mask padded
-    by one pixel, the box widened alike and truncated to integers, a bilinear resize to the box),
-    then thresholded.
+    """Each unpasted mask pasted into its box only, as the authors' code pastes it into a whole
+    image of ``size`` (H, W) (:func:`~litvit.models.official_dense.heads.paste_mask_regions`), then
+    thresholded.
 
     Args:
         mask_probs (Tensor[N, 1, M, M]): mask head probabilities.
         mask_boxes (Tensor[N, 4]): x1, y1, x2, y2 in image pixels.
         size (Sequence[int]): the image's (H, W).
+        threshold (float): ``mask_thr_binary``.
 
     Yields:
         per mask, ``((rows, columns), Tensor[h, w] bool)``: where in the image and which pixels;
         None for a box wholly outside the image.
     """
-    from torchvision.models.detection.roi_heads import expand_boxes, expand_masks
-    H, W = int(size[0]), int(size[1])
-    masks, scale = expand_masks(mask_probs, padding=1)
-    boxes = expand_boxes(mask_boxes, scale).to(dtype=torch.int64)
-    for mask, (bx0, by0, bx1, by1) in zip(masks, boxes.tolist()):
-        x0, x1, y0, y1 = max(bx0, 0), min(bx1 + 1, W), max(by0, 0), min(by1 + 1, H)
-        if x1 <= x0 or y1 <= y0:
-            yield None
-            continue
-        h, w = max(by1 - by0 + 1, 1), max(bx1 - bx0 + 1, 1)
-        box = F.interpolate(mask[None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]  # 1, 1, M+2, M+2
-        yield (slice(y0, y1), slice(x0, x1)), box[y0 - by0:y1 - by0, x0 - bx0:x1 - bx0] > threshold
+    return paste_mask_regions(mask_probs[:, 0], mask_boxes, int(size[0]), int(size[1]), threshold)
+
+
+def _to_pixels(image: Tensor) -> np.ndarray:
+    """(H, W, 3) uint8 RGB of an image in [0, 1] (``Tensor[3, H, W]``); 8-bit pixels come back exactly."""
+    pixels = (image.detach().cpu() * 255).round_().clamp_(0, 255).to(torch.uint8)
+    return pixels.permute(1, 2, 0).numpy()  # 3, H, W -> H, W, 3
 
 
 def _crop_to_image(output: Dict[str, Tensor], size: Sequence[int]) -> Dict[str, Tensor]:
     """Detections on a padded image cut back to the image of ``size`` (H, W): boxes clipped, those
-    left without area dropped, masks cropped (``mask_boxes``, where unpasted masks go, stay as
-    torchvision pastes them; :func:`mask_regions` clips their regions)."""
+    left without area dropped, masks cropped (``mask_boxes``, where unpasted masks go, stay as the
+    model pastes them; :func:`mask_regions` clips their regions)."""
     H, W = int(size[0]), int(size[1])
     boxes = output["boxes"].clone()
     boxes[:, 0::2] = boxes[:, 0::2].clamp(0, W)

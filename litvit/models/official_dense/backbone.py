@@ -18,7 +18,9 @@ follows the authors' handling of sizes:
 import re
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
+import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import Tensor
 
 from ...errors import CheckpointMismatchError
@@ -86,8 +88,12 @@ class ReleaseBackbone(LITBackbone):
                 tokens, feat_size = stage.downsample(tokens, feat_size)
             if stage.pos_embed is not None:
                 tokens = stage.pos_drop(tokens + self._pos_embed(i, stage, feat_size))
+            checkpointed = self._wrapped.stages[i].grad_checkpointing and torch.is_grad_enabled()
             for blk in stage.blocks:
-                tokens = blk(tokens, feat_size)
+                if checkpointed:  # set_grad_checkpointing()
+                    tokens = torch.utils.checkpoint.checkpoint(blk, tokens, feat_size, use_reentrant=False)
+                else:
+                    tokens = blk(tokens, feat_size)
             if i in self.out_indices:
                 y = self.out_norms[str(i)](tokens) if str(i) in self.out_norms else tokens
                 outs.append(y.transpose(1, 2).reshape(B, y.shape[2], *feat_size))  # B, N, C -> B, C, H, W

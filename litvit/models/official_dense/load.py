@@ -35,20 +35,21 @@ from .models import AnchorGenerator, DenseRelease, MaskRCNN, RetinaNet, Semantic
 from .preprocess import TestPipeline, pipeline_from_config
 
 __all__ = ["load_dense", "build_dense", "release_kind", "is_release", "release_file", "dense_from_checkpoint",
-           "RELEASES"]
+           "RELEASES", "retina_test_settings", "mask_rcnn_test_settings", "RETINA_ANCHORS", "RPN_ANCHORS", "CODER",
+           "RCNN_CODER", "DET_PIPELINE"]
 
 _logger = logging.getLogger(__name__)
 
 # The authors' configs (configs/lit/*.py with their _base_ files), for what a release does not say.
-_RETINA_ANCHORS = dict(octave_base_scale=4, scales_per_octave=3, ratios=[0.5, 1.0, 2.0], strides=[8, 16, 32, 64, 128])
-_RPN_ANCHORS = dict(scales=[8], ratios=[0.5, 1.0, 2.0], strides=[4, 8, 16, 32, 64])
-_CODER = dict(target_means=[0.0, 0.0, 0.0, 0.0], target_stds=[1.0, 1.0, 1.0, 1.0])
-_RCNN_CODER = dict(target_means=[0.0, 0.0, 0.0, 0.0], target_stds=[0.1, 0.1, 0.2, 0.2])
+RETINA_ANCHORS = dict(octave_base_scale=4, scales_per_octave=3, ratios=[0.5, 1.0, 2.0], strides=[8, 16, 32, 64, 128])
+RPN_ANCHORS = dict(scales=[8], ratios=[0.5, 1.0, 2.0], strides=[4, 8, 16, 32, 64])
+CODER = dict(target_means=[0.0, 0.0, 0.0, 0.0], target_stds=[1.0, 1.0, 1.0, 1.0])
+RCNN_CODER = dict(target_means=[0.0, 0.0, 0.0, 0.0], target_stds=[0.1, 0.1, 0.2, 0.2])
 _RETINA_TEST = dict(nms_pre=1000, min_bbox_size=0, score_thr=0.05, nms=dict(type="nms", iou_threshold=0.5),
                     max_per_img=100)
 _RPN_TEST = dict(nms_pre=1000, max_per_img=1000, nms=dict(type="nms", iou_threshold=0.7), min_bbox_size=0)
 _RCNN_TEST = dict(score_thr=0.05, nms=dict(type="nms", iou_threshold=0.5), max_per_img=100, mask_thr_binary=0.5)
-_DET_PIPELINE = TestPipeline(img_scale=(1333, 800), size_divisor=32)
+DET_PIPELINE = TestPipeline(img_scale=(1333, 800), size_divisor=32)
 _SEG_PIPELINE = TestPipeline(img_scale=(2048, 512), size_divisor=None)
 
 PathLike = Union[str, os.PathLike]
@@ -184,6 +185,33 @@ def _classes(meta: Mapping, num_classes: int) -> Tuple[str, ...]:
     return tuple(f"class_{i}" for i in range(num_classes))
 
 
+def retina_test_settings(test_cfg: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """RetinaNet's test settings (``nms_pre``, ``min_bbox_size``, ``score_thr``, ``iou_threshold``,
+    ``max_per_img``) from a config's ``test_cfg`` (the authors' values when None or empty)."""
+    tc = test_cfg or dict(_RETINA_TEST)
+    return dict(nms_pre=int(tc.get("nms_pre", -1)), min_bbox_size=float(tc.get("min_bbox_size", 0)),
+                score_thr=float(tc["score_thr"]), iou_threshold=_nms_iou(tc, "test_cfg"),
+                max_per_img=int(tc.get("max_per_img", tc.get("max_num", -1))))
+
+
+def mask_rcnn_test_settings(test_cfg: Optional[Dict[str, Any]] = None,
+                            roi_cfg: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Mask R-CNN's test settings (``rpn``: ``nms_pre``, ``max_per_img``, ``iou_threshold``,
+    ``min_bbox_size``; ``rcnn``: ``score_thr``, ``iou_threshold``, ``max_per_img``,
+    ``mask_thr_binary``) from a config's ``test_cfg`` (the authors' values for what it lacks)."""
+    test_cfg, roi_cfg = test_cfg or {}, roi_cfg or {}
+    rpn_tc = dict(test_cfg.get("rpn") or _RPN_TEST)  # mmdet 2.11 reads old names too: nms_thr, max_num
+    rcnn_tc = dict(test_cfg.get("rcnn") or roi_cfg.get("test_cfg") or _RCNN_TEST)
+    return dict(
+        rpn=dict(nms_pre=int(rpn_tc.get("nms_pre", -1)),
+                 max_per_img=int(rpn_tc.get("max_per_img", rpn_tc.get("max_num", -1))),
+                 iou_threshold=_nms_iou(rpn_tc, "test_cfg.rpn"),
+                 min_bbox_size=float(rpn_tc.get("min_bbox_size", 0))),
+        rcnn=dict(score_thr=float(rcnn_tc["score_thr"]), iou_threshold=_nms_iou(rcnn_tc, "test_cfg.rcnn"),
+                  max_per_img=int(rcnn_tc.get("max_per_img", -1)),
+                  mask_thr_binary=float(rcnn_tc.get("mask_thr_binary", 0.5))))
+
+
 def _test_cfg(cfg: Dict[str, Any]) -> Dict[str, Any]:
     model = cfg.get("model") or {}
     return dict(model.get("test_cfg") or cfg.get("test_cfg") or {})
@@ -212,7 +240,7 @@ def build_dense(state_dict: Mapping[str, Tensor], meta: Optional[Mapping[str, An
     neck = _neck(sd, model_cfg.get("neck") or {}, channels, neck_default)
     if kind == "retinanet":
         head_cfg = model_cfg.get("bbox_head") or {}
-        anchors = _anchors(head_cfg.get("anchor_generator"), _RETINA_ANCHORS)
+        anchors = _anchors(head_cfg.get("anchor_generator"), RETINA_ANCHORS)
         A = anchors.num_anchors
         use_sigmoid = bool((head_cfg.get("loss_cls") or {}).get("use_sigmoid", True))
         cls_out = sd["bbox_head.retina_cls.weight"].shape[0]
@@ -227,17 +255,13 @@ def build_dense(state_dict: Mapping[str, Tensor], meta: Optional[Mapping[str, An
         in_ch = sd["bbox_head.cls_convs.0.conv.weight"].shape[1] if stacked else feat
         head = RetinaHead(num_classes, in_ch, feat_channels=feat, stacked_convs=stacked, num_anchors=A,
                           use_sigmoid=use_sigmoid)
-        tc = test_cfg or dict(_RETINA_TEST)
-        settings = dict(nms_pre=int(tc.get("nms_pre", -1)), min_bbox_size=float(tc.get("min_bbox_size", 0)),
-                        score_thr=float(tc["score_thr"]), iou_threshold=_nms_iou(tc, "test_cfg"),
-                        max_per_img=int(tc.get("max_per_img", tc.get("max_num", -1))))
-        model: DenseRelease = RetinaNet(backbone, neck, head, anchors, _coder(head_cfg.get("bbox_coder"), _CODER),
-                                        settings, _classes(meta, num_classes),
-                                        pipeline_from_config(cfg, _DET_PIPELINE))
+        model: DenseRelease = RetinaNet(backbone, neck, head, anchors, _coder(head_cfg.get("bbox_coder"), CODER),
+                                        retina_test_settings(test_cfg), _classes(meta, num_classes),
+                                        pipeline_from_config(cfg, DET_PIPELINE))
     elif kind == "mask_rcnn":
         rpn_cfg = model_cfg.get("rpn_head") or {}
         roi_cfg = model_cfg.get("roi_head") or {}
-        anchors = _anchors(rpn_cfg.get("anchor_generator"), _RPN_ANCHORS)
+        anchors = _anchors(rpn_cfg.get("anchor_generator"), RPN_ANCHORS)
         A = anchors.num_anchors
         if sd["rpn_head.rpn_cls.weight"].shape[0] != A:
             raise CheckpointMismatchError(f"rpn_head.rpn_cls has {sd['rpn_head.rpn_cls.weight'].shape[0]} outputs for "
@@ -274,19 +298,9 @@ def build_dense(state_dict: Mapping[str, Tensor], meta: Optional[Mapping[str, An
                                     class_agnostic=logits.shape[0] == 1 and num_classes != 1)
             mask_extractor = _extractor(roi_cfg.get("mask_roi_extractor") or {}, 14)
         roi_head = StandardRoIHead(bbox_extractor, bbox_head, mask_extractor, mask_head)
-        rpn_tc = dict(test_cfg.get("rpn") or _RPN_TEST)  # mmdet 2.11 reads old names too: nms_thr, max_num
-        rcnn_tc = dict(test_cfg.get("rcnn") or roi_cfg.get("test_cfg") or _RCNN_TEST)
-        settings = dict(
-            rpn=dict(nms_pre=int(rpn_tc.get("nms_pre", -1)),
-                     max_per_img=int(rpn_tc.get("max_per_img", rpn_tc.get("max_num", -1))),
-                     iou_threshold=_nms_iou(rpn_tc, "test_cfg.rpn"),
-                     min_bbox_size=float(rpn_tc.get("min_bbox_size", 0))),
-            rcnn=dict(score_thr=float(rcnn_tc["score_thr"]), iou_threshold=_nms_iou(rcnn_tc, "test_cfg.rcnn"),
-                      max_per_img=int(rcnn_tc.get("max_per_img", -1)),
-                      mask_thr_binary=float(rcnn_tc.get("mask_thr_binary", 0.5))))
-        model = MaskRCNN(backbone, neck, rpn, roi_head, anchors, _coder(rpn_cfg.get("bbox_coder"), _CODER),
-                         _coder(bbox_cfg.get("bbox_coder"), _RCNN_CODER), settings, _classes(meta, num_classes),
-                         pipeline_from_config(cfg, _DET_PIPELINE))
+        model = MaskRCNN(backbone, neck, rpn, roi_head, anchors, _coder(rpn_cfg.get("bbox_coder"), CODER),
+                         _coder(bbox_cfg.get("bbox_coder"), RCNN_CODER), mask_rcnn_test_settings(test_cfg, roi_cfg), _classes(meta, num_classes),
+                         pipeline_from_config(cfg, DET_PIPELINE))
     else:
         head_cfg = model_cfg.get("decode_head") or {}
         if (test_cfg.get("mode") or "whole") != "whole":
