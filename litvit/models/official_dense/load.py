@@ -189,6 +189,14 @@ def _test_cfg(cfg: Dict[str, Any]) -> Dict[str, Any]:
     return dict(model.get("test_cfg") or cfg.get("test_cfg") or {})
 
 
+def _train_cfg(cfg: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """The release's ``train_cfg`` (inside ``model`` as in the LIT-S configs, or at the top level
+    as in the LIT-Ti ones), None when it has none."""
+    model = cfg.get("model") or {}
+    found = model.get("train_cfg") or cfg.get("train_cfg")
+    return dict(found) if found else None
+
+
 def build_dense(state_dict: Mapping[str, Tensor], meta: Optional[Mapping[str, Any]] = None) -> DenseRelease:
     """The model of a release's state dict and meta (random weights; :func:`load_dense` loads them).
 
@@ -231,9 +239,12 @@ def build_dense(state_dict: Mapping[str, Tensor], meta: Optional[Mapping[str, An
         settings = dict(nms_pre=int(tc.get("nms_pre", -1)), min_bbox_size=float(tc.get("min_bbox_size", 0)),
                         score_thr=float(tc["score_thr"]), iou_threshold=_nms_iou(tc, "test_cfg"),
                         max_per_img=int(tc.get("max_per_img", tc.get("max_num", -1))))
+        losses = dict(loss_cls=head_cfg.get("loss_cls"), loss_bbox=head_cfg.get("loss_bbox"),
+                      reg_decoded_bbox=head_cfg.get("reg_decoded_bbox"))
         model: DenseRelease = RetinaNet(backbone, neck, head, anchors, _coder(head_cfg.get("bbox_coder"), _CODER),
                                         settings, _classes(meta, num_classes),
-                                        pipeline_from_config(cfg, _DET_PIPELINE))
+                                        pipeline_from_config(cfg, _DET_PIPELINE), train_cfg=_train_cfg(cfg),
+                                        loss_cfg=losses)
     elif kind == "mask_rcnn":
         rpn_cfg = model_cfg.get("rpn_head") or {}
         roi_cfg = model_cfg.get("roi_head") or {}
@@ -284,9 +295,14 @@ def build_dense(state_dict: Mapping[str, Tensor], meta: Optional[Mapping[str, An
             rcnn=dict(score_thr=float(rcnn_tc["score_thr"]), iou_threshold=_nms_iou(rcnn_tc, "test_cfg.rcnn"),
                       max_per_img=int(rcnn_tc.get("max_per_img", -1)),
                       mask_thr_binary=float(rcnn_tc.get("mask_thr_binary", 0.5))))
+        mask_cfg = roi_cfg.get("mask_head") or {}
+        decoded = rpn_cfg.get("reg_decoded_bbox") or bbox_cfg.get("reg_decoded_bbox")
+        losses = dict(rpn_loss_cls=rpn_cfg.get("loss_cls"), rpn_loss_bbox=rpn_cfg.get("loss_bbox"),
+                      loss_cls=bbox_cfg.get("loss_cls"), loss_bbox=bbox_cfg.get("loss_bbox"),
+                      loss_mask=mask_cfg.get("loss_mask"), reg_decoded_bbox=decoded)
         model = MaskRCNN(backbone, neck, rpn, roi_head, anchors, _coder(rpn_cfg.get("bbox_coder"), _CODER),
                          _coder(bbox_cfg.get("bbox_coder"), _RCNN_CODER), settings, _classes(meta, num_classes),
-                         pipeline_from_config(cfg, _DET_PIPELINE))
+                         pipeline_from_config(cfg, _DET_PIPELINE), train_cfg=_train_cfg(cfg), loss_cfg=losses)
     else:
         head_cfg = model_cfg.get("decode_head") or {}
         if (test_cfg.get("mode") or "whole") != "whole":
