@@ -391,3 +391,15 @@ def test_bad_batches_raise():
         model.forward_train(**dict(good, gt_masks=None))
     with pytest.raises(ValueError, match=r"img must be a \(B, 3, H, W\)"):
         model.forward_train(**dict(good, img=good["img"][0]))
+
+
+def test_half_precision_losses_are_float32():
+    """Under autocast the losses are computed in float32 from the head outputs (mmdet's force_fp32)."""
+    rec, _ = _record("mask_rcnn_lit_s_exact")
+    model = _release(rec["name"])
+    model.train_cfg = train_cfg_with_defaults(model.kind, rec["train_cfg"])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = model.forward_train(**_batch("exact", True))
+    for key, value in losses.items():
+        want = sum(rec["losses"][key]) if isinstance(rec["losses"][key], list) else rec["losses"][key]
+        assert value.dtype == torch.float32 and value.item() == pytest.approx(want, rel=0.05, abs=1e-3), key

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from .heads import (FPN, ConvFCBBoxHead, FCNMaskHead, FPNHead, RetinaHead, RoIExtractor, RPNHead, anchor_grid,
                     base_anchors, batched_nms, delta2bbox, multiclass_nms, paste_masks)
 from .preprocess import TestPipeline, preprocess
-from .training import (check_train_cfg, dense_head_loss, loss_cfg_with_defaults, roi_head_loss,
+from .training import (_fp32, check_train_cfg, dense_head_loss, loss_cfg_with_defaults, roi_head_loss,
                        train_cfg_with_defaults)
 
 __all__ = ["DenseRelease", "RetinaNet", "MaskRCNN", "SemanticFPN", "StandardRoIHead", "AnchorGenerator"]
@@ -155,7 +155,8 @@ class DenseRelease(nn.Module):
                            ) -> Tuple[List[Tensor], List[Tensor]]:
         sizes = [tuple(c.shape[-2:]) for c in cls_scores]
         device = cls_scores[0].device
-        anchors = [a.to(cls_scores[0].dtype) for a in self.anchor_generator.grid_anchors(sizes, device)]
+        dtype = _fp32(cls_scores[0][:0]).dtype  # float32 targets under half precision, as mmdet's force_fp32
+        anchors = [a.to(dtype) for a in self.anchor_generator.grid_anchors(sizes, device)]
         flags = [torch.cat(self.anchor_generator.valid_flags(sizes, m["pad_shape"], device)) for m in img_metas]
         return anchors, flags
 
@@ -420,8 +421,8 @@ class MaskRCNN(DenseRelease):
             self.train_cfg["rpn"], self.loss_cfg["rpn_loss_cls"], self.loss_cfg["rpn_loss_bbox"], 1, self.rpn_coder)
         losses = dict(loss_rpn_cls=sum(rpn_cls), loss_rpn_bbox=sum(rpn_bbox))
         proposal_cfg = self._proposal_cfg()
-        detached_cls = [c.detach() for c in cls_scores]
-        detached_reg = [r.detach() for r in bbox_preds]
+        detached_cls = [_fp32(c.detach()) for c in cls_scores]
+        detached_reg = [_fp32(r.detach()) for r in bbox_preds]
         proposals = [self.get_proposals(detached_cls, detached_reg, meta, cfg=proposal_cfg, index=i)
                      for i, meta in enumerate(img_metas)]
         losses.update(roi_head_loss(roi_head, feats, proposals, gt_bboxes, gt_labels, gt_bboxes_ignore, gt_masks,

@@ -266,9 +266,8 @@ def max_iou_assign(
             hit[torch.arange(num_gts, device=hit.device), gt_argmax] = True
         hit &= (gt_max >= cfg["min_pos_iou"])[:, None]
         # mmdet loops over the ground truths in order: the last one to claim a candidate keeps it
-        order = torch.arange(num_gts, device=hit.device)[:, None].expand_as(hit)
-        last = torch.where(hit, order, torch.full_like(order, -1)).amax(dim=0)
-        assigned = torch.where(last >= 0, last + 1, assigned)
+        last = num_gts - 1 - hit.flip(0).to(torch.uint8).argmax(dim=0)  # argmax: the first maximum
+        assigned = torch.where(hit.any(dim=0), last + 1, assigned)
     labels = None
     if gt_labels is not None:
         labels = torch.where(assigned > 0, gt_labels[(assigned - 1).clamp(min=0)],
@@ -396,6 +395,11 @@ def focal_loss(pred: Tensor, target: Tensor, gamma: float = 2.0, alpha: float = 
     return F.binary_cross_entropy_with_logits(pred, target, reduction="none") * weight
 
 
+def _fp32(x: Tensor) -> Tensor:
+    """Half-precision head outputs in float32 for the losses, as mmdet's ``force_fp32`` does."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def _unmap(data: Tensor, count: int, inds: Tensor, fill: float = 0) -> Tensor:
     out = data.new_full((count,) + data.shape[1:], fill)
     out[inds] = data
@@ -502,6 +506,7 @@ def dense_head_loss(
     losses_cls, losses_bbox = [], []
     start = 0
     for cls_score, bbox_pred, anc in zip(cls_scores, bbox_preds, anchors):
+        cls_score, bbox_pred = _fp32(cls_score), _fp32(bbox_pred)
         end = start + anc.size(0)
         lab = labels[:, start:end].reshape(-1)
         lw = label_weights[:, start:end].reshape(-1)
@@ -580,7 +585,7 @@ def roi_head_loss(
     bbox_head = roi_head.bbox_head
     rois = bbox2roi([r.bboxes for r in results])
     ext = roi_head.bbox_roi_extractor
-    cls_score, bbox_pred = bbox_head(ext(feats[:ext.num_inputs], rois))
+    cls_score, bbox_pred = (_fp32(t) for t in bbox_head(ext(feats[:ext.num_inputs], rois)))
     num_classes = bbox_head.num_classes
     labels, label_weights, bbox_targets, bbox_weights = [], [], [], []
     pos_weight = 1.0 if cfg.get("pos_weight", -1) <= 0 else float(cfg["pos_weight"])
@@ -625,7 +630,7 @@ def roi_head_loss(
             raise ValueError("Mask R-CNN training needs gt_masks")
         pos_rois = bbox2roi([r.pos_bboxes for r in results])
         ext = roi_head.mask_roi_extractor
-        mask_pred = roi_head.mask_head(ext(feats[:ext.num_inputs], pos_rois))
+        mask_pred = _fp32(roi_head.mask_head(ext(feats[:ext.num_inputs], pos_rois)))
         targets = torch.cat([mask_targets(r.pos_bboxes, r.pos_assigned_gt_inds, m, cfg.get("mask_size", 28))
                              for r, m in zip(results, gt_masks)])
         pos_labels = torch.cat([r.pos_gt_labels for r in results])
