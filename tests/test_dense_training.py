@@ -76,13 +76,14 @@ def _run(rec, **overrides):
     """litvit's losses, acc and gradients for a fixture's case (``overrides``: train_cfg keys)."""
     model = _release(rec["name"])
     model.train_cfg = train_cfg_with_defaults(model.kind, dict(rec["train_cfg"], **overrides))
+    model.loss_cfg.update(rec.get("loss_cfg", {}))  # the ``options`` case's loss settings
     for p in model.backbone.parameters():  # as the reference (the heads' gradients are compared)
         p.requires_grad_(False)
     kwargs = _batch(rec["case"], model.kind == "mask_rcnn")
     stats = {}
     if model.kind == "mask_rcnn":
         kwargs["stats"] = stats
-    if rec["case"] == "seeded":
+    if rec["case"] in ("seeded", "options"):
         torch.manual_seed(rec["seed"])
     losses = model.forward_train(**kwargs)
     sum(losses.values()).backward()

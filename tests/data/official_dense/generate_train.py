@@ -18,7 +18,10 @@ Cases (``train_CASE.npz``):
   the call; the samplers draw with ``torch.randperm`` on the global CPU generator, in the order
   litvit draws too;
 * ``ignore`` (RetinaNet LIT-Ti): ``ignore_iof_thr=0.5`` with one ignored box per image;
-* ``empty`` (LIT-S): as ``exact`` (every sample taken), the second image without any box.
+* ``empty`` (LIT-S): as ``exact`` (every sample taken), the second image without any box;
+* ``options`` (LIT-S): other settings everywhere (``OPTIONS``: allowed_border 0, pos_weight,
+  gt_max_assign_all off, neg_pos_ub, no ground truths as proposals, small RPN proposal budgets with
+  min_bbox_size, other focal gamma / alpha, other loss weights), seeded as ``seeded``.
 
 The ``exact`` records also hold mmdet's ``init_weights`` of the neck and each head, each called
 right after ``torch.manual_seed(SEED + k)`` (k: the module's place in ``INIT``): the sum, sum of
@@ -52,10 +55,40 @@ BATCH = [
 ]
 RELEASES = {
     'retinanet_lit_ti': ['exact', 'ignore'],
-    'retinanet_lit_s': ['exact', 'empty'],
+    'retinanet_lit_s': ['exact', 'empty', 'options'],
     'mask_rcnn_lit_ti': ['exact', 'seeded'],
-    'mask_rcnn_lit_s': ['exact', 'empty'],
+    'mask_rcnn_lit_s': ['exact', 'empty', 'options'],
 }
+# the ``options`` case: train_cfg keys merged into the release's, and the heads' loss configs
+# (the config path in the authors' model -> litvit's loss_cfg key)
+OPTIONS = {
+    'retinanet': dict(
+        train=dict(assigner=dict(pos_iou_thr=0.45, min_pos_iou=0.2, gt_max_assign_all=False), allowed_border=0,
+                   pos_weight=2.0),
+        losses={('bbox_head', 'loss_cls', 'loss_cls'): dict(type='FocalLoss', use_sigmoid=True, gamma=1.5,
+                                                           alpha=0.3, loss_weight=2.0),
+                ('bbox_head', 'loss_bbox', 'loss_bbox'): dict(type='L1Loss', loss_weight=0.5)}),
+    'mask_rcnn': dict(
+        train=dict(rpn=dict(allowed_border=0, sampler=dict(num=64, neg_pos_ub=2)),
+                   rpn_proposal=dict(nms_pre=50, max_per_img=30, nms=dict(type='nms', iou_threshold=0.5),
+                                     min_bbox_size=4),
+                   rcnn=dict(pos_weight=1.5, assigner=dict(gt_max_assign_all=False),
+                             sampler=dict(num=128, pos_fraction=0.5, add_gt_as_proposals=False))),
+        losses={('rpn_head', 'loss_cls', 'rpn_loss_cls'): dict(type='CrossEntropyLoss', use_sigmoid=True,
+                                                               loss_weight=0.5),
+                ('roi_head.bbox_head', 'loss_bbox', 'loss_bbox'): dict(type='L1Loss', loss_weight=2.0),
+                ('roi_head.mask_head', 'loss_mask', 'loss_mask'): dict(type='CrossEntropyLoss', use_mask=True,
+                                                                       loss_weight=3.0)}),
+}
+
+
+def _merge(base, extra):
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict) and k != 'rpn_proposal':
+            _merge(base[k], v)
+        else:
+            base[k] = copy.deepcopy(v)
+    return base
 # the modules whose mmdet init_weights() is recorded, and the parameters it sets
 INIT = {
     'retinanet': ['neck', 'bbox_head'],
@@ -132,6 +165,8 @@ def train_cfg_for(cfg_text, case):
                 stage['sampler']['num'] = BIG
     if case == 'ignore':
         tc['assigner']['ignore_iof_thr'] = 0.5
+    if case == 'options':
+        _merge(tc, OPTIONS['retinanet' if 'rpn' not in tc else 'mask_rcnn']['train'])
     return tc
 
 
@@ -172,6 +207,15 @@ def worker(name, case, tool, dest):
     text = fx.record['meta']['config']
     cfg = mmcv.Config.fromstring(text, '.py')
     tc = mmcv.ConfigDict(train_cfg_for(text, case))
+    kind = 'retinanet' if 'retina' in name else 'mask_rcnn'
+    loss_cfg = {}
+    if case == 'options':
+        for (path, key, litvit_key), value in OPTIONS[kind]['losses'].items():
+            node = cfg.model
+            for part in path.split('.'):
+                node = node[part]
+            node[key] = mmcv.ConfigDict(value)
+            loss_cfg[litvit_key] = value
     if 'train_cfg' in cfg.model:
         cfg.model.train_cfg = tc
         model = build_detector(cfg.model)
@@ -182,7 +226,6 @@ def worker(name, case, tool, dest):
     model.eval()
     for p in model.backbone.parameters():  # the authors' CPU-stubbed DCN has no backward; the heads' grads suffice
         p.requires_grad_(False)
-    kind = 'retinanet' if 'retina' in name else 'mask_rcnn'
     img = torch.from_numpy(batch_image())
     metas = img_metas()
     gt_bboxes = [torch.tensor(b['boxes'], dtype=torch.float32).view(-1, 4) for b in batch_boxes(case)]
@@ -193,14 +236,14 @@ def worker(name, case, tool, dest):
     if kind == 'mask_rcnn':
         from mmdet.core import BitmapMasks
         kwargs['gt_masks'] = [BitmapMasks(m, m.shape[1], m.shape[2]) for m in batch_masks(case)]
-    if case == 'seeded':
+    if case in ('seeded', 'options'):
         torch.manual_seed(SEED)
     losses = model.forward_train(img, metas, gt_bboxes, gt_labels, **kwargs)
     total, log_vars = model._parse_losses(losses)
     model.zero_grad()
     total.backward()
     params = dict(model.named_parameters())
-    rec = dict(name=name, case=case, seed=SEED, big=BIG, train_cfg=train_cfg_for(text, case),
+    rec = dict(name=name, case=case, seed=SEED, big=BIG, train_cfg=train_cfg_for(text, case), loss_cfg=loss_cfg,
                losses={k: ([float(x.item()) for x in v] if isinstance(v, list) else float(v.mean().item()))
                        for k, v in losses.items()},
                log_vars={k: float(v) for k, v in log_vars.items()}, total=float(total.item()), grads=[])
