@@ -404,3 +404,17 @@ def test_half_precision_losses_are_float32():
     for key, value in losses.items():
         want = sum(rec["losses"][key]) if isinstance(rec["losses"][key], list) else rec["losses"][key]
         assert value.dtype == torch.float32 and value.item() == pytest.approx(want, rel=0.05, abs=1e-3), key
+
+
+def test_loss_settings_are_read_from_the_release_config():
+    fx = Fixture("retinanet_lit_s")
+    meta = fx.meta()
+    assert meta["config"].count("alpha=0.25") == 1 and meta["config"].count("type='L1Loss', loss_weight=1.0") == 1
+    meta["config"] = meta["config"].replace("alpha=0.25", "alpha=0.3").replace(
+        "type='L1Loss', loss_weight=1.0", "type='GIoULoss', loss_weight=2.0")
+    model = dense_from_checkpoint(dict(meta=meta, state_dict=fx.state_dict())).eval()
+    assert model.loss_cfg["loss_cls"]["alpha"] == 0.3
+    assert model.loss_cfg["loss_bbox"] == dict(type="GIoULoss", loss_weight=2.0)
+    with pytest.raises(ValueError, match="GIoULoss"):  # refused for training; inference still works
+        model.forward_train(**_batch("exact", False))
+    assert model.predict(np.zeros((40, 50, 3), np.uint8))["boxes"].shape[1] == 4
