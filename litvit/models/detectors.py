@@ -88,7 +88,7 @@ def _backbone(backbone: str, arch: str, pretrained_backbone: Optional[str], froz
 
 
 def _finish(model: DenseRelease, arch: str, backbone: str) -> DenseRelease:
-    getattr(model, "init_weights", lambda: None)()  # MERGE: helper A provides init_weights
+    model.init_weights()
     model.meta = dict(mmdet_version="2.11.0", CLASSES=model.classes, litvit=dict(arch=arch, backbone=backbone))
     return model
 

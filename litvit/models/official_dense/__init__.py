@@ -15,9 +15,16 @@ and compute what the authors' test code computes, on CPU or GPU, with nothing to
 * :mod:`.heads`: FPN, RetinaHead, RPN and RoI heads, Semantic FPN head, anchors, box coder, NMS;
 * :mod:`.models`: :class:`RetinaNet`, :class:`MaskRCNN`, :class:`SemanticFPN` (test-time flow);
 * :mod:`.preprocess`: the test pipeline (OpenCV's uint8 bilinear resize reproduced exactly);
-* :mod:`.config`: the release's config text, parsed without running it.
+* :mod:`.config`: the release's config text, parsed without running it;
+* :mod:`.training`: what mmdet 2.11's ``forward_train`` computes: ``RetinaNet.forward_train`` /
+  ``MaskRCNN.forward_train`` (padded batch, ``img_metas`` with ``img_shape`` / ``pad_shape``, boxes,
+  labels, masks) return the authors' losses (MaxIoUAssigner, RandomSampler, anchor and RoI targets,
+  focal / cross-entropy / L1 / mask losses with mmdet's averaging), with ``model.train_cfg`` and
+  ``model.loss_cfg`` read from the release's config or the authors' values; ``init_weights()``
+  initialises the neck and heads as mmdet 2.11 does.
 
-``tests/test_official_dense.py`` checks every stage against outputs of the authors' own code.
+``tests/test_official_dense.py`` checks every stage against outputs of the authors' own code,
+``tests/test_dense_training.py`` the training losses, gradients and initialisation.
 
 Examples::
     >>> from litvit.models.official_dense import load_dense

@@ -29,6 +29,19 @@ __all__ = ["ConvModule", "FPN", "RetinaHead", "RPNHead", "ConvFCBBoxHead", "FCNM
            "paste_masks", "paste_mask_regions"]
 
 
+def _init(module: nn.Module, kind: str, std: float = 0.01, bias: float = 0.) -> None:
+    """mmcv 1.x's initialisers: ``"normal"`` (``normal_init``, ``std``), ``"xavier"`` (uniform,
+    gain 1), ``"kaiming"`` (``kaiming_init``: normal, fan_out, ReLU); the bias set to ``bias``."""
+    if kind == "normal":
+        nn.init.normal_(module.weight, 0., std)
+    elif kind == "xavier":
+        nn.init.xavier_uniform_(module.weight)
+    else:
+        nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+    if getattr(module, "bias", None) is not None:
+        nn.init.constant_(module.bias, bias)
+
+
 class ConvModule(nn.Module):
     """mmcv's ConvModule as the authors' configs use it: conv (bias only without a norm), then an
     optional BatchNorm (``bn``; mmseg's SyncBN is a BatchNorm in eval), then an optional ReLU."""
@@ -47,6 +60,13 @@ class ConvModule(nn.Module):
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=not norm)
         self.bn = nn.BatchNorm2d(out_channels) if norm else None
         self.activate = nn.ReLU() if act else None
+
+    def init_weights(self) -> None:
+        """What mmcv's ConvModule does when it is built: kaiming (fan_out, ReLU) conv, BN 1 / 0."""
+        _init(self.conv, "kaiming")
+        if self.bn is not None:
+            nn.init.constant_(self.bn.weight, 1)
+            nn.init.constant_(self.bn.bias, 0)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.conv(x)
@@ -103,6 +123,12 @@ class FPN(nn.Module):
             for i in range(extra):
                 c = self.in_channels[self.end_level - 1] if i == 0 and add_extra_convs == "on_input" else out_channels
                 self.fpn_convs.append(ConvModule(c, out_channels, 3, stride=2, padding=1, act=False))
+
+    def init_weights(self) -> None:
+        """mmdet 2.11's FPN: every conv xavier-uniform, bias 0."""
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                _init(m, "xavier")
 
     def forward(self, inputs: Sequence[Tensor]) -> List[Tensor]:
         laterals = [conv(inputs[i + self.start_level]) for i, conv in enumerate(self.lateral_convs)]
@@ -317,6 +343,14 @@ class RetinaHead(nn.Module):
         self.retina_cls = nn.Conv2d(feat_channels, num_anchors * self.cls_out_channels, 3, padding=1)
         self.retina_reg = nn.Conv2d(feat_channels, num_anchors * 4, 3, padding=1)
 
+    def init_weights(self) -> None:
+        """mmdet 2.11's RetinaHead: every conv normal (std 0.01), bias 0, except ``retina_cls``'s
+        bias, the prior ``-log((1 - 0.01) / 0.01)`` (scores start at 0.01)."""
+        for m in list(self.cls_convs) + list(self.reg_convs):
+            _init(m.conv, "normal", 0.01)
+        _init(self.retina_cls, "normal", 0.01, bias=float(-np.log((1 - 0.01) / 0.01)))
+        _init(self.retina_reg, "normal", 0.01)
+
     def forward_single(self, x: Tensor) -> Tuple[Tensor, Tensor]:
         cls_feat, reg_feat = x, x
         for conv in self.cls_convs:
@@ -341,6 +375,11 @@ class RPNHead(nn.Module):
         self.rpn_conv = nn.Conv2d(in_channels, feat_channels, 3, padding=1)
         self.rpn_cls = nn.Conv2d(feat_channels, num_anchors, 1)
         self.rpn_reg = nn.Conv2d(feat_channels, num_anchors * 4, 1)
+
+    def init_weights(self) -> None:
+        """mmdet 2.11's RPNHead: the three convs normal (std 0.01), bias 0."""
+        for m in (self.rpn_conv, self.rpn_cls, self.rpn_reg):
+            _init(m, "normal", 0.01)
 
     def forward_single(self, x: Tensor) -> Tuple[Tensor, Tensor]:
         x = F.relu(self.rpn_conv(x))
@@ -427,6 +466,14 @@ class ConvFCBBoxHead(nn.Module):
         self.fc_cls = nn.Linear(dims[-1], num_classes + 1)
         self.fc_reg = nn.Linear(dims[-1], 4 if reg_class_agnostic else 4 * num_classes)
 
+    def init_weights(self) -> None:
+        """mmdet 2.11's ConvFCBBoxHead: ``fc_cls`` normal (std 0.01), ``fc_reg`` normal (std 0.001),
+        then the shared fcs xavier-uniform; biases 0."""
+        _init(self.fc_cls, "normal", 0.01)
+        _init(self.fc_reg, "normal", 0.001)
+        for fc in self.shared_fcs:
+            _init(fc, "xavier")
+
     def forward(self, x: Tensor) -> Tuple[Tensor, Tensor]:
         x = x.flatten(1)  # K, C, 7, 7 -> K, C*49
         for fc in self.shared_fcs:
@@ -457,6 +504,14 @@ class FCNMaskHead(nn.Module):
         c = conv_out_channels if num_convs > 0 else in_channels
         self.upsample = nn.ConvTranspose2d(c, c, scale_factor, stride=scale_factor)
         self.conv_logits = nn.Conv2d(c, 1 if class_agnostic else num_classes, 1)
+
+    def init_weights(self) -> None:
+        """mmdet 2.11's FCNMaskHead: ``upsample`` and ``conv_logits`` kaiming-normal (fan_out,
+        ReLU), bias 0; the convs as mmcv's ConvModule initialises them when built (the same)."""
+        for m in (self.upsample, self.conv_logits):
+            _init(m, "kaiming")
+        for conv in self.convs:
+            conv.init_weights()
 
     def forward(self, x: Tensor) -> Tensor:
         for conv in self.convs:

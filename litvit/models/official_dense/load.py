@@ -217,6 +217,14 @@ def _test_cfg(cfg: Dict[str, Any]) -> Dict[str, Any]:
     return dict(model.get("test_cfg") or cfg.get("test_cfg") or {})
 
 
+def _train_cfg(cfg: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """The release's ``train_cfg`` (inside ``model`` as in the LIT-S configs, or at the top level
+    as in the LIT-Ti ones), None when it has none."""
+    model = cfg.get("model") or {}
+    found = model.get("train_cfg") or cfg.get("train_cfg")
+    return dict(found) if found else None
+
+
 def build_dense(state_dict: Mapping[str, Tensor], meta: Optional[Mapping[str, Any]] = None) -> DenseRelease:
     """The model of a release's state dict and meta (random weights; :func:`load_dense` loads them).
 
@@ -255,9 +263,12 @@ def build_dense(state_dict: Mapping[str, Tensor], meta: Optional[Mapping[str, An
         in_ch = sd["bbox_head.cls_convs.0.conv.weight"].shape[1] if stacked else feat
         head = RetinaHead(num_classes, in_ch, feat_channels=feat, stacked_convs=stacked, num_anchors=A,
                           use_sigmoid=use_sigmoid)
+        losses = dict(loss_cls=head_cfg.get("loss_cls"), loss_bbox=head_cfg.get("loss_bbox"),
+                      reg_decoded_bbox=head_cfg.get("reg_decoded_bbox"))
         model: DenseRelease = RetinaNet(backbone, neck, head, anchors, _coder(head_cfg.get("bbox_coder"), CODER),
                                         retina_test_settings(test_cfg), _classes(meta, num_classes),
-                                        pipeline_from_config(cfg, DET_PIPELINE))
+                                        pipeline_from_config(cfg, DET_PIPELINE), train_cfg=_train_cfg(cfg),
+                                        loss_cfg=losses)
     elif kind == "mask_rcnn":
         rpn_cfg = model_cfg.get("rpn_head") or {}
         roi_cfg = model_cfg.get("roi_head") or {}
@@ -298,9 +309,15 @@ def build_dense(state_dict: Mapping[str, Tensor], meta: Optional[Mapping[str, An
                                     class_agnostic=logits.shape[0] == 1 and num_classes != 1)
             mask_extractor = _extractor(roi_cfg.get("mask_roi_extractor") or {}, 14)
         roi_head = StandardRoIHead(bbox_extractor, bbox_head, mask_extractor, mask_head)
+        mask_cfg = roi_cfg.get("mask_head") or {}
+        decoded = rpn_cfg.get("reg_decoded_bbox") or bbox_cfg.get("reg_decoded_bbox")
+        losses = dict(rpn_loss_cls=rpn_cfg.get("loss_cls"), rpn_loss_bbox=rpn_cfg.get("loss_bbox"),
+                      loss_cls=bbox_cfg.get("loss_cls"), loss_bbox=bbox_cfg.get("loss_bbox"),
+                      loss_mask=mask_cfg.get("loss_mask"), reg_decoded_bbox=decoded)
         model = MaskRCNN(backbone, neck, rpn, roi_head, anchors, _coder(rpn_cfg.get("bbox_coder"), CODER),
-                         _coder(bbox_cfg.get("bbox_coder"), RCNN_CODER), mask_rcnn_test_settings(test_cfg, roi_cfg), _classes(meta, num_classes),
-                         pipeline_from_config(cfg, DET_PIPELINE))
+                         _coder(bbox_cfg.get("bbox_coder"), RCNN_CODER), mask_rcnn_test_settings(test_cfg, roi_cfg),
+                         _classes(meta, num_classes), pipeline_from_config(cfg, DET_PIPELINE),
+                         train_cfg=_train_cfg(cfg), loss_cfg=losses)
     else:
         head_cfg = model_cfg.get("decode_head") or {}
         if (test_cfg.get("mode") or "whole") != "whole":

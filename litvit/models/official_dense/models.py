@@ -21,6 +21,7 @@ mask is empty).
 """
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -28,6 +29,8 @@ from torch import Tensor, nn
 from .heads import (FPN, ConvFCBBoxHead, FCNMaskHead, FPNHead, RetinaHead, RoIExtractor, RPNHead, anchor_grid,
                     base_anchors, batched_nms, delta2bbox, multiclass_nms, paste_masks)
 from .preprocess import TestPipeline, preprocess
+from .training import (_fp32, check_train_cfg, dense_head_loss, loss_cfg_with_defaults, roi_head_loss,
+                       train_cfg_with_defaults)
 
 __all__ = ["DenseRelease", "RetinaNet", "MaskRCNN", "SemanticFPN", "StandardRoIHead", "AnchorGenerator"]
 
@@ -71,6 +74,21 @@ class AnchorGenerator:
         return [anchor_grid(b.to(device), size, stride) for b, size, stride in zip(self.base, featmap_sizes,
                                                                                    self.strides)]
 
+    def valid_flags(self, featmap_sizes: Sequence[Tuple[int, int]], pad_shape: Sequence[int],
+                    device: torch.device) -> List[Tensor]:
+        """mmdet's valid flags of one image, per level (Tensor[H * W * A] bool, the order of
+        :meth:`grid_anchors`): positions within ``ceil(pad_shape / stride)`` of the map's origin."""
+        h, w = int(pad_shape[0]), int(pad_shape[1])
+        flags = []
+        for (feat_h, feat_w), (stride_w, stride_h) in zip(featmap_sizes, self.strides):
+            valid_h = min(int(np.ceil(h / stride_h)), int(feat_h))
+            valid_w = min(int(np.ceil(w / stride_w)), int(feat_w))
+            ys = torch.arange(int(feat_h), device=device) < valid_h
+            xs = torch.arange(int(feat_w), device=device) < valid_w
+            valid = (ys[:, None] & xs[None, :]).reshape(-1)  # H, W -> H*W, row-major as the anchors
+            flags.append(valid[:, None].expand(-1, self.num_anchors).reshape(-1))
+        return flags
+
 
 class DenseRelease(nn.Module):
     """What the three models share: the release's classes, palette, test pipeline and settings.
@@ -108,6 +126,40 @@ class DenseRelease(nn.Module):
     def extract_feat(self, x: Tensor) -> List[Tensor]:
         return self.neck(self.backbone(x))
 
+    def check_train_cfg(self) -> None:
+        """Raise one ``ValueError`` naming every setting of ``train_cfg`` / ``loss_cfg`` that
+        ``forward_train`` does not implement (it calls this first)."""
+        check_train_cfg(self.kind, self.train_cfg, self.loss_cfg)
+
+    def _check_batch(self, img: Tensor, img_metas: Sequence[Dict[str, Any]], gt_bboxes: Sequence[Tensor],
+                     gt_labels: Sequence[Tensor], num_classes: int) -> None:
+        if img.dim() != 4 or img.size(1) != 3:
+            raise ValueError(f"img must be a (B, 3, H, W) batch, got shape {tuple(img.shape)}")
+        B = img.size(0)
+        if not len(img_metas) == len(gt_bboxes) == len(gt_labels) == B:
+            raise ValueError(f"{B} images but {len(img_metas)} img_metas, {len(gt_bboxes)} gt_bboxes and "
+                             f"{len(gt_labels)} gt_labels")
+        for i, (meta, boxes, labels) in enumerate(zip(img_metas, gt_bboxes, gt_labels)):
+            for key in ("img_shape", "pad_shape"):
+                if key not in meta:
+                    raise ValueError(f"img_metas[{i}] has no {key!r}")
+            if boxes.dim() != 2 or boxes.size(1) != 4:
+                raise ValueError(f"gt_bboxes[{i}] must be (n, 4) x1 y1 x2 y2, got shape {tuple(boxes.shape)}")
+            if labels.shape != (boxes.size(0),) or labels.is_floating_point():
+                raise ValueError(f"gt_labels[{i}] must be ({boxes.size(0)},) integers, got {labels.dtype} "
+                                 f"{tuple(labels.shape)}")
+            if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+                raise ValueError(f"gt_labels[{i}] must lie in 0..{num_classes - 1}, got {labels.tolist()}")
+
+    def _anchors_and_flags(self, cls_scores: Sequence[Tensor], img_metas: Sequence[Dict[str, Any]]
+                           ) -> Tuple[List[Tensor], List[Tensor]]:
+        sizes = [tuple(c.shape[-2:]) for c in cls_scores]
+        device = cls_scores[0].device
+        dtype = _fp32(cls_scores[0][:0]).dtype  # float32 targets under half precision, as mmdet's force_fp32
+        anchors = [a.to(dtype) for a in self.anchor_generator.grid_anchors(sizes, device)]
+        flags = [torch.cat(self.anchor_generator.valid_flags(sizes, m["pad_shape"], device)) for m in img_metas]
+        return anchors, flags
+
 
 def _class_major(dets: Tensor, labels: Tensor, **per_detection: Optional[Tensor]) -> Dict[str, Tensor]:
     """Detections in the order of the authors' per-class result lists: by class, then by score
@@ -129,6 +181,11 @@ class RetinaNet(DenseRelease):
         coder (dict): ``target_means`` / ``target_stds`` of the DeltaXYWH coder.
         test_cfg (dict): ``nms_pre``, ``min_bbox_size``, ``score_thr``, ``iou_threshold``,
             ``max_per_img``.
+        train_cfg (dict, optional): mmdet's ``train_cfg`` (``assigner``, ``allowed_border``,
+            ``pos_weight``); None or missing keys: the authors' values
+            (:data:`~.training.RETINANET_TRAIN_CFG`).
+        loss_cfg (dict, optional): the head's ``loss_cls`` / ``loss_bbox`` configs; None or missing:
+            focal loss (gamma 2, alpha 0.25) and L1, weight 1 (:data:`~.training.RETINANET_LOSSES`).
     """
     kind = "retinanet"
 
@@ -142,6 +199,8 @@ class RetinaNet(DenseRelease):
             test_cfg: Dict[str, Any],
             classes: Sequence[str],
             pipeline: TestPipeline,
+            train_cfg: Optional[Dict[str, Any]] = None,
+            loss_cfg: Optional[Dict[str, Any]] = None,
     ):
         super().__init__(classes, pipeline, test_cfg)
         self.backbone = backbone
@@ -149,6 +208,49 @@ class RetinaNet(DenseRelease):
         self.bbox_head = bbox_head
         self.anchor_generator = anchor_generator
         self.coder = coder
+        self.train_cfg = train_cfg_with_defaults(self.kind, train_cfg)
+        self.loss_cfg = loss_cfg_with_defaults(self.kind, loss_cfg)
+
+    def init_weights(self) -> None:
+        """mmdet 2.11's initialisation of the neck and head (the backbone is left alone)."""
+        self.neck.init_weights()
+        self.bbox_head.init_weights()
+
+    def forward_train(
+            self,
+            img: Tensor,
+            img_metas: Sequence[Dict[str, Any]],
+            gt_bboxes: Sequence[Tensor],
+            gt_labels: Sequence[Tensor],
+            gt_bboxes_ignore: Optional[Sequence[Optional[Tensor]]] = None,
+    ) -> Dict[str, Tensor]:
+        """The training losses of mmdet 2.11's ``RetinaNet.forward_train``.
+
+        Args:
+            img (Tensor[B, 3, H, W]): the normalised images, padded to a common size.
+            img_metas (Sequence[dict]): per image ``img_shape`` (h, w, 3) of the resized image before
+                padding and ``pad_shape`` (that image padded to the size divisor): anchors beyond
+                ``pad_shape`` are not used.
+            gt_bboxes (Sequence[Tensor[n_i, 4]]): x1 y1 x2 y2 in the resized image's pixels.
+            gt_labels (Sequence[Tensor[n_i] int64]): classes 0..K-1.
+            gt_bboxes_ignore (Sequence[Tensor[g_i, 4]], optional): boxes to ignore (with
+                ``train_cfg['assigner']['ignore_iof_thr'] > 0``).
+
+        Returns:
+            dict: ``loss_cls`` (sigmoid focal loss) and ``loss_bbox`` (L1 on the deltas), scalars,
+            each the sum over the FPN levels; their sum is the loss mmdet back-propagates.
+        """
+        self.check_train_cfg()
+        head = self.bbox_head
+        if not head.use_sigmoid:
+            raise ValueError("training a softmax RetinaHead is not supported (mmdet 2.11's FocalLoss is sigmoid)")
+        self._check_batch(img, img_metas, gt_bboxes, gt_labels, head.num_classes)
+        cls_scores, bbox_preds = self(img)
+        anchors, flags = self._anchors_and_flags(cls_scores, img_metas)
+        losses_cls, losses_bbox = dense_head_loss(
+            cls_scores, bbox_preds, anchors, flags, img_metas, gt_bboxes, gt_labels, gt_bboxes_ignore,
+            self.train_cfg, self.loss_cfg["loss_cls"], self.loss_cfg["loss_bbox"], head.num_classes, self.coder)
+        return dict(loss_cls=sum(losses_cls), loss_bbox=sum(losses_bbox))
 
     def forward(self, x: Tensor) -> Tuple[List[Tensor], List[Tensor]]:
         """Raw head outputs: per FPN level class logits (B, A*C, H, W) and deltas (B, A*4, H, W)."""
@@ -236,6 +338,11 @@ class MaskRCNN(DenseRelease):
         test_cfg (dict): ``rpn`` (``nms_pre``, ``max_per_img``, ``iou_threshold``,
             ``min_bbox_size``) and ``rcnn`` (``score_thr``, ``iou_threshold``, ``max_per_img``,
             ``mask_thr_binary``).
+        train_cfg (dict, optional): mmdet's ``train_cfg`` (``rpn``, ``rpn_proposal``, ``rcnn``); None
+            or missing keys: the authors' values (:data:`~.training.MASK_RCNN_TRAIN_CFG`).
+        loss_cfg (dict, optional): the heads' loss configs (``rpn_loss_cls``, ``rpn_loss_bbox``,
+            ``loss_cls``, ``loss_bbox``, ``loss_mask``); None or missing: the authors'
+            (:data:`~.training.MASK_RCNN_LOSSES`).
     """
     kind = "mask_rcnn"
 
@@ -251,6 +358,8 @@ class MaskRCNN(DenseRelease):
             test_cfg: Dict[str, Any],
             classes: Sequence[str],
             pipeline: TestPipeline,
+            train_cfg: Optional[Dict[str, Any]] = None,
+            loss_cfg: Optional[Dict[str, Any]] = None,
     ):
         super().__init__(classes, pipeline, test_cfg)
         self.backbone = backbone
@@ -260,6 +369,91 @@ class MaskRCNN(DenseRelease):
         self.anchor_generator = anchor_generator
         self.rpn_coder = rpn_coder
         self.rcnn_coder = rcnn_coder
+        self.train_cfg = train_cfg_with_defaults(self.kind, train_cfg)
+        self.loss_cfg = loss_cfg_with_defaults(self.kind, loss_cfg)
+
+    def init_weights(self) -> None:
+        """mmdet 2.11's initialisation of the neck and heads (the backbone is left alone)."""
+        self.neck.init_weights()
+        self.rpn_head.init_weights()
+        self.roi_head.bbox_head.init_weights()
+        if self.roi_head.mask_head is not None:
+            self.roi_head.mask_head.init_weights()
+
+    def forward_train(
+            self,
+            img: Tensor,
+            img_metas: Sequence[Dict[str, Any]],
+            gt_bboxes: Sequence[Tensor],
+            gt_labels: Sequence[Tensor],
+            gt_masks: Optional[Sequence[Tensor]] = None,
+            gt_bboxes_ignore: Optional[Sequence[Optional[Tensor]]] = None,
+            stats: Optional[Dict[str, Tensor]] = None,
+    ) -> Dict[str, Tensor]:
+        """The training losses of mmdet 2.11's ``TwoStageDetector.forward_train``.
+
+        Args:
+            img, img_metas, gt_bboxes, gt_labels, gt_bboxes_ignore: as
+                :meth:`RetinaNet.forward_train`.
+            gt_masks (Sequence[Tensor[n_i, h, w] uint8 | bool], optional): one bitmap per box (needed
+                with a mask head), at least ``img_shape``; smaller than ``pad_shape`` they are
+                zero-padded to it, as mmdet's pipeline pads them (their size clips the RoIs
+                that crop the targets).
+            stats (dict, optional): receives ``acc``, the box head's top-1 accuracy (per cent) on
+                the sampled RoIs, detached: what mmdet logs beside the losses (not a loss).
+
+        Returns:
+            dict: ``loss_rpn_cls``, ``loss_rpn_bbox`` (each summed over the FPN levels),
+            ``loss_cls``, ``loss_bbox`` and, with a mask head, ``loss_mask``; scalars whose sum is
+            the loss mmdet back-propagates.
+        """
+        self.check_train_cfg()
+        roi_head = self.roi_head
+        num_classes = roi_head.bbox_head.num_classes
+        self._check_batch(img, img_metas, gt_bboxes, gt_labels, num_classes)
+        if self.with_mask:
+            gt_masks = self._padded_masks(gt_masks, img_metas, gt_bboxes)
+        feats = self.extract_feat(img)
+        cls_scores, bbox_preds = self.rpn_head(feats)
+        anchors, flags = self._anchors_and_flags(cls_scores, img_metas)
+        rpn_cls, rpn_bbox = dense_head_loss(
+            cls_scores, bbox_preds, anchors, flags, img_metas, gt_bboxes, None, gt_bboxes_ignore,
+            self.train_cfg["rpn"], self.loss_cfg["rpn_loss_cls"], self.loss_cfg["rpn_loss_bbox"], 1, self.rpn_coder)
+        losses = dict(loss_rpn_cls=sum(rpn_cls), loss_rpn_bbox=sum(rpn_bbox))
+        proposal_cfg = self._proposal_cfg()
+        detached_cls = [_fp32(c.detach()) for c in cls_scores]
+        detached_reg = [_fp32(r.detach()) for r in bbox_preds]
+        proposals = [self.get_proposals(detached_cls, detached_reg, meta, cfg=proposal_cfg, index=i)
+                     for i, meta in enumerate(img_metas)]
+        losses.update(roi_head_loss(roi_head, feats, proposals, gt_bboxes, gt_labels, gt_bboxes_ignore, gt_masks,
+                                    self.train_cfg["rcnn"], self.loss_cfg, self.rcnn_coder, stats=stats))
+        return losses
+
+    def _proposal_cfg(self) -> Dict[str, Any]:
+        cfg = self.train_cfg["rpn_proposal"]
+        nms = cfg.get("nms") or {}
+        return dict(nms_pre=int(cfg.get("nms_pre", -1)), max_per_img=int(cfg.get("max_per_img", -1)),
+                    iou_threshold=float(nms.get("iou_threshold", nms.get("iou_thr", 0.7))),
+                    min_bbox_size=float(cfg.get("min_bbox_size", 0)))
+
+    @staticmethod
+    def _padded_masks(gt_masks: Optional[Sequence[Tensor]], img_metas: Sequence[Dict[str, Any]],
+                      gt_bboxes: Sequence[Tensor]) -> List[Tensor]:
+        if gt_masks is None or len(gt_masks) != len(gt_bboxes):
+            raise ValueError(f"a mask head needs gt_masks, one (n, h, w) tensor per image; got "
+                             f"{None if gt_masks is None else len(gt_masks)} for {len(gt_bboxes)} images")
+        out = []
+        for i, (m, boxes, meta) in enumerate(zip(gt_masks, gt_bboxes, img_metas)):
+            h, w = int(meta["img_shape"][0]), int(meta["img_shape"][1])
+            if m.dim() != 3 or m.size(0) != boxes.size(0) or m.size(1) < h or m.size(2) < w:
+                raise ValueError(f"gt_masks[{i}] must be ({boxes.size(0)}, >= {h}, >= {w}) bitmaps, got shape "
+                                 f"{tuple(m.shape)}")
+            ph, pw = int(meta["pad_shape"][0]), int(meta["pad_shape"][1])
+            m = m.to(torch.uint8)
+            if m.size(1) < ph or m.size(2) < pw:
+                m = F.pad(m, (0, max(pw - m.size(2), 0), 0, max(ph - m.size(1), 0)))
+            out.append(m)
+        return out
 
     @property
     def with_mask(self) -> bool:
@@ -270,14 +464,19 @@ class MaskRCNN(DenseRelease):
         return self.rpn_head(self.extract_feat(x))
 
     def get_proposals(self, cls_scores: Sequence[Tensor], bbox_preds: Sequence[Tensor],
-                      img_meta: Dict[str, Any]) -> Tensor:
-        """The RPN's proposals of the first image, (K, 5): boxes in the resized image and scores."""
-        cfg = self.test_cfg["rpn"]
+                      img_meta: Dict[str, Any], cfg: Optional[Dict[str, Any]] = None, index: int = 0) -> Tensor:
+        """The RPN's proposals of image ``index``, (K, 5): boxes in the resized image and scores.
+
+        ``cfg`` (``nms_pre``, ``max_per_img``, ``iou_threshold``, ``min_bbox_size``): the test
+        settings ``test_cfg['rpn']`` unless given (training passes ``train_cfg['rpn_proposal']``).
+        """
+        cfg = self.test_cfg["rpn"] if cfg is None else cfg
         anchors = self.anchor_generator.grid_anchors([c.shape[-2:] for c in cls_scores], cls_scores[0].device)
         scores_l, reg_l, anc_l, ids_l = [], [], [], []
         for lvl, (cls, reg, anc) in enumerate(zip(cls_scores, bbox_preds, anchors)):
-            scores = cls[:1].permute(0, 2, 3, 1).reshape(1, -1).sigmoid()  # 1, A, H, W -> 1, H*W*A
-            reg = reg[:1].permute(0, 2, 3, 1).reshape(1, -1, 4)  # 1, A*4, H, W -> 1, H*W*A, 4
+            cls, reg = cls[index:index + 1], reg[index:index + 1]
+            scores = cls.permute(0, 2, 3, 1).reshape(1, -1).sigmoid()  # 1, A, H, W -> 1, H*W*A
+            reg = reg.permute(0, 2, 3, 1).reshape(1, -1, 4)  # 1, A*4, H, W -> 1, H*W*A, 4
             anc = anc.expand_as(reg)
             if 0 < cfg["nms_pre"] < scores.shape[-1]:
                 ranked, rank_inds = scores.sort(descending=True)
@@ -294,8 +493,10 @@ class MaskRCNN(DenseRelease):
         if cfg["min_bbox_size"] > 0:
             w = proposals[:, 2] - proposals[:, 0]
             h = proposals[:, 3] - proposals[:, 1]
-            valid = (w >= cfg["min_bbox_size"]) & (h >= cfg["min_bbox_size"])
-            proposals, scores, ids = proposals[valid], scores[valid], ids[valid]
+            valid = torch.nonzero((w >= cfg["min_bbox_size"]) & (h >= cfg["min_bbox_size"]), as_tuple=False)[:, 0]
+            # mmdet 2.11 filters only when the *sum of the kept indices* differs from the count
+            if int(valid.sum()) != len(proposals):
+                proposals, scores, ids = proposals[valid], scores[valid], ids[valid]
         dets, _ = batched_nms(proposals, scores, ids, cfg["iou_threshold"])
         return dets[:cfg["max_per_img"]]
 
