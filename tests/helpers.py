@@ -41,12 +41,13 @@ def assert_dense_parameters_add_up(model: torch.nn.Module, backbone: str, task: 
     from litvit.models.backbone import default_backbone_img_size
     with torch.device("meta"):
         classifier = create_model(backbone, num_classes=0, img_size=default_backbone_img_size(backbone, task) or 224)
-    body = model.backbone.body
+    body = getattr(model.backbone, "body", model.backbone)  # the authors' dense models hold the backbone itself
+    prefix = "backbone.body." if body is not model.backbone else "backbone."
     trunk = sum(p.numel() for k, p in classifier.named_parameters()
                 if not k.startswith("norm.") and not k.endswith("cls_token"))
     out_norms = sum(2 * classifier.embed_dims[int(i)] for i in body.out_norms)
     assert n_body == trunk + out_norms, (backbone, task)
-    rest = sum(p.numel() for k, p in model.named_parameters() if not k.startswith("backbone.body."))
+    rest = sum(p.numel() for k, p in model.named_parameters() if not k.startswith(prefix))
     assert n == n_body + rest
 
 

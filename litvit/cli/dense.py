@@ -76,6 +76,25 @@ def add_backbone_args(p: argparse.ArgumentParser) -> None:
                    help="JSON object of litvit.create_model overrides, e.g. '{\"embed_dims\": [32, 64, 96, 128]}'")
 
 
+def add_init_args(p: argparse.ArgumentParser) -> None:
+    """``--init-checkpoint``: a dense ``train`` starts from a trained model (the authors' release or
+    a litvit checkpoint of the same task), :func:`~litvit.models.official_dense.init_from_checkpoint`."""
+    from ..models.official_dense import RELEASES
+    kinds = sorted(RELEASES)
+    p.add_argument("--init-checkpoint", default=None, metavar="FILE|RELEASE",
+                   help="fine-tune: start from this model, the authors' release (a file, or a name: "
+                        f"{', '.join(kinds)}) or a checkpoint of this command; weights copied by name, a new "
+                        "classifier when the classes differ (said in one line)")
+
+
+def check_init_checkpoint(args: argparse.Namespace) -> None:
+    """``--init-checkpoint`` names an existing file or a release (checked before any data is read)."""
+    from ..models.official_dense import RELEASES
+    spec = getattr(args, "init_checkpoint", None)
+    if spec is not None and spec not in RELEASES and not os.path.isfile(spec):
+        raise FileNotFoundError(f"--init-checkpoint {spec}: no such file (a file, or a release: {', '.join(RELEASES)})")
+
+
 def add_eval_args(p: argparse.ArgumentParser, batch_size: int) -> None:
     """Options every dense ``eval`` command passes to :func:`eval_config`."""
     p.add_argument("--batch-size", type=positive_int, default=batch_size, help=f"images per process (default {batch_size})")
@@ -241,14 +260,16 @@ def backbone_summary(model, args: argparse.Namespace, r: Dict[str, Any]) -> Dict
     """The backbone part of a dense ``--print-config``'s model section, read from the model built
     on the meta device: its grid, stochastic depth, out-norms, position-table interpolation, FPN."""
     from timm.layers import DropPath
-    body = model.backbone.body
+    body = getattr(model.backbone, "body", model.backbone)  # the authors' models hold the backbone itself
     drop_path = max([m.drop_prob for m in model.modules() if isinstance(m, DropPath)], default=0.0)
     has_abs = any(stage.pos_embed is not None for stage in body.model.stages)
     return dict(backbone=args.backbone, backbone_family=r["backbone_family"],
                 backbone_img_size=list(body.model.img_size), drop_path=round(drop_path, 6),
                 out_norm_stages=sorted(int(i) for i in body.out_norms),
                 pos_embed_interpolation=body.pos_embed_interpolation if has_abs else None,
-                fpn_channels=r["fpn_channels"], fpn_stages=list(model.backbone.fpn_stages),
+                fpn_channels=r["fpn_channels"],
+                fpn_stages=list(getattr(model.backbone, "fpn_stages", None)
+                                or range(model.neck.start_level, model.neck.end_level)),
                 frozen_stages=args.frozen_stages, norm_eval=args.norm_eval, pretrained=args.pretrained)
 
 
