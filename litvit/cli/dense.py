@@ -169,7 +169,8 @@ def output_stems(paths: Sequence[Path]) -> List[str]:
 
 # recipe keys a dense ``train`` flag of the same name overrides (``--lr`` -> ``lr``, ...)
 _FLAG_KEYS = ("epochs", "lr_steps", "warmup_iters", "min_size", "max_size", "iters", "crop_size", "scale",
-              "ratio_range", "batch_size", "lr", "weight_decay", "clip_grad", "amp", "drop_path", "fpn_channels")
+              "ratio_range", "batch_size", "lr", "weight_decay", "clip_grad", "amp", "drop_path", "fpn_channels",
+              "head_channels")
 
 
 def resolve_recipe(args: argparse.Namespace, name: str) -> Dict[str, Any]:

@@ -5,9 +5,10 @@ Semantic FPN with a LIT backbone (:mod:`litvit.segmentation`) trained by the sha
 :data:`litvit.recipes.DENSE_RECIPES`): 512x512 crops (``cat_max_ratio`` 0.75) of images rescaled by
 0.5-2.0, flips and mmseg's photometric distortion, AdamW lr 1e-4 with weight decay 1e-4 on every
 parameter, poly learning-rate decay (power 0.9) to 1e-6 over 80k iterations, a BatchNorm head
-synchronised across processes under DDP, cross-entropy ignoring label 255. Evaluation: whole-image inference at the 2048x512
-scale, logits resized to the label's size; mIoU, mean class accuracy and pixel accuracy from a
-confusion matrix summed over ranks; "score" is the mIoU (%).
+synchronised across processes under DDP, mmseg's cross-entropy (label 255 ignored, the mean over
+every pixel). Evaluation: the authors' whole-image inference (keep-ratio resize to the 2048x512
+scale with OpenCV's bilinear arithmetic, logits resized to the image); mIoU, mean class accuracy
+and pixel accuracy from a confusion matrix summed over ranks; "score" is the mIoU (%).
 
 Training is counted in iterations (optimizer steps) as in mmsegmentation: the engine runs
 ``ceil(iters / steps_per_epoch)`` epochs and stops after ``iters`` steps.
@@ -202,6 +203,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="resize limits at ratio 1 and for evaluation (recipe: 2048 512)")
     t.add_argument("--ratio-range", type=float_arg(0, lo_open=True), nargs=2, default=None,
                    metavar=("MIN", "MAX"), help="random rescale ratio range (recipe: 0.5 2.0)")
+    t.add_argument("--head-channels", type=positive_int, default=None,
+                   help=f"width of the head's convs (recipe: {d['head_channels']}; smaller only for quick tests)")
     t.add_argument("--val-batch-size", type=positive_int, default=1, help="evaluation images per process")
     add_backbone_args(t)
     add_init_args(t)

@@ -8,8 +8,9 @@ decay over a length in iterations (``TrainConfig.iters``), the authors' whole-im
 (the model's own test pipeline on the image's 8-bit pixels) into a confusion matrix summed over
 ranks; "score" is the mIoU (%). A litvit checkpoint and one of the authors' releases
 (:class:`ReleaseSegmentationTask`) are evaluated and run alike; ``init_checkpoint`` starts a run
-from either (:func:`~litvit.models.official_dense.init_from_checkpoint`). :func:`colorize` turns class maps into colours. The
-command line built on them, ``litvit segment``, is :mod:`litvit.cli.segmentation`.
+from either (:func:`~litvit.models.official_dense.init_from_checkpoint`). :func:`colorize` turns
+class maps into colours. The command line built on them, ``litvit segment``, is
+:mod:`litvit.cli.segmentation`.
 
 Examples::
 
@@ -21,7 +22,6 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..checkpoint import read_model_record, read_training_checkpoint
