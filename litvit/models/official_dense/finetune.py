@@ -37,8 +37,8 @@ def legacy_layout(state_dict: Mapping[str, Any]) -> Optional[str]:
     return None
 
 
-def _read(path_or_name: str) -> Tuple[Dict[str, Tensor], Sequence[str], Optional[list], str]:
-    """(state dict under litvit's names, class names or (), palette or None, kind of file)."""
+def _read(path_or_name: str) -> Tuple[Dict[str, Tensor], Sequence[str], Optional[list], str, str]:
+    """(state dict under litvit's names, class names or (), palette or None, kind of file, its path)."""
     path = path_or_name
     if path in RELEASES and not os.path.exists(path):
         path = release_file(path)
@@ -54,13 +54,14 @@ def _read(path_or_name: str) -> Tuple[Dict[str, Tensor], Sequence[str], Optional
         state.update({k: v for k, v in sd.items() if not k.startswith("backbone.")})
         meta = ckpt.get("meta") or {}
         classes = meta.get("CLASSES") or ()
-        return state, ([classes] if isinstance(classes, str) else list(classes)), meta.get("PALETTE"), "release"
+        return (state, [classes] if isinstance(classes, str) else list(classes), meta.get("PALETTE"), "release",
+                path)
     if isinstance(ckpt, Mapping) and isinstance(ckpt.get("model"), Mapping):
         record = model_record(ckpt)
         return (dict(ckpt["model"]), list(record.get("class_names") or ()), record.get("palette"),
-                f"litvit {record.get('task', 'training')} checkpoint")
+                f"litvit {record.get('task', 'training')} checkpoint", path)
     if isinstance(ckpt, Mapping) and ckpt and all(isinstance(v, Tensor) for v in ckpt.values()):
-        return dict(ckpt), (), None, "state dict"
+        return dict(ckpt), (), None, "state dict", path
     raise CheckpointMismatchError(f"{path_or_name} is neither one of the authors' dense releases nor a litvit "
                                   f"dense checkpoint")
 
@@ -98,8 +99,8 @@ def init_from_checkpoint(model: nn.Module, path_or_name: str) -> str:
         CheckpointMismatchError: not such a checkpoint, or weights other than the classifier that do
             not fit (the message names them).
     """
-    state, classes, palette, kind = _read(path_or_name)
-    name = os.path.basename(str(path_or_name))
+    state, classes, palette, kind, path = _read(path_or_name)
+    name = os.path.basename(str(path))  # a release's name: its downloaded file
     legacy = legacy_layout(state)
     if legacy:
         raise CheckpointMismatchError(f"init-checkpoint {name} was written by {legacy}")
