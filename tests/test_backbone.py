@@ -191,10 +191,10 @@ def test_out_norms_for_swin_family():
     det = litvit.detection.retinanet("lit_s", num_classes=2, backbone_kwargs=dict(TINY), fpn_channels=16)
     seg = litvit.segmentation.semantic_fpn("lit_s", num_classes=2, backbone_kwargs=dict(TINY), fpn_channels=16)
     assert sorted(det.backbone.out_norms) == ["1", "2", "3"]
-    assert sorted(seg.backbone.body.out_norms) == ["0", "1", "2", "3"]
+    assert sorted(seg.backbone.out_norms) == ["0", "1", "2", "3"]  # the authors' models: the backbone itself
     for name in ("lit_ti", "pvt_s_msa"):  # the PVT family has none
         assert not litvit.segmentation.semantic_fpn(name, num_classes=2, backbone_kwargs=dict(TINY),
-                                                    fpn_channels=16).backbone.body.out_norms
+                                                    fpn_channels=16).backbone.out_norms
 
 
 @pytest.mark.parametrize("name,expected", [("lit_ti", "bilinear"), ("pvt_s_msa", "bilinear")])

@@ -349,19 +349,19 @@ def _syncbn_worker(rank, world, port, out_dir):
         torch.manual_seed(0)
         task = SegmentationTask("lit_ti", num_classes=3, backbone_kwargs=dict(TINY), fpn_channels=8, head_channels=8)
         model = task.build_model()
-        head_norms = [type(m).__name__ for m in model.head.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        head_norms = [type(m).__name__ for m in model.decode_head.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         body_norms = [type(m).__name__ for m in model.backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         # the synchronised head on this rank's half of a batch
         g = torch.Generator().manual_seed(1)
         feats = [torch.randn(4, 8, 16 // s, 16 // s, generator=g) for s in (1, 2, 4, 8)]
         weight = torch.randn(4, 3, 16, 16, generator=g)
         half = slice(2 * rank, 2 * rank + 2)
-        model.head.train().dropout.eval()  # dropout off: compare the normalisation alone
-        out = model.head([f[half] for f in feats])
+        model.decode_head.train().dropout.eval()  # dropout off: compare the normalisation alone
+        out = model.decode_head([f[half] for f in feats])
         (out * weight[half]).sum().backward()
-        grads = torch.cat([p.grad.flatten() for p in model.head.parameters()])
+        grads = torch.cat([p.grad.flatten() for p in model.decode_head.parameters()])
         dist.all_reduce(grads)
-        bn = next(m for m in model.head.modules() if isinstance(m, SyncBatchNorm))
+        bn = next(m for m in model.decode_head.modules() if isinstance(m, SyncBatchNorm))
         torch.save(dict(head_norms=head_norms, body_norms=body_norms, out=out.detach(), grads=grads,
                         running_mean=bn.running_mean.clone(), running_var=bn.running_var.clone()),
                    os.path.join(out_dir, f"rank{rank}.pt"))
@@ -381,18 +381,18 @@ def test_head_syncbn_under_two_gloo_processes(tmp_path):
     torch.manual_seed(0)
     model = SegmentationTask("lit_ti", num_classes=3, backbone_kwargs=dict(TINY), fpn_channels=8,
                              head_channels=8).build_model()  # alone: plain BatchNorm
-    assert {type(m).__name__ for m in model.head.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)} \
+    assert {type(m).__name__ for m in model.decode_head.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)} \
         == {"BatchNorm2d"}
     g = torch.Generator().manual_seed(1)
     feats = [torch.randn(4, 8, 16 // s, 16 // s, generator=g) for s in (1, 2, 4, 8)]
     weight = torch.randn(4, 3, 16, 16, generator=g)
-    model.head.train().dropout.eval()
-    out = model.head(feats)
+    model.decode_head.train().dropout.eval()
+    out = model.decode_head(feats)
     (out * weight).sum().backward()
     torch.testing.assert_close(torch.cat([ranks[0]["out"], ranks[1]["out"]]), out.detach(), rtol=1e-4, atol=1e-5)
-    grads = torch.cat([p.grad.flatten() for p in model.head.parameters()])
+    grads = torch.cat([p.grad.flatten() for p in model.decode_head.parameters()])
     torch.testing.assert_close(ranks[0]["grads"], grads, rtol=1e-3, atol=1e-4)
-    bn = next(m for m in model.head.modules() if isinstance(m, nn.BatchNorm2d))
+    bn = next(m for m in model.decode_head.modules() if isinstance(m, nn.BatchNorm2d))
     torch.testing.assert_close(ranks[1]["running_mean"], bn.running_mean, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(ranks[1]["running_var"], bn.running_var, rtol=1e-4, atol=1e-6)
 

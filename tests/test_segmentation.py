@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
+import litvit.models.official_dense
 import litvit.segmentation
 from litvit.cli import main
 from litvit.dense_data import IGNORE_INDEX, SegEvalTransform, SegmentationDataset, SegTrainTransform, segmentation_collate
@@ -95,14 +96,19 @@ def test_train_transform_crops_and_pads(ade):
 
 
 def test_semantic_fpn_shapes_and_branches():
-    head = SemanticFPNHead(256, (4, 8, 16, 32), 128, 150)
+    """SemanticFPNHead is mmseg's FPNHead (the authors' module names); the model gives stride-4
+    logits, ``encode_decode`` the logits at the input's size, whatever the size."""
+    head = SemanticFPNHead([256] * 4, 128, 150)
     # Kirillov et al.: 1, 1, 2, 3 conv blocks on strides 4, 8, 16, 32
-    n_convs = [sum(isinstance(m, torch.nn.Conv2d) for m in b) for b in head.branches]
+    n_convs = [sum(isinstance(m, torch.nn.Conv2d) for m in b.modules()) for b in head.scale_heads]
     assert n_convs == [1, 1, 2, 3]
     model = litvit.segmentation.semantic_fpn("lit_ti", num_classes=5, backbone_kwargs=dict(TINY), fpn_channels=32,
                                              channels=32).eval()
+    assert isinstance(model, litvit.models.official_dense.SemanticFPN)
+    assert [n for n, _ in model.named_children()] == ["backbone", "neck", "decode_head"]
     for size in ((64, 64), (70, 101), (33, 47)):  # multiples of 32 and not
-        assert model(torch.randn(1, 3, *size)).shape == (1, 5, *size)
+        assert model(torch.randn(1, 3, *size)).shape == (1, 5, size[0] // 4, size[1] // 4)
+        assert model.encode_decode(torch.randn(1, 3, *size)).shape == (1, 5, *size)
 
 
 def test_training_reduces_loss(ade):
@@ -134,8 +140,8 @@ def test_evaluate_matches_hand_confusion_matrix(ade):
     cm = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
     with torch.no_grad():
         for i in range(len(val)):
-            image, label = val[i]
-            pred = model.predict(image[None], size=label.shape)[0].numpy()
+            image, label = val[i]  # 8-bit pixels: the model's own test pipeline resizes them
+            pred = model.predict(image.numpy())["labels"].numpy()
             lab = label.numpy()
             for t, p in zip(lab.ravel(), pred.ravel()):
                 if t != IGNORE_INDEX:

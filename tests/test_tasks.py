@@ -156,4 +156,4 @@ def test_segmentation_builds_its_model_without_data():
                             backbone_kwargs=dict(TINY_ARCH))
     with torch.device("meta"):
         model = task.build_model()
-    assert model.head.classifier.out_channels == 5
+    assert model.decode_head.conv_seg.out_channels == 5

@@ -76,6 +76,25 @@ def add_backbone_args(p: argparse.ArgumentParser) -> None:
                    help="JSON object of litvit.create_model overrides, e.g. '{\"embed_dims\": [32, 64, 96, 128]}'")
 
 
+def add_init_args(p: argparse.ArgumentParser) -> None:
+    """``--init-checkpoint``: a dense ``train`` starts from a trained model (the authors' release or
+    a litvit checkpoint of the same task), :func:`~litvit.models.official_dense.init_from_checkpoint`."""
+    from ..models.official_dense import RELEASES
+    kinds = sorted(RELEASES)
+    p.add_argument("--init-checkpoint", default=None, metavar="FILE|RELEASE",
+                   help="fine-tune: start from this model, the authors' release (a file, or a name: "
+                        f"{', '.join(kinds)}) or a checkpoint of this command; weights copied by name, a new "
+                        "classifier when the classes differ (said in one line)")
+
+
+def check_init_checkpoint(args: argparse.Namespace) -> None:
+    """``--init-checkpoint`` names an existing file or a release (checked before any data is read)."""
+    from ..models.official_dense import RELEASES
+    spec = getattr(args, "init_checkpoint", None)
+    if spec is not None and spec not in RELEASES and not os.path.isfile(spec):
+        raise FileNotFoundError(f"--init-checkpoint {spec}: no such file (a file, or a release: {', '.join(RELEASES)})")
+
+
 def add_eval_args(p: argparse.ArgumentParser, batch_size: int) -> None:
     """Options every dense ``eval`` command passes to :func:`eval_config`."""
     p.add_argument("--batch-size", type=positive_int, default=batch_size, help=f"images per process (default {batch_size})")
@@ -150,7 +169,8 @@ def output_stems(paths: Sequence[Path]) -> List[str]:
 
 # recipe keys a dense ``train`` flag of the same name overrides (``--lr`` -> ``lr``, ...)
 _FLAG_KEYS = ("epochs", "lr_steps", "warmup_iters", "min_size", "max_size", "iters", "crop_size", "scale",
-              "ratio_range", "batch_size", "lr", "weight_decay", "clip_grad", "amp", "drop_path", "fpn_channels")
+              "ratio_range", "batch_size", "lr", "weight_decay", "clip_grad", "amp", "drop_path", "fpn_channels",
+              "head_channels")
 
 
 def resolve_recipe(args: argparse.Namespace, name: str) -> Dict[str, Any]:

@@ -5,9 +5,10 @@ Semantic FPN with a LIT backbone (:mod:`litvit.segmentation`) trained by the sha
 :data:`litvit.recipes.DENSE_RECIPES`): 512x512 crops (``cat_max_ratio`` 0.75) of images rescaled by
 0.5-2.0, flips and mmseg's photometric distortion, AdamW lr 1e-4 with weight decay 1e-4 on every
 parameter, poly learning-rate decay (power 0.9) to 1e-6 over 80k iterations, a BatchNorm head
-synchronised across processes under DDP, cross-entropy ignoring label 255. Evaluation: whole-image inference at the 2048x512
-scale, logits resized to the label's size; mIoU, mean class accuracy and pixel accuracy from a
-confusion matrix summed over ranks; "score" is the mIoU (%).
+synchronised across processes under DDP, mmseg's cross-entropy (label 255 ignored, the mean over
+every pixel). Evaluation: the authors' whole-image inference (keep-ratio resize to the 2048x512
+scale with OpenCV's bilinear arithmetic, logits resized to the image); mIoU, mean class accuracy
+and pixel accuracy from a confusion matrix summed over ranks; "score" is the mIoU (%).
 
 Training is counted in iterations (optimizer steps) as in mmsegmentation: the engine runs
 ``ceil(iters / steps_per_epoch)`` epochs and stops after ``iters`` steps.
@@ -20,6 +21,12 @@ Examples::
     torchrun --nproc_per_node 8 -m litvit segment train --data ADEChallengeData2016 --backbone lit_s ... --output runs/fpn_lit_s
     litvit segment eval --checkpoint runs/fpn_lit_ti/best.pth --data ADEChallengeData2016
     litvit segment predict --checkpoint runs/fpn_lit_ti/best.pth photo.jpg --output preds/
+    litvit segment train --data cityscapes_ade_layout --num-classes 19 --init-checkpoint sem_fpn_lit_s --output runs/ft
+
+The model is the authors' (mmseg 0.13's Semantic FPN, the class their releases load into), trained
+with their loss (cross-entropy of the stride-4 logits resized to the labels, averaged over every
+pixel, ignored ones counting 0) and run by their whole-image inference; ``--init-checkpoint``
+fine-tunes a release or a ``segment train`` checkpoint (a new classifier when the classes differ).
 
 The authors' released Semantic FPN models (mmseg 0.13 format, :func:`litvit.load_dense`) run the
 same way, given as a file or by name (``sem_fpn_lit_ti``, ``sem_fpn_lit_s``: downloaded once into
@@ -38,17 +45,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data.ade20k import SegEvalTransform
 from ..engine import evaluate as engine_evaluate, fit, is_main_process
 from ..metrics import segmentation_metrics
 from ..models.semantic_fpn import SEGMENTATION_DEFAULTS, parameter_table
-from ..tasks.segmentation import ReleaseSegmentationTask, SegmentationTask, colorize
+from ..tasks.segmentation import SegmentationTask, colorize
 from ..utils import count_parameters
 from .args import float_arg, img_size_arg, int_arg, positive_int, print_config
-from .dense import (add_backbone_args, add_engine_args, add_eval_args, add_predict_args, backbone_kwargs,
-                    backbone_summary, best_score, check_train_args, engine_summary, eval_config, note_random_backbone,
-                    one_line_warnings, open_release, optimizer_summary, predict_files, print_parameter_table, resolve_recipe,
-                    save_png_atomic, train_config, written_files)
+from .dense import (add_backbone_args, add_engine_args, add_eval_args, add_init_args, add_predict_args,
+                    backbone_kwargs, backbone_summary, best_score, check_init_checkpoint, check_train_args,
+                    engine_summary, eval_config, note_random_backbone, one_line_warnings, open_release,
+                    optimizer_summary, predict_files, print_parameter_table, resolve_recipe, save_png_atomic,
+                    train_config, written_files)
 
 __all__ = ["add_parsers", "resolved_config"]
 
@@ -78,7 +85,7 @@ def _task(args: argparse.Namespace, r: Dict[str, Any], class_names=None) -> Segm
         ratio_range=r["ratio_range"], frozen_stages=args.frozen_stages, norm_eval=args.norm_eval,
         backbone_kwargs=backbone_kwargs(args, r), fpn_channels=r["fpn_channels"], head_channels=r["head_channels"],
         class_names=class_names, cat_max_ratio=r["cat_max_ratio"], no_decay_keys=r["no_decay_keys"],
-        progress=not args.no_progress)
+        progress=not args.no_progress, init_checkpoint=args.init_checkpoint)
 
 
 def resolved_config(args: argparse.Namespace) -> Dict[str, Any]:
@@ -89,12 +96,13 @@ def resolved_config(args: argparse.Namespace) -> Dict[str, Any]:
     tc = train_config(args, r, 1, iters=r["iters"])
     with torch.device("meta"):
         model = task.build_model()
-    norms = sorted({type(m).__name__ for m in model.head.modules() if isinstance(m, nn.modules.batchnorm._NormBase)})
+    norms = sorted({type(m).__name__ for m in model.decode_head.modules()
+                    if isinstance(m, nn.modules.batchnorm._NormBase)})
     return dict(
         command="segment train", recipe=r["recipe"], overridden=r["overridden"],
         model=dict(**backbone_summary(model, args, r), head_channels=r["head_channels"], head_norm=r["head_norm"],
                    head_norm_modules=norms, dropout=r["dropout"], num_classes=args.num_classes,
-                   parameters=count_parameters(model)),
+                   parameters=count_parameters(model), init_checkpoint=args.init_checkpoint),
         data=dict(data=args.data, reduce_zero_label=not args.no_reduce_zero_label, scale=list(r["scale"]),
                   test_scale=list(r["scale"]), test_mode="whole"),
         optimizer=optimizer_summary(task, model, tc, r),
@@ -109,9 +117,11 @@ def _train(args: argparse.Namespace) -> int:
     if args.print_config:
         return print_config(resolved_config(args))
     check_train_args(args, ("--data",), "a folder in ADE20K layout")
+    check_init_checkpoint(args)
     r = resolve_recipe(args, args.recipe)
     task = _task(args, r, _read_class_names(args.class_names))
-    note_random_backbone(args)
+    if args.init_checkpoint is None:
+        note_random_backbone(args)
     summary = fit(task, train_config(args, r, 1, iters=r["iters"]))  # the engine turns iterations into epochs
     if not is_main_process():
         return 0
@@ -149,12 +159,9 @@ def _predict(args: argparse.Namespace) -> int:
 
     def predict_one(task: SegmentationTask, model, path: Path, img, stem: str) -> str:
         size = (img.size[1], img.size[0])
-        if isinstance(task, ReleaseSegmentationTask):  # the release's own test pipeline
-            pred = task.predict_labels(model, torch.from_numpy(np.array(img, dtype=np.uint8)), size, torch.uint8)
-            pred = pred[0].cpu().numpy()
-        else:
-            x, _ = SegEvalTransform(scale=task.scale)(img, np.zeros((1, 1), np.uint8))  # the model's scale
-            pred = model.predict(x[None], size=size, dtype=torch.uint8)[0].numpy()
+        # the model's own test pipeline, a release's or a litvit checkpoint's alike
+        pred = task.predict_labels(model, torch.from_numpy(np.array(img, dtype=np.uint8)), size, torch.uint8)
+        pred = pred[0].cpu().numpy()
         labels = Image.fromarray(pred)  # uint8: mode L
         labels_png = save_png_atomic(labels, out_dir / f"{stem}_labels.png")
         colours = Image.fromarray(colorize(pred, task.num_classes, task.colours()))
@@ -196,8 +203,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="resize limits at ratio 1 and for evaluation (recipe: 2048 512)")
     t.add_argument("--ratio-range", type=float_arg(0, lo_open=True), nargs=2, default=None,
                    metavar=("MIN", "MAX"), help="random rescale ratio range (recipe: 0.5 2.0)")
+    t.add_argument("--head-channels", type=positive_int, default=None,
+                   help=f"width of the head's convs (recipe: {d['head_channels']}; smaller only for quick tests)")
     t.add_argument("--val-batch-size", type=positive_int, default=1, help="evaluation images per process")
     add_backbone_args(t)
+    add_init_args(t)
     add_engine_args(t, batch_size=d["batch_size"], lr=d["lr"], weight_decay=d["weight_decay"])
     t.set_defaults(func=one_line_warnings("segment")(_train))
 

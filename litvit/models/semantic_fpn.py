@@ -1,12 +1,20 @@
-"""Semantic FPN with a LIT backbone.
+"""Semantic FPN with a LIT backbone: the authors' model (mmseg 0.13), for training and inference.
 
 The paper (Pan et al., AAAI 2022, Table 7) evaluates LIT-Ti and LIT-S on ADE20K with Semantic FPN
 (Kirillov et al., *Panoptic Feature Pyramid Networks*, CVPR 2019): an FPN with 256 channels over
 the four stage maps (strides 4-32); each level passes through ``max(1, log2(s / 4))`` blocks of
 3x3 conv (128 channels) + BatchNorm + ReLU, each block but the stride-4 one followed by a 2x bilinear
-upsampling, so that all levels arrive at stride 4; they are summed, a 1x1 conv classifies each
-pixel, and the logits are upsampled x4 to the image. The head's BatchNorms become SyncBatchNorms
-under DDP (:func:`convert_head_sync_batchnorm`; the authors' ``norm_cfg=dict(type='SyncBN')``), the
+upsampling, so that all levels arrive at stride 4; they are summed, dropout (0.1) and a 1x1 conv
+classify each pixel at stride 4.
+
+:func:`semantic_fpn` builds the very model a release of the authors loads into
+(:class:`litvit.models.official_dense.SemanticFPN`: ``backbone`` / ``neck`` / ``decode_head`` under
+the release's names, :func:`~litvit.models.official_dense.backbone.dense_backbone` for the backbone),
+initialised as mmseg 0.13 initialises it, trained with its loss (``model.forward_train(x, labels)``:
+:mod:`litvit.models.official_dense.seg_train`) and run by its whole-image inference (keep-ratio
+resize to the 2048x512 scale, logits resized bilinearly to the image). A checkpoint of ``litvit
+segment train`` and a release are the same kind of object. The head's BatchNorms become
+SyncBatchNorms under DDP (:func:`convert_head_sync_batchnorm`; the authors' ``SyncBN``), the
 backbone's DTM BatchNorms stay per-process. Recipe ``semantic-fpn-80k`` of :mod:`litvit.recipes`:
 512x512 crops, AdamW lr 1e-4, weight decay 1e-4, poly (power 0.9) to 1e-6 over 80k iterations,
 batch 16 (docs/architecture.md).
@@ -17,13 +25,11 @@ Examples::
     >>> import torch
     >>> from litvit.models.semantic_fpn import semantic_fpn
     >>> model = semantic_fpn(backbone='lit_ti', num_classes=150).eval()
-    >>> model(torch.randn(1, 3, 200, 300)).shape
-    torch.Size([1, 150, 200, 300])
+    >>> model(torch.randn(1, 3, 256, 320)).shape   # logits at stride 4
+    torch.Size([1, 150, 64, 80])
 """
-import math
-from typing import Callable, Dict, List, Optional, Sequence
-
 import warnings
+from typing import Dict, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -32,10 +38,14 @@ from torch import Tensor, nn
 
 from ..recipes import DENSE_RECIPES
 from ..utils import count_parameters
-from .backbone import LITFPN, build_backbone, dense_backbone_kwargs
+from .official_dense.backbone import dense_backbone
+from .official_dense.heads import FPN, FPNHead
+from .official_dense.models import SemanticFPN
+from .official_dense.preprocess import TestPipeline
+from .official_dense.seg_train import init_semantic_fpn_
 
 __all__ = ["SemanticFPNHead", "SemanticFPN", "semantic_fpn", "resize_argmax", "RESIZE_MAX_ELEMENTS",
-           "SEGMENTATION_DEFAULTS", "PAPER_PARAMS", "SyncBatchNorm", "convert_head_sync_batchnorm"]
+           "SEGMENTATION_DEFAULTS", "PAPER_PARAMS", "SyncBatchNorm", "convert_head_sync_batchnorm", "parameter_table"]
 
 # The paper's ADE20K recipe, family-independent values (the whole recipe, family rules included, is
 # litvit.recipes.DENSE_RECIPES["semantic-fpn-80k"]).
@@ -47,117 +57,8 @@ RESIZE_MAX_ELEMENTS = 1 << 24
 # Parameter counts the paper reports (ADE20K, 150 classes), millions.
 PAPER_PARAMS = {("semantic_fpn", "lit_ti"): 24.0, ("semantic_fpn", "lit_s"): 32.0}
 
-
-class SemanticFPNHead(nn.Module):
-    """Kirillov et al.'s semantic segmentation branch over FPN levels.
-
-    Args:
-        in_channels (int): FPN width (all levels).
-        strides (Sequence[int]): stride of each level, the first the finest (4, 8, 16, 32).
-        channels (int): width of the per-level branches.
-        num_classes (int): classes.
-        dropout (float): dropout before the classifier.
-        norm_layer (Callable[..., nn.Module]): normalisation after each conv (BatchNorm2d, as the
-            authors' SyncBN once converted under DDP).
-
-    Examples::
-        >>> head = SemanticFPNHead(256, (4, 8, 16, 32), 128, 150)
-        >>> feats = [torch.randn(1, 256, 128 // s, 128 // s) for s in (4, 8, 16, 32)]
-        >>> head(feats).shape
-        torch.Size([1, 150, 32, 32])
-    """
-
-    def __init__(
-            self,
-            in_channels: int = 256,
-            strides: Sequence[int] = (4, 8, 16, 32),
-            channels: int = 128,
-            num_classes: int = 150,
-            dropout: float = 0.1,
-            norm_layer: Callable[..., nn.Module] = nn.BatchNorm2d,
-    ):
-        super().__init__()
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be at least 1, got {num_classes}")
-        self.strides = tuple(strides)
-        self.branches = nn.ModuleList()
-        for s in self.strides:
-            ups = int(round(math.log2(s / self.strides[0])))
-            layers: List[nn.Module] = []
-            for k in range(max(1, ups)):
-                layers += [
-                    nn.Conv2d(in_channels if k == 0 else channels, channels, 3, padding=1, bias=False),
-                    norm_layer(channels),
-                    nn.ReLU(inplace=True),
-                ]
-                if ups > 0:
-                    layers.append(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False))
-            self.branches.append(nn.Sequential(*layers))
-        self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
-        self.classifier = nn.Conv2d(channels, num_classes, 1)
-        nn.init.normal_(self.classifier.weight, std=0.01)
-        nn.init.zeros_(self.classifier.bias)
-
-    def forward(self, feats: Sequence[Tensor]) -> Tensor:
-        """
-        Args:
-            feats (Sequence[Tensor[B, in_channels, H / s_l, W / s_l]]): FPN levels, finest first.
-
-        Returns:
-            Tensor[B, num_classes, H / s_0, W / s_0]: logits at the finest stride.
-        """
-        if len(feats) != len(self.branches):
-            raise ValueError(f"expected {len(self.branches)} FPN levels, got {len(feats)}")
-        out = self.branches[0](feats[0])
-        for branch, f in zip(self.branches[1:], feats[1:]):
-            y = branch(f)
-            if y.shape[-2:] != out.shape[-2:]:  # maps of odd sizes
-                y = F.interpolate(y, size=out.shape[-2:], mode="bilinear", align_corners=False)
-            out = out + y
-        return self.classifier(self.dropout(out))
-
-
-class SemanticFPN(nn.Module):
-    """LIT + FPN + Semantic FPN head: per-pixel class logits at the input resolution.
-
-    Args:
-        backbone (LITFPN): backbone with an FPN over the four stages.
-        num_classes (int): classes.
-        channels (int): width of the head's branches (128).
-        dropout (float): dropout before the classifier (0.1).
-    """
-
-    def __init__(self, backbone: LITFPN, num_classes: int, channels: int = 128, dropout: float = 0.1):
-        super().__init__()
-        self.backbone = backbone
-        strides = [backbone.body.strides[j] for j in backbone._take]
-        self.num_classes = num_classes
-        self.head = SemanticFPNHead(backbone.out_channels, strides, channels, num_classes, dropout)
-
-    def no_weight_decay(self) -> set:
-        return {f"backbone.{n}" for n in self.backbone.no_weight_decay()}
-
-    def forward(self, x: Tensor) -> Tensor:
-        """
-        Args:
-            x (Tensor[B, 3, H, W]): normalised images, any size (padded to a multiple of 32 inside).
-
-        Returns:
-            Tensor[B, num_classes, H, W]: logits.
-        """
-        H, W = x.shape[-2:]
-        feats = list(self.backbone(x).values())
-        logits = self.head(feats)
-        s = self.head.strides[0]
-        logits = F.interpolate(logits, scale_factor=s, mode="bilinear", align_corners=False)  # the padded size
-        return logits[..., :H, :W]
-
-    @torch.no_grad()
-    def predict(self, x: Tensor, size: Optional[Sequence[int]] = None, dtype: torch.dtype = torch.int64) -> Tensor:
-        """Class map ``[B, H, W]`` in ``dtype``, the logits resized bilinearly to ``size`` (the
-        original image) first; memory stays bounded whatever ``size`` (:func:`resize_argmax`)."""
-        logits = self(x)
-        return resize_argmax(logits, logits.shape[-2:] if size is None else size, dtype=dtype)
+# The head of Semantic FPN: mmseg's FPNHead (the name litvit used before it built the authors' model).
+SemanticFPNHead = FPNHead
 
 
 def resize_argmax(
@@ -227,8 +128,12 @@ def semantic_fpn(
         dropout: float = 0.1,
         backbone_kwargs: Optional[Dict] = None,
         fpn_channels: int = 256,
+        class_names: Optional[Sequence[str]] = None,
+        palette: Optional[Sequence[Sequence[int]]] = None,
+        test_scale: Optional[Sequence[int]] = None,
 ) -> SemanticFPN:
-    """Semantic FPN with a LIT backbone (paper, ADE20K: LIT-Ti 24 M params, 41.3 mIoU; LIT-S 32 M, 41.7).
+    """Semantic FPN with a LIT backbone as the authors' config builds it (paper, ADE20K: LIT-Ti 24 M
+    params, 41.3 mIoU; LIT-S 32 M, 41.7).
 
     Args:
         backbone (str): a LIT model name.
@@ -236,19 +141,39 @@ def semantic_fpn(
         pretrained_backbone (str, optional): ImageNet checkpoint for the backbone (official or litvit).
         frozen_stages (int): see :class:`litvit.models.backbone.LITBackbone`.
         norm_eval (bool): keep the DTM BatchNorms in eval mode while training.
-        channels (int): head width.
-        dropout (float): dropout before the classifier.
+        channels (int): head width (128).
+        dropout (float): dropout before the classifier (0.1).
         backbone_kwargs (dict, optional): passed to :func:`litvit.create_model`; LIT-S/M/B default to
             ``img_size=512`` (relative tables learned for 512x512 crops, as the authors').
         fpn_channels (int): FPN width (256 in the paper; smaller only for quick tests).
+        class_names (Sequence[str], optional): the classes' names (default ``class_0`` ...).
+        palette (Sequence[Sequence[int]], optional): an RGB colour per class.
+        test_scale (Sequence[int], optional): the (long, short) keep-ratio scale of the test
+            pipeline (the recipe's 2048x512).
+
+    Returns:
+        SemanticFPN: :class:`litvit.models.official_dense.SemanticFPN` (``backbone``, ``neck``,
+        ``decode_head``), in train mode, with mmseg 0.13's initialisation of the neck and head.
 
     The backbone follows the authors' segmentation backbones of its family: LIT-S/M/B normalise all
     four stage outputs, LIT-Ti resizes its position embeddings bilinearly.
     """
-    kwargs = dense_backbone_kwargs(backbone, "segmentation", "semantic-fpn-80k", backbone_kwargs)
-    body = build_backbone(backbone, pretrained=pretrained_backbone, frozen_stages=frozen_stages,
-                          norm_eval=norm_eval, **kwargs)
-    return SemanticFPN(LITFPN(body, (0, 1, 2, 3), fpn_channels), num_classes, channels, dropout)
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+    names = tuple(class_names) if class_names is not None else tuple(f"class_{i}" for i in range(num_classes))
+    if len(names) != num_classes:
+        raise ValueError(f"{len(names)} class names for {num_classes} classes")
+    if palette is not None and len(palette) != num_classes:
+        raise ValueError(f"a palette of {len(palette)} colours for {num_classes} classes")
+    body = dense_backbone(backbone, "segmentation", "semantic-fpn-80k", pretrained=pretrained_backbone,
+                          frozen_stages=frozen_stages, norm_eval=norm_eval, backbone_kwargs=backbone_kwargs)
+    neck = FPN(list(body.channels), fpn_channels, num_outs=4)
+    head = FPNHead([fpn_channels] * 4, channels, num_classes, feature_strides=(4, 8, 16, 32), in_index=(0, 1, 2, 3),
+                   norm=True, dropout_ratio=dropout, align_corners=False)
+    init_semantic_fpn_(neck, head)
+    scale = tuple(int(v) for v in (test_scale or SEGMENTATION_DEFAULTS["scale"]))
+    pipeline = TestPipeline(img_scale=scale, keep_ratio=True, size_divisor=None)  # the authors' mean / std, RGB
+    return SemanticFPN(body, neck, head, dict(mode="whole"), names, pipeline, palette=palette, align_corners=False)
 
 
 class SyncBatchNorm(nn.SyncBatchNorm):
@@ -287,22 +212,23 @@ class SyncBatchNorm(nn.SyncBatchNorm):
         return y
 
 
-def convert_head_sync_batchnorm(model: "SemanticFPN") -> "SemanticFPN":
-    """Turn the head's BatchNorms into :class:`SyncBatchNorm` (statistics over every process), in
-    place; the backbone's BatchNorms (DTM) stay per-process, as in the authors' runs."""
-    head = nn.SyncBatchNorm.convert_sync_batchnorm(model.head)
+def convert_head_sync_batchnorm(model: SemanticFPN) -> SemanticFPN:
+    """Turn the decode head's BatchNorms into :class:`SyncBatchNorm` (statistics over every process),
+    in place; the backbone's BatchNorms (DTM) stay per-process, as in the authors' runs (the FPN has
+    none)."""
+    head = nn.SyncBatchNorm.convert_sync_batchnorm(model.decode_head)
     for m in head.modules():
         if type(m) is nn.SyncBatchNorm:
             m.__class__ = SyncBatchNorm
-    model.head = head
+    model.decode_head = head
     return model
 
 
 def parameter_table(num_classes: int = 150):
-    """(model, backbone, total params, backbone+FPN params, paper's millions), counted on the meta device."""
+    """(model, backbone, total params, backbone params, paper's millions), counted on the meta device."""
     rows = []
     for (arch, bb), paper in PAPER_PARAMS.items():
         with torch.device("meta"):
             model = semantic_fpn(bb, num_classes=num_classes)
-        rows.append((arch, bb, count_parameters(model), count_parameters(model.backbone.body), paper))
+        rows.append((arch, bb, count_parameters(model), count_parameters(model.backbone), paper))
     return tuple(rows)

@@ -1,11 +1,16 @@
 """Semantic segmentation on ADE20K-format data: :class:`SegmentationTask`.
 
-Semantic FPN with a LIT backbone (:mod:`litvit.models.semantic_fpn`) for the shared engine
-(:func:`litvit.engine.fit`, :func:`litvit.engine.evaluate`): mmsegmentation's ADE20K pipeline
-(random rescale, ``cat_max_ratio`` crops, flips, photometric distortion), poly learning-rate decay
-over a length in iterations (``TrainConfig.iters``), whole-image evaluation into a confusion matrix
-summed over ranks; "score" is the mIoU (%). :func:`colorize` turns class maps into colours. The
-command line built on them, ``litvit segment``, is :mod:`litvit.cli.segmentation`.
+Semantic FPN with a LIT backbone (:mod:`litvit.models.semantic_fpn`: the authors' model, the class
+their releases load into) for the shared engine (:func:`litvit.engine.fit`,
+:func:`litvit.engine.evaluate`): mmsegmentation's ADE20K pipeline (random rescale, ``cat_max_ratio``
+crops, flips, photometric distortion), mmseg 0.13's loss (``forward_train``), poly learning-rate
+decay over a length in iterations (``TrainConfig.iters``), the authors' whole-image inference
+(the model's own test pipeline on the image's 8-bit pixels) into a confusion matrix summed over
+ranks; "score" is the mIoU (%). A litvit checkpoint and one of the authors' releases
+(:class:`ReleaseSegmentationTask`) are evaluated and run alike; ``init_checkpoint`` starts a run
+from either (:func:`~litvit.models.official_dense.init_from_checkpoint`). :func:`colorize` turns
+class maps into colours. The command line built on them, ``litvit segment``, is
+:mod:`litvit.cli.segmentation`.
 
 Examples::
 
@@ -17,19 +22,20 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..checkpoint import read_model_record
-from ..data.ade20k import SegEvalTransform, SegmentationDataset, SegTrainTransform, segmentation_collate
+from ..checkpoint import read_model_record, read_training_checkpoint
+from ..data.ade20k import SegmentationDataset, SegTrainTransform, segmentation_collate
 from ..data.io import palette
-from ..engine import DistInfo, Task, TrainConfig, param_groups, progress
-from ..metrics import IGNORE_INDEX, confusion_matrix, segmentation_metrics
-from ..models.official_dense import DenseRelease
+from ..engine import DistInfo, Task, TrainConfig, is_main_process, param_groups, progress
+from ..errors import CheckpointMismatchError
+from ..metrics import confusion_matrix, segmentation_metrics
+from ..models.official_dense import DenseRelease, init_from_checkpoint, segmentation_loss
+from ..models.official_dense.finetune import legacy_layout
 from ..models.semantic_fpn import SEGMENTATION_DEFAULTS, convert_head_sync_batchnorm, resize_argmax, semantic_fpn
 from ..utils import moved_names
 
-__all__ = ["SegmentationTask", "ReleaseSegmentationTask", "colorize", "release_reduce_zero_label"]
+__all__ = ["SegmentationTask", "ReleaseSegmentationTask", "ImagePixels", "colorize", "release_reduce_zero_label"]
 
 
 class SegmentationTask(Task):
@@ -53,6 +59,10 @@ class SegmentationTask(Task):
             decay; all others are decayed (none in the authors' configs).
         sync_bn (bool): under DDP, the head's BatchNorms become SyncBatchNorms (the authors' SyncBN).
         progress (bool): a progress bar while evaluating (on the first process).
+        palette (Sequence[Sequence[int]], optional): an RGB colour per class.
+        init_checkpoint (str, optional): start from this release (file or name) or litvit
+            segmentation checkpoint (:func:`~litvit.models.official_dense.init_from_checkpoint`: a new
+            classifier when its classes differ, said in one line).
     """
     name = "segmentation"
     curve_metrics = ("score", "aAcc")
@@ -81,6 +91,8 @@ class SegmentationTask(Task):
             no_decay_keys: Sequence[str] = (),
             sync_bn: bool = True,
             progress: bool = True,
+            palette: Optional[Sequence[Sequence[int]]] = None,
+            init_checkpoint: Optional[str] = None,
     ):
         if num_classes < 1:
             raise ValueError(f"num_classes must be at least 1, got {num_classes}")
@@ -106,6 +118,11 @@ class SegmentationTask(Task):
         self.class_names = list(class_names) if class_names is not None else [f"class_{i}" for i in range(num_classes)]
         if len(self.class_names) != self.num_classes:
             raise ValueError(f"{len(self.class_names)} class names for {self.num_classes} classes")
+        self.palette = [list(c) for c in palette] if palette is not None else None
+        if self.palette is not None and len(self.palette) != self.num_classes:
+            raise ValueError(f"a palette of {len(self.palette)} colours for {self.num_classes} classes")
+        self.init_checkpoint = init_checkpoint
+        self.init_message: Optional[str] = None
         self._datasets: Optional[Tuple[Any, Optional[SegmentationDataset]]] = None
 
     def setup(self) -> Dict[str, Any]:
@@ -114,11 +131,21 @@ class SegmentationTask(Task):
         return dict(num_classes=self.num_classes, class_names=list(self.class_names))
 
     def build_model(self) -> nn.Module:
-        """Semantic FPN; inside a process group of several processes (``fit`` under torchrun) the
-        head's BatchNorms are converted to SyncBatchNorms, the backbone's stay per-process."""
+        """The authors' Semantic FPN (:func:`~litvit.models.semantic_fpn.semantic_fpn`), started from
+        ``init_checkpoint`` when given (its one line printed on the first process; the checkpoint's
+        class names and palette adopted when the classes are the same and none were given); inside a
+        process group of several processes (``fit`` under torchrun) the head's BatchNorms are
+        converted to SyncBatchNorms, the backbone's stay per-process."""
         model = semantic_fpn(self.backbone, num_classes=self.num_classes, pretrained_backbone=self.pretrained,
                              frozen_stages=self.frozen_stages, norm_eval=self.norm_eval, channels=self.head_channels,
-                             backbone_kwargs=self.backbone_kwargs, fpn_channels=self.fpn_channels)
+                             backbone_kwargs=self.backbone_kwargs, fpn_channels=self.fpn_channels,
+                             class_names=self.class_names, palette=self.palette, test_scale=self.scale)
+        if self.init_checkpoint and next(model.parameters()).device.type != "meta":
+            self.init_message = init_from_checkpoint(model, self.init_checkpoint)
+            self.class_names = list(model.classes)
+            self.palette = model.palette
+            if is_main_process():
+                print(self.init_message)
         import torch.distributed as dist
         if self.sync_bn and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             convert_head_sync_batchnorm(model)
@@ -152,7 +179,7 @@ class SegmentationTask(Task):
                 crop_size=self.crop_size, scale=self.scale, ratio_range=self.ratio_range,
                 cat_max_ratio=self.cat_max_ratio))
         if present(self.val_split):
-            val = self._dataset(self.val_split, SegEvalTransform(scale=self.scale))
+            val = self._dataset(self.val_split, ImagePixels())  # the model's own test pipeline resizes them
         if train is None and val is None:
             raise FileNotFoundError(f"no images/{self.train_split} or images/{self.val_split} folder in {self.data}")
         return train if train is not None else [], val
@@ -169,13 +196,16 @@ class SegmentationTask(Task):
                                lr_min=cfg.min_lr, t_in_epochs=False)
 
     def train_step(self, model: nn.Module, batch: Any, device: torch.device) -> Tuple[Tensor, Dict[str, float]]:
+        """mmseg 0.13's loss (:meth:`~litvit.models.official_dense.SemanticFPN.forward_train`): the
+        stride-4 logits resized to the labels, cross-entropy averaged over every pixel (ignored ones
+        count 0); ``acc_seg`` (%) for the logs. The forward goes through ``model`` (DDP's wrapper)."""
         images, labels = batch
         if isinstance(images, list):
             raise ValueError("training crops must share one size (SegTrainTransform pads them to crop_size)")
-        logits = model(images)
-        # the mean over the pixels not ignored; a batch of crops with none (all "other") gives 0, not 0 / 0
-        loss = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="sum")
-        return loss / (labels != IGNORE_INDEX).sum().clamp(min=1), {}
+        core = getattr(model, "module", model)
+        out = segmentation_loss(model(images), labels, ignore_index=core.ignore_index, loss_weight=core.loss_weight,
+                                align_corners=core.align_corners)
+        return out["loss_seg"], {"acc_seg": float(out["acc_seg"])}
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader, device: torch.device, dist: DistInfo) -> Dict[str, float]:
@@ -195,23 +225,43 @@ class SegmentationTask(Task):
         self.last_confusion = cm
         return metrics
 
+    @torch.no_grad()
     def predict_labels(self, model: nn.Module, image: Tensor, size: Sequence[int], dtype: torch.dtype) -> Tensor:
-        """The class map (Tensor[1, H, W]) of one network input ``image`` (Tensor[3, h, w]) at ``size``
-        (H, W): the logits resized a few classes at a time, memory bounded on large images."""
-        return resize_argmax(model(image[None]).float(), size, dtype=dtype)
+        """The label map (Tensor[1, H, W]) of 8-bit pixels ``image`` (Tensor[H, W, 3] uint8) as the
+        authors' ``inference_segmentor`` gives it: the model's test pipeline, whole-image logits,
+        resized bilinearly to the network input and then to the image; the last resize runs a few
+        classes at a time (:func:`~litvit.models.semantic_fpn.resize_argmax`: the labels of their
+        softmax over full-size maps, memory bounded on large images)."""
+        x, meta = model.preprocess(image.cpu().numpy())
+        if tuple(meta["ori_shape"][:2]) != tuple(size):
+            raise ValueError(f"image of {tuple(meta['ori_shape'][:2])} pixels, label of {tuple(size)}")
+        if model.align_corners:
+            return model.inference(x, meta).argmax(dim=1).to(dtype)
+        return resize_argmax(model.encode_decode(x).float(), size, dtype=dtype)
+
+    def load_weights(self, model: nn.Module, path: str, use_ema: bool = False) -> None:
+        """A ``segment train`` checkpoint's weights, strictly; one of litvit's earlier definition is
+        refused in one line (:func:`~litvit.models.official_dense.finetune.legacy_layout`)."""
+        ckpt = read_training_checkpoint(path)
+        state = ckpt.get("model_ema" if use_ema and ckpt.get("model_ema") is not None else "model")
+        legacy = legacy_layout(state) if isinstance(state, dict) else None
+        if legacy:
+            raise CheckpointMismatchError(f"{path} was written by {legacy}")
+        super().load_weights(model, path, use_ema=use_ema)
 
     def run_config(self) -> dict:
         return dict(backbone=self.backbone, num_classes=self.num_classes, reduce_zero_label=self.reduce_zero_label,
                     iters=self.iters, crop_size=self.crop_size, scale=list(self.scale),
                     ratio_range=list(self.ratio_range), frozen_stages=self.frozen_stages, norm_eval=self.norm_eval,
                     backbone_kwargs=dict(self.backbone_kwargs), fpn_channels=self.fpn_channels,
-                    head_channels=self.head_channels)
+                    head_channels=self.head_channels,
+                    **({"init_checkpoint": self.init_checkpoint} if self.init_checkpoint else {}))
 
     def checkpoint_extra(self) -> dict:
         return dict(backbone=self.backbone, num_classes=self.num_classes, reduce_zero_label=self.reduce_zero_label,
                     crop_size=self.crop_size, scale=list(self.scale), backbone_kwargs=dict(self.backbone_kwargs),
                     fpn_channels=self.fpn_channels, head_channels=self.head_channels,
-                    class_names=list(self.class_names))
+                    class_names=list(self.class_names), palette=self.palette)
 
     @classmethod
     def from_release(cls, model: DenseRelease, **kwargs) -> "ReleaseSegmentationTask":
@@ -219,8 +269,11 @@ class SegmentationTask(Task):
         return ReleaseSegmentationTask(model, **kwargs)
 
     def colours(self) -> np.ndarray:
-        """The RGB colour of each class, uint8 [K, 3]."""
-        return palette(self.num_classes)
+        """The RGB colour of each class, uint8 [K, 3]: the palette (a release's ``meta['PALETTE']``,
+        the one an init checkpoint brought), else :func:`~litvit.data.io.palette`'s."""
+        if self.palette is None:
+            return palette(self.num_classes)
+        return np.asarray(self.palette, dtype=np.uint8).reshape(-1, 3)
 
     @classmethod
     def from_checkpoint(cls, path: str, **overrides) -> "SegmentationTask":
@@ -228,14 +281,16 @@ class SegmentationTask(Task):
         kwargs = dict(backbone=extra["backbone"], num_classes=extra["num_classes"],
                       reduce_zero_label=extra["reduce_zero_label"], crop_size=extra["crop_size"], scale=extra["scale"],
                       backbone_kwargs=extra.get("backbone_kwargs") or {}, fpn_channels=extra["fpn_channels"],
-                      head_channels=extra["head_channels"], class_names=extra["class_names"], iters=0)
+                      head_channels=extra["head_channels"], class_names=extra["class_names"],
+                      palette=extra.get("palette"), iters=0)
         kwargs.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**kwargs)
 
 
-class _ReleaseInput:
-    """The evaluation transform of a release: the image's 8-bit pixels (Tensor[H, W, 3] uint8), which
-    the release's own test pipeline resizes and normalises; the label left at full size."""
+class ImagePixels:
+    """The evaluation transform: the image's 8-bit pixels (Tensor[H, W, 3] uint8), which the model's
+    own test pipeline resizes and normalises (a release's and a litvit model's alike); the label
+    left at full size (Tensor[H, W] int64)."""
 
     def __call__(self, img, label: np.ndarray) -> Tuple[Tensor, Tensor]:
         return torch.from_numpy(np.array(img, dtype=np.uint8)), torch.from_numpy(np.array(label, dtype=np.int64))
@@ -262,8 +317,9 @@ def release_reduce_zero_label(config: Dict[str, Any]) -> bool:
 
 class ReleaseSegmentationTask(SegmentationTask):
     """One of the authors' Semantic FPN releases (loaded by :func:`litvit.load_dense`) for
-    :func:`litvit.engine.evaluate` and ``segment predict``: its own test pipeline, classes,
-    palette, and the label convention its config names (:func:`release_reduce_zero_label`).
+    :func:`litvit.engine.evaluate` and ``segment predict``: the model as loaded (a litvit model is
+    the same class, run the same way), its classes, palette and the label convention its config
+    names (:func:`release_reduce_zero_label`).
 
     Args:
         model (DenseRelease): a Semantic FPN release, weights loaded.
@@ -283,36 +339,14 @@ class ReleaseSegmentationTask(SegmentationTask):
             raise ValueError(f"a {model.kind} release is not a segmentation model")
         super().__init__(data=data, num_classes=len(model.classes), val_split=val_split,
                          reduce_zero_label=release_reduce_zero_label(model.config), iters=0,
-                         class_names=model.classes, progress=progress)
+                         class_names=model.classes, progress=progress, palette=model.palette)
         self.release = model
-
-    def _build_datasets(self):
-        if self.data is None:
-            raise ValueError("no dataset: give --data (a folder in ADE20K layout)")
-        return [], self._dataset(self.val_split, _ReleaseInput())
 
     def build_model(self) -> nn.Module:
         return self.release
 
     def load_weights(self, model: nn.Module, path: str, use_ema: bool = False) -> None:
         """The release's weights are in the model already."""
-
-    def colours(self) -> np.ndarray:
-        """The release's palette (``meta['PALETTE']``), else :func:`~litvit.data.io.palette`'s."""
-        if self.release.palette is None:
-            return palette(self.num_classes)
-        return np.asarray(self.release.palette, dtype=np.uint8).reshape(-1, 3)
-
-    def predict_labels(self, model: nn.Module, image: Tensor, size: Sequence[int], dtype: torch.dtype) -> Tensor:
-        """The release's label map (Tensor[1, H, W]) of 8-bit pixels ``image`` (Tensor[H, W, 3] uint8):
-        its test pipeline, whole-image logits, resized to the image as the authors resize them; the
-        resize runs a few classes at a time (the same labels as their softmax over full-size maps)."""
-        x, meta = model.preprocess(image.cpu().numpy())
-        if tuple(meta["ori_shape"][:2]) != tuple(size):
-            raise ValueError(f"image of {tuple(meta['ori_shape'][:2])} pixels, label of {tuple(size)}")
-        if model.align_corners:
-            return model.inference(x, meta).argmax(dim=1).to(dtype)
-        return resize_argmax(model.encode_decode(x).float(), size, dtype=dtype)
 
 
 def colorize(pred: np.ndarray, num_classes: int, colours: Optional[np.ndarray] = None) -> np.ndarray:

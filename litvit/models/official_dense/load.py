@@ -334,10 +334,13 @@ def build_dense(state_dict: Mapping[str, Tensor], meta: Optional[Mapping[str, An
                        dropout_ratio=float(head_cfg.get("dropout_ratio", 0.1)),
                        align_corners=bool(head_cfg.get("align_corners", False)))
         palette = meta.get("PALETTE")
+        loss_cfg = head_cfg.get("loss_decode") or {}
         model = SemanticFPN(backbone, neck, head, dict(mode="whole"), _classes(meta, conv_seg.shape[0]),
                             pipeline_from_config(cfg, _SEG_PIPELINE),
                             palette=palette if palette is not None and len(palette) == conv_seg.shape[0] else None,
-                            align_corners=bool(head_cfg.get("align_corners", False)))
+                            align_corners=bool(head_cfg.get("align_corners", False)),
+                            ignore_index=int(head_cfg.get("ignore_index", 255)),
+                            loss_weight=float(loss_cfg.get("loss_weight", 1.0)))
     model.meta = {k: v for k, v in meta.items() if k != "config"}
     model.config = cfg
     return model

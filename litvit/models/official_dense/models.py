@@ -31,6 +31,7 @@ from .heads import (FPN, ConvFCBBoxHead, FCNMaskHead, FPNHead, RetinaHead, RoIEx
 from .preprocess import TestPipeline, preprocess
 from .training import (_fp32, check_train_cfg, dense_head_loss, loss_cfg_with_defaults, roi_head_loss,
                        train_cfg_with_defaults)
+from .seg_train import segmentation_loss
 
 __all__ = ["DenseRelease", "RetinaNet", "MaskRCNN", "SemanticFPN", "StandardRoIHead", "AnchorGenerator"]
 
@@ -587,12 +588,16 @@ class MaskRCNN(DenseRelease):
 
 
 class SemanticFPN(DenseRelease):
-    """mmseg's EncoderDecoder with an FPN neck and FPNHead, whole-image inference.
+    """mmseg's EncoderDecoder with an FPN neck and FPNHead: whole-image inference, and the training
+    loss of mmseg 0.13 (:meth:`forward_train`, :mod:`.seg_train`). A release and a model of litvit's
+    ``segment train`` are both this class.
 
     Args:
         backbone, neck: as :class:`RetinaNet`.
         decode_head (FPNHead): the head.
         align_corners (bool): of the bilinear resizes (the head's).
+        ignore_index (int): the label without a class (255).
+        loss_weight (float): of the cross-entropy (the config's ``loss_decode.loss_weight``, 1.0).
     """
     kind = "semantic_fpn"
 
@@ -606,16 +611,35 @@ class SemanticFPN(DenseRelease):
             pipeline: TestPipeline,
             palette: Optional[Sequence[Sequence[int]]] = None,
             align_corners: bool = False,
+            ignore_index: int = 255,
+            loss_weight: float = 1.0,
     ):
         super().__init__(classes, pipeline, test_cfg, palette)
         self.backbone = backbone
         self.neck = neck
         self.decode_head = decode_head
         self.align_corners = align_corners
+        self.ignore_index = int(ignore_index)
+        self.loss_weight = float(loss_weight)
+
+    @property
+    def num_classes(self) -> int:
+        return self.decode_head.num_classes
 
     def forward(self, x: Tensor) -> Tensor:
         """Class logits at stride 4, (B, C, H/4, W/4) (the head's output)."""
         return self.decode_head(self.extract_feat(x))
+
+    def forward_train(self, x: Tensor, labels: Tensor) -> Dict[str, Tensor]:
+        """mmseg 0.13's training forward: ``loss_seg`` (cross-entropy of the logits resized to the
+        labels, averaged over every pixel, ignored ones counting 0) and ``acc_seg`` (%, for logs).
+
+        Args:
+            x (Tensor[B, 3, H, W]): normalised images.
+            labels (Tensor[B, H, W]): class indices, ``ignore_index`` ignored.
+        """
+        return segmentation_loss(self(x), labels, ignore_index=self.ignore_index, loss_weight=self.loss_weight,
+                                 align_corners=self.align_corners)
 
     def encode_decode(self, x: Tensor) -> Tensor:
         """Logits resized to the network input, (B, C, H, W)."""
