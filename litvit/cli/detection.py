@@ -48,8 +48,9 @@ from ..models.detectors import DETECTION_DEFAULTS, DETECTORS, RECIPE_OF, paramet
 from ..tasks.detection import DetectionTask, detection_records, draw_detections
 from ..utils import atomic_write, count_parameters
 from .args import nonneg_int, positive_int, print_config, prob_arg
-from .dense import (add_backbone_args, add_engine_args, add_eval_args, add_predict_args, backbone_kwargs,
-                    backbone_summary, best_score, check_train_args, engine_summary, eval_config, note_random_backbone,
+from .dense import (add_backbone_args, add_engine_args, add_eval_args, add_init_args, add_predict_args,
+                    backbone_kwargs, backbone_summary, best_score, check_init_checkpoint, check_train_args,
+                    engine_summary, eval_config, note_random_backbone,
                     one_line_warnings, open_release, optimizer_summary, predict_files, print_parameter_table, resolve_recipe,
                     save_png_atomic, train_config, written_files)
 
@@ -86,7 +87,8 @@ def _task(args: argparse.Namespace, r: Dict[str, Any], **data) -> DetectionTask:
         arch=r["arch"], backbone=args.backbone, pretrained=args.pretrained, min_size=r["min_size"],
         max_size=r["max_size"], frozen_stages=args.frozen_stages, norm_eval=args.norm_eval, lr_steps=r["lr_steps"],
         warmup_iters=r["warmup_iters"], warmup_ratio=r["warmup_ratio"], backbone_kwargs=backbone_kwargs(args, r),
-        fpn_channels=r["fpn_channels"], no_decay_keys=r["no_decay_keys"], progress=not args.no_progress, **data)
+        fpn_channels=r["fpn_channels"], no_decay_keys=r["no_decay_keys"], progress=not args.no_progress,
+        init_checkpoint=getattr(args, "init_checkpoint", None), **data)
 
 
 def resolved_config(args: argparse.Namespace) -> Dict[str, Any]:
@@ -100,7 +102,8 @@ def resolved_config(args: argparse.Namespace) -> Dict[str, Any]:
     return dict(
         command="detect train", recipe=r["recipe"], overridden=r["overridden"],
         model=dict(arch=r["arch"], **backbone_summary(model, args, r), extra_levels=r["extra_levels"],
-                   num_classes=None, parameters_80_classes=count_parameters(model)),
+                   num_classes=None, parameters_80_classes=count_parameters(model),
+                   init_checkpoint=args.init_checkpoint),
         data=dict(train_images=args.train_images, train_ann=args.train_ann, val_images=args.val_images,
                   val_ann=args.val_ann, min_size=list(r["min_size"]), max_size=r["max_size"],
                   test_min_size=int(r["min_size"][-1]), size_divisor=r["size_divisor"],
@@ -118,11 +121,13 @@ def _train(args: argparse.Namespace) -> int:
     if args.print_config:
         return print_config(resolved_config(args))
     check_train_args(args, ("--train-images", "--train-ann"))
+    check_init_checkpoint(args)
     _require_pycocotools()
     r = _resolve(args)
     task = _task(args, r, train_images=args.train_images, train_ann=args.train_ann, val_images=args.val_images,
                  val_ann=args.val_ann)
-    note_random_backbone(args)
+    if args.init_checkpoint is None:
+        note_random_backbone(args)
     summary = fit(task, train_config(args, r, r["epochs"]))
     if not is_main_process():
         return 0
@@ -205,6 +210,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                         "640 672 704 736 768 800 (the last one is used for evaluation)")
     t.add_argument("--max-size", type=positive_int, default=None, help=f"longer-side limit (recipe: {d['max_size']})")
     add_backbone_args(t)
+    add_init_args(t)
     add_engine_args(t, batch_size=d["batch_size"], lr=d["lr"], weight_decay=d["weight_decay"])
     t.set_defaults(func=one_line_warnings("detect")(_train))
 

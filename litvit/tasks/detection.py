@@ -26,10 +26,10 @@ from torch import Tensor, nn
 from ..checkpoint import read_model_record
 from ..data.coco import CocoDetection, detection_collate, pad_extreme_aspect
 from ..data.io import palette
-from ..engine import DistInfo, Task, TrainConfig, param_groups, progress
+from ..engine import DistInfo, Task, TrainConfig, is_main_process, param_groups, progress
 from ..metrics import COCO_STATS, coco_evaluate, coco_results  # noqa: F401  (re-exported: their old place)
 from ..metrics import COCO_CATEGORY_IDS, COCO_CLASSES, rle_encode
-from ..models.official_dense import DenseRelease
+from ..models.official_dense import DenseRelease, init_from_checkpoint
 from ..models.official_dense.heads import paste_mask_regions
 from ..models.official_dense.preprocess import TestPipeline, preprocess
 from ..models.detectors import DETECTION_DEFAULTS, DETECTORS, build_detector
@@ -96,6 +96,10 @@ class DetectionTask(Task):
         no_decay_keys (Sequence[str]): parameters whose names contain one of these get no weight
             decay; all others are decayed (mmdetection's ``paramwise_cfg``; none for LIT-Ti).
         progress (bool): a progress bar while evaluating (on the first process).
+        init_checkpoint (str, optional): start from this release (file or name: ``retina_lit_ti``,
+            ...) or litvit detection checkpoint
+            (:func:`~litvit.models.official_dense.init_from_checkpoint`: weights by name, a new
+            classifier when the classes differ, said in one line).
     """
     name = "detection"
     curve_metrics = ("score", "bbox_AP50")
@@ -124,6 +128,7 @@ class DetectionTask(Task):
             fpn_channels: int = 256,
             no_decay_keys: Sequence[str] = (),
             progress: bool = True,
+            init_checkpoint: Optional[str] = None,
     ):
         if arch not in DETECTORS:
             raise ValueError(f"unknown detector {arch!r}; choose one of {', '.join(DETECTORS)}")
@@ -143,6 +148,8 @@ class DetectionTask(Task):
         self.fpn_channels = int(fpn_channels)
         self.no_decay_keys = tuple(no_decay_keys)
         self.progress = bool(progress)
+        self.init_checkpoint = init_checkpoint
+        self.init_message: Optional[str] = None
         self.find_unused_parameters = arch == "mask_rcnn"  # a batch without boxes leaves the mask head idle
         self._train_set: Optional[CocoDetection] = None
         self._val_set: Optional[CocoDetection] = None
@@ -174,14 +181,20 @@ class DetectionTask(Task):
         return dict(num_classes=self.num_classes, class_names=list(self.class_names), cat_ids=list(self.cat_ids))
 
     def build_model(self) -> nn.Module:
-        """The detector; its classes come from :meth:`setup` (run here if it has not run) or were given."""
+        """The detector; its classes come from :meth:`setup` (run here if it has not run) or were
+        given; started from ``init_checkpoint`` when given (its one line printed on the first process)."""
         if self.num_classes is None:
             self.setup()
-        return build_detector(
+        model = build_detector(
             self.arch, backbone=self.backbone, num_classes=self.num_classes, pretrained_backbone=self.pretrained,
             min_size=tuple(self.min_size), max_size=self.max_size, frozen_stages=self.frozen_stages,
             norm_eval=self.norm_eval, backbone_kwargs=self.backbone_kwargs, fpn_channels=self.fpn_channels,
             class_names=self.class_names)
+        if self.init_checkpoint and next(model.parameters()).device.type != "meta":
+            self.init_message = init_from_checkpoint(model, self.init_checkpoint)
+            if is_main_process():
+                print(self.init_message)
+        return model
 
     def _dataset(self, images: Optional[str], ann: str, train: bool) -> CocoDetection:
         if images is None:
@@ -352,7 +365,8 @@ class DetectionTask(Task):
         return dict(definition=DEFINITION, arch=self.arch, backbone=self.backbone, min_size=list(self.min_size),
                     max_size=self.max_size, frozen_stages=self.frozen_stages, norm_eval=self.norm_eval,
                     lr_steps=list(self.lr_steps), warmup_iters=self.warmup_iters, warmup_ratio=self.warmup_ratio,
-                    backbone_kwargs=dict(self.backbone_kwargs), fpn_channels=self.fpn_channels)
+                    backbone_kwargs=dict(self.backbone_kwargs), fpn_channels=self.fpn_channels,
+                    **({"init_checkpoint": self.init_checkpoint} if self.init_checkpoint else {}))
 
     def checkpoint_extra(self) -> dict:
         return dict(definition=DEFINITION, arch=self.arch, backbone=self.backbone, num_classes=self.num_classes,

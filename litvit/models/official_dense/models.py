@@ -253,6 +253,10 @@ class RetinaNet(DenseRelease):
             self.train_cfg, self.loss_cfg["loss_cls"], self.loss_cfg["loss_bbox"], head.num_classes, self.coder)
         return dict(loss_cls=sum(losses_cls), loss_bbox=sum(losses_bbox))
 
+    @property
+    def num_classes(self) -> int:
+        return self.bbox_head.num_classes
+
     def forward(self, x: Tensor) -> Tuple[List[Tensor], List[Tensor]]:
         """Raw head outputs: per FPN level class logits (B, A*C, H, W) and deltas (B, A*4, H, W)."""
         return self.bbox_head(self.extract_feat(x))
@@ -455,6 +459,10 @@ class MaskRCNN(DenseRelease):
                 m = F.pad(m, (0, max(pw - m.size(2), 0), 0, max(ph - m.size(1), 0)))
             out.append(m)
         return out
+
+    @property
+    def num_classes(self) -> int:
+        return self.roi_head.bbox_head.num_classes
 
     @property
     def with_mask(self) -> bool:
