@@ -222,7 +222,7 @@ def check_datasets(datasets: Sequence[Optional[Dataset]], dist: "DistInfo", prog
 # Settings a resumed run may change freely: where and how it runs, not what it computes.
 _RESUME_FREE = ("output_dir", "resume", "resume_changed", "progress", "verbose", "workers", "threads", "device",
                 "val_batch_size", "save_every_steps", "log_every", "eval_every", "max_steps", "grad_checkpointing",
-                "sync_bn", "batch_size", "accum_steps", "defaulted", "derived")
+                "sync_bn", "batch_size", "accum_steps", "defaulted", "derived", "log")
 
 
 def _changes(ckpt: Mapping, cfg: TrainConfig, task_config: Mapping, world_size: int) -> List[Tuple[str, str]]:
@@ -301,7 +301,8 @@ def fit(task: Task, cfg: TrainConfig) -> Dict[str, Any]:
         threads = set_threads(cfg.threads)
         dist = setup_distributed(cfg.device)
         try:
-            return _fit(task, cfg, dist, threads, lock)
+            with contextlib.ExitStack() as closing:  # the run's log writers, closed also on an error
+                return _fit(task, cfg, dist, threads, lock, closing)
         finally:
             if dist.initialized_here and torch_dist.is_initialized():
                 torch_dist.destroy_process_group()
@@ -310,8 +311,8 @@ def fit(task: Task, cfg: TrainConfig) -> Dict[str, Any]:
             lock.release()
 
 
-def _fit(task: Task, cfg: TrainConfig, dist: DistInfo, threads: str = "", lock: Optional[OutputLock] = None
-         ) -> Dict[str, Any]:
+def _fit(task: Task, cfg: TrainConfig, dist: DistInfo, threads: str = "", lock: Optional[OutputLock] = None,
+         closing: Optional[contextlib.ExitStack] = None) -> Dict[str, Any]:
     device = dist.device
 
     def say(msg: str) -> None:
@@ -459,7 +460,10 @@ def _fit(task: Task, cfg: TrainConfig, dist: DistInfo, threads: str = "", lock: 
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
     dist.barrier()
-    log = _RunLog(out, dist.is_main, step if ckpt is not None else None)
+    log = _RunLog(out, dist.is_main, step if ckpt is not None else None, loggers=cfg.log,
+                  config=dict(dataclasses.asdict(cfg), task=task.name, task_config=task_config))
+    if closing is not None:
+        closing.enter_context(log)
 
     train_model: nn.Module = model
     if dist.distributed:
@@ -599,7 +603,7 @@ def _fit(task: Task, cfg: TrainConfig, dist: DistInfo, threads: str = "", lock: 
             if step % cfg.log_every == 0:
                 lval = dist.reduce_sum([loss.item()])[0] / dist.world_size
                 log.write(dict(event="train", epoch=epoch + 1, epoch_f=epoch + micro / batches.num_batches,
-                               step=step, loss=lval, lr=optimizer.param_groups[0]["lr"],
+                               step=step, loss=lval, lr=optimizer.param_groups[0]["lr"], **_group_lrs(optimizer),
                                **{k: float(v) for k, v in metrics.items()}))
             # an iteration-based run ends at step ``iters``, inside its last epoch: that epoch is then
             # done (recorded, evaluated, checkpointed as finished); a stop at max_steps is a pause
@@ -647,6 +651,15 @@ def _shown(key: str, value: float, percent: Sequence[str]) -> str:
     """One value of the epoch line: a metric the task gives in percent as ``val_mIoU 41.27%``."""
     name = key.split("_", 1)[1] if key.startswith(("val_", "ema_")) else None
     return f"{key} {value:.2f}%" if name in percent else f"{key} {value:.4g}"
+
+
+def _group_lrs(optimizer: torch.optim.Optimizer) -> Dict[str, float]:
+    """``{"lr_decay": ..., "lr_no_decay": ..., "lr_offset": ...}``: the lr of each parameter group
+    (by its ``name``, else its index) when there are several."""
+    groups = optimizer.param_groups
+    if len(groups) < 2:
+        return {}
+    return {f"lr_{g.get('name', i)}": float(g["lr"]) for i, g in enumerate(groups)}
 
 
 def _batch_len(batch: Any) -> int:
