@@ -564,6 +564,7 @@ def _fit(task: Task, cfg: TrainConfig, dist: DistInfo, threads: str = "", lock: 
             bar = tqdm(total=steps_per_epoch, initial=first // cfg.accum_steps, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                        dynamic_ncols=True, leave=False, file=sys.stderr)
         optimizer.zero_grad(set_to_none=True)
+        step_loss = 0.0  # this rank's loss summed over the micro-batches of the current step
         for batch in train_loader:
             batch = _move(batch, device)
             last_micro = (micro + 1) % cfg.accum_steps == 0
@@ -579,6 +580,7 @@ def _fit(task: Task, cfg: TrainConfig, dist: DistInfo, threads: str = "", lock: 
                 (scaler.scale(scaled) if scaler is not None else scaled).backward()
             micro += 1
             loss_sum += loss.item()
+            step_loss += loss.item()
             loss_n += 1
             images += _batch_len(batch)
             if not last_micro:
@@ -599,12 +601,13 @@ def _fit(task: Task, cfg: TrainConfig, dist: DistInfo, threads: str = "", lock: 
                 ema.update(model, step=step)
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
-            if step % cfg.log_every == 0:
-                lval = dist.reduce_sum([loss.item()])[0] / dist.world_size
+                bar.set_postfix(loss=f"{step_loss / cfg.accum_steps:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+            if step % cfg.log_every == 0:  # the step's loss: the mean over its micro-batches and processes
+                lval = dist.reduce_sum([step_loss / cfg.accum_steps])[0] / dist.world_size
                 log.write(dict(event="train", epoch=epoch + 1, epoch_f=epoch + micro / batches.num_batches,
                                step=step, loss=lval, lr=optimizer.param_groups[0]["lr"], **_group_lrs(optimizer),
                                **{k: float(v) for k, v in metrics.items()}))
+            step_loss = 0.0
             # an iteration-based run ends at step ``iters``, inside its last epoch: that epoch is then
             # done (recorded, evaluated, checkpointed as finished); a stop at max_steps is a pause
             run_done = cfg.iters is not None and step >= cfg.iters
