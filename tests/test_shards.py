@@ -1,6 +1,7 @@
 """WebDataset tar shards: ``litvit shards`` writes what timm's wds reader reads; training and
 validation stream them, split across processes and workers; a killed run resumes exactly."""
 import json
+import sys
 import tarfile
 
 import numpy as np
@@ -140,6 +141,14 @@ def test_cli_shards_train_validate(shards, tmp_path, capsys):
         code = main(argv + (TINY_FLAGS if argv[0] == "train" else []))
         err = capsys.readouterr().err
         assert code == 2 and len(err.strip().splitlines()) == 1 and needle in err, err
+
+
+def test_without_webdataset_one_line(shards, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "webdataset", None)  # not installed (an optional extra)
+    code = main(["shards", str(shards[0]), str(tmp_path / "s"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.strip() == ("litvit shards: error: tar shards need the webdataset package: "
+                                         "pip install 'litvit[shards]'")
 
 
 def test_bench_data_read(shards):

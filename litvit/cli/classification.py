@@ -342,7 +342,10 @@ def _add_train_args(p: argparse.ArgumentParser, output: str = "runs/train") -> N
     g.add_argument("--recipe", default=None, choices=tuple(RECIPES),
                    help=f"named defaults: {', '.join(RECIPES)} (default: digits on the embedded data, "
                         "else the paper's recipe of the model's family)")
-    g.add_argument("--data", default=None, help="'digits' (embedded, default) or a folder with train/<class>/ and val/<class>/")
+    g.add_argument("--data", default=None,
+                   help="'digits' (embedded, default), a folder with train/<class>/ and val/<class>/, or tar shards "
+                        "of one (litvit shards): 'OUT/train-{000000..000099}.tar', validated on the val shards "
+                        "listed beside them")
     g.add_argument("--output", default=output, help=f"checkpoints, logs and curves (default: {output})")
     g.add_argument("--bad-images", default="fail", choices=D.BAD_IMAGE_MODES,
                    help="an unreadable image stops the run before training starts, naming it (fail), or is "
@@ -430,7 +433,9 @@ def _add_eval_args(p: argparse.ArgumentParser, predict: bool = False) -> None:
                    help="model of an official checkpoint (default: the registered model its weights fit; "
                         "a litvit one names its own)")
     if not predict:
-        p.add_argument("--data", default=None, help="'digits' or a dataset folder (default: the checkpoint's)")
+        p.add_argument("--data", default=None,
+                       help="'digits', a dataset folder or tar shards ('OUT/val-{000000..000009}.tar', evaluated "
+                            "whatever --split says) (default: the checkpoint's)")
         p.add_argument("--split", default="val", help="sub-folder to evaluate (default: val)")
     else:
         p.add_argument("--num-classes", type=positive_int, default=None,

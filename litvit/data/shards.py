@@ -42,6 +42,16 @@ _KEPT = {".jpg": "jpg", ".jpeg": "jpg", ".png": "png", ".webp": "webp"}  # store
 _IMAGE_KEYS = ("jpg", "png", "webp")
 
 
+def _webdataset():
+    """The ``webdataset`` package (an optional extra), or a one-line error saying how to install it."""
+    try:
+        import webdataset
+        import webdataset.shardlists  # noqa: F401
+    except ImportError:
+        raise ValueError("tar shards need the webdataset package: pip install 'litvit[shards]'") from None
+    return webdataset
+
+
 def is_shard_pattern(data: str) -> bool:
     """Whether ``--data`` names tar shards (``shards/train-{000000..000009}.tar``, one ``.tar``)."""
     return str(data).endswith(".tar")
@@ -49,8 +59,7 @@ def is_shard_pattern(data: str) -> bool:
 
 def shard_files(pattern: str) -> List[Path]:
     """The files of a brace pattern, each checked to exist (FileNotFoundError naming the first missing)."""
-    from webdataset.shardlists import expand_urls
-    files = [Path(u) for u in expand_urls(str(pattern))]
+    files = [Path(u) for u in _webdataset().shardlists.expand_urls(str(pattern))]
     for f in files:
         if not f.is_file():
             raise FileNotFoundError(f"shard not found: {f} (of --data {pattern})")
@@ -75,9 +84,8 @@ def write_shards(
     Returns:
         ``{split: {"filenames": [...], "shard_lengths": [...], "num_samples": n}}``.
     """
-    from webdataset import TarWriter
-
     from .classification import ImageFolder
+    TarWriter = _webdataset().TarWriter
     if shard_size < 1:
         raise ValueError(f"shard_size must be at least 1, got {shard_size}")
     folder, out = Path(folder), Path(out)
@@ -246,7 +254,7 @@ class ShardStream(IterableDataset):
     def _samples(self, files: Sequence[Path], rng: Optional[random.Random]) -> Iterator[Tuple[str, str, bytes, int]]:
         """``(name, image key, image bytes, class index)`` of ``files`` in order, through a shuffle
         buffer drawn from ``rng`` (none: in order)."""
-        import webdataset as wds
+        wds = _webdataset()
         stream = wds.tarfile_to_samples()(dict(url=str(f)) for f in files)
         if rng is not None:
             stream = wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng)(stream)
