@@ -153,8 +153,8 @@ class _WandB:
 class _RunLog:
     """``log.jsonl`` (append) and ``metrics.csv`` (rewritten each epoch) in the output folder; rank 0 only.
 
-    ``loggers`` (names in :data:`~litvit.engine.config.LOG_TARGETS`) get every record written to ``log.jsonl`` too; used as a
-    context manager, they are closed when the run ends, also by an error."""
+    ``loggers`` (names in :data:`~litvit.engine.config.LOG_TARGETS`) get every record written to
+    ``log.jsonl`` too; used as a context manager, they are closed when the run ends, also by an error."""
 
     def __init__(self, out: Path, enabled: bool, resume_step: Optional[int], loggers: Sequence[str] = (),
                  config: Optional[Mapping[str, Any]] = None):
