@@ -71,6 +71,35 @@ def test_evaluation_stream_reads_every_sample_once_over_ranks_and_workers(shards
     assert sorted(seen) == sorted(t for _, t in ImageFolder(shards[0], "val").samples)
 
 
+def _keys(items):
+    return [np.asarray(img).tobytes() for img, _ in items]
+
+
+def _epoch(stream, epoch, skip=0):
+    stream.set_epoch(epoch)
+    stream.skip_batches = skip
+    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=stream.workers)
+    return [batch for batch in loader]
+
+
+def test_training_stream_deals_shards_to_ranks_and_workers(shards):
+    """2 processes x 2 workers over 5 shards of 8: the same number of batches on each rank, no image
+    on two ranks in an epoch, another dealing the next epoch, and a stream resumed at batch 3 gives
+    exactly the rest of the epoch."""
+    files = sorted(shards[1].glob("train-*.tar"))
+    per_rank = []
+    for rank in range(2):
+        stream = ShardStream(files).configure(3, 0, rank, 2, 2, ShardStream(files).max_batches(3, 2, 2), collate=_keys)
+        assert stream.num_batches == 2 * (8 // 3)  # each worker is dealt one shard of 8 (one shard left out)
+        epochs = [_epoch(stream, e) for e in range(2)]
+        assert all(len(batches) == stream.num_batches for batches in epochs)
+        assert _epoch(stream, 1, skip=3) == epochs[1][3:]
+        per_rank.append([{k for batch in batches for k in batch} for batches in epochs])
+    for e in range(2):
+        assert not per_rank[0][e] & per_rank[1][e] and len(per_rank[0][e]) == len(per_rank[1][e]) == 12
+    assert per_rank[0][0] != per_rank[0][1]
+
+
 class _Killed(Exception):
     pass
 
@@ -113,6 +142,31 @@ def test_a_killed_shard_run_resumes_exactly(shards, tmp_path, workers):
         assert torch.equal(a["model"][k], b["model"][k]), k
     assert a["history"][-1]["val_loss"] == b["history"][-1]["val_loss"] == summary["final"]["val_loss"]
     assert summary["final"]["val_images"] == 40  # the val shards listed beside the training ones
+
+
+@pytest.mark.distributed
+def test_two_processes_train_from_shards(shards, tmp_path):
+    """torchrun, 2 processes (gloo), 2 workers each: the stream deals 5 shards' 40 images over 4
+    workers (one shard each, 2 batches of 4), every rank trains the same steps; validation counts
+    each val image once."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(repo) + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(port), "-m", "litvit", "train", "--data", str(shards[1] / "train-{000000..000004}.tar"),
+           "--recipe", "digits", "--output", str(tmp_path), "--epochs", "1", "--batch-size", "8", "--workers", "2",
+           *TINY_FLAGS]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    ckpt = engine.load_checkpoint(tmp_path / "last.pth")
+    assert ckpt["world_size"] == 2 and ckpt["step"] == 4 and ckpt["history"][-1]["val_images"] == 40
 
 
 def test_cli_shards_train_validate(shards, tmp_path, capsys):
