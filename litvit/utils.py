@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence, Union
 
 __all__ = ["atomic_path", "atomic_write", "plain", "count_parameters", "warn_grid_change", "moved_names",
-           "preserved_global_state"]
+           "preserved_global_state", "mix_seed", "seeded_rngs"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -157,3 +157,45 @@ def preserved_global_state() -> Iterator[None]:
             torch.cuda.set_rng_state_all(cuda_states)
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
+
+
+_MASK64 = (1 << 64) - 1
+
+
+def mix_seed(*values: int) -> int:
+    """A 32-bit seed from integers (splitmix64 steps); seeds one sample's augmentation from
+    ``(seed, epoch, rank, position)``.
+
+    Examples::
+        >>> mix_seed(0, 1, 2) == mix_seed(0, 1, 2) != mix_seed(0, 2, 1)
+        True
+    """
+    h = 0x9E3779B97F4A7C15
+    for v in values:
+        h = (h ^ (int(v) & _MASK64)) & _MASK64
+        h = (h + 0x9E3779B97F4A7C15) & _MASK64
+        z = h
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+        h = z ^ (z >> 31)
+    return h & 0xFFFFFFFF
+
+
+@contextlib.contextmanager
+def seeded_rngs(seed: int) -> Iterator[None]:
+    """Seed torch (CPU), numpy and python RNGs for a block, then put the previous states back."""
+    import random
+
+    import numpy as np
+    import torch
+    gen = torch.default_generator
+    py, np_state, th = random.getstate(), np.random.get_state(legacy=False), gen.get_state()
+    random.seed(seed)
+    np.random.seed(seed)
+    gen.manual_seed(seed)  # not torch.manual_seed: that one also seeds every accelerator
+    try:
+        yield
+    finally:
+        random.setstate(py)
+        np.random.set_state(np_state)
+        gen.set_state(th)

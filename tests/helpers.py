@@ -8,7 +8,8 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["TINY", "randomize_", "assert_dense_parameters_add_up", "image_folder", "perfect_coco_results"]
+__all__ = ["TINY", "randomize_", "forward_by_hand", "assert_dense_parameters_add_up", "image_folder",
+           "perfect_coco_results"]
 
 # Tiny widths for behaviour tests (the full sizes are only built on the meta device to count parameters).
 TINY = dict(img_size=64, embed_dims=(16, 32, 48, 64), depths=(1, 2, 2, 1), num_heads=(1, 2, 3, 4))
@@ -31,6 +32,28 @@ def randomize_(model: torch.nn.Module, offset_scale: float = 0.5) -> torch.nn.Mo
             elif name.endswith("running_var"):
                 b.copy_(1 + 0.5 * torch.rand(b.shape, generator=g))
     return model
+
+
+def forward_by_hand(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A LIT or LITv2 classifier's logits by a loop over its parts, as the paper composes them: stem;
+    per stage token merging, class token, absolute position embedding resized bicubically to the
+    map, blocks; final norm; class-token or average pooling; head. Runs with gradients enabled, so
+    that no cached position embedding or relative bias of the model's own forward is used."""
+    from litvit.models.pos_embed import resize_abs_pos_embed
+    with torch.enable_grad():
+        x, feat_size = model.patch_embed(x)
+        for stage in model.stages:
+            if stage.downsample is not None:
+                x, feat_size = stage.downsample(x, feat_size)
+            if stage.cls_token is not None:
+                x = torch.cat((stage.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
+            if stage.pos_embed is not None:
+                x = x + resize_abs_pos_embed(stage.pos_embed, stage.grid_size, feat_size, stage.num_prefix_tokens)
+            for blk in stage.blocks:
+                x = blk(x, feat_size)
+        x = model.norm(x)
+        x = x[:, 0] if model.global_pool == "token" else x[:, model.num_prefix_tokens:].mean(dim=1)
+        return model.head(x)
 
 
 def assert_dense_parameters_add_up(model: torch.nn.Module, backbone: str, task: str, n: int, n_body: int) -> None:

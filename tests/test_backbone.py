@@ -61,12 +61,31 @@ def attributes(model):
 @pytest.mark.parametrize("name", litvit.list_models())
 @pytest.mark.parametrize("size", [(64, 64), (70, 101)])
 def test_maps_strides_channels(name, size):
-    body = LITBackbone(tiny(name)).eval()
-    feats = body(torch.randn(2, 3, *size))
+    """Shapes, and the values: the maps a loop over the classifier's parts computes, and (the class
+    token kept, position embeddings resized as the classifier does) the classifier's own stage
+    outputs on the zero-padded image, read by forward hooks while it classifies."""
+    model = randomize_(tiny(name)).eval()
+    body = LITBackbone(model).eval()
+    x = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        feats = body(x)
+        by_hand = manual_maps(model, x, norms={int(i): norm for i, norm in body.out_norms.items()})
     H, W = (-(-s // 32) * 32 for s in size)  # padded to a multiple of 32
     assert [f.shape for f in feats] == [(2, c, H // s, W // s) for c, s in zip(body.channels, body.strides)]
     assert body.strides == [4, 8, 16, 32] and [i["num_chs"] for i in body.feature_info] == list(TINY["embed_dims"])
-    assert all(torch.isfinite(f).all() for f in feats)
+    for a, b in zip(feats, by_hand):
+        torch.testing.assert_close(a, b)
+    outputs = []
+    hooks = [stage.register_forward_hook(lambda m, args, out: outputs.append((m.num_prefix_tokens, *out)))
+             for stage in model.stages]
+    with torch.no_grad():
+        model(F.pad(x, (0, W - size[1], 0, H - size[0])))
+        feats = LITBackbone(model, keep_class_token=True, out_norms=False, pos_embed_interpolation="bicubic").eval()(x)
+    for hook in hooks:
+        hook.remove()
+    assert len(outputs) == 8  # the classifier's four stages, then the backbone's
+    for f, (p, tokens, (h, w)) in zip(feats, outputs[:4]):
+        torch.testing.assert_close(f, tokens[:, p:].transpose(1, 2).reshape(2, -1, h, w))  # B, N, C -> B, C, H, W
 
 
 @pytest.mark.parametrize("name", litvit.list_models())

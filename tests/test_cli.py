@@ -12,8 +12,8 @@ pytestmark = pytest.mark.cli
 # Every command and, for the groups, every subcommand, with a word of its one-line help.
 COMMANDS = {
     "models": "parameter counts", "train": "train a LIT classifier", "validate": "top-1",
-    "predict": "classify the images", "demo": "embedded digits", "bench": "throughput", "export": "ONNX",
-    "flops": "FLOPs", "viz": "figures", "detect": "object detection", "segment": "semantic segmentation",
+    "predict": "classify the images", "demo": "embedded digits", "shards": "tar shards", "bench": "throughput",
+    "export": "ONNX", "flops": "FLOPs", "viz": "figures", "detect": "object detection", "segment": "semantic segmentation",
 }
 SUBCOMMANDS = {
     "viz": {"offsets": "DTM sampling locations", "attention": "attention maps"},

@@ -6,7 +6,7 @@ import torch
 import litvit
 from litvit.models.lit import Attention, relative_position_index, resize_rel_pos_table
 
-from helpers import TINY, randomize_
+from helpers import TINY, forward_by_hand, randomize_
 
 pytestmark = pytest.mark.unit
 
@@ -41,6 +41,27 @@ def test_forward_backward(name):
     for n, p in model.named_parameters():
         if "conv_offset.weight" in n:
             assert p.grad.abs().sum() > 0, n
+    # the values, in float64: the logits are those of a loop over the model's parts, and the gradient
+    # along a random direction of all parameters is the central difference of the loss. DTM samples
+    # bilinearly, smooth only between pixels: steps of 1e-6 along every parameter at once move some
+    # sampling points across a pixel edge (2% off for litv2_b), steps of 1e-7 stay inside
+    model = randomize_(model).double().eval()
+    x = x.double()
+    torch.testing.assert_close(model(x), forward_by_hand(model, x), rtol=1e-10, atol=1e-10)
+    params = list(model.parameters())
+    g = torch.Generator().manual_seed(2)
+    direction = [torch.randn(p.shape, generator=g, dtype=p.dtype) for p in params]
+    model.zero_grad()
+    model(x).square().sum().backward()
+    analytic = sum((p.grad * d).sum() for p, d in zip(params, direction))
+    eps, losses = 1e-7, []
+    with torch.no_grad():
+        for sign in (1, -2, 1):  # +eps, -eps, back
+            for p, d in zip(params, direction):
+                p.add_(sign * eps * d)
+            losses.append(model(x).square().sum())
+    numeric = (losses[0] - losses[1]) / (2 * eps)
+    assert float(analytic) == pytest.approx(float(numeric), rel=1e-6)
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -79,10 +100,15 @@ def test_features_only(name):
 
 @pytest.mark.parametrize("name", MODELS)
 def test_variable_input_size(name):
-    model = litvit.create_model(name, num_classes=3, **TINY).eval()
-    for h, w in [(64, 64), (32, 32), (96, 160), (128, 64)]:
-        y = model(torch.randn(1, 3, h, w))
-        assert y.shape == (1, 3) and torch.isfinite(y).all()
+    """At every size the logits are those of the loop over the model's parts (embeddings and
+    relative tables resized for the map; the model's caches by size are served back correctly)."""
+    model = randomize_(litvit.create_model(name, num_classes=3, **TINY)).eval()
+    for h, w in [(64, 64), (32, 32), (96, 160), (128, 64), (32, 32)]:
+        x = torch.randn(1, 3, h, w)
+        with torch.no_grad():
+            y = model(x)
+        assert y.shape == (1, 3)
+        torch.testing.assert_close(y, forward_by_hand(model, x).detach(), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match=r"Input height \(70\) and width \(64\) must be multiples of 32"):
         model(torch.randn(1, 3, 70, 64))
     with pytest.raises(ValueError, match="Expected 3 input channels, got 1"):

@@ -189,6 +189,48 @@ def test_bf16_autocast_and_accumulation_on_cpu(tmp_path):
     assert engine.load_checkpoint(tmp_path / "last.pth")["batch_in_epoch"] == 6
 
 
+class _Float64NoBatchStats(ClassificationTask):
+    """The tiny classifier in float64 with DTM's BatchNorm layers kept in eval mode: batch
+    statistics over 16 images are not those over 64, so with them a micro-batch of 16 cannot
+    equal a batch of 64 (what accumulation leaves out by design, as in timm and torchvision)."""
+
+    def build_model(self):
+        return super().build_model().double()
+
+    def train_step(self, model, batch, device):
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+        images, targets = batch
+        return self.criterion(model(images.double()), targets), {}
+
+
+def test_gradient_accumulation_equals_one_large_batch(tmp_path):
+    """4 micro-batches of 16 per step train the same weights as one batch of 64, and log the same
+    loss per step (it was the last micro-batch's). No mixup, drop path or dropout (their random
+    draws depend on the batch); the per-sample crops are seeded by sample, not by batch. AdamW is
+    invariant to the gradient's scale but for ``eps``: a large ``eps`` (0.1, the gradients' order)
+    makes the update proportional to the gradient, so a loss left undivided by the accumulation
+    steps would show."""
+    task = dict(model_kwargs=dict(TINY_ARCH, drop_path_rate=0.0), smoothing=0.1)
+    cfg = dict(max_steps=3, opt_eps=0.1, clip_grad=None)
+    fit(_Float64NoBatchStats(tiny_task(**task).cfg), tiny_train_cfg(tmp_path / "big", batch_size=64, **cfg))
+    fit(_Float64NoBatchStats(tiny_task(**task).cfg),
+        tiny_train_cfg(tmp_path / "accum", batch_size=16, accum_steps=4, **cfg))
+    big, accum = (engine.load_checkpoint(tmp_path / name / "last.pth") for name in ("big", "accum"))
+    assert big["step"] == accum["step"] == 3
+    for k, v in big["model"].items():
+        # float64: only the order of the sums differs (mean of 64 vs four means of 16, / 4)
+        assert v.dtype == (torch.float64 if v.is_floating_point() else v.dtype)
+        torch.testing.assert_close(accum["model"][k], v, rtol=1e-9, atol=1e-12, msg=k)
+    torch.manual_seed(0)  # the engine's initialisation (seed 0): the steps moved the weights far beyond the tolerance
+    first = tiny_task(**task).build_model().double().state_dict()
+    assert max((big["model"][k] - first[k]).abs().max() for k in first if first[k].is_floating_point()) > 1e-4
+    losses = [[r["loss"] for r in map(json.loads, (tmp_path / name / "log.jsonl").read_text().splitlines())
+               if r["event"] == "train"] for name in ("big", "accum")]
+    assert len(losses[0]) == 3 and losses[0] == pytest.approx(losses[1], rel=1e-12)
+
+
 def test_worker_processes_do_not_change_the_run(tmp_path):
     """Each sample is augmented under its own seed, so loader workers change nothing."""
     sds = []

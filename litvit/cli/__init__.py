@@ -28,6 +28,7 @@ from .args import (OneLineParser, check_json_object, check_model_kwargs, device_
 COMMANDS = [
     "litvit.cli.info",                 # models
     "litvit.cli.classification",       # train, validate, predict, demo
+    "litvit.cli.shards",               # shards
     "litvit.cli.bench",                # bench
     "litvit.cli.export",               # export
     "litvit.cli.flops",                # flops

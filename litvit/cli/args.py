@@ -2,6 +2,7 @@
 checked while parsing, and a bad value is one line naming the flag. Also the ``--print-config``
 printer and the ``--device`` test every ``train`` command uses."""
 import argparse
+import importlib.util
 import inspect
 import json
 import math
@@ -11,11 +12,12 @@ import torch
 
 from ..errors import CLIError
 from ..utils import warn_grid_change  # noqa: F401  (re-exported: its old place)
+from ..engine.config import LOG_TARGETS
 from ..models import LIT, MODEL_NAMES, create_model
 
 __all__ = ["OneLineParser", "int_arg", "float_arg", "device_arg", "threads_arg", "img_size_arg", "positive_int",
            "nonneg_int", "prob_arg", "seed_arg", "check_json_object", "check_model_kwargs", "warn_grid_change",
-           "print_config", "uses_cuda"]
+           "print_config", "uses_cuda", "log_arg", "add_log_arg"]
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -121,6 +123,27 @@ positive_int = int_arg(1)
 nonneg_int = int_arg(0)
 prob_arg = float_arg(0, 1)
 seed_arg = int_arg(0, 2 ** 32 - 1)
+
+
+def log_arg(text: str) -> str:
+    """``--log``: ``tensorboard`` or ``wandb``, refused while parsing when its package is not installed."""
+    if text not in LOG_TARGETS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(LOG_TARGETS)}")
+    if importlib.util.find_spec(text) is None:
+        extra = "litvit[tensorboard]" if text == "tensorboard" else text
+        raise argparse.ArgumentTypeError(f"{text} is not installed (pip install '{extra}')")
+    return text
+
+
+log_arg.__name__ = "log"
+
+
+def add_log_arg(group) -> None:
+    """``--log`` of every ``train`` command (repeatable): where ``log.jsonl``'s records also go."""
+    group.add_argument("--log", type=log_arg, action="append", default=[], metavar="{tensorboard,wandb}",
+                       help="also write every log.jsonl record (loss, lr of each parameter group, metrics, "
+                            "images/s, epoch values) to TensorBoard (OUTPUT/tb/) or to an offline Weights & "
+                            "Biases run (OUTPUT/wandb/, needs wandb); repeatable")
 
 
 def check_json_object(text: Optional[str], flag: str) -> dict:

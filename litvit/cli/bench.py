@@ -27,6 +27,13 @@ def _write_json(obj, path: str) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.data_read:
+        from ..tools.data_bench import bench_data_read, print_data_read
+        print_data_read(bench_data_read(args.data_folder, n=args.data_read, img_size=args.img_size[0],
+                                        reps=min(args.reps, 3)))
+        return 0
+    if args.data_folder:
+        raise CLIError("--data-folder goes with --data-read")
     if args.decode:
         from ..tools.decode_bench import bench_decode, print_decode
         print_decode(bench_decode(args.decode, reps=args.reps, warmup=max(1, args.warmup)))
@@ -156,6 +163,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--decode", nargs="?", type=positive_int, const=64, default=0, metavar="N",
                    help="time JPEG decoding instead: read_image vs the old PIL reader and torchvision, N synthetic "
                         "500x375 photos, one thread (litvit.tools.decode_bench)")
+    p.add_argument("--data-read", nargs="?", type=positive_int, const=512, default=0, metavar="N",
+                   help="time one loader worker reading, decoding and augmenting N images (at the first --img-size) "
+                        "from an image folder and from the same images as tar shards; N synthetic 500x375 "
+                        "photos unless --data-folder (litvit.tools.data_bench)")
+    p.add_argument("--data-folder", default=None, metavar="FOLDER",
+                   help="with --data-read: the image folder (its train split) instead of synthetic photos")
     p.add_argument("--dense-releases", nargs="*", default=None, metavar="NAME",
                    help="time litvit's model of the authors' dense releases (random weights, full-size layouts "
                         "built in memory) on a 1333x800 image and print parameter counts; NAMEs among "

@@ -34,8 +34,8 @@ from ..models import MODEL_NAMES, create_model
 from ..recipes import BASE, RECIPES, default_recipe_for, get_recipe
 from ..tasks.classification import ClassificationConfig, ClassificationTask, task_for_checkpoint, validate_checkpoint
 from ..utils import atomic_path, count_parameters, plain, warn_grid_change
-from .args import (device_arg, float_arg, img_size_arg, nonneg_int, positive_int, print_config, prob_arg, seed_arg,
-                   threads_arg, uses_cuda)
+from .args import (add_log_arg, device_arg, float_arg, img_size_arg, nonneg_int, positive_int, print_config,
+                   prob_arg, seed_arg, threads_arg, uses_cuda)
 
 __all__ = ["add_parsers", "resolved_config", "run_training", "cmd_train", "cmd_validate", "cmd_predict", "cmd_demo"]
 
@@ -114,8 +114,8 @@ def _train_config(r: Dict[str, Any], args: argparse.Namespace) -> TrainConfig:
         grad_checkpointing=args.grad_checkpointing, seed=args.seed, workers=args.workers, threads=args.threads,
         val_batch_size=args.val_batch_size, save_every_steps=args.save_every_steps, resume=args.resume,
         resume_changed=args.resume_changed,
-        log_every=args.log_every, eval_every=args.eval_every, max_steps=args.max_steps, device=args.device,
-        progress=not args.no_progress, sync_bn=args.sync_bn)
+        log_every=args.log_every, log=tuple(args.log), eval_every=args.eval_every, max_steps=args.max_steps,
+        device=args.device, progress=not args.no_progress, sync_bn=args.sync_bn)
 
 
 def resolved_config(args: argparse.Namespace) -> Dict[str, Any]:
@@ -155,7 +155,8 @@ def resolved_config(args: argparse.Namespace) -> Dict[str, Any]:
                           smoothing=cfg.smoothing, repeated_aug=cfg.repeated_aug, interpolation=cfg.interpolation),
         engine=dict(batch_size=global_batch, batch_per_process=tc.batch_size, accum_steps=tc.accum_steps,
                     amp=tc.amp, ema_decay=tc.ema_decay, grad_checkpointing=tc.grad_checkpointing,
-                    sync_bn=tc.sync_bn, device=tc.device, seed=tc.seed, workers=tc.workers, output=tc.output_dir),
+                    sync_bn=tc.sync_bn, device=tc.device, seed=tc.seed, workers=tc.workers, output=tc.output_dir,
+                    log=list(tc.log)),
     ))
 
 
@@ -341,7 +342,10 @@ def _add_train_args(p: argparse.ArgumentParser, output: str = "runs/train") -> N
     g.add_argument("--recipe", default=None, choices=tuple(RECIPES),
                    help=f"named defaults: {', '.join(RECIPES)} (default: digits on the embedded data, "
                         "else the paper's recipe of the model's family)")
-    g.add_argument("--data", default=None, help="'digits' (embedded, default) or a folder with train/<class>/ and val/<class>/")
+    g.add_argument("--data", default=None,
+                   help="'digits' (embedded, default), a folder with train/<class>/ and val/<class>/, or tar shards "
+                        "of one (litvit shards): 'OUT/train-{000000..000099}.tar', validated on the val shards "
+                        "listed beside them")
     g.add_argument("--output", default=output, help=f"checkpoints, logs and curves (default: {output})")
     g.add_argument("--bad-images", default="fail", choices=D.BAD_IMAGE_MODES,
                    help="an unreadable image stops the run before training starts, naming it (fail), or is "
@@ -416,6 +420,7 @@ def _add_train_args(p: argparse.ArgumentParser, output: str = "runs/train") -> N
     g.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across processes (CUDA)")
     g.add_argument("--save-every-steps", type=nonneg_int, default=0, help="also checkpoint every N steps (0: epoch ends)")
     g.add_argument("--log-every", type=positive_int, default=10, help="log the loss every N steps")
+    add_log_arg(g)
     g.add_argument("--eval-every", type=positive_int, default=1, help="evaluate every N epochs")
     g.add_argument("--max-steps", type=positive_int, default=None, help="stop (checkpointed) after N steps")
     g.add_argument("--no-progress", action="store_true", help="no tqdm bars")
@@ -428,7 +433,9 @@ def _add_eval_args(p: argparse.ArgumentParser, predict: bool = False) -> None:
                    help="model of an official checkpoint (default: the registered model its weights fit; "
                         "a litvit one names its own)")
     if not predict:
-        p.add_argument("--data", default=None, help="'digits' or a dataset folder (default: the checkpoint's)")
+        p.add_argument("--data", default=None,
+                       help="'digits', a dataset folder or tar shards ('OUT/val-{000000..000009}.tar', evaluated "
+                            "whatever --split says) (default: the checkpoint's)")
         p.add_argument("--split", default="val", help="sub-folder to evaluate (default: val)")
     else:
         p.add_argument("--num-classes", type=positive_int, default=None,

@@ -21,8 +21,8 @@ from ..models import MODEL_NAMES
 from ..models.backbone import backbone_family
 from ..recipes import resolve_dense_recipe
 from ..utils import atomic_write
-from .args import (check_json_object, check_model_kwargs, device_arg, float_arg, int_arg, nonneg_int, positive_int,
-                   seed_arg, threads_arg, uses_cuda)
+from .args import (add_log_arg, check_json_object, check_model_kwargs, device_arg, float_arg, int_arg, nonneg_int,
+                   positive_int, seed_arg, threads_arg, uses_cuda)
 
 
 def add_engine_args(p: argparse.ArgumentParser, batch_size: int, lr: float, weight_decay: float) -> None:
@@ -54,6 +54,7 @@ def add_engine_args(p: argparse.ArgumentParser, batch_size: int, lr: float, weig
     g.add_argument("--save-every-steps", type=nonneg_int, default=0, help="also checkpoint every N optimizer steps")
     g.add_argument("--eval-every", type=positive_int, default=1, help="evaluate every N epochs")
     g.add_argument("--log-every", type=positive_int, default=20, help="log the loss every N steps")
+    add_log_arg(g)
     g.add_argument("--max-steps", type=positive_int, default=None, help="stop after N optimizer steps (resumable)")
     g.add_argument("--device", type=device_arg(), default="auto", help="auto, cpu, cuda or cuda:N")
     g.add_argument("--no-progress", action="store_true", help="no tqdm bars")
@@ -212,7 +213,7 @@ def train_config(args: argparse.Namespace, r: Dict[str, Any], epochs: int, iters
         weight_decay=float(r["weight_decay"]), opt_eps=float(r["opt_eps"]), offset_lr_mult=float(r["offset_lr_mult"]),
         clip_grad=r["clip_grad"], amp=r["amp"], grad_checkpointing=bool(r["grad_checkpointing"]), seed=args.seed,
         workers=args.workers, save_every_steps=args.save_every_steps, resume=args.resume,
-        log_every=args.log_every, eval_every=args.eval_every,
+        log_every=args.log_every, log=tuple(args.log), eval_every=args.eval_every,
         max_steps=args.max_steps, iters=iters, resume_changed=args.resume_changed,
         threads=args.threads, device=args.device, progress=not args.no_progress,
         val_batch_size=getattr(args, "val_batch_size", None))

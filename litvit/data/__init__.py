@@ -1,5 +1,5 @@
 """Datasets: image files (:mod:`.io`), classification folders and the embedded digits
-(:mod:`.classification`), COCO-format detection (:mod:`.coco`), ADE20K-format segmentation (:mod:`.ade20k`).
+(:mod:`.classification`), tar shards of them (:mod:`.shards`), COCO-format detection (:mod:`.coco`), ADE20K-format segmentation (:mod:`.ade20k`).
 
 Examples::
 

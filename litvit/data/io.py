@@ -22,6 +22,7 @@ Examples::
     ((20, 40), (20, 40))
 """
 import errno
+import io
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -77,7 +78,8 @@ def _to_8bit(img: Image.Image) -> Image.Image:
     return Image.fromarray(((a * 255 + 32767) // 65535).astype(np.uint8))
 
 
-def read_image(path: Union[str, Path], mode: Optional[str] = "RGB", verb: str = "read") -> Image.Image:
+def read_image(path: Union[str, Path], mode: Optional[str] = "RGB", verb: str = "read",
+               data: Optional[bytes] = None) -> Image.Image:
     """Open and fully decode an image as it is meant to be seen, converted to ``mode``.
 
     * **Orientation**: the EXIF orientation (JPEG, PNG, WebP; a TIFF's orientation tag) is applied,
@@ -102,6 +104,8 @@ def read_image(path: Union[str, Path], mode: Optional[str] = "RGB", verb: str = 
         mode (str, optional): PIL mode to convert to (``"RGB"``); ``None`` keeps the file's mode
             and values (orientation still applied).
         verb (str): the word of the error message (``"cannot <verb> image <path>: ..."``).
+        data (bytes, optional): the file's bytes, already read (a member of a tar shard); ``path``
+            then only names it in errors.
 
     Returns:
         PIL.Image.Image: the decoded image, detached from the file.
@@ -110,7 +114,7 @@ def read_image(path: Union[str, Path], mode: Optional[str] = "RGB", verb: str = 
         UnreadableImageError: missing, not an image, truncated, too large (the message names the file).
     """
     try:
-        with open(path, "rb") as f:
+        with (io.BytesIO(data) if data is not None else open(path, "rb")) as f:
             img = Image.open(f)  # the header: format, mode, size; refuses decompression bombs
             img.load()  # the first frame of a multi-frame file; a PNG's trailing chunks (eXIf) too
             out = img

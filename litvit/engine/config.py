@@ -5,9 +5,10 @@ from typing import Optional, Tuple, Union
 
 import torch
 
-__all__ = ["TrainConfig", "AMP_MODES", "per_process_batch_size", "auto_threads", "set_threads"]
+__all__ = ["TrainConfig", "AMP_MODES", "LOG_TARGETS", "per_process_batch_size", "auto_threads", "set_threads"]
 
 AMP_MODES = ("none", "bf16", "fp16")
+LOG_TARGETS = ("tensorboard", "wandb")
 
 
 @dataclass
@@ -53,6 +54,9 @@ class TrainConfig:
             shortened with ``--epochs``, ``amp`` off on the CPU): named last, only when nothing else
             changed (also when the checkpoint's run derived them).
         log_every (int): log the training loss every N optimizer steps.
+        log (Tuple[str, ...]): also send every ``log.jsonl`` record (loss, lr of each parameter
+            group, metrics, images/s, epoch values) to ``"tensorboard"`` (``output_dir/tb/``) and/or
+            ``"wandb"`` (an offline run in ``output_dir/wandb/``); rank 0 only.
         eval_every (int): evaluate every N epochs (and always after the last one).
         max_steps (int, optional): stop after this many optimizer steps in total (checkpointed);
             for benchmarks and time-boxed jobs; the schedule still spans ``epochs``.
@@ -91,6 +95,7 @@ class TrainConfig:
     defaulted: Tuple[str, ...] = ()
     derived: Tuple[str, ...] = ()
     log_every: int = 50
+    log: Tuple[str, ...] = ()
     eval_every: int = 1
     max_steps: Optional[int] = None
     iters: Optional[int] = None
@@ -106,6 +111,11 @@ class TrainConfig:
         for name, value in positive.items():
             if int(value) < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
+        if isinstance(self.log, str):
+            raise ValueError(f"log must be a tuple of names, e.g. ('tensorboard',), got {self.log!r}")
+        for name in self.log:
+            if name not in LOG_TARGETS:
+                raise ValueError(f"log={name!r} is not one of {LOG_TARGETS}")
         if self.amp not in AMP_MODES:
             raise ValueError(f"amp={self.amp!r} is not one of {AMP_MODES}")
         if self.lr <= 0:

@@ -1,4 +1,5 @@
-"""The output folder of a run: its lock, ``log.jsonl``, ``metrics.csv`` and ``curves.png``."""
+"""The output folder of a run: its lock, ``log.jsonl``, ``metrics.csv``, ``curves.png`` and the
+optional mirrors of ``log.jsonl`` (TensorBoard's ``tb/``, an offline Weights & Biases run in ``wandb/``)."""
 import contextlib
 import csv
 import fcntl
@@ -6,13 +7,15 @@ import io
 import json
 import os
 import socket
+import uuid
 from pathlib import Path
-from typing import List, Optional, Sequence, Union
+from typing import Any, List, Mapping, Optional, Sequence, Union
 
 from ..errors import OutputLockedError
 from tqdm import tqdm
 
 from ..utils import atomic_write
+from .config import LOG_TARGETS
 
 __all__ = ["LOCK", "OutputLock", "OutputLockedError", "plot_curves", "progress"]
 
@@ -91,13 +94,74 @@ def _write_text_atomic(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), fsync=False)
 
 
-class _RunLog:
-    """``log.jsonl`` (append) and ``metrics.csv`` (rewritten each epoch) in the output folder; rank 0 only."""
+def _scalars(record: Mapping[str, Any]) -> dict:
+    """The numbers of a ``log.jsonl`` record as ``{"EVENT/KEY": value}`` (``train/loss``,
+    ``epoch/val_top1``); ``event`` and ``step`` are where they go, not values."""
+    event = record.get("event", "log")
+    return {f"{event}/{k}": v for k, v in record.items()
+            if k not in ("event", "step") and isinstance(v, (int, float)) and not isinstance(v, bool)}
 
-    def __init__(self, out: Path, enabled: bool, resume_step: Optional[int]):
+
+class _TensorBoard:
+    """``OUTPUT/tb/``: every number of every ``log.jsonl`` record as a TensorBoard scalar at the
+    record's optimizer step. A resumed run starts its event file with TensorBoard's purge marker
+    at the checkpoint's step + 1, so what the interrupted run logged after its checkpoint is
+    dropped by the reader, as it is from ``log.jsonl``; a fresh run purges from step 0."""
+
+    def __init__(self, out: Path, resume_step: Optional[int]):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise ValueError("log='tensorboard' needs the tensorboard package: pip install 'litvit[tensorboard]'"
+                             ) from None
+        purge = 0 if resume_step is None else resume_step + 1
+        self.writer = SummaryWriter(str(out / "tb"), purge_step=purge)
+
+    def write(self, record: Mapping[str, Any]) -> None:
+        for tag, value in _scalars(record).items():
+            self.writer.add_scalar(tag, value, record.get("step"))
+
+    def close(self, failed: bool = False) -> None:
+        self.writer.close()
+
+
+class _WandB:
+    """An offline Weights & Biases run in ``OUTPUT/wandb/`` (``wandb sync`` uploads it later) with
+    the scalars of ``log.jsonl``; its id is kept in ``OUTPUT/wandb_id`` so that a resumed run
+    continues the same wandb run (wandb drops steps it has already seen)."""
+
+    def __init__(self, out: Path, resume_step: Optional[int], config: Optional[Mapping[str, Any]]):
+        try:
+            import wandb
+        except ImportError:
+            raise ValueError("log='wandb' needs the wandb package: pip install wandb") from None
+        id_file = out / "wandb_id"
+        run_id = id_file.read_text(encoding="utf-8").strip() if resume_step is not None and id_file.is_file() else ""
+        if not run_id:
+            run_id = uuid.uuid4().hex[:8]
+            _write_text_atomic(id_file, run_id + "\n")
+        self.run = wandb.init(project="litvit", name=out.name, id=run_id, resume="allow", mode="offline",
+                              dir=str(out), config=dict(config or {}))
+
+    def write(self, record: Mapping[str, Any]) -> None:
+        self.run.log(_scalars(record), step=record.get("step"))
+
+    def close(self, failed: bool = False) -> None:
+        self.run.finish(exit_code=1 if failed else 0)
+
+
+class _RunLog:
+    """``log.jsonl`` (append) and ``metrics.csv`` (rewritten each epoch) in the output folder; rank 0 only.
+
+    ``loggers`` (names in :data:`~litvit.engine.config.LOG_TARGETS`) get every record written to
+    ``log.jsonl`` too; used as a context manager, they are closed when the run ends, also by an error."""
+
+    def __init__(self, out: Path, enabled: bool, resume_step: Optional[int], loggers: Sequence[str] = (),
+                 config: Optional[Mapping[str, Any]] = None):
         self.jsonl = out / "log.jsonl"
         self.csv = out / "metrics.csv"
         self.enabled = enabled
+        self.mirrors: list = []
         if enabled and self.jsonl.exists():
             # keep only what the checkpoint we continue from had seen; a fresh run starts a new log
             keep = []
@@ -108,11 +172,36 @@ class _RunLog:
                         if rec.get("step", 0) <= resume_step:
                             keep.append(line)
             _write_text_atomic(self.jsonl, "".join(k + "\n" for k in keep))
+        if enabled:
+            try:
+                for name in dict.fromkeys(loggers):
+                    if name == "tensorboard":
+                        self.mirrors.append(_TensorBoard(out, resume_step))
+                    elif name == "wandb":
+                        self.mirrors.append(_WandB(out, resume_step, config))
+                    else:
+                        raise ValueError(f"log={name!r} is not one of {LOG_TARGETS}")
+            except BaseException:
+                self.close(failed=True)
+                raise
+
+    def __enter__(self) -> "_RunLog":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(failed=exc_type is not None)
+
+    def close(self, failed: bool = False) -> None:
+        mirrors, self.mirrors = self.mirrors, []
+        for mirror in mirrors:
+            mirror.close(failed)
 
     def write(self, record: dict) -> None:
         if self.enabled:
             with open(self.jsonl, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
+            for mirror in self.mirrors:
+                mirror.write(record)
 
     def write_csv(self, history: List[dict]) -> None:
         if not self.enabled or not history:

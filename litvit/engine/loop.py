@@ -8,17 +8,17 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.distributed as torch_dist
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, Sampler, default_collate
 
 from ..checkpoint import load_state_dict_strict, read_training_checkpoint, record_entries, write_checkpoint
 from ..errors import CheckpointMismatchError
-from ..utils import count_parameters, plain, preserved_global_state
+from ..utils import count_parameters, mix_seed, plain, preserved_global_state, seeded_rngs
 from .config import TrainConfig, set_threads
 from .distributed import DistInfo, setup_distributed, sync_buffers
 from .logs import OutputLock, _RunLog, plot_curves
@@ -58,36 +58,8 @@ def _set_rng_state(state: dict) -> None:
 
 # --- data: resumable order and per-sample seeded augmentation ------------------------------------------
 
-_MASK64 = (1 << 64) - 1
-
-
-def _mix(*values: int) -> int:
-    """A 32-bit seed from integers (splitmix64 steps); used to seed one sample's augmentation."""
-    h = 0x9E3779B97F4A7C15
-    for v in values:
-        h = (h ^ (int(v) & _MASK64)) & _MASK64
-        h = (h + 0x9E3779B97F4A7C15) & _MASK64
-        z = h
-        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
-        h = z ^ (z >> 31)
-    return h & 0xFFFFFFFF
-
-
-@contextlib.contextmanager
-def _seeded_rngs(seed: int) -> Iterator[None]:
-    """Seed torch (CPU), numpy and python RNGs for a block, then put the previous states back."""
-    gen = torch.default_generator
-    py, np_state, th = random.getstate(), np.random.get_state(legacy=False), gen.get_state()
-    random.seed(seed)
-    np.random.seed(seed)
-    gen.manual_seed(seed)  # not torch.manual_seed: that one also seeds every accelerator
-    try:
-        yield
-    finally:
-        random.setstate(py)
-        np.random.set_state(np_state)
-        gen.set_state(th)
+# one sample's seed, and its RNGs seeded for the block that loads it (shared with litvit.data.shards)
+_mix, _seeded_rngs = mix_seed, seeded_rngs
 
 
 class _SeededDataset(Dataset):
@@ -222,7 +194,7 @@ def check_datasets(datasets: Sequence[Optional[Dataset]], dist: "DistInfo", prog
 # Settings a resumed run may change freely: where and how it runs, not what it computes.
 _RESUME_FREE = ("output_dir", "resume", "resume_changed", "progress", "verbose", "workers", "threads", "device",
                 "val_batch_size", "save_every_steps", "log_every", "eval_every", "max_steps", "grad_checkpointing",
-                "sync_bn", "batch_size", "accum_steps", "defaulted", "derived")
+                "sync_bn", "batch_size", "accum_steps", "defaulted", "derived", "log")
 
 
 def _changes(ckpt: Mapping, cfg: TrainConfig, task_config: Mapping, world_size: int) -> List[Tuple[str, str]]:
@@ -301,7 +273,8 @@ def fit(task: Task, cfg: TrainConfig) -> Dict[str, Any]:
         threads = set_threads(cfg.threads)
         dist = setup_distributed(cfg.device)
         try:
-            return _fit(task, cfg, dist, threads, lock)
+            with contextlib.ExitStack() as closing:  # the run's log writers, closed also on an error
+                return _fit(task, cfg, dist, threads, lock, closing)
         finally:
             if dist.initialized_here and torch_dist.is_initialized():
                 torch_dist.destroy_process_group()
@@ -310,8 +283,8 @@ def fit(task: Task, cfg: TrainConfig) -> Dict[str, Any]:
             lock.release()
 
 
-def _fit(task: Task, cfg: TrainConfig, dist: DistInfo, threads: str = "", lock: Optional[OutputLock] = None
-         ) -> Dict[str, Any]:
+def _fit(task: Task, cfg: TrainConfig, dist: DistInfo, threads: str = "", lock: Optional[OutputLock] = None,
+         closing: Optional[contextlib.ExitStack] = None) -> Dict[str, Any]:
     device = dist.device
 
     def say(msg: str) -> None:
@@ -341,32 +314,41 @@ def _fit(task: Task, cfg: TrainConfig, dist: DistInfo, threads: str = "", lock: 
     check_datasets([train_set, val_set], dist, progress=cfg.progress)
     if len(train_set) == 0:
         raise ValueError("no image of the training set can be read")
-    sampler = task.train_sampler(train_set, dist)
-    if sampler is None:
-        sampler = DistributedSampler(train_set, num_replicas=dist.world_size, rank=dist.rank,
-                                     shuffle=True, seed=cfg.seed, drop_last=False)
-    micro_per_epoch = len(sampler) // cfg.batch_size
+    # a stream (tar shards, litvit.data.shards) deals its own shards and batches to processes and workers
+    streaming = isinstance(train_set, IterableDataset)
+    if streaming:
+        micro_per_epoch = train_set.max_batches(cfg.batch_size, dist.world_size, cfg.workers)
+        per_process = micro_per_epoch * cfg.batch_size
+    else:
+        sampler = task.train_sampler(train_set, dist)
+        if sampler is None:
+            sampler = DistributedSampler(train_set, num_replicas=dist.world_size, rank=dist.rank,
+                                         shuffle=True, seed=cfg.seed, drop_last=False)
+        micro_per_epoch, per_process = len(sampler) // cfg.batch_size, len(sampler)
     steps_per_epoch = micro_per_epoch // cfg.accum_steps
     if steps_per_epoch == 0:
         global_batch = cfg.batch_size * dist.world_size * cfg.accum_steps
         raise ValueError(f"global batch {global_batch} is larger than the training set "
-                         f"({len(train_set)} images, {len(sampler)} per process)")
+                         f"({len(train_set)} images, {per_process} per process)")
     if cfg.iters is not None:  # an iteration-based schedule: as many epochs as its iterations need
         epochs = math.ceil(cfg.iters / steps_per_epoch)
         cfg = dataclasses.replace(cfg, epochs=epochs, max_steps=min(cfg.max_steps or cfg.iters, cfg.iters))
         say(f"{cfg.iters} iterations = {epochs} epoch(s) of {steps_per_epoch} steps ({len(train_set)} images, "
             f"batch {cfg.batch_size * dist.world_size * cfg.accum_steps})")
-    batches = _ResumableBatches(sampler, cfg.batch_size, cfg.seed, dist.rank, steps_per_epoch * cfg.accum_steps)
     loader_gen = torch.Generator().manual_seed(cfg.seed)  # keeps the loader off the global RNG
-    train_loader = DataLoader(_SeededDataset(train_set), batch_sampler=batches, num_workers=cfg.workers,
-                              collate_fn=task.collate_fn(), pin_memory=device.type == "cuda",
-                              persistent_workers=cfg.workers > 0, generator=loader_gen)
+    if streaming:  # its workers are started anew each epoch: they take the epoch and the batches to skip along
+        batches = train_set.configure(cfg.batch_size, cfg.seed, dist.rank, dist.world_size, cfg.workers,
+                                      steps_per_epoch * cfg.accum_steps, collate=task.collate_fn() or default_collate)
+        train_loader = DataLoader(batches, batch_size=None, num_workers=cfg.workers,
+                                  pin_memory=device.type == "cuda", generator=loader_gen)
+    else:
+        batches = _ResumableBatches(sampler, cfg.batch_size, cfg.seed, dist.rank, steps_per_epoch * cfg.accum_steps)
+        train_loader = DataLoader(_SeededDataset(train_set), batch_sampler=batches, num_workers=cfg.workers,
+                                  collate_fn=task.collate_fn(), pin_memory=device.type == "cuda",
+                                  persistent_workers=cfg.workers > 0, generator=loader_gen)
     val_loader = None
     if val_set is not None and len(val_set):
-        val_loader = DataLoader(val_set, batch_size=cfg.val_batch_size or cfg.batch_size,
-                                sampler=_ShardSampler(len(val_set), dist.rank, dist.world_size),
-                                num_workers=cfg.workers, collate_fn=task.collate_fn(),
-                                pin_memory=device.type == "cuda", persistent_workers=cfg.workers > 0)
+        val_loader = _eval_loader(task, val_set, cfg, dist, persistent=True)
 
     # a resumed run must be the same run: refuse changed settings unless told otherwise
     task_config = plain(task.run_config())
@@ -459,7 +441,10 @@ def _fit(task: Task, cfg: TrainConfig, dist: DistInfo, threads: str = "", lock: 
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
     dist.barrier()
-    log = _RunLog(out, dist.is_main, step if ckpt is not None else None)
+    log = _RunLog(out, dist.is_main, step if ckpt is not None else None, loggers=cfg.log,
+                  config=dict(dataclasses.asdict(cfg), task=task.name, task_config=task_config))
+    if closing is not None:
+        closing.enter_context(log)
 
     train_model: nn.Module = model
     if dist.distributed:
@@ -560,6 +545,7 @@ def _fit(task: Task, cfg: TrainConfig, dist: DistInfo, threads: str = "", lock: 
             bar = tqdm(total=steps_per_epoch, initial=first // cfg.accum_steps, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                        dynamic_ncols=True, leave=False, file=sys.stderr)
         optimizer.zero_grad(set_to_none=True)
+        step_loss = 0.0  # this rank's loss summed over the micro-batches of the current step
         for batch in train_loader:
             batch = _move(batch, device)
             last_micro = (micro + 1) % cfg.accum_steps == 0
@@ -575,6 +561,7 @@ def _fit(task: Task, cfg: TrainConfig, dist: DistInfo, threads: str = "", lock: 
                 (scaler.scale(scaled) if scaler is not None else scaled).backward()
             micro += 1
             loss_sum += loss.item()
+            step_loss += loss.item()
             loss_n += 1
             images += _batch_len(batch)
             if not last_micro:
@@ -595,12 +582,13 @@ def _fit(task: Task, cfg: TrainConfig, dist: DistInfo, threads: str = "", lock: 
                 ema.update(model, step=step)
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
-            if step % cfg.log_every == 0:
-                lval = dist.reduce_sum([loss.item()])[0] / dist.world_size
+                bar.set_postfix(loss=f"{step_loss / cfg.accum_steps:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+            if step % cfg.log_every == 0:  # the step's loss: the mean over its micro-batches and processes
+                lval = dist.reduce_sum([step_loss / cfg.accum_steps])[0] / dist.world_size
                 log.write(dict(event="train", epoch=epoch + 1, epoch_f=epoch + micro / batches.num_batches,
-                               step=step, loss=lval, lr=optimizer.param_groups[0]["lr"],
+                               step=step, loss=lval, lr=optimizer.param_groups[0]["lr"], **_group_lrs(optimizer),
                                **{k: float(v) for k, v in metrics.items()}))
+            step_loss = 0.0
             # an iteration-based run ends at step ``iters``, inside its last epoch: that epoch is then
             # done (recorded, evaluated, checkpointed as finished); a stop at max_steps is a pause
             run_done = cfg.iters is not None and step >= cfg.iters
@@ -649,6 +637,15 @@ def _shown(key: str, value: float, percent: Sequence[str]) -> str:
     return f"{key} {value:.2f}%" if name in percent else f"{key} {value:.4g}"
 
 
+def _group_lrs(optimizer: torch.optim.Optimizer) -> Dict[str, float]:
+    """``{"lr_decay": ..., "lr_no_decay": ..., "lr_offset": ...}``: the lr of each parameter group
+    (by its ``name``, else its index) when there are several."""
+    groups = optimizer.param_groups
+    if len(groups) < 2:
+        return {}
+    return {f"lr_{g.get('name', i)}": float(g["lr"]) for i, g in enumerate(groups)}
+
+
 def _batch_len(batch: Any) -> int:
     if isinstance(batch, Tensor):
         return batch.shape[0]
@@ -663,6 +660,19 @@ def _reseed(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % (2 ** 32))
     random.seed(seed)
+
+
+def _eval_loader(task: Task, val_set: Dataset, cfg: TrainConfig, dist: DistInfo, persistent: bool = False
+                 ) -> DataLoader:
+    """Every item of ``val_set`` once over all processes: rank r evaluates items r, r + world, ...
+    (a stream of shards splits its shards instead)."""
+    pin = dist.device.type == "cuda"
+    if isinstance(val_set, IterableDataset):
+        return DataLoader(val_set.split(dist.rank, dist.world_size), batch_size=cfg.val_batch_size or cfg.batch_size,
+                          num_workers=cfg.workers, collate_fn=task.collate_fn(), pin_memory=pin)
+    return DataLoader(val_set, batch_size=cfg.val_batch_size or cfg.batch_size,
+                      sampler=_ShardSampler(len(val_set), dist.rank, dist.world_size), num_workers=cfg.workers,
+                      collate_fn=task.collate_fn(), pin_memory=pin, persistent_workers=persistent and cfg.workers > 0)
 
 
 # --- evaluation only -----------------------------------------------------------------------------------------
@@ -694,9 +704,7 @@ def evaluate(
         if checkpoint is not None:
             task.load_weights(model, checkpoint, use_ema=use_ema)
         model.to(dist.device).eval()
-        loader = DataLoader(val_set, batch_size=cfg.val_batch_size or cfg.batch_size,
-                            sampler=_ShardSampler(len(val_set), dist.rank, dist.world_size),
-                            num_workers=cfg.workers, collate_fn=task.collate_fn())
+        loader = _eval_loader(task, val_set, cfg, dist)
         t0 = time.perf_counter()
         with autocast(dist.device, cfg.amp):
             metrics = task.evaluate(model, loader, dist.device, dist)

@@ -39,7 +39,13 @@ class Task:
         raise NotImplementedError
 
     def build_datasets(self) -> Tuple[Dataset, Optional[Dataset]]:
-        """(train, val); val may be None (no evaluation, the last checkpoint is also the best)."""
+        """(train, val); val may be None (no evaluation, the last checkpoint is also the best).
+
+        Either may be a stream (an ``IterableDataset``) such as :class:`litvit.data.shards.ShardStream`
+        instead of an indexable dataset: a training stream gives ``max_batches(batch_size, world_size,
+        workers)``, ``configure(batch_size, seed, rank, world_size, workers, num_batches, collate)``,
+        ``set_epoch`` and ``skip_batches`` and yields whole collated batches; an evaluation stream
+        gives ``split(rank, world_size)`` and yields items. The sampler below is then not used."""
         raise NotImplementedError
 
     def collate_fn(self) -> Optional[Callable]:
