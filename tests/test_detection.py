@@ -339,3 +339,30 @@ def test_errors_are_one_line(coco, tmp_path, capsys):
     assert main(["detect", "eval", "--checkpoint", str(tmp_path / "missing.pth"), "--val-images", str(img_dir),
                  "--val-ann", str(ann)]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
+
+
+def test_grad_checkpointing_in_the_authors_backbone(coco):
+    """``--grad-checkpointing`` (the LIT-S Mask R-CNN recipe) reaches the blocks of the dense
+    backbone: the same loss and gradients, and the blocks run again in the backward pass."""
+    task = tiny_task("retinanet", coco)
+    model = task.build_model().train()
+    train, _ = task.build_datasets()
+    train.hflip_prob = 0.0
+    batch = detection_collate([train[0], train[1]])
+    block = model.backbone.model.stages[2].blocks[0]
+    calls = []
+    block.register_forward_pre_hook(lambda m, i: calls.append(1))  # a post-hook misses the early-stopped recompute
+    results = []
+    for enable in (False, True):
+        model.backbone.set_grad_checkpointing(enable)
+        model.zero_grad()
+        random.seed(0)
+        torch.manual_seed(0)
+        loss, _ = task.train_step(model, batch, torch.device("cpu"))
+        calls.clear()
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None], len(calls)))
+    (l0, g0, c0), (l1, g1, c1) = results
+    torch.testing.assert_close(l0, l1)
+    assert len(g0) == len(g1) and all(torch.allclose(a, b, atol=1e-6, rtol=1e-5) for a, b in zip(g0, g1))
+    assert c0 == 0 and c1 == 1  # recomputed once in the backward pass
