@@ -110,13 +110,14 @@ def test_a_release_by_name(release, monkeypatch):
 
 @pytest.mark.cli
 def test_cli_fine_tunes_a_release(release, tmp_path, capsys):
-    """``segment train --init-checkpoint``: the one line, then training; a checkpoint that does not
-    fit, a missing file and a checkpoint of the earlier definition are one error line each."""
+    """``segment train --init-checkpoint``: the one line, then training, with no flag describing the
+    release's tiny architecture (widths 4-8-10-16, FPN and head 8 wide); architecture flags, a
+    backbone of the other family and a missing file are one error line each."""
     path, _ = release
     ade = make_ade(tmp_path / "ade", n_train=2, n_val=1)
     common = ["segment", "train", "--data", str(ade), "--num-classes", "3", "--iters", "1", "--batch-size", "2",
               "--crop-size", "64", "--scale", "64", "32", "--workers", "0", "--no-progress", "--device", "cpu",
-              "--threads", "1"] + ARCH_FLAGS
+              "--threads", "1"]
     assert main(common + ["--init-checkpoint", str(path), "--output", str(tmp_path / "run")]) == 0
     out = capsys.readouterr().out
     lines = [ln for ln in out.splitlines() if ln.startswith("init-checkpoint")]
@@ -127,11 +128,14 @@ def test_cli_fine_tunes_a_release(release, tmp_path, capsys):
     assert main(common + ["--init-checkpoint", str(tmp_path / "run" / "last.pth"),
                           "--output", str(tmp_path / "run2")]) == 0
     assert "last.pth: 143 tensors copied (3 classes)" in capsys.readouterr().out
-    bad = common[:]
-    bad[bad.index("--fpn-channels") + 1] = "16"
-    assert main(bad + ["--init-checkpoint", str(path), "--output", str(tmp_path / "r3")]) == 2
+    # no flag describes the architecture: it is the checkpoint's, and a flag that would is refused
+    assert main(common + ARCH_FLAGS + ["--init-checkpoint", str(path), "--output", str(tmp_path / "r3")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "does not fit the model" in err[0] and "neck." in err[0]
+    assert len(err) == 1 and "leave out --fpn-channels, --head-channels, --backbone-kwargs" in err[0]
+    # a LIT-S checkpoint with LIT-Ti's recipe rules is refused
+    assert main(common + ["--backbone", "lit_s", "--init-checkpoint", str(path), "--output", str(tmp_path / "r5")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "LIT-Ti (lit_ti) backbone; give --backbone lit_ti" in err[0]
     assert main(common + ["--init-checkpoint", str(tmp_path / "none.pth"), "--output", str(tmp_path / "r4")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--init-checkpoint" in err[0] and "none.pth" in err[0]

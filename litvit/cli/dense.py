@@ -79,13 +79,14 @@ def add_backbone_args(p: argparse.ArgumentParser) -> None:
 
 def add_init_args(p: argparse.ArgumentParser) -> None:
     """``--init-checkpoint``: a dense ``train`` starts from a trained model (the authors' release or
-    a litvit checkpoint of the same task), :func:`~litvit.models.official_dense.init_from_checkpoint`."""
+    a litvit checkpoint of the same task), :func:`~litvit.models.official_dense.start_from_checkpoint`."""
     from ..models.official_dense import RELEASES
     kinds = sorted(RELEASES)
     p.add_argument("--init-checkpoint", default=None, metavar="FILE|RELEASE",
                    help="fine-tune: start from this model, the authors' release (a file, or a name: "
-                        f"{', '.join(kinds)}) or a checkpoint of this command; weights copied by name, a new "
-                        "classifier when the classes differ (said in one line)")
+                        f"{', '.join(kinds)}) or a checkpoint of this command; its architecture comes from its "
+                        "weights (--backbone names only its family, for the recipe's rules), a new classifier "
+                        "when the classes differ (said in one line)")
 
 
 def check_init_checkpoint(args: argparse.Namespace) -> None:
@@ -94,6 +95,36 @@ def check_init_checkpoint(args: argparse.Namespace) -> None:
     spec = getattr(args, "init_checkpoint", None)
     if spec is not None and spec not in RELEASES and not os.path.isfile(spec):
         raise FileNotFoundError(f"--init-checkpoint {spec}: no such file (a file, or a release: {', '.join(RELEASES)})")
+
+
+def match_init_checkpoint(args: argparse.Namespace, kinds: Sequence[str]) -> Optional[str]:
+    """The kind of model ``--init-checkpoint`` holds (one of ``kinds``), checked against
+    ``--arch`` (when the command has it and it is given) and ``--backbone``'s family, whose recipe
+    rules the run takes; None without ``--init-checkpoint``. The architecture itself comes from
+    the checkpoint's weights."""
+    from ..models.official_dense.finetune import checkpoint_kind
+    spec = getattr(args, "init_checkpoint", None)
+    if spec is None:
+        return None
+    name = os.path.basename(spec)
+    given = [flag for flag, attr in (("--fpn-channels", "fpn_channels"), ("--head-channels", "head_channels"),
+                                     ("--backbone-kwargs", "backbone_kwargs"), ("--pretrained", "pretrained"))
+             if getattr(args, attr, None) is not None]
+    if given:
+        raise ValueError(f"--init-checkpoint {name}: the model's architecture and weights come from it; leave out "
+                         f"{', '.join(given)}")
+    kind, family = checkpoint_kind(spec)
+    names = dict(retinanet="a RetinaNet", mask_rcnn="a Mask R-CNN", semantic_fpn="a Semantic FPN")
+    if kind not in kinds:
+        raise ValueError(f"--init-checkpoint {name} holds {names[kind]}, which this command does not train")
+    arch = getattr(args, "arch", None)
+    if arch is not None and arch != kind:
+        raise ValueError(f"--init-checkpoint {name} holds {names[kind]}; give --arch {kind} (or leave --arch out)")
+    if backbone_family(args.backbone) != family:
+        which = "LIT-S (lit_s)" if family == "swin" else "LIT-Ti (lit_ti)"
+        raise ValueError(f"--init-checkpoint {name} has a {which} backbone; give --backbone "
+                         f"{'lit_s' if family == 'swin' else 'lit_ti'}, whose recipe rules apply")
+    return kind
 
 
 def add_eval_args(p: argparse.ArgumentParser, batch_size: int) -> None:

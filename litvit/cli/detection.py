@@ -50,7 +50,7 @@ from ..utils import atomic_write, count_parameters
 from .args import nonneg_int, positive_int, print_config, prob_arg
 from .dense import (add_backbone_args, add_engine_args, add_eval_args, add_init_args, add_predict_args,
                     backbone_kwargs, backbone_summary, best_score, check_init_checkpoint, check_train_args,
-                    engine_summary, eval_config, note_random_backbone,
+                    engine_summary, eval_config, match_init_checkpoint, note_random_backbone,
                     one_line_warnings, open_release, optimizer_summary, predict_files, print_parameter_table, resolve_recipe,
                     save_png_atomic, train_config, written_files)
 
@@ -122,6 +122,9 @@ def _train(args: argparse.Namespace) -> int:
         return print_config(resolved_config(args))
     check_train_args(args, ("--train-images", "--train-ann"))
     check_init_checkpoint(args)
+    kind = match_init_checkpoint(args, DETECTORS)
+    if kind is not None and args.arch is None and args.recipe is None:
+        args.arch = kind
     _require_pycocotools()
     r = _resolve(args)
     task = _task(args, r, train_images=args.train_images, train_ann=args.train_ann, val_images=args.val_images,

@@ -53,6 +53,7 @@ from ..utils import count_parameters
 from .args import float_arg, img_size_arg, int_arg, positive_int, print_config
 from .dense import (add_backbone_args, add_engine_args, add_eval_args, add_init_args, add_predict_args,
                     backbone_kwargs, backbone_summary, best_score, check_init_checkpoint, check_train_args,
+                    match_init_checkpoint,
                     engine_summary, eval_config, note_random_backbone, one_line_warnings, open_release,
                     optimizer_summary, predict_files, print_parameter_table, resolve_recipe, save_png_atomic,
                     train_config, written_files)
@@ -118,6 +119,7 @@ def _train(args: argparse.Namespace) -> int:
         return print_config(resolved_config(args))
     check_train_args(args, ("--data",), "a folder in ADE20K layout")
     check_init_checkpoint(args)
+    match_init_checkpoint(args, ("semantic_fpn",))
     r = resolve_recipe(args, args.recipe)
     task = _task(args, r, _read_class_names(args.class_names))
     if args.init_checkpoint is None:

@@ -23,13 +23,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..checkpoint import read_model_record
+from ..checkpoint import read_model_record, read_training_checkpoint
 from ..data.coco import CocoDetection, detection_collate, pad_extreme_aspect
 from ..data.io import palette
 from ..engine import DistInfo, Task, TrainConfig, is_main_process, param_groups, progress
 from ..metrics import COCO_STATS, coco_evaluate, coco_results  # noqa: F401  (re-exported: their old place)
 from ..metrics import COCO_CATEGORY_IDS, COCO_CLASSES, rle_encode
-from ..models.official_dense import DenseRelease, init_from_checkpoint
+from ..models.official_dense import DenseRelease
+from ..models.official_dense.finetune import attention_heads, model_from_state_dict, start_from_checkpoint
 from ..models.official_dense.heads import paste_mask_regions
 from ..models.official_dense.preprocess import TestPipeline, preprocess
 from ..models.detectors import DETECTION_DEFAULTS, DETECTORS, build_detector
@@ -98,7 +99,7 @@ class DetectionTask(Task):
         progress (bool): a progress bar while evaluating (on the first process).
         init_checkpoint (str, optional): start from this release (file or name: ``retina_lit_ti``,
             ...) or litvit detection checkpoint
-            (:func:`~litvit.models.official_dense.init_from_checkpoint`: weights by name, a new
+            (:func:`~litvit.models.official_dense.start_from_checkpoint`: weights by name, a new
             classifier when the classes differ, said in one line).
     """
     name = "detection"
@@ -150,6 +151,8 @@ class DetectionTask(Task):
         self.progress = bool(progress)
         self.init_checkpoint = init_checkpoint
         self.init_message: Optional[str] = None
+        self.rebuild_from: Optional[str] = None  # set by from_checkpoint: the model comes from its weights
+        self.backbone_heads: Optional[List[int]] = None  # the built model's, recorded when they came from a checkpoint
         self.find_unused_parameters = arch == "mask_rcnn"  # a batch without boxes leaves the mask head idle
         self._train_set: Optional[CocoDetection] = None
         self._val_set: Optional[CocoDetection] = None
@@ -185,15 +188,29 @@ class DetectionTask(Task):
         given; started from ``init_checkpoint`` when given (its one line printed on the first process)."""
         if self.num_classes is None:
             self.setup()
-        model = build_detector(
-            self.arch, backbone=self.backbone, num_classes=self.num_classes, pretrained_backbone=self.pretrained,
-            min_size=tuple(self.min_size), max_size=self.max_size, frozen_stages=self.frozen_stages,
-            norm_eval=self.norm_eval, backbone_kwargs=self.backbone_kwargs, fpn_channels=self.fpn_channels,
-            class_names=self.class_names)
-        if self.init_checkpoint and next(model.parameters()).device.type != "meta":
-            self.init_message = init_from_checkpoint(model, self.init_checkpoint)
+        if self.rebuild_from is not None:  # a checkpoint's model: its architecture is in its weights
+            model = model_from_state_dict(read_training_checkpoint(self.rebuild_from)["model"], self.class_names,
+                                          backbone_kwargs=self._heads_kwargs())
+        elif self.init_checkpoint and torch.empty(0).device.type != "meta":
+            drop = {k: v for k, v in self.backbone_kwargs.items() if k == "drop_path_rate"}
+            model, self.init_message = start_from_checkpoint(self.init_checkpoint, self.arch, self.num_classes, drop)
+            self.backbone_heads = attention_heads(model)
             if is_main_process():
                 print(self.init_message)
+        else:
+            model = build_detector(
+                self.arch, backbone=self.backbone, num_classes=self.num_classes, pretrained_backbone=self.pretrained,
+                min_size=tuple(self.min_size), max_size=self.max_size, frozen_stages=self.frozen_stages,
+                norm_eval=self.norm_eval, backbone_kwargs=self.backbone_kwargs, fpn_channels=self.fpn_channels,
+                class_names=self.class_names)
+            self.backbone_heads = attention_heads(model)
+            return model
+        model.classes = tuple(self.class_names)
+        model.pipeline = TestPipeline(img_scale=(self.max_size, self.min_size[-1]), keep_ratio=True,
+                                      mean=model.pipeline.mean, std=model.pipeline.std, to_rgb=model.pipeline.to_rgb,
+                                      size_divisor=model.pipeline.size_divisor)
+        model.backbone.frozen_stages, model.backbone.norm_eval = self.frozen_stages, self.norm_eval
+        model.backbone.train(model.backbone.training)  # freezes the frozen stages
         return model
 
     def _dataset(self, images: Optional[str], ann: str, train: bool) -> CocoDetection:
@@ -369,7 +386,7 @@ class DetectionTask(Task):
                     **({"init_checkpoint": self.init_checkpoint} if self.init_checkpoint else {}))
 
     def checkpoint_extra(self) -> dict:
-        return dict(definition=DEFINITION, arch=self.arch, backbone=self.backbone, num_classes=self.num_classes,
+        return dict(**self._architecture_record(), definition=DEFINITION, arch=self.arch, backbone=self.backbone, num_classes=self.num_classes,
                     class_names=list(self.class_names), cat_ids=list(self.cat_ids), min_size=list(self.min_size),
                     max_size=self.max_size, backbone_kwargs=dict(self.backbone_kwargs),
                     fpn_channels=self.fpn_channels)
@@ -387,7 +404,22 @@ class DetectionTask(Task):
                       max_size=extra["max_size"], backbone_kwargs=extra.get("backbone_kwargs") or {},
                       fpn_channels=extra.get("fpn_channels", 256))
         kwargs.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**kwargs)
+        task = cls(**kwargs)
+        if extra.get("init_checkpoint"):  # the architecture came from that checkpoint's weights, as it is in these
+            task.rebuild_from, task.backbone_heads = str(path), extra.get("backbone_heads")
+        return task
+
+    def _architecture_record(self) -> dict:
+        """The record's part on the architecture: the backbone's heads (which LIT-Ti's weights do not
+        tell) and, for a model started from ``init_checkpoint``, that checkpoint: its model is then
+        rebuilt from its own weights."""
+        record = dict(backbone_heads=self.backbone_heads) if self.backbone_heads else {}
+        if self.init_checkpoint or self.rebuild_from is not None:
+            record["init_checkpoint"] = self.init_checkpoint or "(its weights)"
+        return record
+
+    def _heads_kwargs(self) -> dict:
+        return dict(num_heads=list(self.backbone_heads)) if self.backbone_heads else {}
 
     @classmethod
     def from_release(cls, model: DenseRelease, **kwargs) -> "ReleaseDetectionTask":

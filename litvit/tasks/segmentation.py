@@ -8,7 +8,7 @@ decay over a length in iterations (``TrainConfig.iters``), the authors' whole-im
 (the model's own test pipeline on the image's 8-bit pixels) into a confusion matrix summed over
 ranks; "score" is the mIoU (%). A litvit checkpoint and one of the authors' releases
 (:class:`ReleaseSegmentationTask`) are evaluated and run alike; ``init_checkpoint`` starts a run
-from either (:func:`~litvit.models.official_dense.init_from_checkpoint`). :func:`colorize` turns
+from either (:func:`~litvit.models.official_dense.finetune.start_from_checkpoint`). :func:`colorize` turns
 class maps into colours. The command line built on them, ``litvit segment``, is
 :mod:`litvit.cli.segmentation`.
 
@@ -17,6 +17,7 @@ Examples::
     >>> task = SegmentationTask("lit_ti", data="ADEChallengeData2016", iters=80000)   # doctest: +SKIP
     >>> model = task.build_model()           # 150 classes: given, not read from the data   # doctest: +SKIP
 """
+import dataclasses
 import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -30,8 +31,8 @@ from ..data.io import palette
 from ..engine import DistInfo, Task, TrainConfig, is_main_process, param_groups, progress
 from ..errors import CheckpointMismatchError
 from ..metrics import confusion_matrix, segmentation_metrics
-from ..models.official_dense import DenseRelease, init_from_checkpoint, segmentation_loss
-from ..models.official_dense.finetune import legacy_layout
+from ..models.official_dense import DenseRelease, segmentation_loss
+from ..models.official_dense.finetune import attention_heads, legacy_layout, model_from_state_dict, start_from_checkpoint
 from ..models.semantic_fpn import SEGMENTATION_DEFAULTS, convert_head_sync_batchnorm, resize_argmax, semantic_fpn
 from ..utils import moved_names
 
@@ -61,7 +62,7 @@ class SegmentationTask(Task):
         progress (bool): a progress bar while evaluating (on the first process).
         palette (Sequence[Sequence[int]], optional): an RGB colour per class.
         init_checkpoint (str, optional): start from this release (file or name) or litvit
-            segmentation checkpoint (:func:`~litvit.models.official_dense.init_from_checkpoint`: a new
+            segmentation checkpoint (:func:`~litvit.models.official_dense.start_from_checkpoint`: a new
             classifier when its classes differ, said in one line).
     """
     name = "segmentation"
@@ -123,6 +124,8 @@ class SegmentationTask(Task):
             raise ValueError(f"a palette of {len(self.palette)} colours for {self.num_classes} classes")
         self.init_checkpoint = init_checkpoint
         self.init_message: Optional[str] = None
+        self.rebuild_from: Optional[str] = None  # set by from_checkpoint: the model comes from its weights
+        self.backbone_heads: Optional[List[int]] = None  # the built model's, recorded when they came from a checkpoint
         self._datasets: Optional[Tuple[Any, Optional[SegmentationDataset]]] = None
 
     def setup(self) -> Dict[str, Any]:
@@ -136,16 +139,34 @@ class SegmentationTask(Task):
         class names and palette adopted when the classes are the same and none were given); inside a
         process group of several processes (``fit`` under torchrun) the head's BatchNorms are
         converted to SyncBatchNorms, the backbone's stay per-process."""
-        model = semantic_fpn(self.backbone, num_classes=self.num_classes, pretrained_backbone=self.pretrained,
-                             frozen_stages=self.frozen_stages, norm_eval=self.norm_eval, channels=self.head_channels,
-                             backbone_kwargs=self.backbone_kwargs, fpn_channels=self.fpn_channels,
-                             class_names=self.class_names, palette=self.palette, test_scale=self.scale)
-        if self.init_checkpoint and next(model.parameters()).device.type != "meta":
-            self.init_message = init_from_checkpoint(model, self.init_checkpoint)
-            self.class_names = list(model.classes)
-            self.palette = model.palette
+        if self.rebuild_from is not None:  # a checkpoint's model: its architecture is in its weights
+            model = model_from_state_dict(read_training_checkpoint(self.rebuild_from)["model"], self.class_names,
+                                          self.palette, backbone_kwargs=self._heads_kwargs())
+        elif self.init_checkpoint and torch.empty(0).device.type != "meta":
+            drop = {k: v for k, v in self.backbone_kwargs.items() if k == "drop_path_rate"}
+            model, self.init_message = start_from_checkpoint(self.init_checkpoint, "semantic_fpn", self.num_classes,
+                                                             drop)
+            self.backbone_heads = attention_heads(model)
+            if all(c == f"class_{i}" for i, c in enumerate(self.class_names)) and \
+                    model.num_classes == len(model.classes) and not model.classes[0].startswith("class_"):
+                self.class_names = list(model.classes)  # the same classes: the checkpoint's names and palette
+                self.palette = self.palette or model.palette
             if is_main_process():
                 print(self.init_message)
+        else:
+            model = semantic_fpn(self.backbone, num_classes=self.num_classes, pretrained_backbone=self.pretrained,
+                                 frozen_stages=self.frozen_stages, norm_eval=self.norm_eval,
+                                 channels=self.head_channels, backbone_kwargs=self.backbone_kwargs,
+                                 fpn_channels=self.fpn_channels, class_names=self.class_names, palette=self.palette,
+                                 test_scale=self.scale)
+            self.backbone_heads = attention_heads(model)
+        if self.rebuild_from is not None or self.init_checkpoint:
+            if next(model.parameters()).device.type != "meta":
+                model.classes = tuple(self.class_names)
+                model.palette = [list(c) for c in self.palette] if self.palette is not None else None
+                model.pipeline = dataclasses.replace(model.pipeline, img_scale=tuple(self.scale), keep_ratio=True)
+                model.backbone.frozen_stages, model.backbone.norm_eval = self.frozen_stages, self.norm_eval
+                model.backbone.train(model.backbone.training)  # freezes the frozen stages
         import torch.distributed as dist
         if self.sync_bn and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             convert_head_sync_batchnorm(model)
@@ -258,7 +279,7 @@ class SegmentationTask(Task):
                     **({"init_checkpoint": self.init_checkpoint} if self.init_checkpoint else {}))
 
     def checkpoint_extra(self) -> dict:
-        return dict(backbone=self.backbone, num_classes=self.num_classes, reduce_zero_label=self.reduce_zero_label,
+        return dict(**self._architecture_record(), backbone=self.backbone, num_classes=self.num_classes, reduce_zero_label=self.reduce_zero_label,
                     crop_size=self.crop_size, scale=list(self.scale), backbone_kwargs=dict(self.backbone_kwargs),
                     fpn_channels=self.fpn_channels, head_channels=self.head_channels,
                     class_names=list(self.class_names), palette=self.palette)
@@ -284,7 +305,22 @@ class SegmentationTask(Task):
                       head_channels=extra["head_channels"], class_names=extra["class_names"],
                       palette=extra.get("palette"), iters=0)
         kwargs.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**kwargs)
+        task = cls(**kwargs)
+        if extra.get("init_checkpoint"):  # the architecture came from that checkpoint's weights, as it is in these
+            task.rebuild_from, task.backbone_heads = str(path), extra.get("backbone_heads")
+        return task
+
+    def _architecture_record(self) -> dict:
+        """The record's part on the architecture: the backbone's heads (which LIT-Ti's weights do not
+        tell) and, for a model started from ``init_checkpoint``, that checkpoint: its model is then
+        rebuilt from its own weights."""
+        record = dict(backbone_heads=self.backbone_heads) if self.backbone_heads else {}
+        if self.init_checkpoint or self.rebuild_from is not None:
+            record["init_checkpoint"] = self.init_checkpoint or "(its weights)"
+        return record
+
+    def _heads_kwargs(self) -> dict:
+        return dict(num_heads=list(self.backbone_heads)) if self.backbone_heads else {}
 
 
 class ImagePixels:

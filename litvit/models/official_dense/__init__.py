@@ -23,8 +23,9 @@ and compute what the authors' test code computes, on CPU or GPU, with nothing to
   ``model.loss_cfg`` read from the release's config or the authors' values; ``init_weights()``
   initialises the neck and heads as mmdet 2.11 does;
 * :mod:`.seg_train`: Semantic FPN's training semantics (mmseg 0.13's initialisation and loss);
-* :mod:`.finetune`: :func:`init_from_checkpoint`, a release or a litvit dense checkpoint copied
-  into a freshly built model (a new classifier when the classes differ).
+* :mod:`.finetune`: :func:`start_from_checkpoint`, the model of a release or a litvit dense
+  checkpoint built from its weights, with a new classifier when the classes differ (fine-tuning);
+  :func:`model_from_state_dict`; :func:`init_from_checkpoint` (weights copied into a built model).
 
 ``tests/test_official_dense.py`` checks every stage against outputs of the authors' own code,
 ``tests/test_dense_training.py`` the training losses, gradients and initialisation.
@@ -41,7 +42,7 @@ from torch import Tensor
 
 from .backbone import ReleaseBackbone, build_release_backbone
 from .config import parse_config
-from .finetune import CLASSIFIERS, init_from_checkpoint
+from .finetune import CLASSIFIERS, init_from_checkpoint, model_from_state_dict, start_from_checkpoint
 from .load import RELEASES, build_dense, dense_from_checkpoint, is_release, load_dense, release_file, release_kind
 from .models import DenseRelease, MaskRCNN, RetinaNet, SemanticFPN
 from .preprocess import TestPipeline, preprocess, resize_bilinear_u8
@@ -50,7 +51,7 @@ from .seg_train import init_semantic_fpn_, segmentation_loss
 __all__ = ["load_dense", "predict", "build_dense", "release_kind", "is_release", "release_file", "dense_from_checkpoint",
            "RELEASES", "DenseRelease", "RetinaNet", "MaskRCNN",
            "SemanticFPN", "ReleaseBackbone", "build_release_backbone", "parse_config", "TestPipeline", "preprocess",
-           "resize_bilinear_u8", "init_from_checkpoint", "CLASSIFIERS", "init_semantic_fpn_", "segmentation_loss"]
+           "resize_bilinear_u8", "init_from_checkpoint", "start_from_checkpoint", "model_from_state_dict", "CLASSIFIERS", "init_semantic_fpn_", "segmentation_loss"]
 
 
 def predict(model: DenseRelease, image: Any) -> Dict[str, Tensor]:

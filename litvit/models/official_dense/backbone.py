@@ -122,12 +122,16 @@ def _mlp_ratio(hidden: int, dim: int) -> float:
 def build_release_backbone(
         sd: Mapping[str, Tensor],
         cfg: Optional[Dict] = None,
+        model_kwargs: Optional[Mapping] = None,
 ) -> Tuple["ReleaseBackbone", Dict[str, Tensor]]:
     """The backbone of a release and its weights under litvit's names.
 
     Args:
         sd (Mapping[str, Tensor]): the release's ``backbone.*`` entries, prefix removed.
         cfg (dict, optional): the config's ``model.backbone`` (type, num_heads, qk_scale, ...).
+        model_kwargs (Mapping, optional): ``drop_path_rate`` (for training) and, for LIT-Ti,
+            ``num_heads`` (the authors' are fixed at 1-2-5-8; a litvit model's may differ): what the
+            weights do not tell; anything else is refused.
 
     Returns:
         (ReleaseBackbone, dict): the backbone (random weights) and the state dict to load into it.
@@ -138,6 +142,12 @@ def build_release_backbone(
             patch norm, ``qk_scale``).
     """
     cfg = dict(cfg or {})
+    extra = dict(model_kwargs or {})
+    unknown = sorted(set(extra) - {"drop_path_rate", "num_heads"})
+    if unknown:
+        raise ValueError(f"the weights fix the backbone's architecture; only drop_path_rate (and LIT-Ti's "
+                         f"num_heads, which its weights do not tell) can be set, got {', '.join(unknown)}")
+    heads_given = extra.pop("num_heads", None)
     keys = list(sd)
     if "patch_embed1.proj.weight" in sd:
         family = "pvt"
@@ -149,11 +159,11 @@ def build_release_backbone(
         qkv_bias = any(k.endswith("attn.qkv.bias") for k in keys) or not any(attn)
         patch = sd["patch_embed1.proj.weight"].shape[-1]
         grid = _side(sd["pos_embed1"].shape[1], "backbone.pos_embed1")
-        heads = list(LIT_TI_HEADS)
+        heads = list(heads_given or LIT_TI_HEADS)  # the authors' LIT_Ti fixes them; a litvit model may not
         model = LIT(img_size=grid * patch, patch_size=patch, num_classes=0, global_pool="token", embed_dims=dims,
                     depths=depths, num_heads=heads, mlp_ratios=mlp,
                     attn_types=["msa" if a else "none" for a in attn], merge="dtm", pos_embed="abs",
-                    class_token=True, qkv_bias=qkv_bias, norm_eps=1e-6)
+                    class_token=True, qkv_bias=qkv_bias, norm_eps=1e-6, **extra)
         out_norms: List[int] = []
         out_indices = (0, 1, 2, 3)  # LIT_Ti ignores its config
     elif any(k.startswith("layers.") for k in keys):
@@ -189,7 +199,7 @@ def build_release_backbone(
         grid = grids.pop() if grids else 224 // patch
         model = LIT(img_size=grid * patch, patch_size=patch, num_classes=0, global_pool="avg", embed_dims=dims,
                     depths=depths, num_heads=heads, mlp_ratios=mlp, attn_types=["msa" if a else "none" for a in attn],
-                    merge="dtm", pos_embed="rel", class_token=False, qkv_bias=qkv_bias, norm_eps=1e-5)
+                    merge="dtm", pos_embed="rel", class_token=False, qkv_bias=qkv_bias, norm_eps=1e-5, **extra)
         out_norms = [i for i in range(n) if f"norm{i}.weight" in sd]
         out_indices = tuple(int(i) for i in cfg.get("out_indices", (0, 1, 2, 3)))
     else:

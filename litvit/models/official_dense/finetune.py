@@ -1,6 +1,10 @@
 """Starting a dense model from a trained one: a release of the authors' or a litvit dense checkpoint.
 
-:func:`init_from_checkpoint` copies the weights of ``--init-checkpoint`` into a freshly built
+:func:`start_from_checkpoint` builds the model a checkpoint holds, its architecture read from the
+weights as :func:`~litvit.models.official_dense.load_dense` reads a release's (so no flag has to
+describe it), loads them, and fits the classifier to another number of classes
+(:func:`fit_classes`); :func:`model_from_state_dict` rebuilds a litvit dense checkpoint's model the
+same way. :func:`init_from_checkpoint` copies the weights of ``--init-checkpoint`` into a freshly built
 RetinaNet, Mask R-CNN or Semantic FPN of :mod:`litvit.models.official_dense` by name. Both kinds of
 file hold the same modules under the same names (a release's backbone entries are renamed as
 :func:`~litvit.models.official_dense.load_dense` renames them), so everything must fit, except the
@@ -9,16 +13,22 @@ initialisation and the returned line says so. Anything else that does not fit is
 :class:`~litvit.errors.CheckpointMismatchError` of one line.
 """
 import os
+import re
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
+import numpy as np
 from torch import Tensor, nn
 
 from ...checkpoint import mismatch_message, model_record, read_checkpoint
 from ...errors import CheckpointMismatchError
+from ..convert import litvit_to_official
 from .backbone import backbone_state_dict
-from .load import RELEASES, is_release, release_file
+from .heads import _init
+from .load import RELEASES, build_dense, dense_from_checkpoint, is_release, release_file, release_kind
+from .models import DenseRelease
 
-__all__ = ["init_from_checkpoint", "CLASSIFIERS", "legacy_layout"]
+__all__ = ["init_from_checkpoint", "start_from_checkpoint", "model_from_state_dict", "fit_classes",
+           "release_state_dict", "checkpoint_kind", "attention_heads", "CLASSIFIERS", "legacy_layout"]
 
 # The layers whose shape depends on the number of classes, per model: a new one is made when it differs.
 CLASSIFIERS: Tuple[str, ...] = ("decode_head.conv_seg", "bbox_head.retina_cls", "roi_head.bbox_head.fc_cls",
@@ -64,6 +74,185 @@ def _read(path_or_name: str) -> Tuple[Dict[str, Tensor], Sequence[str], Optional
         return dict(ckpt), (), None, "state dict", path
     raise CheckpointMismatchError(f"{path_or_name} is neither one of the authors' dense releases nor a litvit "
                                   f"dense checkpoint")
+
+
+def release_state_dict(state: Mapping[str, Tensor]) -> Dict[str, Tensor]:
+    """A dense model's state dict (litvit's names: ``backbone.model.*``, ``backbone.out_norms.{i}.*``)
+    under the authors' names, as their mmdet / mmseg code saves it (the inverse of what
+    :func:`~litvit.models.official_dense.load_dense` does to a release's backbone entries)."""
+    body = {k[len("backbone.model."):]: v for k, v in state.items() if k.startswith("backbone.model.")}
+    layout = "pvt" if any(k.endswith("pos_embed") for k in body) else "swin"  # LIT-Ti's absolute tables
+    out = {f"backbone.{k}": v for k, v in litvit_to_official(body, layout).items()
+           if not k.endswith("relative_position_index")}  # a buffer their dense LIT-S does not save
+    for k, v in state.items():
+        m = re.match(r"^backbone\.out_norms\.(\d)\.(.*)$", k)
+        if m:
+            out[f"backbone.norm{m[1]}.{m[2]}"] = v
+        elif not k.startswith("backbone."):
+            out[k] = v
+    return out
+
+
+def attention_heads(model: DenseRelease) -> list:
+    """The heads of each backbone stage of a dense model (the authors' LIT-Ti values where a stage
+    does not attend): what a LIT-Ti's weights do not tell."""
+    from .backbone import LIT_TI_HEADS
+    heads = list(LIT_TI_HEADS)
+    for i, stage in enumerate(model.backbone.model.stages):
+        attn = getattr(stage.blocks[0], "attn", None) if len(stage.blocks) else None
+        if attn is not None and hasattr(attn, "num_heads"):
+            heads[i] = int(attn.num_heads)
+    return heads
+
+
+def model_from_state_dict(state: Mapping[str, Tensor], classes: Sequence[str] = (),
+                          palette: Optional[Sequence[Sequence[int]]] = None,
+                          backbone_kwargs: Optional[Dict[str, Any]] = None) -> DenseRelease:
+    """The model of a litvit dense checkpoint's weights, its architecture read from them as a
+    release's is (the authors' test and train settings, classes from ``classes``), weights loaded;
+    ``backbone_kwargs``: ``drop_path_rate``, and LIT-Ti's ``num_heads`` when they are not the
+    authors' (:func:`attention_heads` of the model that was saved).
+
+    Raises:
+        CheckpointMismatchError: weights of litvit's earlier dense models, or of no dense model.
+    """
+    legacy = legacy_layout(state)
+    if legacy:
+        raise CheckpointMismatchError(f"the weights were written by {legacy}")
+    layout = release_state_dict(state)
+    mmseg = any(k.startswith("decode_head.") for k in layout)
+    meta: Dict[str, Any] = dict(mmseg_version="0.13.0") if mmseg else dict(mmdet_version="2.11.0")
+    if classes:
+        meta["CLASSES"] = tuple(classes)
+    if palette is not None:
+        meta["PALETTE"] = [list(c) for c in palette]
+    model = build_dense(layout, meta, backbone_kwargs=backbone_kwargs)
+    problem = mismatch_message(model.state_dict(), state, limit=3)
+    if problem:
+        raise CheckpointMismatchError(f"the weights do not fit the model built from them: {problem}")
+    model.load_state_dict(state)
+    return model
+
+
+def fit_classes(model: DenseRelease, num_classes: int) -> Tuple[str, ...]:
+    """Give ``model`` a new classifier for ``num_classes`` classes, initialised as the authors'
+    heads initialise theirs, when it has another number; the layers replaced (none when it fits).
+
+    RetinaNet: ``bbox_head.retina_cls`` (normal 0.01, bias at the 0.01 prior); Mask R-CNN:
+    ``roi_head.bbox_head.fc_cls`` (normal 0.01), ``fc_reg`` (normal 0.001; kept when class-agnostic),
+    ``roi_head.mask_head.conv_logits`` (Kaiming; kept when class-agnostic); Semantic FPN:
+    ``decode_head.conv_seg`` (normal 0.01)."""
+    if model.num_classes == num_classes:
+        return ()
+    K = int(num_classes)
+    if K < 1:
+        raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+    replaced = []
+    if model.kind == "retinanet":
+        head = model.bbox_head
+        old = head.retina_cls
+        head.num_classes, head.cls_out_channels = K, (K if head.use_sigmoid else K + 1)
+        head.retina_cls = nn.Conv2d(old.in_channels, head.num_anchors * head.cls_out_channels, 3, padding=1)
+        _init(head.retina_cls, "normal", 0.01, bias=float(-np.log((1 - 0.01) / 0.01)))
+        replaced.append("bbox_head.retina_cls")
+    elif model.kind == "mask_rcnn":
+        box = model.roi_head.bbox_head
+        box.num_classes = K
+        box.fc_cls = nn.Linear(box.fc_cls.in_features, K + 1)
+        _init(box.fc_cls, "normal", 0.01)
+        replaced.append("roi_head.bbox_head.fc_cls")
+        if not box.reg_class_agnostic:
+            box.fc_reg = nn.Linear(box.fc_reg.in_features, 4 * K)
+            _init(box.fc_reg, "normal", 0.001)
+            replaced.append("roi_head.bbox_head.fc_reg")
+        mask = model.roi_head.mask_head
+        if mask is not None:
+            mask.num_classes = K
+            if not mask.class_agnostic:
+                mask.conv_logits = nn.Conv2d(mask.conv_logits.in_channels, K, 1)
+                _init(mask.conv_logits, "kaiming")
+                replaced.append("roi_head.mask_head.conv_logits")
+    else:
+        head = model.decode_head
+        head.num_classes = K
+        head.conv_seg = nn.Conv2d(head.conv_seg.in_channels, K, 1)
+        _init(head.conv_seg, "normal", 0.01)
+        replaced.append("decode_head.conv_seg")
+    device = next(model.parameters()).device
+    model.to(device)
+    return tuple(replaced)
+
+
+def start_from_checkpoint(path_or_name: str, kind: str, num_classes: int,
+                          backbone_kwargs: Optional[Dict[str, Any]] = None) -> Tuple[DenseRelease, str]:
+    """The model a checkpoint holds (a release of the authors', by file or name, or a litvit dense
+    checkpoint), built from its weights with nothing else describing it, weights loaded, and fitted
+    to ``num_classes`` classes.
+
+    Args:
+        path_or_name (str): the checkpoint.
+        kind (str): the model expected (``"retinanet"``, ``"mask_rcnn"``, ``"semantic_fpn"``).
+        num_classes (int): the classes of the data to train on.
+        backbone_kwargs (dict, optional): ``drop_path_rate`` for the backbone (the recipe's).
+
+    Returns:
+        (DenseRelease, str): the model (train mode) and one line saying what was done:
+        ``"init-checkpoint retina_lit_ti.pth: 80 classes, the data has 3: new classifier
+        (bbox_head.retina_cls)"``, or how many tensors were loaded when the classes are the same.
+
+    Raises:
+        FileNotFoundError: no such file or release.
+        CheckpointMismatchError: not a dense checkpoint, another kind of model, or weights of
+            litvit's earlier dense models (one line each).
+    """
+    path = path_or_name
+    if path in RELEASES and not os.path.exists(path):
+        path = release_file(path)
+    elif not os.path.isfile(path):
+        raise FileNotFoundError(f"init checkpoint not found: {path_or_name} (a file, or a release: "
+                                f"{', '.join(RELEASES)})")
+    name = os.path.basename(str(path))
+    ckpt = read_checkpoint(path)
+    if is_release(ckpt):
+        model = dense_from_checkpoint(ckpt, name, backbone_kwargs=backbone_kwargs)
+    elif isinstance(ckpt, Mapping) and isinstance(ckpt.get("model"), Mapping):
+        record = model_record(ckpt)
+        kwargs = dict(backbone_kwargs or {})
+        if record.get("backbone_heads"):
+            kwargs["num_heads"] = list(record["backbone_heads"])
+        try:
+            model = model_from_state_dict(ckpt["model"], record.get("class_names") or (), record.get("palette"),
+                                          backbone_kwargs=kwargs)
+        except CheckpointMismatchError as e:
+            raise CheckpointMismatchError(f"init-checkpoint {name}: {e}") from None
+    else:
+        raise CheckpointMismatchError(f"init-checkpoint {name} is neither one of the authors' dense releases nor "
+                                      f"a litvit dense checkpoint")
+    found = "a Mask R-CNN" if model.kind == "mask_rcnn" else ("a RetinaNet" if model.kind == "retinanet"
+                                                              else "a Semantic FPN")
+    if model.kind != kind:
+        raise CheckpointMismatchError(f"init-checkpoint {name} holds {found}, not a {kind.replace('_', ' ')}")
+    old = model.num_classes
+    tensors = len(model.state_dict())
+    replaced = fit_classes(model, num_classes)
+    if replaced:
+        return model.train(), (f"init-checkpoint {name}: {old} classes, the data has {num_classes}: new classifier "
+                               f"({', '.join(replaced)})")
+    return model.train(), f"init-checkpoint {name}: {tensors} tensors copied ({num_classes} classes)"
+
+
+def checkpoint_kind(path_or_name: str) -> Tuple[str, str]:
+    """(kind, backbone family) of a dense checkpoint: ``"retinanet"`` / ``"mask_rcnn"`` /
+    ``"semantic_fpn"`` and ``"pvt"`` (LIT-Ti) / ``"swin"`` (LIT-S), read from its weights."""
+    state, _, _, _, path = _read(path_or_name)
+    layout = release_state_dict(state) if any(k.startswith("backbone.model.") for k in state) else state
+    try:
+        kind = release_kind(layout)
+    except CheckpointMismatchError:
+        raise CheckpointMismatchError(f"init-checkpoint {os.path.basename(str(path))} holds no dense model "
+                                      f"(RetinaNet, Mask R-CNN, Semantic FPN)") from None
+    family = "pvt" if "backbone.patch_embed1.proj.weight" in layout else "swin"
+    return kind, family
 
 
 def _classifier(key: str) -> Optional[str]:

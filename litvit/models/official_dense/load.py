@@ -225,8 +225,12 @@ def _train_cfg(cfg: Dict[str, Any]) -> Optional[Dict[str, Any]]:
     return dict(found) if found else None
 
 
-def build_dense(state_dict: Mapping[str, Tensor], meta: Optional[Mapping[str, Any]] = None) -> DenseRelease:
+def build_dense(state_dict: Mapping[str, Tensor], meta: Optional[Mapping[str, Any]] = None,
+                backbone_kwargs: Optional[Mapping[str, Any]] = None) -> DenseRelease:
     """The model of a release's state dict and meta (random weights; :func:`load_dense` loads them).
+
+    ``backbone_kwargs`` may set the backbone's ``drop_path_rate`` for training (the released
+    weights do not record it; 0 otherwise).
 
     Returns:
         DenseRelease: a :class:`RetinaNet`, :class:`MaskRCNN` or :class:`SemanticFPN`, with
@@ -241,7 +245,7 @@ def build_dense(state_dict: Mapping[str, Tensor], meta: Optional[Mapping[str, An
         _logger.info("the release has no config; using the authors' settings for %s", kind)
     model_cfg = cfg.get("model") or {}
     test_cfg = _test_cfg(cfg)
-    backbone, _ = build_release_backbone(_sub(sd, "backbone."), model_cfg.get("backbone"))
+    backbone, _ = build_release_backbone(_sub(sd, "backbone."), model_cfg.get("backbone"), backbone_kwargs)
     channels = list(backbone.channels)
     neck_default = dict(retinanet=dict(start_level=1, add_extra_convs="on_input", num_outs=5),
                         mask_rcnn=dict(num_outs=5), semantic_fpn=dict(num_outs=4))[kind]
@@ -383,8 +387,10 @@ def load_dense(path: PathLike) -> DenseRelease:
     return dense_from_checkpoint(read_checkpoint(path), path)
 
 
-def dense_from_checkpoint(ckpt: Any, path: PathLike = "the checkpoint") -> DenseRelease:
-    """:func:`load_dense` of a checkpoint already read (``path`` names it in messages)."""
+def dense_from_checkpoint(ckpt: Any, path: PathLike = "the checkpoint",
+                          backbone_kwargs: Optional[Mapping[str, Any]] = None) -> DenseRelease:
+    """:func:`load_dense` of a checkpoint already read (``path`` names it in messages;
+    ``backbone_kwargs`` as :func:`build_dense`'s)."""
     if not isinstance(ckpt, Mapping) or not isinstance(ckpt.get("state_dict"), Mapping):
         found = sorted(ckpt)[:5] if isinstance(ckpt, Mapping) else type(ckpt).__name__
         raise CheckpointMismatchError(f"{path} is not an mmdet/mmseg release (expected 'meta' and 'state_dict', "
@@ -393,7 +399,7 @@ def dense_from_checkpoint(ckpt: Any, path: PathLike = "the checkpoint") -> Dense
           for k, v in ckpt["state_dict"].items() if isinstance(v, Tensor)}
     meta = ckpt.get("meta") if isinstance(ckpt.get("meta"), Mapping) else {}
     try:
-        model = build_dense(sd, meta)
+        model = build_dense(sd, meta, backbone_kwargs)
     except ValueError as e:
         raise type(e)(f"{path}: {e}") from None
     state = {f"backbone.{k}": v for k, v in backbone_state_dict(_sub(sd, "backbone.")).items()}
