@@ -97,8 +97,10 @@ from ..errors import CheckpointWriteError, OutputLockedError
 from .config import AMP_MODES, TrainConfig, auto_threads, per_process_batch_size, set_threads
 from .distributed import DistInfo, is_main_process, print_main, setup_distributed, sync_buffers, unwrap_model
 from .logs import OutputLock, plot_curves, progress
-from .loop import BEST, LAST, autocast, changed_settings, check_datasets, evaluate, fit
+from .checkpointer import Checkpointer, TrainingParts, TrainState
+from .loop import BEST, LAST, autocast, changed_settings, check_datasets, evaluate, evaluate_model, fit, train_one_epoch
 from .optim import describe_param_groups, param_groups
+from .plan import RunPlan, resolve_amp
 from .task import Task
 
 __all__ = [
@@ -106,4 +108,5 @@ __all__ = [
     "CheckpointWriteError", "OutputLock", "OutputLockedError", "check_datasets", "changed_settings", "auto_threads",
     "load_checkpoint", "setup_distributed", "per_process_batch_size", "autocast", "unwrap_model", "sync_buffers",
     "set_threads", "plot_curves", "progress", "is_main_process", "print_main", "LAST", "BEST", "AMP_MODES",
+    "RunPlan", "resolve_amp", "Checkpointer", "TrainingParts", "TrainState", "train_one_epoch", "evaluate_model",
 ]

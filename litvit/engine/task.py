@@ -9,6 +9,7 @@ from ..checkpoint import load_state_dict_strict, read_training_checkpoint
 from .config import TrainConfig
 from .distributed import DistInfo
 from .optim import param_groups
+from .plan import RunPlan
 
 __all__ = ["Task"]
 
@@ -31,7 +32,8 @@ class Task:
         """Read the data before the model is built (:func:`fit` and :func:`evaluate` call it first):
         build what :meth:`build_datasets` returns (tasks keep it) and learn from the data what the
         model needs. Returns that, as plain values (e.g. ``num_classes``, ``class_names``); the task
-        keeps it for :meth:`build_model`. Default: nothing to learn."""
+        keeps it for :meth:`build_model`, and :func:`fit` shows it in the run's first lines and keeps
+        it in the run's log (``log.jsonl``'s config record, under ``data``). Default: nothing to learn."""
         return {}
 
     def build_model(self) -> nn.Module:
@@ -58,6 +60,14 @@ class Task:
 
     def param_groups(self, model: nn.Module, cfg: TrainConfig) -> List[dict]:
         return param_groups(model, cfg.weight_decay, offset_lr_mult=cfg.offset_lr_mult)
+
+    def build_optimizer(self, groups: List[dict], cfg: TrainConfig, plan: RunPlan) -> torch.optim.Optimizer:
+        """The optimizer over :meth:`param_groups`, each group at its peak lr from the run plan
+        (``plan.group_lr(name)``); default AdamW with ``cfg``'s betas, eps and weight decay (a
+        group's own ``weight_decay`` wins). Tasks override it for another optimizer (SGD, ...)."""
+        return torch.optim.AdamW(
+            [dict({k: v for k, v in g.items() if k != "param_names"}, lr=plan.group_lr(g["name"])) for g in groups],
+            lr=plan.peak_lr, betas=tuple(cfg.opt_betas), eps=cfg.opt_eps, weight_decay=cfg.weight_decay)
 
     def on_epoch_start(self, model: nn.Module, epoch: int) -> None:
         """Called with the unwrapped model before each training epoch (0-based); default nothing."""
