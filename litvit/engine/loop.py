@@ -4,13 +4,12 @@ the evaluation of an epoch (:func:`evaluate_model`), and evaluation of a checkpo
 import contextlib
 import dataclasses
 import math
+import random
 import sys
 import time
-from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
-import random
 import torch
 import torch.distributed as torch_dist
 from torch import nn
