@@ -381,7 +381,7 @@ def _eval_batch(cfg: TrainConfig, dist: DistInfo) -> int:
     """Images per process per evaluation batch: ``val_batch_size``, else the training micro-batch."""
     if cfg.val_batch_size:
         return int(cfg.val_batch_size)
-    return RunPlan.resolve(cfg, dist.world_size, "cuda").batch_per_process
+    return RunPlan.resolve(cfg, dist.world_size, dist.device.type).batch_per_process
 
 
 # --- evaluation only -----------------------------------------------------------------------------------------
