@@ -19,7 +19,12 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 from .config import TrainConfig, per_process_batch_size
 
-__all__ = ["RunPlan", "resolve_amp"]
+__all__ = ["RunPlan", "resolve_amp", "warmup_steps"]
+
+
+def warmup_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
+    """Optimizer steps of the linear warm-up: ``warmup_epochs`` epochs, rounded (the default schedule's)."""
+    return int(round(cfg.warmup_epochs * steps_per_epoch))
 
 
 def resolve_amp(amp: str, device_type: str, from_recipe: bool = False) -> Tuple[str, str]:
@@ -162,4 +167,4 @@ def _steps(cfg: TrainConfig, global_batch: int, per_process: int, count: Optiona
         epochs, stop = cfg.epochs, cfg.max_steps
     span = schedule_steps(cfg, per_epoch) if schedule_steps is not None else (cfg.iters or epochs * per_epoch)
     return dict(micro_batches_per_epoch=micro, steps_per_epoch=per_epoch, epochs=epochs, total_steps=int(span),
-                stop_step=stop, warmup_steps=int(round(cfg.warmup_epochs * per_epoch)))
+                stop_step=stop, warmup_steps=warmup_steps(cfg, per_epoch))

@@ -9,7 +9,7 @@ from ..checkpoint import load_state_dict_strict, read_training_checkpoint
 from .config import TrainConfig
 from .distributed import DistInfo
 from .optim import param_groups
-from .plan import RunPlan
+from .plan import RunPlan, warmup_steps
 
 __all__ = ["Task"]
 
@@ -82,10 +82,9 @@ class Task:
         """A timm scheduler stepped with ``step_update(optimizer_step)``; default: cosine with linear
         warm-up over :meth:`schedule_steps`. Dense tasks override it (step decay, poly)."""
         from timm.scheduler import CosineLRScheduler
-        total_steps = self.schedule_steps(cfg, steps_per_epoch)
-        warmup_steps = int(round(cfg.warmup_epochs * steps_per_epoch))
+        total, warmup = self.schedule_steps(cfg, steps_per_epoch), warmup_steps(cfg, steps_per_epoch)  # as the plan's
         return CosineLRScheduler(
-            optimizer, t_initial=max(1, total_steps - warmup_steps), lr_min=cfg.min_lr, warmup_t=warmup_steps,
+            optimizer, t_initial=max(1, total - warmup), lr_min=cfg.min_lr, warmup_t=warmup,
             warmup_lr_init=cfg.warmup_lr, warmup_prefix=True, t_in_epochs=False)
 
     def train_step(self, model: nn.Module, batch: Any, device: torch.device) -> Tuple[Tensor, Dict[str, float]]:
