@@ -209,3 +209,16 @@ def test_one_error_type_per_failure():
     assert engine.OutputLockedError is errors.OutputLockedError and engine.CheckpointWriteError is errors.CheckpointWriteError
     assert CLIError is errors.CLIError
     assert issubclass(errors.UnreadableImageError, OSError) and issubclass(errors.UnreadableImageError, ValueError)
+
+
+def test_engine_functions_are_short():
+    """Each function of the engine does one job: none is longer than 80 lines (docstring included),
+    so a training loop cannot grow back into one function that shares its state through closures."""
+    long = []
+    for path in sorted((ROOT / "engine").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > 80:
+                    long.append(f"{path.name}:{node.lineno} {node.name} ({lines} lines)")
+    assert not long, "engine functions over 80 lines: " + ", ".join(long)

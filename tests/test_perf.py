@@ -274,6 +274,18 @@ def test_bench_dtm_only(tmp_path, quick_peak):
     assert png.exists()
 
 
+def test_bench_dtm_returns_its_peaks_and_leaves_its_options_alone(quick_peak):
+    """The settled GEMM peaks come back with the rows; the options are only read."""
+    import argparse
+    from litvit.tools.bench import bench_dtm, matmul_peak
+    opts = argparse.Namespace(batch_size=[1], img_size=[32], warmup=0, reps=1)
+    before = dict(vars(opts))
+    device = torch.device("cpu")
+    rows, settled = bench_dtm(opts, device, {"fp32": matmul_peak(device, "fp32")})
+    assert vars(opts) == before
+    assert rows and set(settled) == {"fp32"} and settled["fp32"]["gflops"] > 0
+
+
 def test_bench_flop_count_follows_the_paper_convention():
     from litvit.tools.bench import count_flops
     model = litvit.create_model("lit_ti").eval()

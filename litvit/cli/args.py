@@ -13,11 +13,16 @@ import torch
 from ..errors import CLIError
 from ..utils import warn_grid_change  # noqa: F401  (re-exported: its old place)
 from ..engine.config import LOG_TARGETS
+from ..engine.plan import RunPlan
 from ..models import LIT, MODEL_NAMES, create_model
 
 __all__ = ["OneLineParser", "int_arg", "float_arg", "device_arg", "threads_arg", "img_size_arg", "positive_int",
            "nonneg_int", "prob_arg", "seed_arg", "check_json_object", "check_model_kwargs", "warn_grid_change",
-           "print_config", "uses_cuda", "log_arg", "add_log_arg"]
+           "print_config", "uses_cuda", "log_arg", "add_log_arg", "print_plan", "BATCH_SIZE_HELP"]
+
+# what --batch-size means for every train command (detect train and segment train too)
+BATCH_SIZE_HELP = ("the global batch: images per optimizer step over all processes, split into "
+                   "processes x --accum-steps micro-batches")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -180,6 +185,16 @@ def check_model_kwargs(kwargs: dict, flag: str, model: str = "lit_ti", allowed: 
 def uses_cuda(device: str) -> bool:
     """Whether ``--device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``) resolves to a GPU here."""
     return torch.cuda.is_available() if device == "auto" else str(device).startswith("cuda")
+
+
+def print_plan(tc, task, model) -> RunPlan:
+    """The run plan ``--print-config`` shows: :meth:`RunPlan.resolve` as :func:`litvit.engine.fit`
+    calls it, for this world (``$WORLD_SIZE`` under torchrun) and ``--device``, with the model's
+    parameter groups (built on the meta device) and without the data (the step counts are null)."""
+    import os
+    device_type = "cuda" if uses_cuda(tc.device) else "cpu"
+    return RunPlan.resolve(tc, int(os.environ.get("WORLD_SIZE", 1)), device_type,
+                           groups=task.param_groups(model, tc), schedule_steps=task.schedule_steps)
 
 
 def print_config(config: dict) -> int:

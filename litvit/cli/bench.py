@@ -77,7 +77,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.dtm_only:
         print(f"DTM op (DeformMerge2x2: offset conv + deformable 2x2 merge), batch {args.batch_size[0]}, "
               f"fast vs torchvision reference")
-        rows = bench_dtm(args, device, peaks)
+        rows, settled = bench_dtm(args, device, peaks)
         result["dtm"] = rows
         print_dtm_table(rows)
         plot_dtm(rows, plot_path, f"DTM fast vs torchvision, {device}, {torch.get_num_threads()} threads")
@@ -85,13 +85,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(f"models {', '.join(args.models)}{' + timm peers' if args.peers else ''}; batch {args.batch_size}, "
               f"sizes {args.img_size}, dtypes {args.dtype}, modes {args.mode}, compile {args.compile}, "
               f"memory {'yes (fresh process each)' if args.memory else 'no'}")
-        rows = bench_models(args, device, peaks)
+        rows, settled = bench_models(args, device, peaks)
         result["models"] = rows
         print_model_table(rows)
         plot(rows, plot_path, f"litvit bench, {device}, {torch.get_num_threads()} threads")
-    print(peaks_summary(args.peaks))
-    result["peaks"] = args.peaks
-    result["matmul_peak_gflops"] = args.peaks["fp32"]["gflops"] if "fp32" in args.peaks else None
+    print(peaks_summary(settled))
+    result["peaks"] = settled
+    result["matmul_peak_gflops"] = settled["fp32"]["gflops"] if "fp32" in settled else None
     _write_json(result, args.out)
     ok = [r for r in rows if not r.get("skipped")]
     print(f"wrote {args.out} and {plot_path}: {len(ok)} measurements")

@@ -34,8 +34,8 @@ from ..models import MODEL_NAMES, create_model
 from ..recipes import BASE, RECIPES, default_recipe_for, get_recipe
 from ..tasks.classification import ClassificationConfig, ClassificationTask, task_for_checkpoint, validate_checkpoint
 from ..utils import atomic_path, count_parameters, plain, warn_grid_change
-from .args import (add_log_arg, device_arg, float_arg, img_size_arg, nonneg_int, positive_int, print_config,
-                   prob_arg, seed_arg, threads_arg, uses_cuda)
+from .args import (BATCH_SIZE_HELP, add_log_arg, device_arg, float_arg, img_size_arg, nonneg_int, positive_int, print_config,
+                   print_plan, prob_arg, seed_arg, threads_arg)
 
 __all__ = ["add_parsers", "resolved_config", "run_training", "cmd_train", "cmd_validate", "cmd_predict", "cmd_demo"]
 
@@ -61,9 +61,7 @@ def _resolve_recipe(args: argparse.Namespace) -> Tuple[str, Dict[str, Any]]:
         recipe["warmup_epochs"] = recipe["epochs"] / 10  # a short run keeps a proportionate warm-up
     if recipe["drop_path_off_epochs"] is None:  # the authors' runs: ablation models only, under the DeiT recipe
         recipe["drop_path_off_epochs"] = 100 if name == "lit-ti" and recipe["model"] != "lit_ti" else 0
-    if args.amp is None and recipe["amp"] == "fp16" and not uses_cuda(args.device):
-        recipe["amp"] = "none"  # the recipe's fp16 is for CUDA; the CPU has no fp16 autocast
-    return name, recipe
+    return name, recipe  # a recipe's fp16 off CUDA: the run plan turns it off (engine.resolve_amp)
 
 
 def _setting_origins(args: argparse.Namespace, name: str, r: Dict[str, Any]) -> Tuple[Tuple[str, ...], Tuple[str, ...]]:
@@ -76,8 +74,6 @@ def _setting_origins(args: argparse.Namespace, name: str, r: Dict[str, Any]) -> 
         derived.append("warmup_epochs")  # shortened with --epochs
     if getattr(args, "drop_path_off_epochs", None) is None and recipe["drop_path_off_epochs"] is None:
         derived.append("drop_path_off_epochs")  # from the recipe and the model
-    if args.amp is None and r["amp"] != recipe["amp"]:
-        derived.append("amp")  # the recipe's fp16 is off on the CPU
     if r["scale_warmup_min_lr"]:  # scaled with the batch size
         derived += [k for k in ("min_lr", "warmup_lr") if getattr(args, k, None) is None]
     key = dict({k: f"model_kwargs.{k}" for k in ARCH_KEYS}, drop_path="model_kwargs.drop_path_rate")
@@ -101,13 +97,15 @@ def _class_config(r: Dict[str, Any], args: argparse.Namespace) -> Classification
 
 
 def _train_config(r: Dict[str, Any], args: argparse.Namespace) -> TrainConfig:
-    per_process = engine.per_process_batch_size(int(r["batch_size"]), args.accum_steps)
+    """The engine's settings; ``--batch-size`` is the global batch (the run plan splits it)."""
+    per_process = engine.per_process_batch_size(int(r["batch_size"]), args.accum_steps)  # a check only
     if (r["mixup"] > 0 or r["cutmix"] > 0) and r["mixup_prob"] > 0 and per_process % 2:
         raise ValueError(f"mixup/cutmix need an even batch per process; batch size {r['batch_size']} gives "
                          f"{per_process} per process and accumulation step")
     scale = int(r["batch_size"]) / 512 if r["scale_warmup_min_lr"] else 1.0  # the Swin trainer scales all three
     return TrainConfig(
-        output_dir=args.output, epochs=int(r["epochs"]), batch_size=per_process, accum_steps=args.accum_steps,
+        output_dir=args.output, epochs=int(r["epochs"]), batch_size=None, global_batch=int(r["batch_size"]),
+        accum_steps=args.accum_steps,
         lr=float(r["lr"]), min_lr=float(r["min_lr"]) * scale, warmup_epochs=float(r["warmup_epochs"]),
         warmup_lr=float(r["warmup_lr"]) * scale, weight_decay=float(r["weight_decay"]), opt_eps=float(r["opt_eps"]),
         clip_grad=r["clip_grad"], offset_lr_mult=float(r["offset_lr_mult"]), amp=r["amp"], ema_decay=float(r["ema_decay"]),
@@ -125,14 +123,14 @@ def resolved_config(args: argparse.Namespace) -> Dict[str, Any]:
     name, r = _resolve_recipe(args)
     cfg = _class_config(r, args)
     tc = _train_config(r, args)
+    tc.defaulted, tc.derived = _setting_origins(args, name, r)
     task = ClassificationTask(cfg)
     digits = cfg.data == D.DIGITS
     with torch.device("meta"):
         model = create_model(cfg.model, num_classes=10 if digits else 1000, img_size=cfg.img_size, **cfg.model_kwargs)
     from timm.layers import DropPath
     drop_path = max([m.drop_prob for m in model.modules() if isinstance(m, DropPath)], default=0.0)
-    global_batch = int(r["batch_size"])
-    peak = tc.lr * global_batch / 512
+    plan = print_plan(tc, task, model)
     overridden = sorted(k for k in BASE if getattr(args, k, None) is not None)
     return plain(dict(
         command="train", recipe=name, overridden=overridden,
@@ -143,9 +141,9 @@ def resolved_config(args: argparse.Namespace) -> Dict[str, Any]:
         data=dict(data=str(cfg.data), train_split="train", eval_split=cfg.eval_split, bad_images=cfg.bad_images,
                   eval_img_size=cfg.eval_img_size or cfg.img_size, crop_pct=cfg.crop_pct,
                   interpolation=cfg.interpolation, mean=cfg.mean, std=cfg.std),
-        optimizer=dict(type="AdamW", lr_per_512=tc.lr, lr=peak, weight_decay=tc.weight_decay, eps=tc.opt_eps,
+        optimizer=dict(type="AdamW", lr_per_512=tc.lr, lr=plan.peak_lr, weight_decay=tc.weight_decay, eps=tc.opt_eps,
                        betas=tc.opt_betas, clip_grad=tc.clip_grad, offset_lr_mult=tc.offset_lr_mult,
-                       param_groups=engine.describe_param_groups(task.param_groups(model, tc), peak)),
+                       param_groups=engine.describe_param_groups(task.param_groups(model, tc), plan.peak_lr)),
         schedule=dict(type="cosine", sched_on=cfg.sched_on, epochs=tc.epochs, warmup_epochs=tc.warmup_epochs,
                       warmup_prefix=cfg.warmup_prefix, warmup_lr=tc.warmup_lr, min_lr=tc.min_lr,
                       scale_warmup_min_lr=bool(r["scale_warmup_min_lr"])),
@@ -153,10 +151,11 @@ def resolved_config(args: argparse.Namespace) -> Dict[str, Any]:
                           reprob=cfg.reprob, remode=cfg.remode, recount=cfg.recount, mixup=cfg.mixup,
                           cutmix=cfg.cutmix, mixup_prob=cfg.mixup_prob, mixup_switch_prob=cfg.mixup_switch_prob,
                           smoothing=cfg.smoothing, repeated_aug=cfg.repeated_aug, interpolation=cfg.interpolation),
-        engine=dict(batch_size=global_batch, batch_per_process=tc.batch_size, accum_steps=tc.accum_steps,
-                    amp=tc.amp, ema_decay=tc.ema_decay, grad_checkpointing=tc.grad_checkpointing,
+        engine=dict(batch_size=plan.global_batch, batch_per_process=plan.batch_per_process, accum_steps=tc.accum_steps,
+                    amp=plan.amp, ema_decay=tc.ema_decay, grad_checkpointing=tc.grad_checkpointing,
                     sync_bn=tc.sync_bn, device=tc.device, seed=tc.seed, workers=tc.workers, output=tc.output_dir,
                     log=list(tc.log)),
+        plan=plan.describe(),
     ))
 
 
@@ -366,8 +365,7 @@ def _add_train_args(p: argparse.ArgumentParser, output: str = "runs/train") -> N
     g.add_argument("--init-checkpoint", default=None, help="start from these weights (official or litvit)")
     g = p.add_argument_group("optimisation (recipe values unless given)")
     g.add_argument("--epochs", type=positive_int, default=None, help="training epochs")
-    g.add_argument("--batch-size", type=positive_int, default=None,
-                   help="global batch per optimizer step, over all processes and accumulation steps")
+    g.add_argument("--batch-size", type=positive_int, default=None, help=BATCH_SIZE_HELP)
     g.add_argument("--accum-steps", type=positive_int, default=1, help="micro-batches per optimizer step (default 1)")
     g.add_argument("--lr", type=float_arg(0, lo_open=True), default=None,
                    help="peak lr per 512 images (scaled by batch/512)")

@@ -16,13 +16,13 @@ from PIL import Image
 from ..data.classification import BAD_IMAGE_MODES
 from ..data.io import check_image, find_images, read_image, scan_files
 from ..errors import UnreadableImageError
-from ..engine import TrainConfig, describe_param_groups, is_main_process
+from ..engine import RunPlan, TrainConfig, describe_param_groups, is_main_process
 from ..models import MODEL_NAMES
 from ..models.backbone import backbone_family
 from ..recipes import resolve_dense_recipe
 from ..utils import atomic_write
-from .args import (add_log_arg, check_json_object, check_model_kwargs, device_arg, float_arg, int_arg, nonneg_int,
-                   positive_int, seed_arg, threads_arg, uses_cuda)
+from .args import (BATCH_SIZE_HELP, add_log_arg, check_json_object, check_model_kwargs, device_arg, float_arg,
+                   int_arg, nonneg_int, positive_int, seed_arg, threads_arg)
 
 
 def add_engine_args(p: argparse.ArgumentParser, batch_size: int, lr: float, weight_decay: float) -> None:
@@ -30,7 +30,7 @@ def add_engine_args(p: argparse.ArgumentParser, batch_size: int, lr: float, weig
     defaults shown are the recipe's (``--recipe``), which ``None`` stands for."""
     g = p.add_argument_group("training engine")
     g.add_argument("--output", default=None, help="run folder: checkpoints (last.pth, best.pth), logs, curves (required)")
-    g.add_argument("--batch-size", type=positive_int, default=None, help=f"images per process (recipe: {batch_size})")
+    g.add_argument("--batch-size", type=positive_int, default=None, help=f"{BATCH_SIZE_HELP} (recipe: {batch_size})")
     g.add_argument("--accum-steps", type=positive_int, default=1, help="micro-batches per optimizer step")
     g.add_argument("--lr", type=float_arg(0, lo_open=True), default=None,
                    help=f"AdamW learning rate, not scaled by batch (recipe: {lr:g})")
@@ -217,10 +217,7 @@ def resolve_recipe(args: argparse.Namespace, name: str) -> Dict[str, Any]:
             r["overridden"].append(key)
     if args.grad_checkpointing:
         r["grad_checkpointing"] = True
-    if args.amp is None and r["amp"] == "fp16" and not uses_cuda(args.device):
-        r["amp"] = "none"  # the recipe's fp16 is for CUDA; the CPU has no fp16 autocast
-        r["derived"].append("amp")
-    return r
+    return r  # a recipe's fp16 off CUDA: the run plan turns it off (engine.resolve_amp)
 
 
 def check_output(args: argparse.Namespace) -> None:
@@ -228,18 +225,19 @@ def check_output(args: argparse.Namespace) -> None:
         raise ValueError("--output is required (the run folder)")
 
 
-def optimizer_summary(task, model, tc: TrainConfig, r: Dict[str, Any]) -> Dict[str, Any]:
-    """The optimizer section of ``--print-config``: settings and each parameter group."""
-    return dict(type="AdamW", lr=tc.lr, weight_decay=tc.weight_decay, eps=tc.opt_eps, betas=list(tc.opt_betas),
+def optimizer_summary(task, model, tc: TrainConfig, r: Dict[str, Any], plan: RunPlan) -> Dict[str, Any]:
+    """The optimizer section of ``--print-config``: settings and each parameter group at the plan's lr."""
+    return dict(type="AdamW", lr=plan.peak_lr, weight_decay=tc.weight_decay, eps=tc.opt_eps, betas=list(tc.opt_betas),
                 clip_grad=tc.clip_grad, offset_lr_mult=tc.offset_lr_mult, no_decay_keys=list(r["no_decay_keys"]),
-                param_groups=describe_param_groups(task.param_groups(model, tc), tc.lr))
+                param_groups=describe_param_groups(task.param_groups(model, tc), plan.peak_lr))
 
 
 def train_config(args: argparse.Namespace, r: Dict[str, Any], epochs: int, iters: Optional[int] = None) -> TrainConfig:
     """The engine configuration of a dense run from its resolved recipe ``r`` and the run flags: ``epochs``
     long, or ``iters`` optimizer steps (then the engine derives the epochs)."""
     tc = TrainConfig(
-        output_dir=args.output or "", epochs=epochs, batch_size=int(r["batch_size"]), accum_steps=args.accum_steps,
+        output_dir=args.output or "", epochs=epochs, batch_size=None, global_batch=int(r["batch_size"]),
+        accum_steps=args.accum_steps,
         lr=float(r["lr"]), scale_lr=False, min_lr=float(r.get("min_lr", 0.0)), warmup_epochs=0.0,
         weight_decay=float(r["weight_decay"]), opt_eps=float(r["opt_eps"]), offset_lr_mult=float(r["offset_lr_mult"]),
         clip_grad=r["clip_grad"], amp=r["amp"], grad_checkpointing=bool(r["grad_checkpointing"]), seed=args.seed,
@@ -249,7 +247,8 @@ def train_config(args: argparse.Namespace, r: Dict[str, Any], epochs: int, iters
         threads=args.threads, device=args.device, progress=not args.no_progress,
         val_batch_size=getattr(args, "val_batch_size", None))
     # a refused resume names the changes of the flags given; the recipe's values and what follows
-    # from them (the epochs of an iteration-based run, fp16 turned off on the CPU) are only counted
+    # from them (the epochs of an iteration-based run) are only counted; a recipe's fp16 (defaulted)
+    # is turned off off CUDA by the run plan
     tc.derived = tuple((["epochs"] if iters is not None else []) + r["derived"])
     tc.defaulted = tuple(k for k in r if k not in r["overridden"] and k not in tc.derived
                          and k not in ("recipe", "backbone_family", "overridden", "derived"))
@@ -308,11 +307,11 @@ def backbone_summary(model, args: argparse.Namespace, r: Dict[str, Any]) -> Dict
                 frozen_stages=args.frozen_stages, norm_eval=args.norm_eval, pretrained=args.pretrained)
 
 
-def engine_summary(tc: TrainConfig, args: argparse.Namespace) -> Dict[str, Any]:
-    """The engine section of a dense ``--print-config``."""
-    return dict(batch_size=tc.batch_size, accum_steps=tc.accum_steps, amp=tc.amp,
-                grad_checkpointing=tc.grad_checkpointing, device=tc.device, seed=tc.seed, workers=tc.workers,
-                output=args.output)
+def engine_summary(tc: TrainConfig, args: argparse.Namespace, plan: RunPlan) -> Dict[str, Any]:
+    """The engine section of a dense ``--print-config`` (``batch_size``: the global batch)."""
+    return dict(batch_size=plan.global_batch, batch_per_process=plan.batch_per_process, accum_steps=tc.accum_steps,
+                amp=plan.amp, grad_checkpointing=tc.grad_checkpointing, device=tc.device, seed=tc.seed,
+                workers=tc.workers, output=args.output)
 
 
 def check_train_args(args: argparse.Namespace, required: Sequence[str], what: str = "") -> None:

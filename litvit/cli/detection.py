@@ -47,7 +47,7 @@ from ..metrics import _STAT_NAMES
 from ..models.detectors import DETECTION_DEFAULTS, DETECTORS, RECIPE_OF, parameter_table
 from ..tasks.detection import DetectionTask, detection_records, draw_detections
 from ..utils import atomic_write, count_parameters
-from .args import nonneg_int, positive_int, print_config, prob_arg
+from .args import nonneg_int, positive_int, print_config, print_plan, prob_arg
 from .dense import (add_backbone_args, add_engine_args, add_eval_args, add_init_args, add_predict_args,
                     backbone_kwargs, backbone_summary, best_score, check_init_checkpoint, check_train_args,
                     engine_summary, eval_config, match_init_checkpoint, note_random_backbone,
@@ -99,6 +99,7 @@ def resolved_config(args: argparse.Namespace) -> Dict[str, Any]:
     tc = train_config(args, r, r["epochs"])
     with torch.device("meta"):
         model = task.build_model()
+    plan = print_plan(tc, task, model)
     return dict(
         command="detect train", recipe=r["recipe"], overridden=r["overridden"],
         model=dict(arch=r["arch"], **backbone_summary(model, args, r), extra_levels=r["extra_levels"],
@@ -108,12 +109,13 @@ def resolved_config(args: argparse.Namespace) -> Dict[str, Any]:
                   val_ann=args.val_ann, min_size=list(r["min_size"]), max_size=r["max_size"],
                   test_min_size=int(r["min_size"][-1]), size_divisor=r["size_divisor"],
                   mean_rgb_0_255=list(model.pipeline.mean), std_rgb_0_255=list(model.pipeline.std)),
-        optimizer=optimizer_summary(task, model, tc, r),
+        optimizer=optimizer_summary(task, model, tc, r, plan),
         schedule=dict(type="step", epochs=r["epochs"], lr_steps=list(r["lr_steps"]), lr_gamma=r["lr_gamma"],
                       warmup="linear", warmup_iters=r["warmup_iters"], warmup_ratio=r["warmup_ratio"]),
         augmentation=dict(resize="keep ratio, shorter side min_size, longer <= max_size",
                           multi_scale=len(r["min_size"]) > 1, hflip=r["hflip"]),
-        engine=engine_summary(tc, args),
+        engine=engine_summary(tc, args, plan),
+        plan=plan.describe(),
     )
 
 

@@ -50,7 +50,7 @@ from ..metrics import segmentation_metrics
 from ..models.semantic_fpn import SEGMENTATION_DEFAULTS, parameter_table
 from ..tasks.segmentation import SegmentationTask, colorize
 from ..utils import count_parameters
-from .args import float_arg, img_size_arg, int_arg, positive_int, print_config
+from .args import float_arg, img_size_arg, int_arg, positive_int, print_config, print_plan
 from .dense import (add_backbone_args, add_engine_args, add_eval_args, add_init_args, add_predict_args,
                     backbone_kwargs, backbone_summary, best_score, check_init_checkpoint, check_train_args,
                     match_init_checkpoint,
@@ -97,6 +97,7 @@ def resolved_config(args: argparse.Namespace) -> Dict[str, Any]:
     tc = train_config(args, r, 1, iters=r["iters"])
     with torch.device("meta"):
         model = task.build_model()
+    plan = print_plan(tc, task, model)
     norms = sorted({type(m).__name__ for m in model.decode_head.modules()
                     if isinstance(m, nn.modules.batchnorm._NormBase)})
     return dict(
@@ -106,11 +107,12 @@ def resolved_config(args: argparse.Namespace) -> Dict[str, Any]:
                    parameters=count_parameters(model), init_checkpoint=args.init_checkpoint),
         data=dict(data=args.data, reduce_zero_label=not args.no_reduce_zero_label, scale=list(r["scale"]),
                   test_scale=list(r["scale"]), test_mode="whole"),
-        optimizer=optimizer_summary(task, model, tc, r),
+        optimizer=optimizer_summary(task, model, tc, r, plan),
         schedule=dict(type="poly", power=r["poly_power"], iters=r["iters"], min_lr=tc.min_lr),
         augmentation=dict(ratio_range=list(r["ratio_range"]), crop_size=r["crop_size"],
                           cat_max_ratio=r["cat_max_ratio"], hflip=r["hflip"], photometric=r["photometric"]),
-        engine=engine_summary(tc, args),
+        engine=engine_summary(tc, args, plan),
+        plan=plan.describe(),
     )
 
 

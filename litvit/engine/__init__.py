@@ -1,8 +1,12 @@
 """The one training / evaluation loop of litvit, shared by every task.
 
-Files: :mod:`.loop` (fit, evaluate), :mod:`.task` (the Task interface), :mod:`.config` (TrainConfig,
-threads), :mod:`.distributed` (torchrun, DDP), :mod:`.optim` (parameter groups), :mod:`.logs` (the
-output folder: lock, logs, curves); checkpoint files are read and written by :mod:`litvit.checkpoint`.
+Files: :mod:`.loop` (fit: wires the parts; train_one_epoch, evaluate_model; evaluate a checkpoint),
+:mod:`.plan` (RunPlan: batches, steps, lrs, precision resolved once), :mod:`.checkpointer` (lock,
+resume and its refusals, the training state, RNG states, atomic saves), :mod:`.loaders` (the seeded,
+resumable training batches, evaluation sharding, item checks), :mod:`.task` (the Task interface),
+:mod:`.config` (TrainConfig, threads), :mod:`.distributed` (torchrun, DDP), :mod:`.optim`
+(parameter groups), :mod:`.logs` (the output folder: lock, logs, curves); checkpoint files are read
+and written by :mod:`litvit.checkpoint`.
 
 A task (classification, detection, segmentation) subclasses :class:`Task` and says how to build
 its model and datasets, how to compute a training loss from a batch, and how to evaluate;
@@ -13,13 +17,17 @@ its model and datasets, how to compute a training loss from a batch, and how to 
   the model in ``DistributedDataParallel``, shards the data, reduces metrics across ranks and lets
   only rank 0 write;
 * data before model: ``task.setup()`` reads the data first and learns what the model needs (the
-  classes), then the model is built, then the optimizer and schedule, then the loop; a run counted
+  classes; shown in the run's first line), then the model is built, then the run plan
+  (:class:`RunPlan`: the global batch split into processes x accumulation micro-batches, steps per
+  epoch, total steps, warm-up, the peak lr and each parameter group's, the precision) is resolved
+  once and every part reads it, then the optimizer and schedule, then the loop; a run counted
   in iterations (``TrainConfig.iters``, the dense recipes) trains as many epochs as the steps need,
   its schedule spans ``iters`` steps (:meth:`Task.schedule_steps`), and its last, cut epoch is
   evaluated and checkpointed as finished;
-* AdamW over :func:`param_groups` (the authors' rules: no weight decay on 1-D parameters, biases,
-  class tokens and relative position tables; DTM offset-predictor weights in a group at
-  ``lr x offset_lr_mult``; dense tasks pass mmcv-style ``no_decay_keys``),
+* AdamW (:meth:`Task.build_optimizer`, a hook as :meth:`Task.build_scheduler` is) over
+  :func:`param_groups` (the authors' rules: no weight decay on 1-D parameters, biases, class tokens
+  and relative position tables; DTM offset-predictor weights in a group at ``lr x offset_lr_mult``;
+  dense tasks pass mmcv-style ``no_decay_keys``),
   timm's cosine schedule with linear warm-up updated every optimizer step, gradient accumulation,
   gradient clipping, optional EMA of the weights (timm ``ModelEmaV3``), gradient checkpointing;
 * mixed precision: bf16 autocast on CPU, fp16 with a ``GradScaler`` or bf16 on CUDA;
@@ -51,6 +59,7 @@ The task interface::
         def collate_fn(self) -> Callable | None                             # default None
         def train_sampler(self, dataset, dist) -> Sampler | None            # default: shuffled, sharded
         def param_groups(self, model, cfg) -> list[dict]                    # default: engine.param_groups
+        def build_optimizer(self, groups, cfg, plan) -> Optimizer           # default: AdamW at the plan's lrs
         def on_epoch_start(self, model, epoch)                              # default: nothing
         def build_scheduler(self, optimizer, cfg, steps_per_epoch)          # default: cosine + warm-up
         def train_step(self, model, batch, device) -> tuple[Tensor, dict]   # loss, metrics to log
@@ -97,8 +106,10 @@ from ..errors import CheckpointWriteError, OutputLockedError
 from .config import AMP_MODES, TrainConfig, auto_threads, per_process_batch_size, set_threads
 from .distributed import DistInfo, is_main_process, print_main, setup_distributed, sync_buffers, unwrap_model
 from .logs import OutputLock, plot_curves, progress
-from .loop import BEST, LAST, autocast, changed_settings, check_datasets, evaluate, fit
+from .checkpointer import Checkpointer, TrainingParts, TrainState
+from .loop import BEST, LAST, autocast, changed_settings, check_datasets, evaluate, evaluate_model, fit, train_one_epoch
 from .optim import describe_param_groups, param_groups
+from .plan import RunPlan, resolve_amp
 from .task import Task
 
 __all__ = [
@@ -106,4 +117,5 @@ __all__ = [
     "CheckpointWriteError", "OutputLock", "OutputLockedError", "check_datasets", "changed_settings", "auto_threads",
     "load_checkpoint", "setup_distributed", "per_process_batch_size", "autocast", "unwrap_model", "sync_buffers",
     "set_threads", "plot_curves", "progress", "is_main_process", "print_main", "LAST", "BEST", "AMP_MODES",
+    "RunPlan", "resolve_amp", "Checkpointer", "TrainingParts", "TrainState", "train_one_epoch", "evaluate_model",
 ]

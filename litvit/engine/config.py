@@ -18,8 +18,12 @@ class TrainConfig:
     Attributes:
         output_dir (str): checkpoints, logs and curves go here (created by rank 0).
         epochs (int): training epochs.
-        batch_size (int): images per process per forward (the global batch per optimizer step is
-            ``batch_size * world_size * accum_steps``; see :func:`per_process_batch_size`).
+        batch_size (int, optional): images per process per forward (the global batch per optimizer
+            step is then ``batch_size * world_size * accum_steps``); None when ``global_batch`` is given.
+        global_batch (int, optional): images per optimizer step over every process (what
+            ``--batch-size`` gives for every ``train`` command); the run plan
+            (:class:`~litvit.engine.plan.RunPlan`) splits it into ``world_size x accum_steps``
+            micro-batches, and ``batch_size`` is then not used.
         accum_steps (int): micro-batches accumulated per optimizer step.
         lr (float): peak learning rate *per 512 images*; the optimizer uses
             ``lr * global_batch / 512`` when ``scale_lr`` (the paper's rule), ``lr`` otherwise.
@@ -70,7 +74,8 @@ class TrainConfig:
     """
     output_dir: str = "runs/train"
     epochs: int = 300
-    batch_size: int = 128
+    batch_size: Optional[int] = 128
+    global_batch: Optional[int] = None
     accum_steps: int = 1
     lr: float = 5e-4
     scale_lr: bool = True
@@ -106,8 +111,11 @@ class TrainConfig:
 
     def check(self) -> None:
         """Raise ValueError naming the first value that cannot work."""
-        positive = dict(epochs=self.epochs, batch_size=self.batch_size, accum_steps=self.accum_steps,
-                        log_every=self.log_every, eval_every=self.eval_every)
+        batch = dict(global_batch=self.global_batch) if self.global_batch is not None else dict(batch_size=self.batch_size)
+        if None in batch.values():
+            raise ValueError("batch_size or global_batch must be given, got neither")
+        positive = dict(epochs=self.epochs, accum_steps=self.accum_steps, log_every=self.log_every,
+                        eval_every=self.eval_every, **batch)
         for name, value in positive.items():
             if int(value) < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")

@@ -47,7 +47,9 @@ def param_groups(
     Args:
         model (nn.Module): the (unwrapped) model; frozen parameters are skipped.
         weight_decay (float): decay of the decayed groups.
-        lr (float, optional): if given, each group's ``lr`` is set to ``lr * lr_mult``.
+        lr (float, optional): if given, each group's ``lr`` is set to ``lr * lr_mult`` (for an
+            optimizer built outside the engine; :func:`~litvit.engine.fit` does not pass it: its
+            groups take their lrs from the run plan, :meth:`~litvit.engine.plan.RunPlan.group_lr`).
         offset_lr_mult (float): the offset predictors' multiplier (0.01 in both ImageNet codebases).
         no_decay_keys (Sequence[str], optional): dense rules, see above.
 

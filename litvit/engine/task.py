@@ -9,6 +9,7 @@ from ..checkpoint import load_state_dict_strict, read_training_checkpoint
 from .config import TrainConfig
 from .distributed import DistInfo
 from .optim import param_groups
+from .plan import RunPlan, warmup_steps
 
 __all__ = ["Task"]
 
@@ -31,7 +32,8 @@ class Task:
         """Read the data before the model is built (:func:`fit` and :func:`evaluate` call it first):
         build what :meth:`build_datasets` returns (tasks keep it) and learn from the data what the
         model needs. Returns that, as plain values (e.g. ``num_classes``, ``class_names``); the task
-        keeps it for :meth:`build_model`. Default: nothing to learn."""
+        keeps it for :meth:`build_model`, and :func:`fit` shows it in the run's first lines and keeps
+        it in the run's log (``log.jsonl``'s config record, under ``data``). Default: nothing to learn."""
         return {}
 
     def build_model(self) -> nn.Module:
@@ -59,6 +61,14 @@ class Task:
     def param_groups(self, model: nn.Module, cfg: TrainConfig) -> List[dict]:
         return param_groups(model, cfg.weight_decay, offset_lr_mult=cfg.offset_lr_mult)
 
+    def build_optimizer(self, groups: List[dict], cfg: TrainConfig, plan: RunPlan) -> torch.optim.Optimizer:
+        """The optimizer over :meth:`param_groups`, each group at its peak lr from the run plan
+        (``plan.group_lr(name)``); default AdamW with ``cfg``'s betas, eps and weight decay (a
+        group's own ``weight_decay`` wins). Tasks override it for another optimizer (SGD, ...)."""
+        return torch.optim.AdamW(
+            [dict({k: v for k, v in g.items() if k != "param_names"}, lr=plan.group_lr(g["name"])) for g in groups],
+            lr=plan.peak_lr, betas=tuple(cfg.opt_betas), eps=cfg.opt_eps, weight_decay=cfg.weight_decay)
+
     def on_epoch_start(self, model: nn.Module, epoch: int) -> None:
         """Called with the unwrapped model before each training epoch (0-based); default nothing."""
 
@@ -72,10 +82,9 @@ class Task:
         """A timm scheduler stepped with ``step_update(optimizer_step)``; default: cosine with linear
         warm-up over :meth:`schedule_steps`. Dense tasks override it (step decay, poly)."""
         from timm.scheduler import CosineLRScheduler
-        total_steps = self.schedule_steps(cfg, steps_per_epoch)
-        warmup_steps = int(round(cfg.warmup_epochs * steps_per_epoch))
+        total, warmup = self.schedule_steps(cfg, steps_per_epoch), warmup_steps(cfg, steps_per_epoch)  # as the plan's
         return CosineLRScheduler(
-            optimizer, t_initial=max(1, total_steps - warmup_steps), lr_min=cfg.min_lr, warmup_t=warmup_steps,
+            optimizer, t_initial=max(1, total - warmup), lr_min=cfg.min_lr, warmup_t=warmup,
             warmup_lr_init=cfg.warmup_lr, warmup_prefix=True, t_in_epochs=False)
 
     def train_step(self, model: nn.Module, batch: Any, device: torch.device) -> Tuple[Tensor, Dict[str, float]]:

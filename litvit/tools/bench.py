@@ -408,14 +408,15 @@ def measure_memory(spec: dict, timeout: float = 1800) -> dict:
 
 # --- the model benchmark ------------------------------------------------------------------------
 
-def bench_models(opts, device: torch.device, peaks: Dict[str, dict]) -> List[dict]:
+def bench_models(opts, device: torch.device, peaks: Dict[str, dict]) -> Tuple[List[dict], Dict[str, dict]]:
     """Every (model, batch, size, mode) case of ``opts`` (the options of ``litvit bench``: an
     ``argparse.Namespace`` or any object with those attributes), its variants timed interleaved;
     one row per variant.
 
     ``peaks`` maps each dtype of ``opts.dtype`` to its :func:`matmul_peak` at start-up; the best
-    GEMM is re-measured before every case and at the end, and ``opts.peaks`` is set to the settled
-    peak of each dtype (:func:`settle_peaks`), against which every row's ``frac_of_peak`` is given."""
+    GEMM is re-measured before every case and at the end. Returns ``(rows, settled)``: the rows, and
+    the settled peak of each dtype (:func:`settle_peaks`), against which every row's ``frac_of_peak``
+    is given; ``opts`` is only read."""
     from tqdm import tqdm
     names = list(opts.models) + (list(PEERS) if opts.peers else [])
     extra_peers = [n for n in names if n not in MODEL_NAMES]
@@ -518,7 +519,7 @@ def bench_models(opts, device: torch.device, peaks: Dict[str, dict]) -> List[dic
         gc.collect()
     bar.close()
     remeasure()
-    opts.peaks = settle_peaks(rows, best_gemm)
+    settled = settle_peaks(rows, best_gemm)
     if opts.memory:
         mem_specs = []
         for row in rows:
@@ -534,16 +535,16 @@ def bench_models(opts, device: torch.device, peaks: Dict[str, dict]) -> List[dic
             row["mem_method"] = m["method"]
             if "error" in m:
                 row["mem_error"] = m["error"]
-    return rows
+    return rows, settled
 
 
 # --- the DTM op benchmark -----------------------------------------------------------------------
 
-def bench_dtm(opts, device: torch.device, peaks: Dict[str, dict]) -> List[dict]:
+def bench_dtm(opts, device: torch.device, peaks: Dict[str, dict]) -> Tuple[List[dict], Dict[str, dict]]:
     """DeformMerge2x2 (offset conv + deformable merge) fast vs torchvision on LIT-Ti's DTM shapes, at
     ``opts.batch_size[0]`` and ``opts.img_size[0]``, ``opts.warmup`` + ``opts.reps`` repetitions, in
-    float32; ``peaks["fp32"]`` is the GEMM peak at start-up, and ``opts.peaks`` is set to the settled
-    peaks (:func:`settle_peaks`)."""
+    float32; ``peaks["fp32"]`` is the GEMM peak at start-up. Returns ``(rows, settled)``: the rows
+    and the settled peaks (:func:`settle_peaks`); ``opts`` is only read."""
     from tqdm import tqdm
     batch = opts.batch_size[0]
     scale = opts.img_size[0] / 224
@@ -593,8 +594,7 @@ def bench_dtm(opts, device: torch.device, peaks: Dict[str, dict]) -> List[dict]:
                                      vs_reference=ref_med / s["median_s"], gflop_per_s=f / s["median_s"] / 1e9,
                                      reps=len(v.times), times_s=v.times))
     bar.close()
-    opts.peaks = settle_peaks(rows, {"fp32": peaks["fp32"]})
-    return rows
+    return rows, settle_peaks(rows, {"fp32": peaks["fp32"]})
 
 
 # --- output -------------------------------------------------------------------------------------
