@@ -97,3 +97,25 @@ def perfect_coco_results(ds):
                             masks=t["masks"][:, None].float()))
         ids.append(t["image_id"])
     return coco_results(outputs, ids, [0] + ds.cat_ids), ids
+
+
+class Killed(Exception):
+    """Raised by :func:`dies_at`'s task: a run stopped as a kill would stop it (no clean-up, no save)."""
+
+
+def dies_at(task_class):
+    """A subclass of the classification ``task_class`` whose ``train_step`` raises :class:`Killed`
+    when micro-batch ``at`` starts (counted from 1): ``dies_at(ClassificationTask)(cfg, at=34)``."""
+
+    class DiesAt(task_class):
+        def __init__(self, cfg, at):
+            super().__init__(cfg)
+            self.at, self.calls = at, 0
+
+        def train_step(self, model, batch, device):
+            self.calls += 1
+            if self.calls == self.at:
+                raise Killed
+            return super().train_step(model, batch, device)
+
+    return DiesAt

@@ -12,13 +12,11 @@ from litvit.cli import main
 from litvit.engine import TrainConfig, fit
 from litvit.tasks.classification import ClassificationConfig, ClassificationTask
 
+from helpers import Killed
+
 pytestmark = [pytest.mark.unit, pytest.mark.slow]
 
 TINY_ARCH = dict(embed_dims=(16, 32, 48, 64), depths=(1, 1, 1, 1), num_heads=(1, 2, 3, 4), mlp_ratios=(2, 2, 2, 2))
-
-
-class _Killed(Exception):
-    pass
 
 
 class _Task(ClassificationTask):
@@ -32,7 +30,7 @@ class _Task(ClassificationTask):
     def train_step(self, model, batch, device):
         self.calls += 1
         if self.calls == self.die_at:
-            raise _Killed
+            raise Killed
         return super().train_step(model, batch, device)
 
 
@@ -61,7 +59,7 @@ def test_tensorboard_events_equal_the_log_also_across_a_resume(tmp_path):
     """Killed at step 3 (checkpoint at step 2), resumed to the end of the epoch: TensorBoard's reader
     sees exactly log.jsonl's values, step 3 of the killed run dropped as from log.jsonl."""
     out = tmp_path / "run"
-    with pytest.raises(_Killed):
+    with pytest.raises(Killed):
         fit(_Task(die_at=4), _cfg(out, log=("tensorboard",)))
     assert len(list((out / "tb").glob("events.out.tfevents.*"))) == 1  # written and closed although it failed
     assert max(r["step"] for r in _records(out)) == 3  # logged after the step-2 checkpoint
@@ -101,7 +99,7 @@ def test_wandb_gets_the_same_records_offline_and_resumes_its_run(tmp_path, monke
     fake.init = lambda **kwargs: Run(**kwargs)
     monkeypatch.setitem(sys.modules, "wandb", fake)
     out = tmp_path / "run"
-    with pytest.raises(_Killed):
+    with pytest.raises(Killed):
         fit(_Task(die_at=4), _cfg(out, log=("wandb",), max_steps=5))
     fit(_Task(), _cfg(out, log=("wandb",), max_steps=5))
     assert [r.exit_code for r in runs] == [1, 0]

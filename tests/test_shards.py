@@ -15,7 +15,7 @@ from litvit.data.shards import ShardStream, write_shards
 from litvit.engine import TrainConfig, fit
 from litvit.tasks.classification import ClassificationConfig, ClassificationTask
 
-from helpers import image_folder
+from helpers import Killed, dies_at, image_folder
 
 pytestmark = [pytest.mark.unit, pytest.mark.slow]
 
@@ -100,20 +100,7 @@ def test_training_stream_deals_shards_to_ranks_and_workers(shards):
     assert per_rank[0][0] != per_rank[0][1]
 
 
-class _Killed(Exception):
-    pass
-
-
-class _DiesAt(ClassificationTask):
-    def __init__(self, cfg, at):
-        super().__init__(cfg)
-        self.at, self.calls = at, 0
-
-    def train_step(self, model, batch, device):
-        self.calls += 1
-        if self.calls == self.at:
-            raise _Killed
-        return super().train_step(model, batch, device)
+_DiesAt = dies_at(ClassificationTask)  # dies (as a SIGKILL would: no clean-up, no save) when micro-batch `at` starts
 
 
 def _task(data):
@@ -132,7 +119,7 @@ def test_a_killed_shard_run_resumes_exactly(shards, tmp_path, workers):
                progress=False, verbose=False, device="cpu", log_every=1)
     steps = fit(_task(pattern), TrainConfig(output_dir=str(tmp_path / "a"), **cfg))["steps"]
     per_epoch = steps // 2
-    with pytest.raises(_Killed):
+    with pytest.raises(Killed):
         fit(_DiesAt(_task(pattern).cfg, at=per_epoch + 4), TrainConfig(output_dir=str(tmp_path / "b"), **cfg))
     assert engine.load_checkpoint(tmp_path / "b" / "last.pth")["batch_in_epoch"] == 3
     summary = fit(_task(pattern), TrainConfig(output_dir=str(tmp_path / "b"), **cfg))

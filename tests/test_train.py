@@ -21,7 +21,7 @@ from litvit.data import DigitsDataset, ImageFolder, UnreadableImageError
 from litvit.engine import TrainConfig, fit, param_groups
 from litvit.tasks.classification import ClassificationConfig, ClassificationTask, validate_checkpoint
 
-from helpers import image_folder
+from helpers import Killed, dies_at, image_folder
 
 pytestmark = [pytest.mark.unit, pytest.mark.slow]
 
@@ -240,22 +240,7 @@ def test_worker_processes_do_not_change_the_run(tmp_path):
     assert all(torch.equal(sds[0][k], sds[1][k]) for k in sds[0])
 
 
-class _Killed(Exception):
-    pass
-
-
-class _DiesAt(ClassificationTask):
-    """Dies (as a SIGKILL would: no clean-up, no save) when the given micro-batch starts."""
-
-    def __init__(self, cfg, at):
-        super().__init__(cfg)
-        self.at, self.calls = at, 0
-
-    def train_step(self, model, batch, device):
-        self.calls += 1
-        if self.calls == self.at:
-            raise _Killed
-        return super().train_step(model, batch, device)
+_DiesAt = dies_at(ClassificationTask)  # dies (as a SIGKILL would: no clean-up, no save) when micro-batch `at` starts
 
 
 def test_resume_after_interruption_is_exact(tmp_path):
@@ -264,7 +249,7 @@ def test_resume_after_interruption_is_exact(tmp_path):
     kw = dict(mixup=0.8, cutmix=1.0, smoothing=0.1)
     cfg = dict(epochs=2, save_every_steps=10, ema_decay=0.9)
     fit(tiny_task(**kw), tiny_train_cfg(tmp_path / "a", **cfg))
-    with pytest.raises(_Killed):
+    with pytest.raises(Killed):
         fit(_DiesAt(tiny_task(**kw).cfg, at=34), tiny_train_cfg(tmp_path / "b", **cfg))
     ck = engine.load_checkpoint(tmp_path / "b" / "last.pth")
     assert (ck["epoch"], ck["batch_in_epoch"], ck["step"]) == (1, 8, 30)

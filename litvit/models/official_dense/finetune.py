@@ -47,14 +47,19 @@ def legacy_layout(state_dict: Mapping[str, Any]) -> Optional[str]:
     return None
 
 
-def _read(path_or_name: str) -> Tuple[Dict[str, Tensor], Sequence[str], Optional[list], str, str]:
-    """(state dict under litvit's names, class names or (), palette or None, kind of file, its path)."""
-    path = path_or_name
-    if path in RELEASES and not os.path.exists(path):
-        path = release_file(path)
-    elif not os.path.isfile(path):
+def _resolve(path_or_name: str) -> str:
+    """The file of a checkpoint given as a path or as a release's name (downloaded once)."""
+    if path_or_name in RELEASES and not os.path.exists(path_or_name):
+        return release_file(path_or_name)
+    if not os.path.isfile(path_or_name):
         raise FileNotFoundError(f"init checkpoint not found: {path_or_name} (a file, or a release: "
                                 f"{', '.join(RELEASES)})")
+    return path_or_name
+
+
+def _read(path_or_name: str) -> Tuple[Dict[str, Tensor], Sequence[str], Optional[list], str, str]:
+    """(state dict under litvit's names, class names or (), palette or None, kind of file, its path)."""
+    path = _resolve(path_or_name)
     ckpt = read_checkpoint(path)
     if is_release(ckpt):
         sd = {(k[len("module."):] if k.startswith("module.") else k): v
@@ -205,12 +210,7 @@ def start_from_checkpoint(path_or_name: str, kind: str, num_classes: int,
         CheckpointMismatchError: not a dense checkpoint, another kind of model, or weights of
             litvit's earlier dense models (one line each).
     """
-    path = path_or_name
-    if path in RELEASES and not os.path.exists(path):
-        path = release_file(path)
-    elif not os.path.isfile(path):
-        raise FileNotFoundError(f"init checkpoint not found: {path_or_name} (a file, or a release: "
-                                f"{', '.join(RELEASES)})")
+    path = _resolve(path_or_name)
     name = os.path.basename(str(path))
     ckpt = read_checkpoint(path)
     if is_release(ckpt):
