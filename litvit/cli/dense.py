@@ -20,6 +20,7 @@ from ..engine import TrainConfig, describe_param_groups, is_main_process
 from ..models import MODEL_NAMES
 from ..models.backbone import backbone_family
 from ..recipes import resolve_dense_recipe
+from ..tasks.records import task_from_checkpoint
 from ..utils import atomic_write
 from .args import (add_log_arg, check_json_object, check_model_kwargs, device_arg, float_arg, int_arg, nonneg_int,
                    positive_int, seed_arg, threads_arg, uses_cuda)
@@ -362,7 +363,7 @@ def model_from_checkpoint(task_cls, args: argparse.Namespace, kinds: Sequence[st
     release = open_release(args, kinds) if kinds else None
     if release is not None:
         return task_cls.from_release(release), release.eval()
-    task = task_cls.from_checkpoint(args.checkpoint)
+    task = task_from_checkpoint(args.checkpoint, task=task_cls.name)
     model = task.build_model()
     task.load_weights(model, args.checkpoint, use_ema=args.ema)
     return task, model.eval()

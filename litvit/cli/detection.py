@@ -45,6 +45,7 @@ from ..engine import evaluate as engine_evaluate, fit, is_main_process
 from ..errors import CLIError
 from ..metrics import _STAT_NAMES
 from ..models.detectors import DETECTION_DEFAULTS, DETECTORS, RECIPE_OF, parameter_table
+from ..tasks.records import task_from_checkpoint
 from ..tasks.detection import DetectionTask, detection_records, draw_detections
 from ..utils import atomic_write, count_parameters
 from .args import nonneg_int, positive_int, print_config, prob_arg
@@ -148,8 +149,8 @@ def _eval(args: argparse.Namespace) -> int:
         task = DetectionTask.from_release(release, val_images=args.val_images, val_ann=args.val_ann,
                                           progress=not args.no_progress)
     else:
-        task = DetectionTask.from_checkpoint(args.checkpoint, val_images=args.val_images, val_ann=args.val_ann,
-                                             progress=not args.no_progress)
+        task = task_from_checkpoint(args.checkpoint, task=DetectionTask.name, val_images=args.val_images,
+                                    val_ann=args.val_ann, progress=not args.no_progress)
     metrics = engine_evaluate(task, eval_config(args), None if release is not None else args.checkpoint,
                               use_ema=args.ema)
     if not is_main_process():

@@ -48,6 +48,7 @@ from torch import nn
 from ..engine import evaluate as engine_evaluate, fit, is_main_process
 from ..metrics import segmentation_metrics
 from ..models.semantic_fpn import SEGMENTATION_DEFAULTS, parameter_table
+from ..tasks.records import task_from_checkpoint
 from ..tasks.segmentation import SegmentationTask, colorize
 from ..utils import count_parameters
 from .args import float_arg, img_size_arg, int_arg, positive_int, print_config
@@ -136,8 +137,8 @@ def _eval(args: argparse.Namespace) -> int:
         task = SegmentationTask.from_release(release, data=args.data, val_split=args.split,
                                              progress=not args.no_progress)
     else:
-        task = SegmentationTask.from_checkpoint(args.checkpoint, data=args.data, val_split=args.split,
-                                                progress=not args.no_progress)
+        task = task_from_checkpoint(args.checkpoint, task=SegmentationTask.name, data=args.data,
+                                    val_split=args.split, progress=not args.no_progress)
     metrics = engine_evaluate(task, eval_config(args), None if release is not None else args.checkpoint,
                               use_ema=args.ema)
     if not is_main_process():
