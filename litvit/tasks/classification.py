@@ -309,7 +309,8 @@ class ClassificationTask(Task):
         extra = dict(record) if record.get("model") else {}
         if extra:
             if model and model != extra["model"]:
-                raise ValueError(f"{path} holds a {extra['model']} model, not {model}")
+                raise CheckpointMismatchError(f"{path} holds a {extra['model']} model, not {model} (the "
+                                              f"checkpoint does not fit {model})")
             kwargs = dict(extra.get("model_kwargs", {}))
             train_size = kwargs.pop("img_size", 224)
             kwargs.pop("num_classes", None)
@@ -325,7 +326,8 @@ class ClassificationTask(Task):
                 fitting = models_fitting(ckpt)
                 if len(fitting) != 1:
                     raise ValueError(
-                        f"{path} records no model (an official release or a bare state dict) and its weights "
+                        f"{path} records no model (an official release or a bare state dict does not record its "
+                        f"model) and its weights "
                         f"fit {' and '.join(fitting) if fitting else 'no registered model at its default widths'}: "
                         f"name it with --model (one of {', '.join(MODEL_NAMES)})")
                 model = fitting[0]
