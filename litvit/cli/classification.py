@@ -31,11 +31,11 @@ from .. import data as D
 from .. import engine
 from ..engine import TrainConfig, print_main
 from ..models import MODEL_NAMES, create_model
-from ..recipes import BASE, RECIPES, default_recipe_for, get_recipe
+from ..recipes import BASE, RECIPES, get_recipe, resolve_recipe
 from ..tasks.classification import ClassificationConfig, ClassificationTask, task_for_checkpoint, validate_checkpoint
 from ..utils import atomic_path, count_parameters, plain, warn_grid_change
 from .args import (add_log_arg, device_arg, float_arg, img_size_arg, nonneg_int, positive_int, print_config,
-                   prob_arg, seed_arg, threads_arg, uses_cuda)
+                   prob_arg, seed_arg, threads_arg)
 
 __all__ = ["add_parsers", "resolved_config", "run_training", "cmd_train", "cmd_validate", "cmd_predict", "cmd_demo"]
 
@@ -44,26 +44,8 @@ ARCH_KEYS = ("embed_dims", "depths", "num_heads", "mlp_ratios")
 
 
 def _resolve_recipe(args: argparse.Namespace) -> Tuple[str, Dict[str, Any]]:
-    name = args.recipe or default_recipe_for(args.data, args.model)
-    recipe = get_recipe(name)
-    for key in BASE:
-        value = getattr(args, key, None)
-        if value is not None:
-            recipe[key] = value
-    # 'off' spellings on the command line
-    if isinstance(recipe.get("aa"), str) and recipe["aa"].lower() in ("", "none", "off"):
-        recipe["aa"] = None
-    if recipe.get("clip_grad") is not None and recipe["clip_grad"] <= 0:
-        recipe["clip_grad"] = None
-    if recipe["scale"][0] > recipe["scale"][1]:
-        raise ValueError(f"--scale {recipe['scale'][0]:g} {recipe['scale'][1]:g}: MIN must not exceed MAX")
-    if args.warmup_epochs is None and recipe["warmup_epochs"] >= recipe["epochs"]:
-        recipe["warmup_epochs"] = recipe["epochs"] / 10  # a short run keeps a proportionate warm-up
-    if recipe["drop_path_off_epochs"] is None:  # the authors' runs: ablation models only, under the DeiT recipe
-        recipe["drop_path_off_epochs"] = 100 if name == "lit-ti" and recipe["model"] != "lit_ti" else 0
-    if args.amp is None and recipe["amp"] == "fp16" and not uses_cuda(args.device):
-        recipe["amp"] = "none"  # the recipe's fp16 is for CUDA; the CPU has no fp16 autocast
-    return name, recipe
+    """:func:`litvit.recipes.resolve_recipe` of the parsed arguments."""
+    return resolve_recipe(args)
 
 
 def _setting_origins(args: argparse.Namespace, name: str, r: Dict[str, Any]) -> Tuple[Tuple[str, ...], Tuple[str, ...]]:
@@ -484,3 +466,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     _add_train_args(p, output="runs/demo")
     # one thread: the demo's model is small (README, "Threads")
     p.set_defaults(func=cmd_demo, recipe="digits", threads=1)
+
+
+# the parser and config builders of ``litvit train`` by public names (scripts and tests build a run as
+# the command does; the recipe itself is :func:`litvit.recipes.resolve_recipe`)
+add_train_args = _add_train_args
+class_config = _class_config
+train_config = _train_config

@@ -18,12 +18,11 @@ from ..data.io import check_image, find_images, read_image, scan_files
 from ..errors import UnreadableImageError
 from ..engine import TrainConfig, describe_param_groups, is_main_process
 from ..models import MODEL_NAMES
-from ..models.backbone import backbone_family
-from ..recipes import resolve_dense_recipe
+from ..recipes import resolve_dense
 from ..tasks.records import task_from_checkpoint
 from ..utils import atomic_write
 from .args import (add_log_arg, check_json_object, check_model_kwargs, device_arg, float_arg, int_arg, nonneg_int,
-                   positive_int, seed_arg, threads_arg, uses_cuda)
+                   positive_int, seed_arg, threads_arg)
 
 
 def add_engine_args(p: argparse.ArgumentParser, batch_size: int, lr: float, weight_decay: float) -> None:
@@ -169,28 +168,10 @@ def output_stems(paths: Sequence[Path]) -> List[str]:
     return names
 
 
-# recipe keys a dense ``train`` flag of the same name overrides (``--lr`` -> ``lr``, ...)
-_FLAG_KEYS = ("epochs", "lr_steps", "warmup_iters", "min_size", "max_size", "iters", "crop_size", "scale",
-              "ratio_range", "batch_size", "lr", "weight_decay", "clip_grad", "amp", "drop_path", "fpn_channels",
-              "head_channels")
-
-
 def resolve_recipe(args: argparse.Namespace, name: str) -> Dict[str, Any]:
-    """The dense recipe ``name`` for ``args.backbone``'s family, overridden by the flags given."""
-    family = backbone_family(args.backbone)
-    r = resolve_dense_recipe(name, family)
-    r.update(recipe=name, backbone_family=family, overridden=[], derived=[])
-    for key in _FLAG_KEYS:
-        value = getattr(args, key, None)
-        if key in r and value is not None:
-            r[key] = tuple(value) if isinstance(value, list) else value
-            r["overridden"].append(key)
-    if args.grad_checkpointing:
-        r["grad_checkpointing"] = True
-    if args.amp is None and r["amp"] == "fp16" and not uses_cuda(args.device):
-        r["amp"] = "none"  # the recipe's fp16 is for CUDA; the CPU has no fp16 autocast
-        r["derived"].append("amp")
-    return r
+    """The dense recipe ``name`` for ``args.backbone``'s family, overridden by the flags given
+    (:func:`litvit.recipes.resolve_dense`)."""
+    return resolve_dense(name, args.backbone, args)
 
 
 def check_output(args: argparse.Namespace) -> None:

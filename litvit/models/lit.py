@@ -19,6 +19,7 @@ Weights of the official release load through :func:`litvit.models.convert.checkp
 timm's ``pretrained=True`` reads the file with litvit's reader (:meth:`LIT.load_pretrained`).
 """
 import math
+from dataclasses import dataclass
 from functools import partial
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -30,6 +31,7 @@ from torch import Tensor, nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, Mlp, trunc_normal_
 from timm.models._features import feature_take_indices
+from timm.models._pretrained import PretrainedCfg
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, register_notrace_function
 
 from ..ops import fused_mlp
@@ -908,10 +910,33 @@ def _create_lit(variant: str, pretrained: bool = False, **kwargs) -> LIT:
 _RELEASE = "https://github.com/ziplab/LIT/releases/download/v1.0/"
 
 
-def _cfg(url: str = "", **kwargs) -> dict:
+@dataclass
+class LITPretrainedCfg(PretrainedCfg):
+    """timm's pretrained cfg plus the facts of a variant that recipes and dense tasks read without
+    building the model (:func:`litvit.models.factory.model_facts`).
+
+    Attributes:
+        family (str): ``"pvt"`` (class token, absolute position embeddings: LIT-Ti and the PVT-S
+            ablations), ``"swin"`` (relative position tables: LIT-S/M/B) or ``"litv2"`` (HiLo).
+        stage_channels (Tuple[int, ...]): the width of each stage's output (``embed_dims``).
+        dense_img_size (Dict[str, int], optional): the grid the authors learned the relative
+            position tables for in each dense task (``{"detection": 800, "segmentation": 512}``);
+            None for models without relative tables (their embeddings are resized on the fly).
+    """
+    family: Optional[str] = None
+    stage_channels: Optional[Tuple[int, ...]] = None
+    dense_img_size: Optional[Dict[str, int]] = None
+
+
+_PVT_FACTS = dict(family="pvt", stage_channels=(64, 128, 320, 512))
+_SWIN_FACTS = dict(family="swin", stage_channels=(96, 192, 384, 768), dense_img_size=dict(detection=800, segmentation=512))
+_SWIN_B_FACTS = dict(_SWIN_FACTS, stage_channels=(128, 256, 512, 1024))
+
+
+def _cfg(url: str = "", **kwargs) -> LITPretrainedCfg:
     # custom_load: timm hands the downloaded (or ``file=``) checkpoint to LIT.load_pretrained, which
     # reads every form the authors' trainers wrote; timm's own loader refuses their pickled configs
-    return {
+    return LITPretrainedCfg(**{
         "url": url, "custom_load": True,
         "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (7, 7),
         "crop_pct": 0.875, "interpolation": "bicubic", "fixed_input_size": False,
@@ -920,21 +945,22 @@ def _cfg(url: str = "", **kwargs) -> dict:
         "paper_ids": "arXiv:2105.14217", "paper_name": "Less is More: Pay Less Attention in Vision Transformers",
         "origin_url": "https://github.com/ziplab/LIT", "license": "apache-2.0",
         **kwargs,
-    }
+    })
 
 
 default_cfgs = generate_default_cfgs({
-    "lit_ti.in1k": _cfg(url=_RELEASE + "lit_ti.pth"),
-    "lit_s.in1k": _cfg(url=_RELEASE + "lit_s.pth"),
-    "lit_m.in1k": _cfg(url=_RELEASE + "lit_m.pth"),
-    "lit_b.in1k": _cfg(url=_RELEASE + "lit_b.pth"),
-    "pvt_s.untrained": _cfg(),
+    "lit_ti.in1k": _cfg(url=_RELEASE + "lit_ti.pth", **_PVT_FACTS),
+    "lit_s.in1k": _cfg(url=_RELEASE + "lit_s.pth", **_SWIN_FACTS),
+    "lit_m.in1k": _cfg(url=_RELEASE + "lit_m.pth", **_SWIN_FACTS),
+    "lit_b.in1k": _cfg(url=_RELEASE + "lit_b.pth", **_SWIN_B_FACTS),
+    "pvt_s.untrained": _cfg(**_PVT_FACTS),
     # the authors' PVT-S w/ MSA (pvt_small_full_msa), the model of the attention figure; 80.9 top-1
-    "pvt_s_msa.in1k": _cfg(url="https://github.com/zhuang-group/LIT/releases/download/v2.1/pvt_full_msa.pth"),
-    "pvt_s_msa_no_attn1.untrained": _cfg(),
-    "pvt_s_msa_no_attn12.untrained": _cfg(),
-    "lit_ti_no_dtm.untrained": _cfg(),
-    "lit_s_no_dtm.untrained": _cfg(),
+    "pvt_s_msa.in1k": _cfg(url="https://github.com/zhuang-group/LIT/releases/download/v2.1/pvt_full_msa.pth",
+                           **_PVT_FACTS),
+    "pvt_s_msa_no_attn1.untrained": _cfg(**_PVT_FACTS),
+    "pvt_s_msa_no_attn12.untrained": _cfg(**_PVT_FACTS),
+    "lit_ti_no_dtm.untrained": _cfg(**_PVT_FACTS),
+    "lit_s_no_dtm.untrained": _cfg(**_SWIN_FACTS),
 })
 
 # Shared settings of the two families.

@@ -42,7 +42,7 @@ from ..ops.dtm import DTM_IMPLS, DeformableTokenMerging
 from ..ops import fused_mlp as fused_mlp_ops
 from ..ops.tracing import autocast_dtype, is_fx_proxy, is_tracing
 from .convert import checkpoint_filter_fn, load_weights
-from .lit import DTMDownsample, PatchEmbed, TokenMap, _int_or_tuple_2, _to_2tuple, check_image_batch
+from .lit import DTMDownsample, LITPretrainedCfg, PatchEmbed, TokenMap, _int_or_tuple_2, _to_2tuple, check_image_batch
 
 __all__ = ["LITv2", "HiLo", "DWConvMlp", "LITv2Block", "LITv2Stage"]
 
@@ -645,8 +645,8 @@ _ALPHA_TAGS = {"alpha_0": 0.0, "alpha_0.2": 0.2, "alpha_0.4": 0.4, "alpha_0.5": 
                "alpha_0.9": 0.9, "alpha_1": 1.0}
 
 
-def _cfg(url: str = "", **kwargs) -> dict:
-    return {
+def _cfg(url: str = "", **kwargs) -> LITPretrainedCfg:
+    return LITPretrainedCfg(**{
         "url": url, "custom_load": True,
         "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (7, 7),
         "crop_pct": 0.875, "interpolation": "bicubic", "fixed_input_size": False,
@@ -654,17 +654,21 @@ def _cfg(url: str = "", **kwargs) -> dict:
         "first_conv": "patch_embed.proj", "classifier": "head",
         "paper_ids": "arXiv:2205.13213", "paper_name": "Fast Vision Transformers with HiLo Attention",
         "origin_url": "https://github.com/ziplab/LITv2", "license": "apache-2.0",
+        "family": "litv2", "stage_channels": (96, 192, 384, 768),
         **kwargs,
-    }
+    })
+
+
+_B = dict(stage_channels=(128, 256, 512, 1024))
 
 
 default_cfgs = generate_default_cfgs({
     "litv2_s.in1k": _cfg(url=_RELEASE + "v1.0/litv2_s.pth"),
     **{f"litv2_s.{tag}": _cfg(url=_RELEASE + f"v1.1/{tag}.pth") for tag in _ALPHA_TAGS},
     "litv2_m.in1k": _cfg(url=_RELEASE + "v1.0/litv2_m.pth"),
-    "litv2_b.in1k": _cfg(url=_RELEASE + "v1.0/litv2_b.pth"),
+    "litv2_b.in1k": _cfg(url=_RELEASE + "v1.0/litv2_b.pth", **_B),
     "litv2_b_384.in1k": _cfg(url=_RELEASE + "v1.0/litv2_b_384.pth", input_size=(3, 384, 384), pool_size=(12, 12),
-                             crop_pct=1.0),
+                             crop_pct=1.0, **_B),
 })
 
 _LITV2 = dict(mlp_ratios=(4, 4, 4, 4), attn_types=("none", "none", "hilo", "hilo"), window_sizes=(0, 0, 2, 1))
