@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .. import data as D
-from ..data import shards
+from ..data.sources import data_source
 from .. import engine
 from ..checkpoint import read_checkpoint
 from ..engine import DistInfo, Task, TrainConfig, print_main
@@ -170,26 +170,12 @@ class ClassificationTask(Task):
         return D.build_transform(False, c.eval_img_size or c.img_size, interpolation=c.interpolation,
                                  crop_pct=c.crop_pct, mean=c.mean, std=c.std)
 
-    def _shards(self, files, training: bool) -> Dataset:
-        """Tar shards (:mod:`litvit.data.shards`) with this task's transform; their ``classes.txt``
-        must list the classes of the checkpoint or training set, in the same order."""
-        ds = shards.ShardStream(files, transform=self._transform(training))
-        if self.classes is not None and list(self.classes) != ds.classes:
-            raise ValueError(f"the classes of {ds.name} (classes.txt: {len(ds.classes)}) are not those of the "
-                             f"checkpoint or training set ({len(self.classes)}), in the same order")
-        return ds
-
     def eval_dataset(self, split: Optional[str] = None) -> Dataset:
-        """The evaluation split with the evaluation transform (the class list of the checkpoint or training set)."""
+        """The evaluation split with the evaluation transform (the class list of the checkpoint or
+        training set), from the data source ``data`` names (:func:`litvit.data.sources.data_source`)."""
         c = self.cfg
-        split = split or c.eval_split
-        if c.data == D.DIGITS:
-            ds = D.DigitsDataset(split, transform=self._transform(False))
-        elif shards.is_shard_pattern(c.data):  # the shards named, whatever the split
-            ds = self._shards(c.data, False)
-        else:
-            ds = D.ImageFolder(c.data, split, transform=self._transform(False), classes=self.classes,
-                               bad_images=c.bad_images)
+        ds = data_source(c.data).evaluation(c.data, split or c.eval_split, self._transform(False), self.classes,
+                                            c.bad_images)
         if self.classes is None:
             self.classes = list(ds.classes)
         return ds
@@ -197,23 +183,14 @@ class ClassificationTask(Task):
     def build_datasets(self) -> Tuple[Dataset, Optional[Dataset]]:
         if self._train is None:
             c = self.cfg
-            if c.data == D.DIGITS:
-                self._train = D.DigitsDataset("train", transform=self._transform(True))
-            elif shards.is_shard_pattern(c.data):
-                if c.repeated_aug > 0:
-                    raise ValueError("repeated augmentation (--repeated-aug) needs an image folder: a stream of "
-                                     "shards reads each image once per epoch; use --repeated-aug 0")
-                self._train = self._shards(c.data, True)
-            else:
-                self._train = D.ImageFolder(c.data, "train", transform=self._transform(True),
-                                            classes=self.classes, bad_images=c.bad_images, min_classes=2)
+            source = data_source(c.data)
+            if source.streams and c.repeated_aug > 0:
+                raise ValueError(f"repeated augmentation (--repeated-aug) needs an image folder: a stream of "
+                                 f"{source.name} reads each image once per epoch; use --repeated-aug 0")
+            self._train = source.train(c.data, self._transform(True), self.classes, c.bad_images)
             if self.classes is None:
                 self.classes = list(self._train.classes)
-            if shards.is_shard_pattern(c.data):  # the validation shards listed beside the training ones, if any
-                val = shards.split_pattern(c.data, c.eval_split)
-                self._val = self._shards(val, False) if val else None
-            else:
-                self._val = self.eval_dataset()
+            self._val = source.paired_val(c.data, c.eval_split, self._transform(False), self.classes, c.bad_images)
             if self.mixup_fn is not None:
                 self.mixup_fn.num_classes = len(self.classes)
         return self._train, self._val
