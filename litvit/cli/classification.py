@@ -22,10 +22,10 @@ import dataclasses
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Tuple
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from .. import data as D
 from .. import engine
@@ -183,23 +183,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-class _PredictImages(Dataset):
-    """Image files for ``predict``: item ``(tensor or None, index, why it could not be read)``, so a
-    skipped file keeps its own row."""
-
-    def __init__(self, files: Sequence[Path], transform):
-        self.files, self.transform = list(files), transform
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, index: int):
-        try:
-            return self.transform(D.load_image(self.files[index])), index, ""
-        except D.UnreadableImageError as e:
-            return None, index, str(e)
-
-
 def _collate_predict(batch):
     good = [(x, i) for x, i, _ in batch if x is not None]
     images = torch.stack([x for x, _ in good]) if good else None
@@ -224,7 +207,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     task.load_weights(model, args.checkpoint)
     model.eval()
     warn_grid_change("predict", task.cfg.img_size, task.cfg.eval_img_size)
-    ds = _PredictImages(files, task._transform(False))
+    ds = D.ImageList(files, task._transform(False), with_reasons=True)  # a skipped file keeps its own row
     loader = DataLoader(ds, batch_size=args.batch_size, num_workers=args.workers, collate_fn=_collate_predict)
     k = min(args.topk, len(task.classes))
     rows: Dict[int, Any] = {}

@@ -123,15 +123,9 @@ def add_predict_args(p: argparse.ArgumentParser) -> None:
 
 
 def expand_images(inputs: Sequence[str]) -> List[Path]:
-    """Image files named on the command line, folders replaced by the images inside (sorted);
-    FileNotFoundError / ValueError naming a missing input or an empty folder."""
-    files: List[Path] = []
-    for item in inputs:
-        path = Path(item)
-        if not path.exists():
-            raise FileNotFoundError(f"image not found: {item}")
-        files += find_images(path)
-    return files
+    """Image files named on the command line, folders replaced by the images inside (sorted):
+    :func:`litvit.data.io.find_images`."""
+    return find_images(inputs)
 
 
 def output_stems(paths: Sequence[Path]) -> List[str]:

@@ -47,7 +47,9 @@ def list_models() -> tuple:
     return MODEL_NAMES
 
 
-load_checkpoint = load_weights  # the name of litvit <= 0.1 (``litvit.load_checkpoint(model, path)``)
+# the name of litvit <= 0.1 (``litvit.load_checkpoint(model, path)``: weights into a model); not
+# ``litvit.engine.load_checkpoint``, the old name of litvit.checkpoint.read_training_checkpoint (a dict)
+load_checkpoint = load_weights
 
 
 def create_model(

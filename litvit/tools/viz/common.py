@@ -11,6 +11,7 @@ from torch import Tensor
 
 from ...checkpoint import model_record, read_checkpoint
 from ...data.io import IMG_EXTENSIONS as IMAGE_EXTENSIONS
+from ...data.io import find_images as _find_images
 from ...data.io import read_image
 from ...models import create_model, MODEL_NAMES
 from ...models.factory import models_fitting
@@ -135,16 +136,9 @@ class LoadedImage:
 
 
 def find_images(path: str) -> List[Path]:
-    """The image files at ``path``: the file itself, or the images directly inside a folder (sorted)."""
-    p = Path(path)
-    if p.is_dir():
-        files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
-        if not files:
-            raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in folder {path}")
-        return files
-    if not p.exists():
-        raise FileNotFoundError(f"image not found: {path}")
-    return [p]
+    """The image files at ``path``: the file itself, or the images directly inside a folder (sorted):
+    :func:`litvit.data.io.find_images` without sub-folders."""
+    return _find_images(path, recursive=False)
 
 
 def _input_size(width: int, height: int, img_size: int, multiple: int = 32) -> Tuple[int, int]:
