@@ -104,3 +104,25 @@ def test_classification_record_and_rebuild(tmp_path):
     assert isinstance(back, ClassificationTask) and back.classes == task.classes
     assert (back.cfg.img_size, back.cfg.eval_img_size, back.cfg.model_kwargs) == (32, 64, plain(KW))
     assert back.checkpoint_record["model"] == "lit_ti" and back.checkpoint_classes == 10
+
+
+def test_every_task_rebuilds_through_the_one_path(tmp_path, monkeypatch):
+    """``from_checkpoint`` of each task is task_from_checkpoint with that task (so are validate,
+    predict, detect/segment eval and predict, and the figures' load_model)."""
+    import litvit.tasks.records as records
+    seen = []
+    real = records.task_from_checkpoint
+
+    def spy(path, task=None, **overrides):
+        seen.append(task)
+        return real(path, task=task, **overrides)
+    for module in ("classification", "detection", "segmentation"):
+        monkeypatch.setattr(f"litvit.tasks.{module}.task_from_checkpoint", spy)
+    seg = SegmentationTask("lit_ti", num_classes=2, backbone_kwargs=KW, fpn_channels=8, head_channels=8)
+    path = _save(tmp_path / "seg.pth", "segmentation", seg.checkpoint_extra())
+    SegmentationTask.from_checkpoint(path)
+    with pytest.raises(ValueError, match="not a litvit classification checkpoint"):
+        ClassificationTask.from_checkpoint(path)
+    with pytest.raises(ValueError, match="not a litvit classification checkpoint"):
+        task_for_checkpoint(path)
+    assert seen == ["segmentation", "classification", "classification"]

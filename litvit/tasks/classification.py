@@ -272,6 +272,13 @@ class ClassificationTask(Task):
         return dict(record_of(self.cfg), model_kwargs=plain(self.model_kwargs()), classes=list(self.classes or []))
 
     @classmethod
+    def from_checkpoint(cls, path: str, **overrides) -> "ClassificationTask":
+        """An evaluation task rebuilt from a checkpoint (for validate and predict):
+        :func:`~litvit.tasks.records.task_from_checkpoint` with ``task="classification"``;
+        ``overrides`` are :meth:`from_record`'s keywords."""
+        return task_from_checkpoint(path, task=cls.name, **overrides)
+
+    @classmethod
     def from_record(cls, record: Dict[str, Any], path: str, ckpt: Any = None, model: Optional[str] = None,
                     data: Optional[str] = None, split: str = "val", img_size: Optional[int] = None,
                     crop_pct: Optional[float] = None, interpolation: Optional[str] = None,
