@@ -9,12 +9,11 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from ...checkpoint import model_record, read_checkpoint
+from ...checkpoint import model_record
 from ...data.io import IMG_EXTENSIONS as IMAGE_EXTENSIONS
 from ...data.io import find_images as _find_images
 from ...data.io import read_image
 from ...models import create_model, MODEL_NAMES
-from ...models.factory import models_fitting
 from ...models.convert import official_to_litvit, unwrap_state_dict
 from ...utils import atomic_write, moved_names
 
