@@ -39,9 +39,10 @@ Examples::
     litvit train --recipe lit-smb --model lit_b --data /data/imagenet --amp bf16
     litvit train --recipe litv2 --model litv2_m --data /data/imagenet --print-config
 """
-from typing import Dict, Optional
+from typing import Any, Dict, Mapping, Optional, Tuple
 
-__all__ = ["BASE", "RECIPES", "DENSE_RECIPES", "get_recipe", "default_recipe_for", "resolve_dense_recipe"]
+__all__ = ["BASE", "RECIPES", "DENSE_RECIPES", "FAMILY_RECIPES", "DENSE_RULES_OF_FAMILY", "DENSE_FLAG_KEYS", "get_recipe",
+           "default_recipe_for", "dense_family", "resolve_recipe", "resolve_dense", "resolve_dense_recipe"]
 
 # Every key a recipe may set, with the value used when neither the recipe nor a flag sets it.
 BASE: Dict[str, object] = dict(
@@ -206,14 +207,131 @@ def resolve_dense_recipe(name: str, family: str) -> Dict[str, object]:
     return recipe
 
 
+# the ImageNet recipe of each model family (the family is in the variant's pretrained cfg:
+# litvit.models.factory.model_facts), and the dense configs' rules each family follows (LITv2 has
+# Swin's layout: no class token, all four stages from one width schedule)
+FAMILY_RECIPES = {"pvt": "lit-ti", "swin": "lit-smb", "litv2": "litv2"}
+DENSE_RULES_OF_FAMILY = {"pvt": "pvt", "swin": "swin", "litv2": "swin"}
+
+
+def _family(model: str) -> str:
+    from .models.factory import model_facts  # the model floor, above this one: read on use
+    return model_facts(model)["family"]
+
+
 def default_recipe_for(data: Optional[str], model: Optional[str]) -> str:
     """The recipe used when none is named: ``digits`` on the embedded data, else the paper's recipe
-    of the model's family (``litv2`` for LITv2, ``lit-smb`` for the Swin-based models, ``lit-ti``
-    otherwise)."""
+    of the model's family as its pretrained cfg names it (:data:`FAMILY_RECIPES`: ``lit-ti`` for
+    the PVT-based models, ``lit-smb`` for the Swin-based ones, ``litv2`` for LITv2; LIT-Ti's when
+    no model is named). ValueError for a family without a recipe."""
     if data in (None, "digits"):
         return "digits"
-    if model is not None and model.startswith("litv2"):
-        return "litv2"
-    if model is not None and model.startswith(("lit_s", "lit_m", "lit_b")):
-        return "lit-smb"
-    return "lit-ti"
+    family = _family(model or "lit_ti")
+    if family not in FAMILY_RECIPES:
+        raise ValueError(f"{model}: no ImageNet recipe for its family {family!r} (known: {', '.join(FAMILY_RECIPES)}); "
+                         f"name one with --recipe")
+    return FAMILY_RECIPES[family]
+
+
+def dense_family(backbone: str) -> str:
+    """The rules of the authors' dense configs ``backbone`` follows (``"pvt"`` or ``"swin"``,
+    :data:`DENSE_RULES_OF_FAMILY`), from its pretrained cfg's family."""
+    family = _family(backbone)
+    if family not in DENSE_RULES_OF_FAMILY:
+        raise ValueError(f"{backbone}: the dense recipes have no rules for its family {family!r}")
+    return DENSE_RULES_OF_FAMILY[family]
+
+
+def _given(flags: Any, key: str) -> Any:
+    """The value of ``key`` among ``flags`` (a mapping, or an object with attributes such as parsed
+    arguments); None when not given."""
+    if flags is None:
+        return None
+    if isinstance(flags, Mapping):
+        return flags.get(key)
+    return getattr(flags, key, None)
+
+
+def _uses_cuda(device: Optional[str]) -> bool:
+    import torch
+    device = device or "auto"
+    return torch.cuda.is_available() if device == "auto" else str(device).startswith("cuda")
+
+
+def resolve_recipe(flags: Any = None, name: Optional[str] = None) -> Tuple[str, Dict[str, Any]]:
+    """The classification recipe ``litvit train`` trains with: the named one (``name``, else
+    ``flags.recipe``, else :func:`default_recipe_for` the data and model), the values given in
+    ``flags`` on top (every :data:`BASE` key; None means not given), then what follows from them:
+    ``aa`` off for ``""``/``none``/``off``, ``clip_grad`` off for <= 0, a warm-up of a tenth of a
+    run shorter than the recipe's warm-up, ``drop_path_off_epochs`` of the authors' ablation runs,
+    fp16 off where the device (``flags.device``) is not a GPU.
+
+    Args:
+        flags: a mapping or an object with attributes (parsed command-line arguments).
+        name (str, optional): the recipe.
+
+    Returns:
+        (the recipe's name, the resolved recipe).
+
+    Raises:
+        ValueError: an unknown recipe, or ``scale`` MIN above MAX.
+
+    Examples::
+
+        >>> resolve_recipe(dict(data="/data/imagenet", model="lit_s", epochs=10))[1]["warmup_epochs"]
+        1.0
+    """
+    name = name or _given(flags, "recipe") or default_recipe_for(_given(flags, "data"), _given(flags, "model"))
+    recipe = get_recipe(name)
+    for key in BASE:
+        value = _given(flags, key)
+        if value is not None:
+            recipe[key] = value
+    # 'off' spellings on the command line
+    if isinstance(recipe.get("aa"), str) and recipe["aa"].lower() in ("", "none", "off"):
+        recipe["aa"] = None
+    if recipe.get("clip_grad") is not None and recipe["clip_grad"] <= 0:
+        recipe["clip_grad"] = None
+    if recipe["scale"][0] > recipe["scale"][1]:
+        raise ValueError(f"--scale {recipe['scale'][0]:g} {recipe['scale'][1]:g}: MIN must not exceed MAX")
+    if _given(flags, "warmup_epochs") is None and recipe["warmup_epochs"] >= recipe["epochs"]:
+        recipe["warmup_epochs"] = recipe["epochs"] / 10  # a short run keeps a proportionate warm-up
+    if recipe["drop_path_off_epochs"] is None:  # the authors' runs: ablation models only, under the DeiT recipe
+        recipe["drop_path_off_epochs"] = 100 if name == "lit-ti" and recipe["model"] != "lit_ti" else 0
+    if _given(flags, "amp") is None and recipe["amp"] == "fp16" and not _uses_cuda(_given(flags, "device")):
+        recipe["amp"] = "none"  # the recipe's fp16 is for CUDA; the CPU has no fp16 autocast
+    return name, recipe
+
+
+# recipe keys a dense ``train`` flag of the same name overrides (``--lr`` -> ``lr``, ...)
+DENSE_FLAG_KEYS = ("epochs", "lr_steps", "warmup_iters", "min_size", "max_size", "iters", "crop_size", "scale",
+                   "ratio_range", "batch_size", "lr", "weight_decay", "clip_grad", "amp", "drop_path", "fpn_channels",
+                   "head_channels")
+
+
+def resolve_dense(name: str, backbone: str, flags: Any = None) -> Dict[str, Any]:
+    """The dense recipe ``name`` for ``backbone``'s family (:func:`dense_family`,
+    :func:`resolve_dense_recipe`), the values given in ``flags`` on top (:data:`DENSE_FLAG_KEYS`;
+    lists become tuples), plus ``recipe``, ``backbone_family``, ``overridden`` (the keys given) and
+    ``derived`` (``amp``: the recipe's fp16 off where ``flags.device`` is not a GPU).
+
+    Examples::
+
+        >>> r = resolve_dense("retinanet-1x", "lit_s", dict(lr=2e-4, device="cpu"))
+        >>> r["backbone_family"], r["lr"], r["overridden"], r["no_decay_keys"][0]
+        ('swin', 0.0002, ['lr'], 'norm')
+    """
+    family = dense_family(backbone)
+    r = resolve_dense_recipe(name, family)
+    r.update(recipe=name, backbone_family=family, overridden=[], derived=[])
+    for key in DENSE_FLAG_KEYS:
+        value = _given(flags, key)
+        if key in r and value is not None:
+            r[key] = tuple(value) if isinstance(value, list) else value
+            r["overridden"].append(key)
+    if _given(flags, "grad_checkpointing"):
+        r["grad_checkpointing"] = True
+    if _given(flags, "amp") is None and r["amp"] == "fp16" and not _uses_cuda(_given(flags, "device")):
+        r["amp"] = "none"  # the recipe's fp16 is for CUDA; the CPU has no fp16 autocast
+        r["derived"].append("amp")
+    return r

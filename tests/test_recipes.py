@@ -218,7 +218,9 @@ def _cosine(t, total, base, low):
 
 @pytest.mark.parametrize("recipe,model", [("lit-ti", "lit_ti"), ("lit-smb", "lit_s"), ("litv2", "litv2_s")])
 def test_imagenet_param_groups_by_name_and_lr_along_the_schedule(recipe, model):
-    from litvit.cli.classification import _add_train_args, _class_config, _resolve_recipe, _train_config
+    from litvit.cli.classification import add_train_args as _add_train_args, class_config as _class_config
+    from litvit.cli.classification import train_config as _train_config
+    from litvit.recipes import resolve_recipe as _resolve_recipe
     from litvit.tasks.classification import ClassificationTask
     import argparse
     p = argparse.ArgumentParser()

@@ -172,8 +172,8 @@ def check_model_kwargs(kwargs: dict, flag: str, model: str = "lit_ti", allowed: 
     unknown = [k for k in kwargs if k not in known]
     if unknown:
         raise CLIError(f"{flag}: unknown key {unknown[0]!r}; known keys: {', '.join(known)}")
-    if model not in MODEL_NAMES:
-        return kwargs
+    if model not in MODEL_NAMES or not any(k not in allowed for k in kwargs):
+        return kwargs  # nothing to check: the model's own arguments build
     try:
         with torch.device("meta"):
             create_model(model, **{k: v for k, v in kwargs.items() if k not in allowed})

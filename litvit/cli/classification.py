@@ -22,16 +22,16 @@ import dataclasses
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Tuple
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from .. import data as D
 from .. import engine
 from ..engine import TrainConfig, print_main
 from ..models import MODEL_NAMES, create_model
-from ..recipes import BASE, RECIPES, default_recipe_for, get_recipe
+from ..recipes import BASE, RECIPES, get_recipe, resolve_recipe
 from ..tasks.classification import ClassificationConfig, ClassificationTask, task_for_checkpoint, validate_checkpoint
 from ..utils import atomic_path, count_parameters, plain, warn_grid_change
 from .args import (BATCH_SIZE_HELP, add_log_arg, device_arg, float_arg, img_size_arg, nonneg_int, positive_int, print_config,
@@ -44,24 +44,8 @@ ARCH_KEYS = ("embed_dims", "depths", "num_heads", "mlp_ratios")
 
 
 def _resolve_recipe(args: argparse.Namespace) -> Tuple[str, Dict[str, Any]]:
-    name = args.recipe or default_recipe_for(args.data, args.model)
-    recipe = get_recipe(name)
-    for key in BASE:
-        value = getattr(args, key, None)
-        if value is not None:
-            recipe[key] = value
-    # 'off' spellings on the command line
-    if isinstance(recipe.get("aa"), str) and recipe["aa"].lower() in ("", "none", "off"):
-        recipe["aa"] = None
-    if recipe.get("clip_grad") is not None and recipe["clip_grad"] <= 0:
-        recipe["clip_grad"] = None
-    if recipe["scale"][0] > recipe["scale"][1]:
-        raise ValueError(f"--scale {recipe['scale'][0]:g} {recipe['scale'][1]:g}: MIN must not exceed MAX")
-    if args.warmup_epochs is None and recipe["warmup_epochs"] >= recipe["epochs"]:
-        recipe["warmup_epochs"] = recipe["epochs"] / 10  # a short run keeps a proportionate warm-up
-    if recipe["drop_path_off_epochs"] is None:  # the authors' runs: ablation models only, under the DeiT recipe
-        recipe["drop_path_off_epochs"] = 100 if name == "lit-ti" and recipe["model"] != "lit_ti" else 0
-    return name, recipe  # a recipe's fp16 off CUDA: the run plan turns it off (engine.resolve_amp)
+    """:func:`litvit.recipes.resolve_recipe` of the parsed arguments."""
+    return resolve_recipe(args)
 
 
 def _setting_origins(args: argparse.Namespace, name: str, r: Dict[str, Any]) -> Tuple[Tuple[str, ...], Tuple[str, ...]]:
@@ -200,23 +184,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-class _PredictImages(Dataset):
-    """Image files for ``predict``: item ``(tensor or None, index, why it could not be read)``, so a
-    skipped file keeps its own row."""
-
-    def __init__(self, files: Sequence[Path], transform):
-        self.files, self.transform = list(files), transform
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, index: int):
-        try:
-            return self.transform(D.load_image(self.files[index])), index, ""
-        except D.UnreadableImageError as e:
-            return None, index, str(e)
-
-
 def _collate_predict(batch):
     good = [(x, i) for x, i, _ in batch if x is not None]
     images = torch.stack([x for x, _ in good]) if good else None
@@ -241,7 +208,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     task.load_weights(model, args.checkpoint)
     model.eval()
     warn_grid_change("predict", task.cfg.img_size, task.cfg.eval_img_size)
-    ds = _PredictImages(files, task._transform(False))
+    ds = D.ImageList(files, task._transform(False), with_reasons=True)  # a skipped file keeps its own row
     loader = DataLoader(ds, batch_size=args.batch_size, num_workers=args.workers, collate_fn=_collate_predict)
     k = min(args.topk, len(task.classes))
     rows: Dict[int, Any] = {}
@@ -482,3 +449,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     _add_train_args(p, output="runs/demo")
     # one thread: the demo's model is small (README, "Threads")
     p.set_defaults(func=cmd_demo, recipe="digits", threads=1)
+
+
+# the parser and config builders of ``litvit train`` by public names (scripts and tests build a run as
+# the command does; the recipe itself is :func:`litvit.recipes.resolve_recipe`)
+add_train_args = _add_train_args
+class_config = _class_config
+train_config = _train_config

@@ -18,8 +18,8 @@ from ..data.io import check_image, find_images, read_image, scan_files
 from ..errors import UnreadableImageError
 from ..engine import RunPlan, TrainConfig, describe_param_groups, is_main_process
 from ..models import MODEL_NAMES
-from ..models.backbone import backbone_family
-from ..recipes import resolve_dense_recipe
+from ..recipes import resolve_dense
+from ..tasks.records import task_from_checkpoint
 from ..utils import atomic_write
 from .args import (BATCH_SIZE_HELP, add_log_arg, check_json_object, check_model_kwargs, device_arg, float_arg,
                    int_arg, nonneg_int, positive_int, seed_arg, threads_arg)
@@ -154,15 +154,9 @@ def add_predict_args(p: argparse.ArgumentParser) -> None:
 
 
 def expand_images(inputs: Sequence[str]) -> List[Path]:
-    """Image files named on the command line, folders replaced by the images inside (sorted);
-    FileNotFoundError / ValueError naming a missing input or an empty folder."""
-    files: List[Path] = []
-    for item in inputs:
-        path = Path(item)
-        if not path.exists():
-            raise FileNotFoundError(f"image not found: {item}")
-        files += find_images(path)
-    return files
+    """Image files named on the command line, folders replaced by the images inside (sorted):
+    :func:`litvit.data.io.find_images`."""
+    return find_images(inputs)
 
 
 def output_stems(paths: Sequence[Path]) -> List[str]:
@@ -199,25 +193,10 @@ def output_stems(paths: Sequence[Path]) -> List[str]:
     return names
 
 
-# recipe keys a dense ``train`` flag of the same name overrides (``--lr`` -> ``lr``, ...)
-_FLAG_KEYS = ("epochs", "lr_steps", "warmup_iters", "min_size", "max_size", "iters", "crop_size", "scale",
-              "ratio_range", "batch_size", "lr", "weight_decay", "clip_grad", "amp", "drop_path", "fpn_channels",
-              "head_channels")
-
-
 def resolve_recipe(args: argparse.Namespace, name: str) -> Dict[str, Any]:
-    """The dense recipe ``name`` for ``args.backbone``'s family, overridden by the flags given."""
-    family = backbone_family(args.backbone)
-    r = resolve_dense_recipe(name, family)
-    r.update(recipe=name, backbone_family=family, overridden=[], derived=[])
-    for key in _FLAG_KEYS:
-        value = getattr(args, key, None)
-        if key in r and value is not None:
-            r[key] = tuple(value) if isinstance(value, list) else value
-            r["overridden"].append(key)
-    if args.grad_checkpointing:
-        r["grad_checkpointing"] = True
-    return r  # a recipe's fp16 off CUDA: the run plan turns it off (engine.resolve_amp)
+    """The dense recipe ``name`` for ``args.backbone``'s family, overridden by the flags given
+    (:func:`litvit.recipes.resolve_dense`)."""
+    return resolve_dense(name, args.backbone, args)
 
 
 def check_output(args: argparse.Namespace) -> None:
@@ -392,7 +371,7 @@ def model_from_checkpoint(task_cls, args: argparse.Namespace, kinds: Sequence[st
     release = open_release(args, kinds) if kinds else None
     if release is not None:
         return task_cls.from_release(release), release.eval()
-    task = task_cls.from_checkpoint(args.checkpoint)
+    task = task_from_checkpoint(args.checkpoint, task=task_cls.name)
     model = task.build_model()
     task.load_weights(model, args.checkpoint, use_ema=args.ema)
     return task, model.eval()

@@ -45,7 +45,8 @@ from ..engine import evaluate as engine_evaluate, fit, is_main_process
 from ..errors import CLIError
 from ..metrics import _STAT_NAMES
 from ..models.detectors import DETECTION_DEFAULTS, DETECTORS, RECIPE_OF, parameter_table
-from ..tasks.detection import DetectionTask, detection_records, draw_detections
+from ..tasks.detection import DetectionConfig, DetectionTask, detection_records, draw_detections
+from ..tasks.records import task_from_checkpoint
 from ..utils import atomic_write, count_parameters
 from .args import nonneg_int, positive_int, print_config, print_plan, prob_arg
 from .dense import (add_backbone_args, add_engine_args, add_eval_args, add_init_args, add_predict_args,
@@ -83,12 +84,13 @@ def _resolve(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def _task(args: argparse.Namespace, r: Dict[str, Any], **data) -> DetectionTask:
-    return DetectionTask(
+    """The task of the resolved recipe ``r`` and the flags: its :class:`DetectionConfig`."""
+    return DetectionTask(DetectionConfig(
         arch=r["arch"], backbone=args.backbone, pretrained=args.pretrained, min_size=r["min_size"],
         max_size=r["max_size"], frozen_stages=args.frozen_stages, norm_eval=args.norm_eval, lr_steps=r["lr_steps"],
         warmup_iters=r["warmup_iters"], warmup_ratio=r["warmup_ratio"], backbone_kwargs=backbone_kwargs(args, r),
         fpn_channels=r["fpn_channels"], no_decay_keys=r["no_decay_keys"], progress=not args.no_progress,
-        init_checkpoint=getattr(args, "init_checkpoint", None), **data)
+        init_checkpoint=getattr(args, "init_checkpoint", None), **data))
 
 
 def resolved_config(args: argparse.Namespace) -> Dict[str, Any]:
@@ -153,8 +155,8 @@ def _eval(args: argparse.Namespace) -> int:
         task = DetectionTask.from_release(release, val_images=args.val_images, val_ann=args.val_ann,
                                           progress=not args.no_progress)
     else:
-        task = DetectionTask.from_checkpoint(args.checkpoint, val_images=args.val_images, val_ann=args.val_ann,
-                                             progress=not args.no_progress)
+        task = task_from_checkpoint(args.checkpoint, task=DetectionTask.name, val_images=args.val_images,
+                                    val_ann=args.val_ann, progress=not args.no_progress)
     metrics = engine_evaluate(task, eval_config(args), None if release is not None else args.checkpoint,
                               use_ema=args.ema)
     if not is_main_process():

@@ -48,7 +48,8 @@ from torch import nn
 from ..engine import evaluate as engine_evaluate, fit, is_main_process
 from ..metrics import segmentation_metrics
 from ..models.semantic_fpn import SEGMENTATION_DEFAULTS, parameter_table
-from ..tasks.segmentation import SegmentationTask, colorize
+from ..tasks.segmentation import SegmentationConfig, SegmentationTask, colorize
+from ..tasks.records import task_from_checkpoint
 from ..utils import count_parameters
 from .args import float_arg, img_size_arg, int_arg, positive_int, print_config, print_plan
 from .dense import (add_backbone_args, add_engine_args, add_eval_args, add_init_args, add_predict_args,
@@ -80,13 +81,13 @@ def _task(args: argparse.Namespace, r: Dict[str, Any], class_names=None) -> Segm
     lo, hi = r["ratio_range"]
     if lo > hi:
         raise ValueError(f"--ratio-range {lo:g} {hi:g}: MIN must not exceed MAX")
-    return SegmentationTask(
+    return SegmentationTask(SegmentationConfig(
         backbone=args.backbone, data=args.data, num_classes=args.num_classes, reduce_zero_label=not args.no_reduce_zero_label,
         pretrained=args.pretrained, iters=r["iters"], crop_size=r["crop_size"], scale=r["scale"],
         ratio_range=r["ratio_range"], frozen_stages=args.frozen_stages, norm_eval=args.norm_eval,
         backbone_kwargs=backbone_kwargs(args, r), fpn_channels=r["fpn_channels"], head_channels=r["head_channels"],
         class_names=class_names, cat_max_ratio=r["cat_max_ratio"], no_decay_keys=r["no_decay_keys"],
-        progress=not args.no_progress, init_checkpoint=args.init_checkpoint)
+        progress=not args.no_progress, init_checkpoint=args.init_checkpoint))
 
 
 def resolved_config(args: argparse.Namespace) -> Dict[str, Any]:
@@ -140,8 +141,8 @@ def _eval(args: argparse.Namespace) -> int:
         task = SegmentationTask.from_release(release, data=args.data, val_split=args.split,
                                              progress=not args.no_progress)
     else:
-        task = SegmentationTask.from_checkpoint(args.checkpoint, data=args.data, val_split=args.split,
-                                                progress=not args.no_progress)
+        task = task_from_checkpoint(args.checkpoint, task=SegmentationTask.name, data=args.data,
+                                    val_split=args.split, progress=not args.no_progress)
     metrics = engine_evaluate(task, eval_config(args), None if release is not None else args.checkpoint,
                               use_ema=args.ema)
     if not is_main_process():

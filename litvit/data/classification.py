@@ -180,12 +180,30 @@ def _image_files(folder: Path) -> List[Path]:
 
 
 class ImageList(_ImageDataset):
-    """A flat list of image files (for prediction); target is the file's index."""
+    """A flat list of image files (for prediction); target is the file's index.
+
+    Args:
+        files (Sequence[str | Path]): the images (:func:`~litvit.data.io.find_images` lists a folder).
+        transform (Callable, optional): applied to the PIL image.
+        bad_images (str): ``"fail"`` or ``"skip"`` (the next readable image takes an unreadable one's place).
+        with_reasons (bool): items are ``(image or None, index, why it could not be read or "")``
+            instead: every file keeps its own row (``litvit predict``), ``bad_images`` aside.
+    """
 
     def __init__(self, files: Sequence[Union[str, Path]], transform: Optional[Callable] = None,
-                 bad_images: str = "fail"):
+                 bad_images: str = "fail", with_reasons: bool = False):
         super().__init__(transform, bad_images)
         self.samples = [(Path(f), i) for i, f in enumerate(files)]
+        self.with_reasons = with_reasons
+
+    def __getitem__(self, index: int):
+        if not self.with_reasons:
+            return super().__getitem__(index)
+        try:
+            image, target = self._load(index)
+        except UnreadableImageError as e:
+            return None, index, str(e)
+        return image, target, ""
 
 
 class DigitsDataset(Dataset):

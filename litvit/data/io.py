@@ -7,7 +7,7 @@
 * :func:`check_image`: a cheap check of every file before training (header + end marker) that
   returns the size :func:`read_image` will give; :func:`scan_files` runs a check over many files
   in a few threads.
-* :func:`find_images`: the image files under a folder, by :data:`IMG_EXTENSIONS`.
+* :func:`find_images`: the image files named, folders by :data:`IMG_EXTENSIONS` (the one lister).
 * :func:`image_to_tensor`, :func:`palette`: a PIL image as a tensor; a colour per class.
 
 Examples::
@@ -219,22 +219,49 @@ def scan_files(items: Sequence, check: Callable, progress: bool = True, desc: st
     return bad
 
 
-def find_images(folder: Union[str, Path], recursive: bool = True) -> List[Path]:
-    """Image files under ``folder`` (by extension), sorted. FileNotFoundError / ValueError when the
-    folder is missing or holds none.
+def _images_in(folder: Path, recursive: bool) -> List[Path]:
+    """The image files in ``folder`` (see :func:`find_images`), sorted; possibly none."""
+    found, seen = [], set()
+    for dirpath, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:  # a symlink back up the tree: listed once
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if recursive else []
+        found += [Path(dirpath) / f for f in files if not f.startswith(".") and f.lower().endswith(IMG_EXTENSIONS)]
+    return sorted(found)
 
-    A symlink that leads nowhere (dangling, or a loop) is listed too: reading it fails with the
-    reason, so it is reported (or skipped with its reason), never silently left out."""
-    folder = Path(folder)
-    if not folder.exists():
-        raise FileNotFoundError(f"image folder not found: {folder}")
-    if folder.is_file():
-        return [folder]
-    it = folder.rglob("*") if recursive else folder.iterdir()
-    files = sorted(p for p in it if p.suffix.lower() in IMG_EXTENSIONS
-                   and (p.is_file() or (p.is_symlink() and not p.exists())))
-    if not files:
-        raise ValueError(f"no images ({', '.join(IMG_EXTENSIONS)}) in {folder}")
+
+def find_images(paths: Union[str, Path, Sequence[Union[str, Path]]], recursive: bool = True) -> List[Path]:
+    """The image files ``paths`` names, the one lister of every command that takes images.
+
+    A file is taken as named, whatever its name. A folder gives the files inside it (and inside its
+    sub-folders, unless ``recursive=False``) whose extension, in any case (``.JPG``), is one of
+    :data:`IMG_EXTENSIONS`, sorted; hidden files and folders (names starting with ``.``, such as
+    macOS's ``._photo.jpg``, which are not images) are left out. Symlinks are followed, to files and
+    to folders (a link back up the tree is listed once); one that leads nowhere (dangling, or a
+    loop) is listed too: reading it fails with the reason, so it is reported (or skipped with its
+    reason), never silently left out. Several paths: their files in the order given.
+
+    Raises:
+        FileNotFoundError: a path that does not exist (``image not found: PATH``).
+        ValueError: a folder without images.
+    """
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    files: List[Path] = []
+    for item in paths:
+        path = Path(item)
+        if not path.exists() and not path.is_symlink():
+            raise FileNotFoundError(f"image not found: {item}")
+        if not path.is_dir():
+            files.append(path)
+            continue
+        inside = _images_in(path, recursive)
+        if not inside:
+            raise ValueError(f"no images ({', '.join(IMG_EXTENSIONS)}) in {path}")
+        files += inside
     return files
 
 

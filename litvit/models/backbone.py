@@ -41,11 +41,10 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock
 
-from ..recipes import DENSE_RECIPES
+from ..recipes import DENSE_RECIPES, dense_family
 from ..utils import count_parameters
 from .convert import checkpoint_filter_fn, load_state_dict_file, official_to_litvit, unwrap_state_dict
-from .factory import create_model
-from .lit import Attention
+from .factory import create_model, model_facts
 
 __all__ = ["LITBackbone", "LITFPN", "build_backbone", "backbone_family", "count_parameters",
            "default_backbone_img_size"]
@@ -333,22 +332,20 @@ def build_backbone(
 def default_backbone_img_size(backbone: str, task: str = "detection") -> Optional[int]:
     """The grid the authors learned LIT-S/M/B's relative position tables for in dense tasks:
     800x800 for COCO and 512x512 for ADE20K. ``None`` (keep the model's 224) for models without
-    relative tables (LIT-Ti and the PVT ablations, whose absolute embeddings are resized on the fly)."""
-    with torch.device("meta"):
-        model = create_model(backbone, num_classes=0)
-    has_rel = any(isinstance(m, Attention) and m.relative_position_bias_table is not None for m in model.modules())
-    if not has_rel:
+    relative tables (LIT-Ti and the PVT ablations, whose absolute embeddings are resized on the fly).
+    Read from the variant's pretrained cfg (:func:`~litvit.models.factory.model_facts`), nothing built."""
+    grid = model_facts(backbone)["dense_img_size"]
+    if not grid:
         return None
-    return 800 if task == "detection" else 512
+    return grid["detection" if task == "detection" else "segmentation"]
 
 
 def backbone_family(backbone: str) -> str:
     """``"pvt"`` for LIT-Ti and the PVT-S ablations (class token, absolute position embeddings),
-    ``"swin"`` for LIT-S/M/B and ``lit_s_no_dtm``: the two families the authors' dense configs treat
-    differently (:func:`litvit.recipes.resolve_dense_recipe`)."""
-    with torch.device("meta"):
-        model = create_model(backbone, num_classes=0)
-    return "pvt" if model.num_prefix_tokens else "swin"
+    ``"swin"`` for LIT-S/M/B, ``lit_s_no_dtm`` and LITv2: the two families the authors' dense configs
+    treat differently (:func:`litvit.recipes.resolve_dense_recipe`); from the variant's pretrained
+    cfg (:func:`litvit.recipes.dense_family`), nothing built."""
+    return dense_family(backbone)
 
 
 def dense_backbone_kwargs(backbone: str, task: str, recipe: str, backbone_kwargs: Optional[Dict] = None) -> Dict:

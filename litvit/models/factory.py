@@ -11,9 +11,35 @@ from .convert import load_weights, official_to_litvit, unwrap_state_dict
 from .lit import LIT, default_cfgs
 from .litv2 import LITv2, default_cfgs as _litv2_cfgs
 
-__all__ = ["MODEL_NAMES", "list_models", "create_model", "load_weights", "load_checkpoint", "models_fitting"]
+__all__ = ["MODEL_NAMES", "FAMILIES", "list_models", "create_model", "model_facts", "load_weights", "load_checkpoint",
+           "models_fitting"]
 
 MODEL_NAMES = tuple(sorted({name.split(".")[0] for name in (*default_cfgs, *_litv2_cfgs)}))
+
+
+# the families a variant's pretrained cfg may name (LITPretrainedCfg.family)
+FAMILIES = ("pvt", "swin", "litv2")
+
+
+def model_facts(name: str) -> Dict[str, object]:
+    """What the registered variant ``name`` is, read from its pretrained cfg without building it:
+    ``family`` (one of :data:`FAMILIES`), ``stage_channels`` (each stage's width) and
+    ``dense_img_size`` (``{"detection": 800, "segmentation": 512}`` for relative position tables,
+    else None). ValueError for an unknown name or a cfg without a known family.
+
+    Examples::
+
+        >>> model_facts("lit_s")["family"], model_facts("lit_ti")["stage_channels"]
+        ('swin', (64, 128, 320, 512))
+    """
+    if name not in MODEL_NAMES:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+    cfg = timm.models.get_pretrained_cfg(name)
+    family = getattr(cfg, "family", None)
+    if family not in FAMILIES:
+        raise ValueError(f"the pretrained cfg of {name} names no known family ({family!r}; one of {', '.join(FAMILIES)})")
+    dense = getattr(cfg, "dense_img_size", None)
+    return dict(family=family, stage_channels=tuple(cfg.stage_channels), dense_img_size=dict(dense) if dense else None)
 
 
 def list_models() -> tuple:
@@ -21,7 +47,9 @@ def list_models() -> tuple:
     return MODEL_NAMES
 
 
-load_checkpoint = load_weights  # the name of litvit <= 0.1 (``litvit.load_checkpoint(model, path)``)
+# the name of litvit <= 0.1 (``litvit.load_checkpoint(model, path)``: weights into a model); not
+# ``litvit.engine.load_checkpoint``, the old name of litvit.checkpoint.read_training_checkpoint (a dict)
+load_checkpoint = load_weights
 
 
 def create_model(

@@ -18,9 +18,11 @@ stage, LIT without DTM) are configurations of the same class.
 Weights of the official release load through :func:`litvit.models.convert.checkpoint_filter_fn`;
 timm's ``pretrained=True`` reads the file with litvit's reader (:meth:`LIT.load_pretrained`).
 """
+import inspect
 import math
+from dataclasses import dataclass
 from functools import partial
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +32,7 @@ from torch import Tensor, nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, Mlp, trunc_normal_
 from timm.models._features import feature_take_indices
+from timm.models._pretrained import PretrainedCfg
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, register_notrace_function
 
 from ..ops import fused_mlp
@@ -39,9 +42,10 @@ from .convert import checkpoint_filter_fn, load_weights
 from .pos_embed import (gather_rel_pos_bias, relative_position_index, resize_abs_pos_embed,  # noqa: F401
                         resize_rel_pos_table)  # re-exported: litvit.models.lit.resize_* are old import paths
 
-__all__ = ["LIT", "Attention", "Block", "LITStage", "PatchEmbed", "ConvMerge", "PatchMerging"]
+__all__ = ["LIT", "Attention", "Block", "LITStage", "PatchEmbed", "ConvMerge", "PatchMerging", "MIXERS",
+           "register_mixer", "build_mixer", "mixer_names"]
 
-ATTN_TYPES = ("none", "msa", "sra")
+ATTN_TYPES = ("none", "msa", "sra")  # LIT's own mixers (any registered one builds: MIXERS, register_mixer)
 MERGE_TYPES = ("dtm", "conv", "swin")
 POS_EMBED_TYPES = ("abs", "rel", "none")
 
@@ -219,6 +223,62 @@ class PatchMerging(nn.Module):
         return x.flatten(1, 2), (H // 2, W // 2)  # B, H/2, W/2, C' -> B, N', C'
 
 
+# --- token mixers ----------------------------------------------------------------------------------
+# attn_type -> (mixer class or None for an MLP block, options it is always built with, the families
+# whose stages take it: None for every family)
+MIXERS: Dict[str, Tuple[Optional[type], Dict[str, Any], Optional[Tuple[str, ...]]]] = {}
+
+
+def register_mixer(name: str, families: Optional[Sequence[str]] = None,
+                   **fixed: Any) -> Callable[[Optional[type]], Optional[type]]:
+    """Register a token mixer class under ``name`` (an ``attn_type`` of LIT and LITv2 stages), as a
+    class decorator: ``@register_mixer("hilo", families=("litv2",))``. ``families``: the model
+    families (``"lit"``, ``"litv2"``) whose stages take it; None: every family. Registering None
+    makes ``name`` a block without mixer (LIT's MLP block, LITv2's ConvFFN block; no ``norm1``).
+
+    A mixer is built as ``cls(dim, num_heads, **options)`` with the options of its block that its
+    ``__init__`` names (``qkv_bias``, ``attn_drop``, ``proj_drop``, ``rel_pos_size``, ``sr_ratio``,
+    ``num_prefix_tokens``, ``window_size``, ``alpha``, ``fused_attn``, ``device``, ``dtype``), then
+    ``fixed`` on top; its forward maps ``(x: Tensor[B, N, C], feat_size: (H, W))`` to
+    ``Tensor[B, N, C]``.
+
+    Examples::
+
+        >>> mixer = build_mixer("sra", 64, 2, sr_ratio=4, window_size=2)   # window_size: not Attention's
+        >>> type(mixer).__name__, mixer.sr_ratio, build_mixer("none", 64, 2), mixer_names("litv2")
+        ('Attention', 4, None, ('none', 'hilo'))
+    """
+    def register(cls: Optional[type]) -> Optional[type]:
+        MIXERS[name] = (cls, dict(fixed), tuple(families) if families is not None else None)
+        return cls
+    return register
+
+
+def mixer_names(family: Optional[str] = None) -> Tuple[str, ...]:
+    """The registered ``attn_type`` names (that stages of ``family`` take)."""
+    return tuple(n for n, (_, _, fams) in MIXERS.items() if family is None or fams is None or family in fams)
+
+
+def build_mixer(name: str, dim: int, num_heads: int, family: Optional[str] = None, **options: Any) -> Optional[nn.Module]:
+    """The mixer registered as ``name`` (:func:`register_mixer`) for tokens of width ``dim``; None
+    for a block without mixer. ValueError naming the registered ones (of ``family``) otherwise."""
+    if name not in mixer_names(family):
+        raise ValueError(f"attn_type must be one of {mixer_names(family)}, got {name!r}")
+    cls, fixed, _ = MIXERS[name]
+    if cls is None:
+        return None
+    params = inspect.signature(cls.__init__).parameters
+    any_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    kwargs = {k: v for k, v in options.items() if any_kwargs or k in params}
+    kwargs.update(fixed)
+    return cls(dim, num_heads, **kwargs)
+
+
+register_mixer("none")(None)
+
+
+@register_mixer("sra", families=("lit",))
+@register_mixer("msa", families=("lit",), sr_ratio=1)
 class Attention(nn.Module):
     """Multi-head self-attention over all tokens, with an optional relative position bias or
     spatial-reduction keys/values.
@@ -390,17 +450,13 @@ class Block(nn.Module):
     ):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
-        if attn_type not in ATTN_TYPES:
-            raise ValueError(f"attn_type must be one of {ATTN_TYPES}, got {attn_type!r}")
-        if attn_type == "none":
-            self.norm1 = None
-            self.attn = None
-        else:
-            self.norm1 = norm_layer(dim, **dd)
-            self.attn = Attention(
-                dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop,
-                rel_pos_size=rel_pos_size, sr_ratio=sr_ratio if attn_type == "sra" else 1,
-                num_prefix_tokens=num_prefix_tokens, fused_attn=fused_attn, **dd)
+        if attn_type not in mixer_names("lit"):
+            raise ValueError(f"attn_type must be one of {mixer_names('lit')}, got {attn_type!r}")
+        self.norm1 = None if MIXERS[attn_type][0] is None else norm_layer(dim, **dd)
+        self.attn = build_mixer(  # the registered mixer (register_mixer); None: an MLP block
+            attn_type, dim, num_heads, "lit", qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop,
+            rel_pos_size=rel_pos_size, sr_ratio=sr_ratio, num_prefix_tokens=num_prefix_tokens, fused_attn=fused_attn,
+            **dd)
         self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
         self.norm2 = norm_layer(dim, **dd)
         self.mlp = Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop,
@@ -627,8 +683,8 @@ class LIT(nn.Module):
             if len(value) != 4:
                 raise ValueError(f"{name} must have 4 entries (one per stage), got {tuple(value)}")
         for i, (d, h, t) in enumerate(zip(embed_dims, num_heads, attn_types)):
-            if t not in ATTN_TYPES:
-                raise ValueError(f"attn_types[{i}]={t!r} is not one of {ATTN_TYPES}")
+            if t not in mixer_names("lit"):
+                raise ValueError(f"attn_types[{i}]={t!r} is not one of {mixer_names('lit')}")
             if t != "none" and d % h != 0:
                 raise ValueError(f"embed_dims[{i}]={d} is not divisible by num_heads[{i}]={h}")
         if merge not in MERGE_TYPES:
@@ -711,7 +767,7 @@ class LIT(nn.Module):
             if stage.cls_token is not None:
                 trunc_normal_(stage.cls_token, std=.02)
             for blk in stage.blocks:
-                if blk.attn is not None and blk.attn.relative_position_bias_table is not None:
+                if getattr(blk.attn, "relative_position_bias_table", None) is not None:
                     trunc_normal_(blk.attn.relative_position_bias_table, std=.02)
 
     @staticmethod
@@ -908,10 +964,33 @@ def _create_lit(variant: str, pretrained: bool = False, **kwargs) -> LIT:
 _RELEASE = "https://github.com/ziplab/LIT/releases/download/v1.0/"
 
 
-def _cfg(url: str = "", **kwargs) -> dict:
+@dataclass
+class LITPretrainedCfg(PretrainedCfg):
+    """timm's pretrained cfg plus the facts of a variant that recipes and dense tasks read without
+    building the model (:func:`litvit.models.factory.model_facts`).
+
+    Attributes:
+        family (str): ``"pvt"`` (class token, absolute position embeddings: LIT-Ti and the PVT-S
+            ablations), ``"swin"`` (relative position tables: LIT-S/M/B) or ``"litv2"`` (HiLo).
+        stage_channels (Tuple[int, ...]): the width of each stage's output (``embed_dims``).
+        dense_img_size (Dict[str, int], optional): the grid the authors learned the relative
+            position tables for in each dense task (``{"detection": 800, "segmentation": 512}``);
+            None for models without relative tables (their embeddings are resized on the fly).
+    """
+    family: Optional[str] = None
+    stage_channels: Optional[Tuple[int, ...]] = None
+    dense_img_size: Optional[Dict[str, int]] = None
+
+
+_PVT_FACTS = dict(family="pvt", stage_channels=(64, 128, 320, 512))
+_SWIN_FACTS = dict(family="swin", stage_channels=(96, 192, 384, 768), dense_img_size=dict(detection=800, segmentation=512))
+_SWIN_B_FACTS = dict(_SWIN_FACTS, stage_channels=(128, 256, 512, 1024))
+
+
+def _cfg(url: str = "", **kwargs) -> LITPretrainedCfg:
     # custom_load: timm hands the downloaded (or ``file=``) checkpoint to LIT.load_pretrained, which
     # reads every form the authors' trainers wrote; timm's own loader refuses their pickled configs
-    return {
+    return LITPretrainedCfg(**{
         "url": url, "custom_load": True,
         "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (7, 7),
         "crop_pct": 0.875, "interpolation": "bicubic", "fixed_input_size": False,
@@ -920,21 +999,22 @@ def _cfg(url: str = "", **kwargs) -> dict:
         "paper_ids": "arXiv:2105.14217", "paper_name": "Less is More: Pay Less Attention in Vision Transformers",
         "origin_url": "https://github.com/ziplab/LIT", "license": "apache-2.0",
         **kwargs,
-    }
+    })
 
 
 default_cfgs = generate_default_cfgs({
-    "lit_ti.in1k": _cfg(url=_RELEASE + "lit_ti.pth"),
-    "lit_s.in1k": _cfg(url=_RELEASE + "lit_s.pth"),
-    "lit_m.in1k": _cfg(url=_RELEASE + "lit_m.pth"),
-    "lit_b.in1k": _cfg(url=_RELEASE + "lit_b.pth"),
-    "pvt_s.untrained": _cfg(),
+    "lit_ti.in1k": _cfg(url=_RELEASE + "lit_ti.pth", **_PVT_FACTS),
+    "lit_s.in1k": _cfg(url=_RELEASE + "lit_s.pth", **_SWIN_FACTS),
+    "lit_m.in1k": _cfg(url=_RELEASE + "lit_m.pth", **_SWIN_FACTS),
+    "lit_b.in1k": _cfg(url=_RELEASE + "lit_b.pth", **_SWIN_B_FACTS),
+    "pvt_s.untrained": _cfg(**_PVT_FACTS),
     # the authors' PVT-S w/ MSA (pvt_small_full_msa), the model of the attention figure; 80.9 top-1
-    "pvt_s_msa.in1k": _cfg(url="https://github.com/zhuang-group/LIT/releases/download/v2.1/pvt_full_msa.pth"),
-    "pvt_s_msa_no_attn1.untrained": _cfg(),
-    "pvt_s_msa_no_attn12.untrained": _cfg(),
-    "lit_ti_no_dtm.untrained": _cfg(),
-    "lit_s_no_dtm.untrained": _cfg(),
+    "pvt_s_msa.in1k": _cfg(url="https://github.com/zhuang-group/LIT/releases/download/v2.1/pvt_full_msa.pth",
+                           **_PVT_FACTS),
+    "pvt_s_msa_no_attn1.untrained": _cfg(**_PVT_FACTS),
+    "pvt_s_msa_no_attn12.untrained": _cfg(**_PVT_FACTS),
+    "lit_ti_no_dtm.untrained": _cfg(**_PVT_FACTS),
+    "lit_s_no_dtm.untrained": _cfg(**_SWIN_FACTS),
 })
 
 # Shared settings of the two families.

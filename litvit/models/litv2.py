@@ -42,11 +42,12 @@ from ..ops.dtm import DTM_IMPLS, DeformableTokenMerging
 from ..ops import fused_mlp as fused_mlp_ops
 from ..ops.tracing import autocast_dtype, is_fx_proxy, is_tracing
 from .convert import checkpoint_filter_fn, load_weights
-from .lit import DTMDownsample, PatchEmbed, TokenMap, _int_or_tuple_2, _to_2tuple, check_image_batch
+from .lit import (MIXERS, DTMDownsample, LITPretrainedCfg, PatchEmbed, TokenMap, _int_or_tuple_2, _to_2tuple, build_mixer,
+                  check_image_batch, mixer_names, register_mixer)
 
 __all__ = ["LITv2", "HiLo", "DWConvMlp", "LITv2Block", "LITv2Stage"]
 
-ATTN_TYPES = ("none", "hilo")
+ATTN_TYPES = ("none", "hilo")  # LITv2's own mixers (any registered one builds: MIXERS, register_mixer)
 
 
 def hilo_heads(num_heads: int, window_size: int, alpha: float) -> Tuple[int, int]:
@@ -59,6 +60,7 @@ def hilo_heads(num_heads: int, window_size: int, alpha: float) -> Tuple[int, int
     return num_heads - lo, lo
 
 
+@register_mixer("hilo", families=("litv2",))
 @register_notrace_module  # torch.fx: one leaf (the padding depends on the map size)
 class HiLo(nn.Module):
     """HiLo attention on tokens of an (H, W) map.
@@ -254,15 +256,12 @@ class LITv2Block(nn.Module):
     ):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
-        if attn_type not in ATTN_TYPES:
-            raise ValueError(f"attn_type must be one of {ATTN_TYPES}, got {attn_type!r}")
-        if attn_type == "none":
-            self.norm1 = None
-            self.attn = None
-        else:
-            self.norm1 = norm_layer(dim, **dd)
-            self.attn = HiLo(dim, num_heads, window_size=window_size, alpha=alpha, qkv_bias=qkv_bias,
-                             fused_attn=fused_attn, **dd)
+        if attn_type not in mixer_names("litv2"):
+            raise ValueError(f"attn_type must be one of {mixer_names('litv2')}, got {attn_type!r}")
+        self.norm1 = None if MIXERS[attn_type][0] is None else norm_layer(dim, **dd)
+        self.attn = build_mixer(  # the registered mixer (register_mixer); None: a ConvFFN block
+            attn_type, dim, num_heads, "litv2", window_size=window_size, alpha=alpha, qkv_bias=qkv_bias, fused_attn=fused_attn,
+            **dd)
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
         self.norm2 = norm_layer(dim, **dd)
         self.mlp = DWConvMlp(dim, int(dim * mlp_ratio), drop=proj_drop, **dd)
@@ -410,8 +409,8 @@ class LITv2(nn.Module):
             if len(value) != 4:
                 raise ValueError(f"{name} must have 4 entries (one per stage), got {tuple(value)}")
         for i, (d, h, t, ws) in enumerate(zip(embed_dims, num_heads, attn_types, window_sizes)):
-            if t not in ATTN_TYPES:
-                raise ValueError(f"attn_types[{i}]={t!r} is not one of {ATTN_TYPES}")
+            if t not in mixer_names("litv2"):
+                raise ValueError(f"attn_types[{i}]={t!r} is not one of {mixer_names('litv2')}")
             if t != "none" and d % h != 0:
                 raise ValueError(f"embed_dims[{i}]={d} is not divisible by num_heads[{i}]={h}")
             if t != "none" and ws < 1:
@@ -645,8 +644,8 @@ _ALPHA_TAGS = {"alpha_0": 0.0, "alpha_0.2": 0.2, "alpha_0.4": 0.4, "alpha_0.5": 
                "alpha_0.9": 0.9, "alpha_1": 1.0}
 
 
-def _cfg(url: str = "", **kwargs) -> dict:
-    return {
+def _cfg(url: str = "", **kwargs) -> LITPretrainedCfg:
+    return LITPretrainedCfg(**{
         "url": url, "custom_load": True,
         "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (7, 7),
         "crop_pct": 0.875, "interpolation": "bicubic", "fixed_input_size": False,
@@ -654,17 +653,21 @@ def _cfg(url: str = "", **kwargs) -> dict:
         "first_conv": "patch_embed.proj", "classifier": "head",
         "paper_ids": "arXiv:2205.13213", "paper_name": "Fast Vision Transformers with HiLo Attention",
         "origin_url": "https://github.com/ziplab/LITv2", "license": "apache-2.0",
+        "family": "litv2", "stage_channels": (96, 192, 384, 768),
         **kwargs,
-    }
+    })
+
+
+_B = dict(stage_channels=(128, 256, 512, 1024))
 
 
 default_cfgs = generate_default_cfgs({
     "litv2_s.in1k": _cfg(url=_RELEASE + "v1.0/litv2_s.pth"),
     **{f"litv2_s.{tag}": _cfg(url=_RELEASE + f"v1.1/{tag}.pth") for tag in _ALPHA_TAGS},
     "litv2_m.in1k": _cfg(url=_RELEASE + "v1.0/litv2_m.pth"),
-    "litv2_b.in1k": _cfg(url=_RELEASE + "v1.0/litv2_b.pth"),
+    "litv2_b.in1k": _cfg(url=_RELEASE + "v1.0/litv2_b.pth", **_B),
     "litv2_b_384.in1k": _cfg(url=_RELEASE + "v1.0/litv2_b_384.pth", input_size=(3, 384, 384), pool_size=(12, 12),
-                             crop_pct=1.0),
+                             crop_pct=1.0, **_B),
 })
 
 _LITV2 = dict(mlp_ratios=(4, 4, 4, 4), attn_types=("none", "none", "hilo", "hilo"), window_sizes=(0, 0, 2, 1))

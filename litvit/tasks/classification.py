@@ -27,9 +27,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .. import data as D
-from ..data import shards
+from ..data.sources import data_source
 from .. import engine
-from ..checkpoint import model_record, read_checkpoint
+from ..checkpoint import read_checkpoint
 from ..engine import DistInfo, Task, TrainConfig, print_main
 from ..errors import CheckpointMismatchError
 from ..metrics import accuracy_counts
@@ -37,6 +37,7 @@ from ..models import MODEL_NAMES, create_model, load_weights
 from ..models.convert import classifier_classes
 from ..models.factory import models_fitting
 from ..utils import moved_names, plain, warn_grid_change
+from .records import RECORD, record_of, task_from_checkpoint
 
 __all__ = ["ClassificationConfig", "ClassificationTask", "task_for_checkpoint", "validate_checkpoint",
            "accuracy_counts"]
@@ -71,9 +72,9 @@ class ClassificationConfig:
         recipe (str, optional): the name of the recipe these settings came from (``litvit train``
             records it; a resume under another recipe names that change first).
     """
-    model: str = "lit_ti"
-    data: str = D.DIGITS
-    img_size: int = 224
+    model: str = field(default="lit_ti", metadata=RECORD)
+    data: str = field(default=D.DIGITS, metadata=RECORD)
+    img_size: int = field(default=224, metadata=RECORD)
     model_kwargs: Dict[str, Any] = field(default_factory=dict)
     init_checkpoint: Optional[str] = None
     pretrained: bool = False
@@ -98,10 +99,10 @@ class ClassificationConfig:
     mixup_switch_prob: float = 0.5
     smoothing: float = 0.0
     repeated_aug: int = 0
-    interpolation: str = "bicubic"
-    crop_pct: float = 0.875
-    mean: Tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: Tuple[float, float, float] = (0.229, 0.224, 0.225)
+    interpolation: str = field(default="bicubic", metadata=RECORD)
+    crop_pct: float = field(default=0.875, metadata=RECORD)
+    mean: Tuple[float, float, float] = field(default=(0.485, 0.456, 0.406), metadata=RECORD)
+    std: Tuple[float, float, float] = field(default=(0.229, 0.224, 0.225), metadata=RECORD)
     recipe: Optional[str] = None
 
     @property
@@ -169,26 +170,12 @@ class ClassificationTask(Task):
         return D.build_transform(False, c.eval_img_size or c.img_size, interpolation=c.interpolation,
                                  crop_pct=c.crop_pct, mean=c.mean, std=c.std)
 
-    def _shards(self, files, training: bool) -> Dataset:
-        """Tar shards (:mod:`litvit.data.shards`) with this task's transform; their ``classes.txt``
-        must list the classes of the checkpoint or training set, in the same order."""
-        ds = shards.ShardStream(files, transform=self._transform(training))
-        if self.classes is not None and list(self.classes) != ds.classes:
-            raise ValueError(f"the classes of {ds.name} (classes.txt: {len(ds.classes)}) are not those of the "
-                             f"checkpoint or training set ({len(self.classes)}), in the same order")
-        return ds
-
     def eval_dataset(self, split: Optional[str] = None) -> Dataset:
-        """The evaluation split with the evaluation transform (the class list of the checkpoint or training set)."""
+        """The evaluation split with the evaluation transform (the class list of the checkpoint or
+        training set), from the data source ``data`` names (:func:`litvit.data.sources.data_source`)."""
         c = self.cfg
-        split = split or c.eval_split
-        if c.data == D.DIGITS:
-            ds = D.DigitsDataset(split, transform=self._transform(False))
-        elif shards.is_shard_pattern(c.data):  # the shards named, whatever the split
-            ds = self._shards(c.data, False)
-        else:
-            ds = D.ImageFolder(c.data, split, transform=self._transform(False), classes=self.classes,
-                               bad_images=c.bad_images)
+        ds = data_source(c.data).evaluation(c.data, split or c.eval_split, self._transform(False), self.classes,
+                                            c.bad_images)
         if self.classes is None:
             self.classes = list(ds.classes)
         return ds
@@ -196,23 +183,14 @@ class ClassificationTask(Task):
     def build_datasets(self) -> Tuple[Dataset, Optional[Dataset]]:
         if self._train is None:
             c = self.cfg
-            if c.data == D.DIGITS:
-                self._train = D.DigitsDataset("train", transform=self._transform(True))
-            elif shards.is_shard_pattern(c.data):
-                if c.repeated_aug > 0:
-                    raise ValueError("repeated augmentation (--repeated-aug) needs an image folder: a stream of "
-                                     "shards reads each image once per epoch; use --repeated-aug 0")
-                self._train = self._shards(c.data, True)
-            else:
-                self._train = D.ImageFolder(c.data, "train", transform=self._transform(True),
-                                            classes=self.classes, bad_images=c.bad_images, min_classes=2)
+            source = data_source(c.data)
+            if source.streams and c.repeated_aug > 0:
+                raise ValueError(f"repeated augmentation (--repeated-aug) needs an image folder: a stream of "
+                                 f"{source.name} reads each image once per epoch; use --repeated-aug 0")
+            self._train = source.train(c.data, self._transform(True), self.classes, c.bad_images)
             if self.classes is None:
                 self.classes = list(self._train.classes)
-            if shards.is_shard_pattern(c.data):  # the validation shards listed beside the training ones, if any
-                val = shards.split_pattern(c.data, c.eval_split)
-                self._val = self._shards(val, False) if val else None
-            else:
-                self._val = self.eval_dataset()
+            self._val = source.paired_val(c.data, c.eval_split, self._transform(False), self.classes, c.bad_images)
             if self.mixup_fn is not None:
                 self.mixup_fn.num_classes = len(self.classes)
         return self._train, self._val
@@ -289,10 +267,62 @@ class ClassificationTask(Task):
                 if k not in skip and not (k == "recipe" and v is None)}
 
     def checkpoint_extra(self) -> dict:
-        c = self.cfg
-        return dict(model=c.model, model_kwargs=plain(self.model_kwargs()), classes=list(self.classes or []),
-                    data=str(c.data), img_size=c.img_size, crop_pct=c.crop_pct, interpolation=c.interpolation,
-                    mean=list(c.mean), std=list(c.std))
+        """The config's ``record`` fields, the constructor arguments (``model_kwargs`` with
+        ``num_classes`` and ``img_size``) and the class list."""
+        return dict(record_of(self.cfg), model_kwargs=plain(self.model_kwargs()), classes=list(self.classes or []))
+
+    @classmethod
+    def from_checkpoint(cls, path: str, **overrides) -> "ClassificationTask":
+        """An evaluation task rebuilt from a checkpoint (for validate and predict):
+        :func:`~litvit.tasks.records.task_from_checkpoint` with ``task="classification"``;
+        ``overrides`` are :meth:`from_record`'s keywords."""
+        return task_from_checkpoint(path, task=cls.name, **overrides)
+
+    @classmethod
+    def from_record(cls, record: Dict[str, Any], path: str, ckpt: Any = None, model: Optional[str] = None,
+                    data: Optional[str] = None, split: str = "val", img_size: Optional[int] = None,
+                    crop_pct: Optional[float] = None, interpolation: Optional[str] = None,
+                    bad_images: str = "fail") -> "ClassificationTask":
+        """An evaluation task that rebuilds a checkpoint's model (:func:`task_for_checkpoint`, reached
+        through :func:`~litvit.tasks.records.task_from_checkpoint`). ``record``: the checkpoint's
+        model record ({} for an official release); ``ckpt``: the checkpoint as read. The task's
+        ``checkpoint_record`` is the record ({} for an official release), ``checkpoint_classes``
+        the classifier's size."""
+        if ckpt is None:
+            ckpt = read_checkpoint(path)
+        extra = dict(record) if record.get("model") else {}
+        if extra:
+            if model and model != extra["model"]:
+                raise CheckpointMismatchError(f"{path} holds a {extra['model']} model, not {model} (the "
+                                              f"checkpoint does not fit {model})")
+            kwargs = dict(extra.get("model_kwargs", {}))
+            train_size = kwargs.pop("img_size", 224)
+            kwargs.pop("num_classes", None)
+            cfg = ClassificationConfig(
+                model=extra["model"], data=data or extra.get("data") or D.DIGITS, img_size=train_size,
+                model_kwargs=kwargs, classes=extra.get("classes") or None, eval_img_size=img_size or train_size,
+                crop_pct=crop_pct if crop_pct is not None else extra.get("crop_pct", 0.875),
+                interpolation=interpolation or extra.get("interpolation", "bicubic"),
+                mean=tuple(extra.get("mean", (0.485, 0.456, 0.406))), std=tuple(extra.get("std", (0.229, 0.224, 0.225))),
+                bad_images=bad_images, eval_split=split)
+        else:
+            if model is None:
+                fitting = models_fitting(ckpt)
+                if len(fitting) != 1:
+                    raise ValueError(
+                        f"{path} records no model (an official release or a bare state dict does not record its "
+                        f"model) and its weights "
+                        f"fit {' and '.join(fitting) if fitting else 'no registered model at its default widths'}: "
+                        f"name it with --model (one of {', '.join(MODEL_NAMES)})")
+                model = fitting[0]
+            cfg = ClassificationConfig(
+                model=model, data=data or D.DIGITS, img_size=224, eval_img_size=img_size or 224,
+                crop_pct=crop_pct if crop_pct is not None else 0.875, interpolation=interpolation or "bicubic",
+                bad_images=bad_images, eval_split=split)
+        task = _EvalTask(cfg)
+        task.checkpoint_classes = classifier_classes(ckpt)
+        task.checkpoint_record = extra
+        return task
 
     # --- steps ----------------------------------------------------------------------------------
     def train_step(self, model: nn.Module, batch: Any, device: torch.device) -> Tuple[Tensor, Dict[str, float]]:
@@ -341,6 +371,7 @@ class _EvalTask(ClassificationTask):
     the checkpoint evaluated (None when it has no state dict)."""
 
     checkpoint_classes: Optional[int] = None
+    checkpoint_record: Dict[str, Any] = {}
 
     def build_datasets(self) -> Tuple[Optional[Dataset], Optional[Dataset]]:
         return None, self.eval_dataset()
@@ -368,38 +399,10 @@ def task_for_checkpoint(
         ValueError: a record of another model than ``model``; no ``model`` for weights that fit
             no registered model (or several).
     """
-    ckpt = read_checkpoint(checkpoint)
-    extra = model_record(ckpt)
-    extra = extra if extra.get("model") else {}
-    if extra:
-        if model and model != extra["model"]:
-            raise ValueError(f"{checkpoint} holds a {extra['model']} model, not {model}")
-        kwargs = dict(extra.get("model_kwargs", {}))
-        train_size = kwargs.pop("img_size", 224)
-        kwargs.pop("num_classes", None)
-        cfg = ClassificationConfig(
-            model=extra["model"], data=data or extra.get("data") or D.DIGITS, img_size=train_size,
-            model_kwargs=kwargs, classes=extra.get("classes") or None, eval_img_size=img_size or train_size,
-            crop_pct=crop_pct if crop_pct is not None else extra.get("crop_pct", 0.875),
-            interpolation=interpolation or extra.get("interpolation", "bicubic"),
-            mean=tuple(extra.get("mean", (0.485, 0.456, 0.406))), std=tuple(extra.get("std", (0.229, 0.224, 0.225))),
-            bad_images=bad_images, eval_split=split)
-    else:
-        if model is None:
-            fitting = models_fitting(ckpt)
-            if len(fitting) != 1:
-                raise ValueError(
-                    f"{checkpoint} records no model (an official release or a bare state dict) and its weights "
-                    f"fit {' and '.join(fitting) if fitting else 'no registered model at its default widths'}: "
-                    f"name it with --model (one of {', '.join(MODEL_NAMES)})")
-            model = fitting[0]
-        cfg = ClassificationConfig(
-            model=model, data=data or D.DIGITS, img_size=224, eval_img_size=img_size or 224,
-            crop_pct=crop_pct if crop_pct is not None else 0.875, interpolation=interpolation or "bicubic",
-            bad_images=bad_images, eval_split=split)
-    task = _EvalTask(cfg)
-    task.checkpoint_classes = classifier_classes(ckpt)
-    return task, extra
+    task = task_from_checkpoint(checkpoint, task="classification", model=model, data=data, split=split,
+                                img_size=img_size, crop_pct=crop_pct, interpolation=interpolation,
+                                bad_images=bad_images)
+    return task, task.checkpoint_record
 
 
 def validate_checkpoint(checkpoint: str, batch_size: int = 128, workers: int = 0, amp: str = "none",

@@ -15,7 +15,9 @@ Examples::
     >>> model = task.build_model()                                                         # doctest: +SKIP
 """
 import contextlib
+import dataclasses
 import random
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -23,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..checkpoint import read_model_record, read_training_checkpoint
+from ..checkpoint import read_training_checkpoint
 from ..data.coco import CocoDetection, detection_collate, pad_extreme_aspect
 from ..data.io import palette
 from ..engine import DistInfo, Task, TrainConfig, is_main_process, param_groups, progress
@@ -35,6 +37,8 @@ from ..models.official_dense.heads import paste_mask_regions
 from ..models.official_dense.preprocess import TestPipeline, preprocess
 from ..models.detectors import DETECTION_DEFAULTS, DETECTORS, build_detector
 from ..utils import moved_names
+from .records import (RECORD, RUN, RUN_RECORD, config_from_record, delegate_config_fields, record_of,
+                      run_settings, task_from_checkpoint)
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -43,7 +47,7 @@ if TYPE_CHECKING:
 # (litvit.models.detectors); records without it were written by litvit's earlier torchvision-based detectors.
 DEFINITION = "mmdet-2.11"
 
-__all__ = ["DetectionTask", "ReleaseDetectionTask", "coco_results", "coco_evaluate", "detection_records",
+__all__ = ["DetectionConfig", "DetectionTask", "ReleaseDetectionTask", "coco_results", "coco_evaluate", "detection_records",
            "draw_detections", "float32_heads", "mask_regions"]
 
 class _AutocastBody(nn.Module):
@@ -77,95 +81,111 @@ def float32_heads(model: nn.Module, device: torch.device):
         model.backbone = body
 
 
-class DetectionTask(Task):
-    """COCO-format detection with RetinaNet or Mask R-CNN, for :func:`litvit.engine.fit`.
+@dataclass
+class DetectionConfig:
+    """What the detection task needs besides the engine's :class:`~litvit.engine.TrainConfig`; the
+    fields marked ``run`` define a run (compared on resume), those marked ``record`` are the
+    checkpoint's record (:mod:`litvit.tasks.records`).
 
-    Args:
+    Attributes:
         arch (str): ``"retinanet"`` or ``"mask_rcnn"``.
         backbone (str): a LIT model name.
         train_images, train_ann (str, optional): training images and COCO JSON.
         val_images, val_ann (str, optional): validation images and COCO JSON.
         num_classes (int, optional): K; read from the annotation file's categories when None.
-        class_names, cat_ids (Sequence, optional): category names and ids (from a checkpoint).
+        class_names, cat_ids (List, optional): category names and ids (from a checkpoint).
         pretrained (str, optional): ImageNet checkpoint for the backbone.
-        min_size (Sequence[int]), max_size (int): image resizing (multi-scale when several min sizes).
+        min_size (List[int]), max_size (int): image resizing (multi-scale when several min sizes).
         frozen_stages (int), norm_eval (bool): backbone training options.
-        lr_steps (Sequence[int]): epochs after which the lr is multiplied by 0.1.
+        lr_steps (List[int]): epochs after which the lr is multiplied by 0.1.
         warmup_iters (int), warmup_ratio (float): linear warm-up from ``lr x warmup_ratio``.
-        backbone_kwargs (dict, optional): ``litvit.create_model`` overrides (``drop_path_rate``, ...).
+        backbone_kwargs (dict): ``litvit.create_model`` overrides (``drop_path_rate``, ...).
         fpn_channels (int): FPN/head width (256).
-        no_decay_keys (Sequence[str]): parameters whose names contain one of these get no weight
+        no_decay_keys (Tuple[str, ...]): parameters whose names contain one of these get no weight
             decay; all others are decayed (mmdetection's ``paramwise_cfg``; none for LIT-Ti).
         progress (bool): a progress bar while evaluating (on the first process).
         init_checkpoint (str, optional): start from this release (file or name: ``retina_lit_ti``,
             ...) or litvit detection checkpoint
             (:func:`~litvit.models.official_dense.start_from_checkpoint`: weights by name, a new
-            classifier when the classes differ, said in one line).
+            classifier when the classes differ, said in one line); recorded: a checkpoint of a
+            run so started is rebuilt from its own weights.
+        backbone_heads (List[int], optional): the backbone's heads, set when the model is built
+            (recorded: LIT-Ti's weights do not tell them).
+    """
+    arch: str = field(default="retinanet", metadata=RUN_RECORD)
+    backbone: str = field(default="lit_ti", metadata=RUN_RECORD)
+    train_images: Optional[str] = None
+    train_ann: Optional[str] = None
+    val_images: Optional[str] = None
+    val_ann: Optional[str] = None
+    num_classes: Optional[int] = field(default=None, metadata=RECORD)
+    class_names: Optional[List[str]] = field(default=None, metadata=RECORD)
+    cat_ids: Optional[List[int]] = field(default=None, metadata=RECORD)
+    pretrained: Optional[str] = None
+    min_size: List[int] = field(default_factory=lambda: list(DETECTION_DEFAULTS["min_size"]), metadata=RUN_RECORD)
+    max_size: int = field(default=DETECTION_DEFAULTS["max_size"], metadata=RUN_RECORD)
+    frozen_stages: int = field(default=-1, metadata=RUN)
+    norm_eval: bool = field(default=False, metadata=RUN)
+    lr_steps: List[int] = field(default_factory=lambda: list(DETECTION_DEFAULTS["lr_steps"]), metadata=RUN)
+    warmup_iters: int = field(default=DETECTION_DEFAULTS["warmup_iters"], metadata=RUN)
+    warmup_ratio: float = field(default=DETECTION_DEFAULTS["warmup_ratio"], metadata=RUN)
+    backbone_kwargs: Dict[str, Any] = field(default_factory=dict, metadata=dict(run=True, record="optional"))
+    fpn_channels: int = field(default=256, metadata=dict(run=True, record="optional"))
+    no_decay_keys: Tuple[str, ...] = ()
+    progress: bool = True
+    init_checkpoint: Optional[str] = field(default=None, metadata=dict(run="if set", record="optional"))
+    backbone_heads: Optional[List[int]] = field(default=None, metadata=dict(record="optional"))
+
+    def __post_init__(self):
+        if self.arch not in DETECTORS:
+            raise ValueError(f"unknown detector {self.arch!r}; choose one of {', '.join(DETECTORS)}")
+        sizes = self.min_size
+        self.min_size = [int(s) for s in (sizes if isinstance(sizes, (list, tuple)) else [sizes])]
+        self.max_size = int(self.max_size)
+        self.lr_steps = [int(s) for s in self.lr_steps]
+        self.warmup_iters = int(self.warmup_iters)
+        self.warmup_ratio = float(self.warmup_ratio)
+        self.backbone_kwargs = dict(self.backbone_kwargs or {})
+        self.fpn_channels = int(self.fpn_channels)
+        self.no_decay_keys = tuple(self.no_decay_keys)
+        self.progress = bool(self.progress)
+        self.class_names = list(self.class_names) if self.class_names is not None else None
+        self.cat_ids = [int(c) for c in self.cat_ids] if self.cat_ids is not None else None
+        if self.num_classes is None and self.cat_ids is not None:
+            self.num_classes = len(self.cat_ids)
+        self.num_classes = int(self.num_classes) if self.num_classes is not None else None
+
+
+@delegate_config_fields(DetectionConfig)
+class DetectionTask(Task):
+    """COCO-format detection with RetinaNet or Mask R-CNN, for :func:`litvit.engine.fit`.
+
+    Built from a :class:`DetectionConfig` (``DetectionTask(cfg)``) or from its fields
+    (``DetectionTask("retinanet", "lit_ti", train_images=..., ...)``); each field reads as an
+    attribute of the task (``task.min_size`` is ``task.cfg.min_size``).
     """
     name = "detection"
     curve_metrics = ("score", "bbox_AP50")
     percent_metrics = ("score",) + tuple(f"{t}_{n}" for t in ("bbox", "segm") for n in COCO_STATS)
 
-    def __init__(
-            self,
-            arch: str = "retinanet",
-            backbone: str = "lit_ti",
-            train_images: Optional[str] = None,
-            train_ann: Optional[str] = None,
-            val_images: Optional[str] = None,
-            val_ann: Optional[str] = None,
-            num_classes: Optional[int] = None,
-            class_names: Optional[Sequence[str]] = None,
-            cat_ids: Optional[Sequence[int]] = None,
-            pretrained: Optional[str] = None,
-            min_size: Sequence[int] = DETECTION_DEFAULTS["min_size"],
-            max_size: int = DETECTION_DEFAULTS["max_size"],
-            frozen_stages: int = -1,
-            norm_eval: bool = False,
-            lr_steps: Sequence[int] = DETECTION_DEFAULTS["lr_steps"],
-            warmup_iters: int = DETECTION_DEFAULTS["warmup_iters"],
-            warmup_ratio: float = DETECTION_DEFAULTS["warmup_ratio"],
-            backbone_kwargs: Optional[Dict[str, Any]] = None,
-            fpn_channels: int = 256,
-            no_decay_keys: Sequence[str] = (),
-            progress: bool = True,
-            init_checkpoint: Optional[str] = None,
-    ):
-        if arch not in DETECTORS:
-            raise ValueError(f"unknown detector {arch!r}; choose one of {', '.join(DETECTORS)}")
-        self.arch = arch
-        self.backbone = backbone
-        self.train_images, self.train_ann = train_images, train_ann
-        self.val_images, self.val_ann = val_images, val_ann
-        self.pretrained = pretrained
-        self.min_size = [int(s) for s in (min_size if isinstance(min_size, (list, tuple)) else [min_size])]
-        self.max_size = int(max_size)
-        self.frozen_stages = frozen_stages
-        self.norm_eval = norm_eval
-        self.lr_steps = [int(s) for s in lr_steps]
-        self.warmup_iters = int(warmup_iters)
-        self.warmup_ratio = float(warmup_ratio)
-        self.backbone_kwargs = dict(backbone_kwargs or {})
-        self.fpn_channels = int(fpn_channels)
-        self.no_decay_keys = tuple(no_decay_keys)
-        self.progress = bool(progress)
-        self.init_checkpoint = init_checkpoint
+    def __init__(self, *args, **kwargs):
+        if args and isinstance(args[0], DetectionConfig):
+            if len(args) > 1 or kwargs:
+                raise TypeError("DetectionTask takes a DetectionConfig or the config's fields, not both")
+            cfg = dataclasses.replace(args[0])
+        else:
+            cfg = DetectionConfig(*args, **kwargs)
+        self.cfg = cfg
         self.init_message: Optional[str] = None
-        self.rebuild_from: Optional[str] = None  # set by from_checkpoint: the model comes from its weights
-        self.backbone_heads: Optional[List[int]] = None  # the built model's, recorded when they came from a checkpoint
-        self.find_unused_parameters = arch == "mask_rcnn"  # a batch without boxes leaves the mask head idle
+        self.rebuild_from: Optional[str] = None  # set by from_record: the model comes from its weights
+        self.find_unused_parameters = cfg.arch == "mask_rcnn"  # a batch without boxes leaves the mask head idle
         self._train_set: Optional[CocoDetection] = None
         self._val_set: Optional[CocoDetection] = None
         self.last_summary = ""
-        self.class_names = list(class_names) if class_names is not None else None
-        self.cat_ids = [int(c) for c in cat_ids] if cat_ids is not None else None
-        if num_classes is None and self.cat_ids is not None:
-            num_classes = len(self.cat_ids)
-        if num_classes is None and train_ann is None and val_ann is None:
+        if cfg.num_classes is None and cfg.train_ann is None and cfg.val_ann is None:
             raise ValueError("num_classes is unknown: give an annotation file or num_classes")
-        self.num_classes: Optional[int] = None  # else read from the annotation file by setup()
-        if num_classes is not None:
-            self._set_classes(int(num_classes), self.cat_ids, self.class_names)
+        if cfg.num_classes is not None:  # else read from the annotation file by setup()
+            self._set_classes(cfg.num_classes, cfg.cat_ids, cfg.class_names)
 
     def _set_classes(self, num_classes: int, cat_ids: Optional[Sequence[int]], class_names: Optional[Sequence[str]]):
         self.num_classes = num_classes
@@ -379,46 +399,32 @@ class DetectionTask(Task):
         return outputs
 
     def run_config(self) -> dict:
-        return dict(definition=DEFINITION, arch=self.arch, backbone=self.backbone, min_size=list(self.min_size),
-                    max_size=self.max_size, frozen_stages=self.frozen_stages, norm_eval=self.norm_eval,
-                    lr_steps=list(self.lr_steps), warmup_iters=self.warmup_iters, warmup_ratio=self.warmup_ratio,
-                    backbone_kwargs=dict(self.backbone_kwargs), fpn_channels=self.fpn_channels,
-                    **({"init_checkpoint": self.init_checkpoint} if self.init_checkpoint else {}))
+        return dict(definition=DEFINITION, **run_settings(self.cfg))
 
     def checkpoint_extra(self) -> dict:
-        return dict(**self._architecture_record(), definition=DEFINITION, arch=self.arch, backbone=self.backbone, num_classes=self.num_classes,
-                    class_names=list(self.class_names), cat_ids=list(self.cat_ids), min_size=list(self.min_size),
-                    max_size=self.max_size, backbone_kwargs=dict(self.backbone_kwargs),
-                    fpn_channels=self.fpn_channels)
+        return dict(definition=DEFINITION, **record_of(self.cfg))
 
     @classmethod
-    def from_checkpoint(cls, path: str, **overrides) -> "DetectionTask":
-        """A task rebuilt from a detection checkpoint's metadata (for eval and predict)."""
-        extra = read_model_record(path, cls.name)
-        if extra.get("definition") != DEFINITION:
+    def from_record(cls, record: Dict[str, Any], path: str, ckpt: Any = None, **overrides) -> "DetectionTask":
+        """The task of a detection checkpoint's record (:func:`~litvit.tasks.records.task_from_checkpoint`
+        calls it); ``overrides`` that are not None win (data paths, ``progress``)."""
+        if record.get("definition") != DEFINITION:
             raise ValueError(f"{path} holds a detector of litvit's earlier definition (torchvision's detection "
                              f"models), which litvit no longer builds: train it again, or fine-tune the authors' "
                              f"release (--init-checkpoint)")
-        kwargs = dict(arch=extra["arch"], backbone=extra["backbone"], num_classes=extra["num_classes"],
-                      class_names=extra["class_names"], cat_ids=extra["cat_ids"], min_size=extra["min_size"],
-                      max_size=extra["max_size"], backbone_kwargs=extra.get("backbone_kwargs") or {},
-                      fpn_channels=extra.get("fpn_channels", 256))
-        kwargs.update({k: v for k, v in overrides.items() if v is not None})
-        task = cls(**kwargs)
-        if extra.get("init_checkpoint"):  # the architecture came from that checkpoint's weights, as it is in these
-            task.rebuild_from, task.backbone_heads = str(path), extra.get("backbone_heads")
+        task = cls(config_from_record(DetectionConfig, record, path, **overrides))
+        if record.get("init_checkpoint"):  # its architecture came from that checkpoint's weights, as it is in these
+            task.rebuild_from = str(path)
         return task
 
-    def _architecture_record(self) -> dict:
-        """The record's part on the architecture: the backbone's heads (which LIT-Ti's weights do not
-        tell) and, for a model started from ``init_checkpoint``, that checkpoint: its model is then
-        rebuilt from its own weights."""
-        record = dict(backbone_heads=self.backbone_heads) if self.backbone_heads else {}
-        if self.init_checkpoint or self.rebuild_from is not None:
-            record["init_checkpoint"] = self.init_checkpoint or "(its weights)"
-        return record
+    @classmethod
+    def from_checkpoint(cls, path: str, **overrides) -> "DetectionTask":
+        """A task rebuilt from a detection checkpoint's record (for eval and predict):
+        :func:`~litvit.tasks.records.task_from_checkpoint` with ``task="detection"``."""
+        return task_from_checkpoint(path, task=cls.name, **overrides)
 
     def _heads_kwargs(self) -> dict:
+        """LIT-Ti's heads for a model rebuilt from its weights, which do not tell them."""
         return dict(num_heads=list(self.backbone_heads)) if self.backbone_heads else {}
 
     @classmethod

@@ -19,13 +19,14 @@ Examples::
 """
 import dataclasses
 import os
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..checkpoint import read_model_record, read_training_checkpoint
+from ..checkpoint import read_training_checkpoint
 from ..data.ade20k import SegmentationDataset, SegTrainTransform, segmentation_collate
 from ..data.io import palette
 from ..engine import DistInfo, Task, TrainConfig, is_main_process, param_groups, progress
@@ -35,97 +36,117 @@ from ..models.official_dense import DenseRelease, segmentation_loss
 from ..models.official_dense.finetune import attention_heads, legacy_layout, model_from_state_dict, start_from_checkpoint
 from ..models.semantic_fpn import SEGMENTATION_DEFAULTS, convert_head_sync_batchnorm, resize_argmax, semantic_fpn
 from ..utils import moved_names
+from .records import (RECORD, RUN, RUN_RECORD, config_from_record, delegate_config_fields, record_of,
+                      run_settings, task_from_checkpoint)
 
-__all__ = ["SegmentationTask", "ReleaseSegmentationTask", "ImagePixels", "colorize", "release_reduce_zero_label"]
+__all__ = ["SegmentationConfig", "SegmentationTask", "ReleaseSegmentationTask", "ImagePixels", "colorize", "release_reduce_zero_label"]
 
 
-class SegmentationTask(Task):
-    """ADE20K-format semantic segmentation with Semantic FPN, for :func:`litvit.engine.fit`.
+@dataclass
+class SegmentationConfig:
+    """What the segmentation task needs besides the engine's :class:`~litvit.engine.TrainConfig`; the
+    fields marked ``run`` define a run (compared on resume), those marked ``record`` are the
+    checkpoint's record (:mod:`litvit.tasks.records`).
 
-    Args:
+    Attributes:
         backbone (str): a LIT model name.
         data (str, optional): dataset root in ADE20K layout (``images/<split>``, ``annotations/<split>``).
         num_classes (int): K (150 for ADE20K).
         train_split, val_split (str): sub-folder names.
         reduce_zero_label (bool): ADE20K's convention (label 0 ignored, v -> v - 1).
         pretrained (str, optional): ImageNet checkpoint for the backbone.
-        iters (int): training length in optimizer steps (poly schedule length).
+        iters (int): training length in optimizer steps (poly schedule length; 0 when rebuilt from a
+            checkpoint for evaluation).
         crop_size (int), scale (Tuple[int, int]), ratio_range (Tuple[float, float]): augmentation.
         frozen_stages (int), norm_eval (bool): backbone training options.
-        backbone_kwargs (dict, optional): ``litvit.create_model`` overrides.
+        backbone_kwargs (dict): ``litvit.create_model`` overrides.
         fpn_channels (int), head_channels (int): widths (256, 128).
-        class_names (Sequence[str], optional): names for logs and legends.
+        class_names (List[str], optional): names for logs and legends (``class_i`` when None).
         cat_max_ratio (float): crops are re-drawn while one class covers this share (mmseg's RandomCrop).
-        no_decay_keys (Sequence[str]): parameters whose names contain one of these get no weight
+        no_decay_keys (Tuple[str, ...]): parameters whose names contain one of these get no weight
             decay; all others are decayed (none in the authors' configs).
         sync_bn (bool): under DDP, the head's BatchNorms become SyncBatchNorms (the authors' SyncBN).
         progress (bool): a progress bar while evaluating (on the first process).
-        palette (Sequence[Sequence[int]], optional): an RGB colour per class.
+        palette (List[List[int]], optional): an RGB colour per class.
         init_checkpoint (str, optional): start from this release (file or name) or litvit
             segmentation checkpoint (:func:`~litvit.models.official_dense.start_from_checkpoint`: a new
-            classifier when its classes differ, said in one line).
+            classifier when its classes differ, said in one line); recorded: a checkpoint of a run so
+            started is rebuilt from its own weights.
+        backbone_heads (List[int], optional): the backbone's heads, set when the model is built
+            (recorded: LIT-Ti's weights do not tell them).
+    """
+    backbone: str = field(default="lit_ti", metadata=RUN_RECORD)
+    data: Optional[str] = None
+    num_classes: int = field(default=150, metadata=RUN_RECORD)
+    train_split: str = "training"
+    val_split: str = "validation"
+    reduce_zero_label: bool = field(default=True, metadata=RUN_RECORD)
+    pretrained: Optional[str] = None
+    iters: int = field(default=SEGMENTATION_DEFAULTS["iters"], metadata=RUN)
+    crop_size: int = field(default=SEGMENTATION_DEFAULTS["crop_size"], metadata=RUN_RECORD)
+    scale: Tuple[int, int] = field(default=tuple(SEGMENTATION_DEFAULTS["scale"]), metadata=RUN_RECORD)
+    ratio_range: Tuple[float, float] = field(default=tuple(SEGMENTATION_DEFAULTS["ratio_range"]), metadata=RUN)
+    frozen_stages: int = field(default=-1, metadata=RUN)
+    norm_eval: bool = field(default=False, metadata=RUN)
+    backbone_kwargs: Dict[str, Any] = field(default_factory=dict, metadata=dict(run=True, record="optional"))
+    fpn_channels: int = field(default=256, metadata=RUN_RECORD)
+    head_channels: int = field(default=128, metadata=RUN_RECORD)
+    class_names: Optional[List[str]] = field(default=None, metadata=RECORD)
+    cat_max_ratio: float = SEGMENTATION_DEFAULTS["cat_max_ratio"]
+    no_decay_keys: Tuple[str, ...] = ()
+    sync_bn: bool = True
+    progress: bool = True
+    palette: Optional[List[List[int]]] = field(default=None, metadata=dict(record="optional"))
+    init_checkpoint: Optional[str] = field(default=None, metadata=dict(run="if set", record="optional"))
+    backbone_heads: Optional[List[int]] = field(default=None, metadata=dict(record="optional"))
+
+    def __post_init__(self):
+        if self.num_classes < 1:
+            raise ValueError(f"num_classes must be at least 1, got {self.num_classes}")
+        self.num_classes = int(self.num_classes)
+        self.reduce_zero_label = bool(self.reduce_zero_label)
+        self.iters = int(self.iters)
+        self.crop_size = int(self.crop_size)
+        self.scale = tuple(int(s) for s in self.scale)
+        self.ratio_range = tuple(float(r) for r in self.ratio_range)
+        self.backbone_kwargs = dict(self.backbone_kwargs or {})
+        self.fpn_channels = int(self.fpn_channels)
+        self.head_channels = int(self.head_channels)
+        self.cat_max_ratio = float(self.cat_max_ratio)
+        self.no_decay_keys = tuple(self.no_decay_keys)
+        self.sync_bn = bool(self.sync_bn)
+        self.progress = bool(self.progress)
+        self.class_names = list(self.class_names) if self.class_names is not None else \
+            [f"class_{i}" for i in range(self.num_classes)]
+        if len(self.class_names) != self.num_classes:
+            raise ValueError(f"{len(self.class_names)} class names for {self.num_classes} classes")
+        self.palette = [list(c) for c in self.palette] if self.palette is not None else None
+        if self.palette is not None and len(self.palette) != self.num_classes:
+            raise ValueError(f"a palette of {len(self.palette)} colours for {self.num_classes} classes")
+
+
+@delegate_config_fields(SegmentationConfig)
+class SegmentationTask(Task):
+    """ADE20K-format semantic segmentation with Semantic FPN, for :func:`litvit.engine.fit`.
+
+    Built from a :class:`SegmentationConfig` (``SegmentationTask(cfg)``) or from its fields
+    (``SegmentationTask("lit_ti", data=..., iters=...)``); each field reads as an attribute of the
+    task (``task.crop_size`` is ``task.cfg.crop_size``).
     """
     name = "segmentation"
     curve_metrics = ("score", "aAcc")
     percent_metrics = ("score", "mIoU", "mAcc", "aAcc")
 
-    def __init__(
-            self,
-            backbone: str = "lit_ti",
-            data: Optional[str] = None,
-            num_classes: int = 150,
-            train_split: str = "training",
-            val_split: str = "validation",
-            reduce_zero_label: bool = True,
-            pretrained: Optional[str] = None,
-            iters: int = SEGMENTATION_DEFAULTS["iters"],
-            crop_size: int = SEGMENTATION_DEFAULTS["crop_size"],
-            scale: Sequence[int] = SEGMENTATION_DEFAULTS["scale"],
-            ratio_range: Sequence[float] = SEGMENTATION_DEFAULTS["ratio_range"],
-            frozen_stages: int = -1,
-            norm_eval: bool = False,
-            backbone_kwargs: Optional[Dict[str, Any]] = None,
-            fpn_channels: int = 256,
-            head_channels: int = 128,
-            class_names: Optional[Sequence[str]] = None,
-            cat_max_ratio: float = SEGMENTATION_DEFAULTS["cat_max_ratio"],
-            no_decay_keys: Sequence[str] = (),
-            sync_bn: bool = True,
-            progress: bool = True,
-            palette: Optional[Sequence[Sequence[int]]] = None,
-            init_checkpoint: Optional[str] = None,
-    ):
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be at least 1, got {num_classes}")
-        self.backbone = backbone
-        self.data = data
-        self.num_classes = int(num_classes)
-        self.train_split, self.val_split = train_split, val_split
-        self.reduce_zero_label = bool(reduce_zero_label)
-        self.pretrained = pretrained
-        self.iters = int(iters)
-        self.crop_size = int(crop_size)
-        self.scale = tuple(int(s) for s in scale)
-        self.ratio_range = tuple(float(r) for r in ratio_range)
-        self.frozen_stages = frozen_stages
-        self.norm_eval = norm_eval
-        self.backbone_kwargs = dict(backbone_kwargs or {})
-        self.fpn_channels = int(fpn_channels)
-        self.head_channels = int(head_channels)
-        self.cat_max_ratio = float(cat_max_ratio)
-        self.no_decay_keys = tuple(no_decay_keys)
-        self.sync_bn = bool(sync_bn)
-        self.progress = bool(progress)
-        self.class_names = list(class_names) if class_names is not None else [f"class_{i}" for i in range(num_classes)]
-        if len(self.class_names) != self.num_classes:
-            raise ValueError(f"{len(self.class_names)} class names for {self.num_classes} classes")
-        self.palette = [list(c) for c in palette] if palette is not None else None
-        if self.palette is not None and len(self.palette) != self.num_classes:
-            raise ValueError(f"a palette of {len(self.palette)} colours for {self.num_classes} classes")
-        self.init_checkpoint = init_checkpoint
+    def __init__(self, *args, **kwargs):
+        if args and isinstance(args[0], SegmentationConfig):
+            if len(args) > 1 or kwargs:
+                raise TypeError("SegmentationTask takes a SegmentationConfig or the config's fields, not both")
+            cfg = dataclasses.replace(args[0])
+        else:
+            cfg = SegmentationConfig(*args, **kwargs)
+        self.cfg = cfg
         self.init_message: Optional[str] = None
-        self.rebuild_from: Optional[str] = None  # set by from_checkpoint: the model comes from its weights
-        self.backbone_heads: Optional[List[int]] = None  # the built model's, recorded when they came from a checkpoint
+        self.rebuild_from: Optional[str] = None  # set by from_record: the model comes from its weights
         self._datasets: Optional[Tuple[Any, Optional[SegmentationDataset]]] = None
 
     def setup(self) -> Dict[str, Any]:
@@ -271,18 +292,24 @@ class SegmentationTask(Task):
         super().load_weights(model, path, use_ema=use_ema)
 
     def run_config(self) -> dict:
-        return dict(backbone=self.backbone, num_classes=self.num_classes, reduce_zero_label=self.reduce_zero_label,
-                    iters=self.iters, crop_size=self.crop_size, scale=list(self.scale),
-                    ratio_range=list(self.ratio_range), frozen_stages=self.frozen_stages, norm_eval=self.norm_eval,
-                    backbone_kwargs=dict(self.backbone_kwargs), fpn_channels=self.fpn_channels,
-                    head_channels=self.head_channels,
-                    **({"init_checkpoint": self.init_checkpoint} if self.init_checkpoint else {}))
+        return run_settings(self.cfg)
 
     def checkpoint_extra(self) -> dict:
-        return dict(**self._architecture_record(), backbone=self.backbone, num_classes=self.num_classes, reduce_zero_label=self.reduce_zero_label,
-                    crop_size=self.crop_size, scale=list(self.scale), backbone_kwargs=dict(self.backbone_kwargs),
-                    fpn_channels=self.fpn_channels, head_channels=self.head_channels,
-                    class_names=list(self.class_names), palette=self.palette)
+        return record_of(self.cfg)
+
+    @classmethod
+    def from_record(cls, record: Dict[str, Any], path: str, ckpt: Any = None, **overrides) -> "SegmentationTask":
+        """The task of a segmentation checkpoint's record, for evaluation (``iters`` 0)
+        (:func:`~litvit.tasks.records.task_from_checkpoint` calls it); ``overrides`` that are not
+        None win (``data``, ``val_split``, ``progress``)."""
+        task = cls(config_from_record(SegmentationConfig, record, path, **{"iters": 0, **overrides}))
+        if record.get("init_checkpoint"):  # its architecture came from that checkpoint's weights, as it is in these
+            task.rebuild_from = str(path)
+        return task
+
+    def _heads_kwargs(self) -> dict:
+        """LIT-Ti's heads for a model rebuilt from its weights, which do not tell them."""
+        return dict(num_heads=list(self.backbone_heads)) if self.backbone_heads else {}
 
     @classmethod
     def from_release(cls, model: DenseRelease, **kwargs) -> "ReleaseSegmentationTask":
@@ -298,29 +325,9 @@ class SegmentationTask(Task):
 
     @classmethod
     def from_checkpoint(cls, path: str, **overrides) -> "SegmentationTask":
-        extra = read_model_record(path, cls.name)
-        kwargs = dict(backbone=extra["backbone"], num_classes=extra["num_classes"],
-                      reduce_zero_label=extra["reduce_zero_label"], crop_size=extra["crop_size"], scale=extra["scale"],
-                      backbone_kwargs=extra.get("backbone_kwargs") or {}, fpn_channels=extra["fpn_channels"],
-                      head_channels=extra["head_channels"], class_names=extra["class_names"],
-                      palette=extra.get("palette"), iters=0)
-        kwargs.update({k: v for k, v in overrides.items() if v is not None})
-        task = cls(**kwargs)
-        if extra.get("init_checkpoint"):  # the architecture came from that checkpoint's weights, as it is in these
-            task.rebuild_from, task.backbone_heads = str(path), extra.get("backbone_heads")
-        return task
-
-    def _architecture_record(self) -> dict:
-        """The record's part on the architecture: the backbone's heads (which LIT-Ti's weights do not
-        tell) and, for a model started from ``init_checkpoint``, that checkpoint: its model is then
-        rebuilt from its own weights."""
-        record = dict(backbone_heads=self.backbone_heads) if self.backbone_heads else {}
-        if self.init_checkpoint or self.rebuild_from is not None:
-            record["init_checkpoint"] = self.init_checkpoint or "(its weights)"
-        return record
-
-    def _heads_kwargs(self) -> dict:
-        return dict(num_heads=list(self.backbone_heads)) if self.backbone_heads else {}
+        """A task rebuilt from a segmentation checkpoint's record (for eval and predict):
+        :func:`~litvit.tasks.records.task_from_checkpoint` with ``task="segmentation"``."""
+        return task_from_checkpoint(path, task=cls.name, **overrides)
 
 
 class ImagePixels:

@@ -9,11 +9,11 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from ...checkpoint import model_record, read_checkpoint
+from ...checkpoint import model_record
 from ...data.io import IMG_EXTENSIONS as IMAGE_EXTENSIONS
+from ...data.io import find_images as _find_images
 from ...data.io import read_image
 from ...models import create_model, MODEL_NAMES
-from ...models.factory import models_fitting
 from ...models.convert import official_to_litvit, unwrap_state_dict
 from ...utils import atomic_write, moved_names
 
@@ -77,38 +77,43 @@ def load_model(
         given), ``mean``, ``std``, ``img_size``, ``checkpoint``, and ``classes``, ``crop_pct``,
         ``interpolation``, ``data`` where the checkpoint records them).
 
+    A checkpoint is read as every command reads one: :func:`litvit.tasks.records.task_from_checkpoint`
+    rebuilds its classification task, whose config names the model, its arguments and transform.
+
     Raises:
         ValueError: no model name anywhere, an unknown name, or a checkpoint of another model
             (:class:`litvit.CheckpointMismatchError`).
     """
-    meta: dict = {}
-    if checkpoint is not None:
-        ckpt = read_checkpoint(checkpoint)
-        meta = checkpoint_metadata(ckpt)
-        if model is None and "model" not in meta:  # an official release: the one model its weights fit
-            fitting = models_fitting(ckpt)
-            if len(fitting) == 1:
-                meta["model"] = fitting[0]
-    name = model or meta.get("model")
-    if name is None:
-        raise ValueError(f"checkpoint {checkpoint} does not record its model and its weights fit no registered "
-                         f"model at its default widths: pass --model (one of {', '.join(MODEL_NAMES)})"
-                         if checkpoint else "pass --model or --checkpoint")
-    if name not in MODEL_NAMES:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
-    kwargs = dict(meta.get("model_kwargs", {}))
-    if meta.get("model") not in (None, name):
-        kwargs = {}  # the checkpoint's overrides belong to another model; loading will say whether it fits
-    if "num_classes" in meta:
-        kwargs["num_classes"] = meta["num_classes"]
+    if checkpoint is None:
+        if model is None:
+            raise ValueError("pass --model or --checkpoint")
+        if model not in MODEL_NAMES:
+            raise ValueError(f"unknown model {model!r}; choose one of {', '.join(MODEL_NAMES)}")
+        net = create_model(model, **overrides).eval()
+        cfg = getattr(net, "pretrained_cfg", {}) or {}
+        size = overrides.get("img_size", getattr(net, "img_size", (224, 224)))
+        return net, dict(model=model, checkpoint=None, model_kwargs=dict(overrides),
+                         mean=tuple(cfg.get("mean", (0.485, 0.456, 0.406))), std=tuple(cfg.get("std", (0.229, 0.224, 0.225))),
+                         img_size=int(size[-1] if isinstance(size, (tuple, list)) else size))
+    from ...tasks.records import task_from_checkpoint  # the one rebuild path (a floor above: imported on use)
+    task = task_from_checkpoint(checkpoint, task="classification", model=model)
+    c, record = task.cfg, task.checkpoint_record
+    kwargs = dict(c.model_kwargs)
+    if "img_size" in (record.get("model_kwargs") or {}):
+        kwargs["img_size"] = c.img_size
+    if task.checkpoint_classes is not None:
+        kwargs["num_classes"] = task.checkpoint_classes
     kwargs.update(overrides)
-    net = create_model(name, checkpoint_path=checkpoint, **kwargs).eval()
-    info = dict(model=name, checkpoint=checkpoint, model_kwargs=kwargs)
-    info.update({k: meta[k] for k in ("classes", "crop_pct", "interpolation", "data") if k in meta})
-    cfg = getattr(net, "pretrained_cfg", {}) or {}
-    info["mean"] = tuple(meta.get("mean", cfg.get("mean", (0.485, 0.456, 0.406))))
-    info["std"] = tuple(meta.get("std", cfg.get("std", (0.229, 0.224, 0.225))))
-    size = meta.get("img_size", kwargs.get("img_size", getattr(net, "img_size", (224, 224))))
+    net = create_model(c.model, checkpoint_path=checkpoint, **kwargs).eval()
+    info = dict(model=c.model, checkpoint=checkpoint, model_kwargs=kwargs)
+    if c.classes:
+        info["classes"] = list(c.classes)
+    info.update({k: getattr(c, k) for k in ("crop_pct", "interpolation", "data") if k in record})
+    pcfg = getattr(net, "pretrained_cfg", {}) or {}
+    info["mean"] = tuple(float(v) for v in (c.mean if "mean" in record else pcfg.get("mean", (0.485, 0.456, 0.406))))
+    info["std"] = tuple(float(v) for v in (c.std if "std" in record else pcfg.get("std", (0.229, 0.224, 0.225))))
+    size = record.get("img_size") if isinstance(record.get("img_size"), (int, tuple, list)) else \
+        kwargs.get("img_size", getattr(net, "img_size", (224, 224)))
     info["img_size"] = int(size[-1] if isinstance(size, (tuple, list)) else size)
     return net, info
 
@@ -130,16 +135,9 @@ class LoadedImage:
 
 
 def find_images(path: str) -> List[Path]:
-    """The image files at ``path``: the file itself, or the images directly inside a folder (sorted)."""
-    p = Path(path)
-    if p.is_dir():
-        files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
-        if not files:
-            raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in folder {path}")
-        return files
-    if not p.exists():
-        raise FileNotFoundError(f"image not found: {path}")
-    return [p]
+    """The image files at ``path``: the file itself, or the images directly inside a folder (sorted):
+    :func:`litvit.data.io.find_images` without sub-folders."""
+    return _find_images(path, recursive=False)
 
 
 def _input_size(width: int, height: int, img_size: int, multiple: int = 32) -> Tuple[int, int]:
