@@ -252,19 +252,14 @@ def _given(flags: Any, key: str) -> Any:
     return getattr(flags, key, None)
 
 
-def _uses_cuda(device: Optional[str]) -> bool:
-    import torch
-    device = device or "auto"
-    return torch.cuda.is_available() if device == "auto" else str(device).startswith("cuda")
-
-
 def resolve_recipe(flags: Any = None, name: Optional[str] = None) -> Tuple[str, Dict[str, Any]]:
     """The classification recipe ``litvit train`` trains with: the named one (``name``, else
     ``flags.recipe``, else :func:`default_recipe_for` the data and model), the values given in
     ``flags`` on top (every :data:`BASE` key; None means not given), then what follows from them:
     ``aa`` off for ``""``/``none``/``off``, ``clip_grad`` off for <= 0, a warm-up of a tenth of a
-    run shorter than the recipe's warm-up, ``drop_path_off_epochs`` of the authors' ablation runs,
-    fp16 off where the device (``flags.device``) is not a GPU.
+    run shorter than the recipe's warm-up, ``drop_path_off_epochs`` of the authors' ablation runs
+    (a recipe's fp16 stays: the run plan, :func:`litvit.engine.resolve_amp`, turns it off where the
+    device has no fp16 autocast).
 
     Args:
         flags: a mapping or an object with attributes (parsed command-line arguments).
@@ -298,9 +293,7 @@ def resolve_recipe(flags: Any = None, name: Optional[str] = None) -> Tuple[str, 
         recipe["warmup_epochs"] = recipe["epochs"] / 10  # a short run keeps a proportionate warm-up
     if recipe["drop_path_off_epochs"] is None:  # the authors' runs: ablation models only, under the DeiT recipe
         recipe["drop_path_off_epochs"] = 100 if name == "lit-ti" and recipe["model"] != "lit_ti" else 0
-    if _given(flags, "amp") is None and recipe["amp"] == "fp16" and not _uses_cuda(_given(flags, "device")):
-        recipe["amp"] = "none"  # the recipe's fp16 is for CUDA; the CPU has no fp16 autocast
-    return name, recipe
+    return name, recipe  # a recipe's fp16 off CUDA: the run plan turns it off (engine.resolve_amp)
 
 
 # recipe keys a dense ``train`` flag of the same name overrides (``--lr`` -> ``lr``, ...)
@@ -313,7 +306,8 @@ def resolve_dense(name: str, backbone: str, flags: Any = None) -> Dict[str, Any]
     """The dense recipe ``name`` for ``backbone``'s family (:func:`dense_family`,
     :func:`resolve_dense_recipe`), the values given in ``flags`` on top (:data:`DENSE_FLAG_KEYS`;
     lists become tuples), plus ``recipe``, ``backbone_family``, ``overridden`` (the keys given) and
-    ``derived`` (``amp``: the recipe's fp16 off where ``flags.device`` is not a GPU).
+    ``derived`` (settings computed from others; a recipe's fp16 is turned off on the CPU by the run
+    plan, :func:`litvit.engine.resolve_amp`).
 
     Examples::
 
@@ -331,7 +325,4 @@ def resolve_dense(name: str, backbone: str, flags: Any = None) -> Dict[str, Any]
             r["overridden"].append(key)
     if _given(flags, "grad_checkpointing"):
         r["grad_checkpointing"] = True
-    if _given(flags, "amp") is None and r["amp"] == "fp16" and not _uses_cuda(_given(flags, "device")):
-        r["amp"] = "none"  # the recipe's fp16 is for CUDA; the CPU has no fp16 autocast
-        r["derived"].append("amp")
-    return r
+    return r  # a recipe's fp16 off CUDA: the run plan turns it off (engine.resolve_amp)

@@ -16,10 +16,11 @@ pytestmark = pytest.mark.unit
 KW = {k: v for k, v in TINY.items() if k != "img_size"}
 
 # the keys of the records checkpoints hold today (read by earlier litvit versions too)
+# init_checkpoint and backbone_heads: how a model started from another checkpoint is rebuilt (from its weights)
 DETECTION_RECORD = {"definition", "arch", "backbone", "num_classes", "class_names", "cat_ids", "min_size", "max_size",
-                    "backbone_kwargs", "fpn_channels"}
+                    "backbone_kwargs", "fpn_channels", "init_checkpoint", "backbone_heads"}
 SEGMENTATION_RECORD = {"backbone", "num_classes", "reduce_zero_label", "crop_size", "scale", "backbone_kwargs",
-                       "fpn_channels", "head_channels", "class_names", "palette"}
+                       "fpn_channels", "head_channels", "class_names", "palette", "init_checkpoint", "backbone_heads"}
 
 
 def _save(path, task, extra):

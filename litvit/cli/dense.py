@@ -18,7 +18,7 @@ from ..data.io import check_image, find_images, read_image, scan_files
 from ..errors import UnreadableImageError
 from ..engine import RunPlan, TrainConfig, describe_param_groups, is_main_process
 from ..models import MODEL_NAMES
-from ..recipes import resolve_dense
+from ..recipes import dense_family, resolve_dense
 from ..tasks.records import task_from_checkpoint
 from ..utils import atomic_write
 from .args import (BATCH_SIZE_HELP, add_log_arg, check_json_object, check_model_kwargs, device_arg, float_arg,
@@ -120,7 +120,7 @@ def match_init_checkpoint(args: argparse.Namespace, kinds: Sequence[str]) -> Opt
     arch = getattr(args, "arch", None)
     if arch is not None and arch != kind:
         raise ValueError(f"--init-checkpoint {name} holds {names[kind]}; give --arch {kind} (or leave --arch out)")
-    if backbone_family(args.backbone) != family:
+    if dense_family(args.backbone) != family:
         which = "LIT-S (lit_s)" if family == "swin" else "LIT-Ti (lit_ti)"
         raise ValueError(f"--init-checkpoint {name} has a {which} backbone; give --backbone "
                          f"{'lit_s' if family == 'swin' else 'lit_ti'}, whose recipe rules apply")
