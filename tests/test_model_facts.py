@@ -52,7 +52,10 @@ def test_default_recipe_reads_the_family():
 
 def test_recipe_resolution_is_a_library_function():
     name, r = resolve_recipe(dict(data="/data/imagenet", model="lit_s", aa="off", clip_grad=0, device="cpu"))
-    assert name == "lit-smb" and r["aa"] is None and r["clip_grad"] is None and r["amp"] == "none"
+    assert name == "lit-smb" and r["aa"] is None and r["clip_grad"] is None
+    # the recipe's fp16 stays in the recipe; the run plan is the one place it is turned off on the CPU
+    from litvit.engine import resolve_amp
+    assert r["amp"] == "fp16" and resolve_amp(r["amp"], "cpu", from_recipe=True)[0] == "none"
     with pytest.raises(ValueError, match="MIN must not exceed MAX"):
         resolve_recipe(dict(scale=(0.9, 0.1)))
     r = resolve_dense("semantic-fpn-80k", "litv2_s", dict(crop_size=[256], device="cpu"))
