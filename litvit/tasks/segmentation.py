@@ -55,8 +55,9 @@ class SegmentationConfig:
         train_split, val_split (str): sub-folder names.
         reduce_zero_label (bool): ADE20K's convention (label 0 ignored, v -> v - 1).
         pretrained (str, optional): ImageNet checkpoint for the backbone.
-        iters (int): training length in optimizer steps (poly schedule length; 0 when rebuilt from a
-            checkpoint for evaluation).
+        iters (int): training length in optimizer steps, as the run records it; 0 (rebuilt from a
+            checkpoint for evaluation) reads no training data. The schedule's length is the run
+            plan's (``TrainConfig.iters``), not this.
         crop_size (int), scale (Tuple[int, int]), ratio_range (Tuple[float, float]): augmentation.
         frozen_stages (int), norm_eval (bool): backbone training options.
         backbone_kwargs (dict): ``litvit.create_model`` overrides.
@@ -230,10 +231,10 @@ class SegmentationTask(Task):
         return segmentation_collate
 
     def build_scheduler(self, optimizer, cfg: TrainConfig, steps_per_epoch: int):
-        """Poly decay (power 0.9) from the base lr to ``cfg.min_lr`` over the run's ``cfg.iters``
-        steps (the task's own ``iters`` when the run is counted in epochs)."""
+        """Poly decay (power 0.9) from the base lr to ``cfg.min_lr`` over the run's length
+        (:meth:`~litvit.engine.Task.schedule_steps`: ``cfg.iters``, the plan's total steps)."""
         from timm.scheduler import PolyLRScheduler
-        steps = cfg.iters if cfg.iters is not None else self.iters
+        steps = self.schedule_steps(cfg, steps_per_epoch)
         return PolyLRScheduler(optimizer, t_initial=max(1, steps), power=SEGMENTATION_DEFAULTS["poly_power"],
                                lr_min=cfg.min_lr, t_in_epochs=False)
 
