@@ -47,8 +47,9 @@ if TYPE_CHECKING:
 # (litvit.models.detectors); records without it were written by litvit's earlier torchvision-based detectors.
 DEFINITION = "mmdet-2.11"
 
-__all__ = ["DetectionConfig", "DetectionTask", "ReleaseDetectionTask", "coco_results", "coco_evaluate", "detection_records",
-           "draw_detections", "float32_heads", "mask_regions"]
+__all__ = ["DetectionConfig", "DetectionTask", "ReleaseDetectionTask", "coco_results", "coco_evaluate",
+           "detection_records", "draw_detections", "float32_heads", "mask_regions"]
+
 
 class _AutocastBody(nn.Module):
     """Runs a detector's backbone under autocast and hands float32 maps to the neck and heads."""
@@ -211,7 +212,7 @@ class DetectionTask(Task):
         if self.rebuild_from is not None:  # a checkpoint's model: its architecture is in its weights
             model = model_from_state_dict(read_training_checkpoint(self.rebuild_from)["model"], self.class_names,
                                           backbone_kwargs=self._heads_kwargs())
-        elif self.init_checkpoint and torch.empty(0).device.type != "meta":
+        elif self.init_checkpoint and torch.empty(0).device.type != "meta":  # not --print-config's meta build
             drop = {k: v for k, v in self.backbone_kwargs.items() if k == "drop_path_rate"}
             model, self.init_message = start_from_checkpoint(self.init_checkpoint, self.arch, self.num_classes, drop)
             self.backbone_heads = attention_heads(model)

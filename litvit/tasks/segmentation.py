@@ -33,13 +33,15 @@ from ..engine import DistInfo, Task, TrainConfig, is_main_process, param_groups,
 from ..errors import CheckpointMismatchError
 from ..metrics import confusion_matrix, segmentation_metrics
 from ..models.official_dense import DenseRelease, segmentation_loss
-from ..models.official_dense.finetune import attention_heads, legacy_layout, model_from_state_dict, start_from_checkpoint
+from ..models.official_dense.finetune import (attention_heads, legacy_layout, model_from_state_dict,
+                                              start_from_checkpoint)
 from ..models.semantic_fpn import SEGMENTATION_DEFAULTS, convert_head_sync_batchnorm, resize_argmax, semantic_fpn
 from ..utils import moved_names
 from .records import (RECORD, RUN, RUN_RECORD, config_from_record, delegate_config_fields, record_of,
                       run_settings, task_from_checkpoint)
 
-__all__ = ["SegmentationConfig", "SegmentationTask", "ReleaseSegmentationTask", "ImagePixels", "colorize", "release_reduce_zero_label"]
+__all__ = ["SegmentationConfig", "SegmentationTask", "ReleaseSegmentationTask", "ImagePixels", "colorize",
+           "release_reduce_zero_label"]
 
 
 @dataclass
@@ -164,7 +166,7 @@ class SegmentationTask(Task):
         if self.rebuild_from is not None:  # a checkpoint's model: its architecture is in its weights
             model = model_from_state_dict(read_training_checkpoint(self.rebuild_from)["model"], self.class_names,
                                           self.palette, backbone_kwargs=self._heads_kwargs())
-        elif self.init_checkpoint and torch.empty(0).device.type != "meta":
+        elif self.init_checkpoint and torch.empty(0).device.type != "meta":  # not --print-config's meta build
             drop = {k: v for k, v in self.backbone_kwargs.items() if k == "drop_path_rate"}
             model, self.init_message = start_from_checkpoint(self.init_checkpoint, "semantic_fpn", self.num_classes,
                                                              drop)
