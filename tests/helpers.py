@@ -119,3 +119,32 @@ def dies_at(task_class):
             return super().train_step(model, batch, device)
 
     return DiesAt
+
+
+def toy_task_class():
+    """A minimal :class:`litvit.engine.Task` (name ``toy``): a linear classifier of 4 features into 2
+    classes on 64 fixed points (class = sign of the first feature), for engine tests; ``score`` is
+    the accuracy over the 64 points."""
+    from torch import nn
+    from litvit.engine import Task
+
+    class Toy(Task):
+        name = "toy"
+
+        def build_model(self):
+            return nn.Linear(4, 2)
+
+        def build_datasets(self):
+            g = torch.Generator().manual_seed(0)
+            x = torch.randn(64, 4, generator=g)
+            ds = torch.utils.data.TensorDataset(x, (x[:, 0] > 0).long())
+            return ds, ds
+
+        def train_step(self, model, batch, device):
+            x, y = batch
+            return nn.functional.cross_entropy(model(x), y), {}
+
+        def evaluate(self, model, loader, device, dist):
+            return {"score": sum(int((model(x).argmax(1) == y).sum()) for x, y in loader) / 64}
+
+    return Toy

@@ -20,14 +20,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch import nn
 
 from litvit import engine
 from litvit.cli import build_parser, main
 from litvit.data import DigitsDataset
-from litvit.engine import OutputLock, OutputLockedError, Task, TrainConfig, fit
+from litvit.engine import OutputLock, OutputLockedError, TrainConfig, fit
 
-from helpers import image_folder
+from helpers import image_folder, toy_task_class
 
 pytestmark = [pytest.mark.cli, pytest.mark.slow]
 
@@ -540,30 +539,14 @@ def test_dense_predict_folders_names_and_extreme_aspect(work, tmp_path):
 
 # --- the engine: loss over a resumed epoch, saving before evaluating ------------------------------------------
 
-class _Toy(Task):
-    name = "toy"
-
+class _Toy(toy_task_class()):
     def __init__(self, fail_eval=False):
         self.fail_eval = fail_eval
-
-    def build_model(self):
-        return nn.Linear(4, 2)
-
-    def build_datasets(self):
-        g = torch.Generator().manual_seed(0)
-        x = torch.randn(64, 4, generator=g)
-        ds = torch.utils.data.TensorDataset(x, (x[:, 0] > 0).long())
-        return ds, ds
-
-    def train_step(self, model, batch, device):
-        x, y = batch
-        return nn.functional.cross_entropy(model(x), y), {}
 
     def evaluate(self, model, loader, device, dist):
         if self.fail_eval:
             raise OSError("evaluation failed (simulated)")
-        correct = sum(int((model(x).argmax(1) == y).sum()) for x, y in loader)
-        return {"score": correct / 64}
+        return super().evaluate(model, loader, device, dist)
 
 
 def _toy_cfg(out, **kw):

@@ -9,7 +9,9 @@ from torch import nn
 
 from litvit.checkpoint import read_training_checkpoint, write_checkpoint
 from litvit.cli import main
-from litvit.engine import RunPlan, Task, TrainConfig, changed_settings, fit, param_groups, resolve_amp
+from litvit.engine import RunPlan, TrainConfig, changed_settings, fit, param_groups, resolve_amp
+
+from helpers import toy_task_class
 
 pytestmark = pytest.mark.unit
 
@@ -68,27 +70,9 @@ def test_precision_on_the_cpu_in_one_place():
     assert resolve_amp("bf16", "cpu") == ("bf16", "")
 
 
-class _Toy(Task):
-    name = "toy"
-
+class _Toy(toy_task_class()):
     def setup(self):
         return dict(num_classes=2)
-
-    def build_model(self):
-        return nn.Linear(4, 2)
-
-    def build_datasets(self):
-        g = torch.Generator().manual_seed(0)
-        x = torch.randn(64, 4, generator=g)
-        ds = torch.utils.data.TensorDataset(x, (x[:, 0] > 0).long())
-        return ds, ds
-
-    def train_step(self, model, batch, device):
-        x, y = batch
-        return nn.functional.cross_entropy(model(x), y), {}
-
-    def evaluate(self, model, loader, device, dist):
-        return {"score": sum(int((model(x).argmax(1) == y).sum()) for x, y in loader) / 64}
 
 
 class _SGDToy(_Toy):
