@@ -42,7 +42,7 @@ from .convert import checkpoint_filter_fn, load_weights
 from .pos_embed import (gather_rel_pos_bias, relative_position_index, resize_abs_pos_embed,  # noqa: F401
                         resize_rel_pos_table)  # re-exported: litvit.models.lit.resize_* are old import paths
 
-__all__ = ["LIT", "Attention", "Block", "LITStage", "PatchEmbed", "ConvMerge", "PatchMerging", "MIXERS",
+__all__ = ["LIT", "StagedModel", "Attention", "Block", "LITStage", "PatchEmbed", "ConvMerge", "PatchMerging", "MIXERS",
            "register_mixer", "build_mixer", "mixer_names"]
 
 ATTN_TYPES = ("none", "msa", "sra")  # LIT's own mixers (any registered one builds: MIXERS, register_mixer)
@@ -607,7 +607,57 @@ class LITStage(nn.Module):
         return x, feat_size
 
 
-class LIT(nn.Module):
+class StagedModel(nn.Module):
+    """What LIT and LITv2 share as timm models of four stages (``patch_embed``, ``stages`` with
+    their ``downsample`` and ``blocks``, ``norm``, ``head``): parameter groups, gradient
+    checkpointing, the classifier, the DTM implementation switch and intermediate pruning.
+    Subclasses define ``forward_features``, ``forward_head``, ``reset_classifier`` and ``forward``
+    (in their own module: torch.fx wraps the not-traced functions, such as
+    :func:`check_image_batch`, in the globals of the module that defines the traced ``forward``)."""
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return dict(
+            stem=r"^patch_embed",
+            blocks=r"^stages\.(\d+)" if coarse else [
+                (r"^stages\.(\d+)\.downsample", (0,)),
+                (r"^stages\.(\d+)\.blocks\.(\d+)", None),
+                (r"^norm", (99999,)),
+            ],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        for stage in self.stages:
+            stage.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def set_dtm_impl(self, impl: str) -> None:
+        """Switch every DTM between ``"fast"`` and ``"torchvision"``."""
+        for m in self.modules():
+            if isinstance(m, DeformableTokenMerging):
+                m.impl = impl
+
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, List[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> List[int]:
+        """Drop stages (and norm/head) not needed for the requested intermediates."""
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        self.stages = self.stages[:max_index + 1]
+        if prune_norm or max_index < 3:
+            self.norm = nn.Identity()
+        if prune_head or max_index < 3:
+            self.reset_classifier(0, "" if max_index < 3 else None)
+        return take_indices
+
+
+class LIT(StagedModel):
     """LIT: Less attention vIsion Transformer (both released families and the paper's ablations).
 
     Args:
@@ -788,26 +838,6 @@ class LIT(nn.Module):
         embeddings are decayed, as they were in the official run."""
         return {n for n, _ in self.named_parameters() if n.endswith(("cls_token", "relative_position_bias_table"))}
 
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> dict:
-        return dict(
-            stem=r"^patch_embed",
-            blocks=r"^stages\.(\d+)" if coarse else [
-                (r"^stages\.(\d+)\.downsample", (0,)),
-                (r"^stages\.(\d+)\.blocks\.(\d+)", None),
-                (r"^norm", (99999,)),
-            ],
-        )
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        for stage in self.stages:
-            stage.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         self.num_classes = num_classes
         if global_pool is not None:
@@ -847,12 +877,6 @@ class LIT(nn.Module):
         for m in self.modules():
             if isinstance(m, Block):
                 m.fused_mlp = enable
-
-    def set_dtm_impl(self, impl: str) -> None:
-        """Switch every DTM between ``"fast"`` and ``"torchvision"``."""
-        for m in self.modules():
-            if isinstance(m, DeformableTokenMerging):
-                m.impl = impl
 
     # --- forward --------------------------------------------------------------------------------
     def forward_features(self, x: Tensor) -> Tensor:
@@ -927,21 +951,6 @@ class LIT(nn.Module):
         if intermediates_only:
             return intermediates
         return self.norm(x) if len(stages) == len(self.stages) else x, intermediates
-
-    def prune_intermediate_layers(
-            self,
-            indices: Union[int, List[int]] = 1,
-            prune_norm: bool = False,
-            prune_head: bool = True,
-    ) -> List[int]:
-        """Drop stages (and norm/head) not needed for the requested intermediates."""
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        self.stages = self.stages[:max_index + 1]
-        if prune_norm or max_index < 3:
-            self.norm = nn.Identity()
-        if prune_head or max_index < 3:
-            self.reset_classifier(0, "" if max_index < 3 else None)
-        return take_indices
 
 
 # --- builders ---------------------------------------------------------------------------------------

@@ -38,12 +38,12 @@ from timm.layers import DropPath, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, register_notrace_module
 from timm.models._features import feature_take_indices
 
-from ..ops.dtm import DTM_IMPLS, DeformableTokenMerging
+from ..ops.dtm import DTM_IMPLS
 from ..ops import fused_mlp as fused_mlp_ops
 from ..ops.tracing import autocast_dtype, is_fx_proxy, is_tracing
 from .convert import checkpoint_filter_fn, load_weights
-from .lit import (MIXERS, DTMDownsample, LITPretrainedCfg, PatchEmbed, TokenMap, _int_or_tuple_2, _to_2tuple, build_mixer,
-                  check_image_batch, mixer_names, register_mixer)
+from .lit import (MIXERS, DTMDownsample, LITPretrainedCfg, PatchEmbed, StagedModel, TokenMap, _int_or_tuple_2,
+                  _to_2tuple, build_mixer, check_image_batch, mixer_names, register_mixer)
 
 __all__ = ["LITv2", "HiLo", "DWConvMlp", "LITv2Block", "LITv2Stage"]
 
@@ -341,7 +341,7 @@ class LITv2Stage(nn.Module):
         return x, feat_size
 
 
-class LITv2(nn.Module):
+class LITv2(StagedModel):
     """LITv2: LIT with HiLo attention, ConvFFN and no position embedding.
 
     Args:
@@ -488,26 +488,6 @@ class LITv2(nn.Module):
         tables."""
         return set()
 
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> dict:
-        return dict(
-            stem=r"^patch_embed",
-            blocks=r"^stages\.(\d+)" if coarse else [
-                (r"^stages\.(\d+)\.downsample", (0,)),
-                (r"^stages\.(\d+)\.blocks\.(\d+)", None),
-                (r"^norm", (99999,)),
-            ],
-        )
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        for stage in self.stages:
-            stage.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         self.num_classes = num_classes
         if global_pool is not None:
@@ -540,12 +520,6 @@ class LITv2(nn.Module):
         for m in self.modules():
             if isinstance(m, LITv2Block):
                 m.fused_mlp = enable
-
-    def set_dtm_impl(self, impl: str) -> None:
-        """Switch every DTM between ``"fast"`` and ``"torchvision"``."""
-        for m in self.modules():
-            if isinstance(m, DeformableTokenMerging):
-                m.impl = impl
 
     # --- forward --------------------------------------------------------------------------------
     def forward_features(self, x: Tensor) -> Tensor:
@@ -604,21 +578,6 @@ class LITv2(nn.Module):
         if intermediates_only:
             return intermediates
         return self.norm(x) if len(stages) == len(self.stages) else x, intermediates
-
-    def prune_intermediate_layers(
-            self,
-            indices: Union[int, List[int]] = 1,
-            prune_norm: bool = False,
-            prune_head: bool = True,
-    ) -> List[int]:
-        """Drop stages (and norm/head) not needed for the requested intermediates."""
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        self.stages = self.stages[:max_index + 1]
-        if prune_norm or max_index < 3:
-            self.norm = nn.Identity()
-        if prune_head or max_index < 3:
-            self.reset_classifier(0, "" if max_index < 3 else None)
-        return take_indices
 
 
 # --- builders ---------------------------------------------------------------------------------------
