@@ -98,10 +98,10 @@ def test_what_does_not_fit_is_one_error(release, tmp_path):
 
 def test_a_release_by_name(release, monkeypatch):
     """A release's name is fetched as ``load_dense`` fetches it (``release_file``: torch hub's cache)."""
-    import litvit.models.official_dense.finetune as finetune
+    import litvit.models.official_dense.load as load
     path, _ = release
     asked = []
-    monkeypatch.setattr(finetune, "release_file", lambda name: asked.append(name) or str(path))
+    monkeypatch.setattr(load, "release_file", lambda name, progress=True: asked.append(name) or str(path))
     line = init_from_checkpoint(_model(7), "sem_fpn_lit_ti")
     assert asked == ["sem_fpn_lit_ti"]
     assert line == "init-checkpoint sem_fpn_lit_ti.pth: 150 classes, the data has 7: new classifier " \

@@ -343,13 +343,9 @@ def open_release(args: argparse.Namespace, kinds: Sequence[str]):
     for any other checkpoint (litvit's own). ValueError when the release is not one of ``kinds``
     or a flag does not apply to it."""
     from ..checkpoint import read_checkpoint
-    from ..models.official_dense import RELEASES, dense_from_checkpoint, is_release, release_file
-    spec = args.checkpoint
-    if spec in RELEASES and not os.path.exists(spec):
-        spec = release_file(spec, progress=not args.no_progress)
-    elif not os.path.isfile(spec):
-        raise FileNotFoundError(f"checkpoint not found: {spec} (a file, or a release: {', '.join(RELEASES)})")
-    ckpt = read_checkpoint(spec)
+    from ..models.official_dense import dense_from_checkpoint, is_release
+    from ..models.official_dense.load import checkpoint_file
+    ckpt = read_checkpoint(checkpoint_file(args.checkpoint, progress=not args.no_progress))
     if not is_release(ckpt):
         return None
     model = dense_from_checkpoint(ckpt, args.checkpoint)
@@ -364,14 +360,24 @@ def open_release(args: argparse.Namespace, kinds: Sequence[str]):
     return model
 
 
-def model_from_checkpoint(task_cls, args: argparse.Namespace, kinds: Sequence[str] = ()):
-    """``predict``'s task and model, in eval mode: a release of one of ``kinds`` (see
-    :func:`open_release`) with its own task (``task_cls.from_release``), else rebuilt from
-    ``--checkpoint``'s record, its weights (or EMA weights with ``--ema``) loaded."""
+def checkpoint_task(task_cls, args: argparse.Namespace, kinds: Sequence[str] = (), **settings):
+    """``(task, release or None)`` of ``--checkpoint``: a release of one of ``kinds`` (see
+    :func:`open_release`) with its own task (``task_cls.from_release``), else the task rebuilt from
+    the checkpoint's record (:func:`~litvit.tasks.records.task_from_checkpoint`); ``settings`` (data
+    paths, ``progress``) go to either."""
     release = open_release(args, kinds) if kinds else None
     if release is not None:
-        return task_cls.from_release(release), release.eval()
-    task = task_from_checkpoint(args.checkpoint, task=task_cls.name)
+        return task_cls.from_release(release, **settings), release
+    return task_from_checkpoint(args.checkpoint, task=task_cls.name, **settings), None
+
+
+def model_from_checkpoint(task_cls, args: argparse.Namespace, kinds: Sequence[str] = ()):
+    """``predict``'s task and model, in eval mode (:func:`checkpoint_task`): a release as loaded,
+    else the model rebuilt from ``--checkpoint``'s record, its weights (or EMA weights with
+    ``--ema``) loaded."""
+    task, release = checkpoint_task(task_cls, args, kinds)
+    if release is not None:
+        return task, release.eval()
     model = task.build_model()
     task.load_weights(model, args.checkpoint, use_ema=args.ema)
     return task, model.eval()

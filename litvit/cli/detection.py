@@ -46,13 +46,12 @@ from ..errors import CLIError
 from ..metrics import _STAT_NAMES
 from ..models.detectors import DETECTION_DEFAULTS, DETECTORS, RECIPE_OF, parameter_table
 from ..tasks.detection import DetectionConfig, DetectionTask, detection_records, draw_detections
-from ..tasks.records import task_from_checkpoint
 from ..utils import atomic_write, count_parameters
 from .args import nonneg_int, positive_int, print_config, print_plan, prob_arg
 from .dense import (add_backbone_args, add_engine_args, add_eval_args, add_init_args, add_predict_args,
                     backbone_kwargs, backbone_summary, best_score, check_init_checkpoint, check_train_args,
-                    engine_summary, eval_config, match_init_checkpoint, note_random_backbone,
-                    one_line_warnings, open_release, optimizer_summary, predict_files, print_parameter_table, resolve_recipe,
+                    checkpoint_task, engine_summary, eval_config, match_init_checkpoint, note_random_backbone,
+                    one_line_warnings, optimizer_summary, predict_files, print_parameter_table, resolve_recipe,
                     save_png_atomic, train_config, written_files)
 
 __all__ = ["add_parsers", "resolved_config"]
@@ -150,12 +149,7 @@ _DETECTORS = ("retinanet", "mask_rcnn")  # the kinds of the authors' releases ``
 
 def _eval(args: argparse.Namespace) -> int:
     _require_pycocotools()
-    release = open_release(args, _DETECTORS)
-    if release is not None:
-        task = DetectionTask.from_release(release, val_images=args.val_images, val_ann=args.val_ann,
-                                          progress=not args.no_progress)
-    else:
-        task = task_from_checkpoint(args.checkpoint, task=DetectionTask.name, val_images=args.val_images,
+    task, release = checkpoint_task(DetectionTask, args, _DETECTORS, val_images=args.val_images,
                                     val_ann=args.val_ann, progress=not args.no_progress)
     metrics = engine_evaluate(task, eval_config(args), None if release is not None else args.checkpoint,
                               use_ema=args.ema)

@@ -49,15 +49,13 @@ from ..engine import evaluate as engine_evaluate, fit, is_main_process
 from ..metrics import segmentation_metrics
 from ..models.semantic_fpn import SEGMENTATION_DEFAULTS, parameter_table
 from ..tasks.segmentation import SegmentationConfig, SegmentationTask, colorize
-from ..tasks.records import task_from_checkpoint
 from ..utils import count_parameters
 from .args import float_arg, img_size_arg, int_arg, positive_int, print_config, print_plan
 from .dense import (add_backbone_args, add_engine_args, add_eval_args, add_init_args, add_predict_args,
                     backbone_kwargs, backbone_summary, best_score, check_init_checkpoint, check_train_args,
-                    match_init_checkpoint,
-                    engine_summary, eval_config, note_random_backbone, one_line_warnings, open_release,
-                    optimizer_summary, predict_files, print_parameter_table, resolve_recipe, save_png_atomic,
-                    train_config, written_files)
+                    checkpoint_task, engine_summary, eval_config, match_init_checkpoint, note_random_backbone,
+                    one_line_warnings, optimizer_summary, predict_files, print_parameter_table, resolve_recipe,
+                    save_png_atomic, train_config, written_files)
 
 __all__ = ["add_parsers", "resolved_config"]
 
@@ -136,12 +134,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    release = open_release(args, ("semantic_fpn",))
-    if release is not None:
-        task = SegmentationTask.from_release(release, data=args.data, val_split=args.split,
-                                             progress=not args.no_progress)
-    else:
-        task = task_from_checkpoint(args.checkpoint, task=SegmentationTask.name, data=args.data,
+    task, release = checkpoint_task(SegmentationTask, args, ("semantic_fpn",), data=args.data,
                                     val_split=args.split, progress=not args.no_progress)
     metrics = engine_evaluate(task, eval_config(args), None if release is not None else args.checkpoint,
                               use_ema=args.ema)

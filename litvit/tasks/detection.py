@@ -32,7 +32,8 @@ from ..engine import DistInfo, Task, TrainConfig, is_main_process, param_groups,
 from ..metrics import COCO_STATS, coco_evaluate, coco_results  # noqa: F401  (re-exported: their old place)
 from ..metrics import COCO_CATEGORY_IDS, COCO_CLASSES, rle_encode
 from ..models.official_dense import DenseRelease
-from ..models.official_dense.finetune import attention_heads, model_from_state_dict, start_from_checkpoint
+from ..models.official_dense.finetune import (adopt_task_settings, attention_heads, model_from_state_dict,
+                                              start_from_checkpoint)
 from ..models.official_dense.heads import paste_mask_regions
 from ..models.official_dense.preprocess import TestPipeline, preprocess
 from ..models.detectors import DETECTION_DEFAULTS, DETECTORS, build_detector
@@ -211,7 +212,7 @@ class DetectionTask(Task):
             self.setup()
         if self.rebuild_from is not None:  # a checkpoint's model: its architecture is in its weights
             model = model_from_state_dict(read_training_checkpoint(self.rebuild_from)["model"], self.class_names,
-                                          backbone_kwargs=self._heads_kwargs())
+                                          num_heads=self.backbone_heads)
         elif self.init_checkpoint and torch.empty(0).device.type != "meta":  # not --print-config's meta build
             drop = {k: v for k, v in self.backbone_kwargs.items() if k == "drop_path_rate"}
             model, self.init_message = start_from_checkpoint(self.init_checkpoint, self.arch, self.num_classes, drop)
@@ -226,13 +227,8 @@ class DetectionTask(Task):
                 class_names=self.class_names)
             self.backbone_heads = attention_heads(model)
             return model
-        model.classes = tuple(self.class_names)
-        model.pipeline = TestPipeline(img_scale=(self.max_size, self.min_size[-1]), keep_ratio=True,
-                                      mean=model.pipeline.mean, std=model.pipeline.std, to_rgb=model.pipeline.to_rgb,
-                                      size_divisor=model.pipeline.size_divisor)
-        model.backbone.frozen_stages, model.backbone.norm_eval = self.frozen_stages, self.norm_eval
-        model.backbone.train(model.backbone.training)  # freezes the frozen stages
-        return model
+        return adopt_task_settings(model, self.class_names, (self.max_size, self.min_size[-1]), self.frozen_stages,
+                                   self.norm_eval)
 
     def _dataset(self, images: Optional[str], ann: str, train: bool) -> CocoDetection:
         if images is None:
@@ -304,8 +300,8 @@ class DetectionTask(Task):
         imgs, metas, boxes, labels, masks = [], [], [], [], []
         for image, target in zip(images, targets):
             image, target = pad_extreme_aspect(image, self.max_size, target)
-            pipeline = TestPipeline(img_scale=(self.max_size, random.choice(self.min_size)), keep_ratio=True,
-                                    mean=base.mean, std=base.std, to_rgb=base.to_rgb, size_divisor=base.size_divisor)
+            scale = (self.max_size, random.choice(self.min_size))  # mmdet's multiscale_mode='value'
+            pipeline = dataclasses.replace(base, img_scale=scale, keep_ratio=True)
             x, meta = preprocess(_to_pixels(image), pipeline)
             h, w = meta["img_shape"][:2]
             b = target["boxes"].float() * torch.from_numpy(meta["scale_factor"])
@@ -423,10 +419,6 @@ class DetectionTask(Task):
         """A task rebuilt from a detection checkpoint's record (for eval and predict):
         :func:`~litvit.tasks.records.task_from_checkpoint` with ``task="detection"``."""
         return task_from_checkpoint(path, task=cls.name, **overrides)
-
-    def _heads_kwargs(self) -> dict:
-        """LIT-Ti's heads for a model rebuilt from its weights, which do not tell them."""
-        return dict(num_heads=list(self.backbone_heads)) if self.backbone_heads else {}
 
     @classmethod
     def from_release(cls, model: DenseRelease, **kwargs) -> "ReleaseDetectionTask":

@@ -33,8 +33,8 @@ from ..engine import DistInfo, Task, TrainConfig, is_main_process, param_groups,
 from ..errors import CheckpointMismatchError
 from ..metrics import confusion_matrix, segmentation_metrics
 from ..models.official_dense import DenseRelease, segmentation_loss
-from ..models.official_dense.finetune import (attention_heads, legacy_layout, model_from_state_dict,
-                                              start_from_checkpoint)
+from ..models.official_dense.finetune import (adopt_task_settings, attention_heads, legacy_layout,
+                                              model_from_state_dict, start_from_checkpoint)
 from ..models.semantic_fpn import SEGMENTATION_DEFAULTS, convert_head_sync_batchnorm, resize_argmax, semantic_fpn
 from ..utils import moved_names
 from .records import (RECORD, RUN, RUN_RECORD, config_from_record, delegate_config_fields, record_of,
@@ -165,7 +165,7 @@ class SegmentationTask(Task):
         converted to SyncBatchNorms, the backbone's stay per-process."""
         if self.rebuild_from is not None:  # a checkpoint's model: its architecture is in its weights
             model = model_from_state_dict(read_training_checkpoint(self.rebuild_from)["model"], self.class_names,
-                                          self.palette, backbone_kwargs=self._heads_kwargs())
+                                          self.palette, num_heads=self.backbone_heads)
         elif self.init_checkpoint and torch.empty(0).device.type != "meta":  # not --print-config's meta build
             drop = {k: v for k, v in self.backbone_kwargs.items() if k == "drop_path_rate"}
             model, self.init_message = start_from_checkpoint(self.init_checkpoint, "semantic_fpn", self.num_classes,
@@ -186,11 +186,8 @@ class SegmentationTask(Task):
             self.backbone_heads = attention_heads(model)
         if self.rebuild_from is not None or self.init_checkpoint:
             if next(model.parameters()).device.type != "meta":
-                model.classes = tuple(self.class_names)
-                model.palette = [list(c) for c in self.palette] if self.palette is not None else None
-                model.pipeline = dataclasses.replace(model.pipeline, img_scale=tuple(self.scale), keep_ratio=True)
-                model.backbone.frozen_stages, model.backbone.norm_eval = self.frozen_stages, self.norm_eval
-                model.backbone.train(model.backbone.training)  # freezes the frozen stages
+                adopt_task_settings(model, self.class_names, self.scale, self.frozen_stages, self.norm_eval,
+                                    self.palette)
         import torch.distributed as dist
         if self.sync_bn and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             convert_head_sync_batchnorm(model)
@@ -309,10 +306,6 @@ class SegmentationTask(Task):
         if record.get("init_checkpoint"):  # its architecture came from that checkpoint's weights, as it is in these
             task.rebuild_from = str(path)
         return task
-
-    def _heads_kwargs(self) -> dict:
-        """LIT-Ti's heads for a model rebuilt from its weights, which do not tell them."""
-        return dict(num_heads=list(self.backbone_heads)) if self.backbone_heads else {}
 
     @classmethod
     def from_release(cls, model: DenseRelease, **kwargs) -> "ReleaseSegmentationTask":

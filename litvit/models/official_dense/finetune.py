@@ -12,6 +12,7 @@ classifier when the number of classes differs: those layers (:data:`CLASSIFIERS`
 initialisation and the returned line says so. Anything else that does not fit is a
 :class:`~litvit.errors.CheckpointMismatchError` of one line.
 """
+import dataclasses
 import os
 import re
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
@@ -24,11 +25,12 @@ from ...errors import CheckpointMismatchError
 from ..convert import litvit_to_official
 from .backbone import backbone_state_dict
 from .heads import _init
-from .load import RELEASES, build_dense, dense_from_checkpoint, is_release, release_file, release_kind
+from .load import build_dense, checkpoint_file, dense_from_checkpoint, is_release, release_kind
 from .models import DenseRelease
 
 __all__ = ["init_from_checkpoint", "start_from_checkpoint", "model_from_state_dict", "fit_classes",
-           "release_state_dict", "checkpoint_kind", "attention_heads", "CLASSIFIERS", "legacy_layout"]
+           "release_state_dict", "checkpoint_kind", "attention_heads", "adopt_task_settings", "CLASSIFIERS",
+           "legacy_layout"]
 
 # The layers whose shape depends on the number of classes, per model: a new one is made when it differs.
 CLASSIFIERS: Tuple[str, ...] = ("decode_head.conv_seg", "bbox_head.retina_cls", "roi_head.bbox_head.fc_cls",
@@ -47,19 +49,9 @@ def legacy_layout(state_dict: Mapping[str, Any]) -> Optional[str]:
     return None
 
 
-def _resolve(path_or_name: str) -> str:
-    """The file of a checkpoint given as a path or as a release's name (downloaded once)."""
-    if path_or_name in RELEASES and not os.path.exists(path_or_name):
-        return release_file(path_or_name)
-    if not os.path.isfile(path_or_name):
-        raise FileNotFoundError(f"init checkpoint not found: {path_or_name} (a file, or a release: "
-                                f"{', '.join(RELEASES)})")
-    return path_or_name
-
-
 def _read(path_or_name: str) -> Tuple[Dict[str, Tensor], Sequence[str], Optional[list], str, str]:
     """(state dict under litvit's names, class names or (), palette or None, kind of file, its path)."""
-    path = _resolve(path_or_name)
+    path = checkpoint_file(path_or_name, "init checkpoint")
     ckpt = read_checkpoint(path)
     if is_release(ckpt):
         sd = {(k[len("module."):] if k.startswith("module.") else k): v
@@ -112,11 +104,12 @@ def attention_heads(model: DenseRelease) -> list:
 
 def model_from_state_dict(state: Mapping[str, Tensor], classes: Sequence[str] = (),
                           palette: Optional[Sequence[Sequence[int]]] = None,
-                          backbone_kwargs: Optional[Dict[str, Any]] = None) -> DenseRelease:
+                          backbone_kwargs: Optional[Dict[str, Any]] = None,
+                          num_heads: Optional[Sequence[int]] = None) -> DenseRelease:
     """The model of a litvit dense checkpoint's weights, its architecture read from them as a
     release's is (the authors' test and train settings, classes from ``classes``), weights loaded;
-    ``backbone_kwargs``: ``drop_path_rate``, and LIT-Ti's ``num_heads`` when they are not the
-    authors' (:func:`attention_heads` of the model that was saved).
+    ``backbone_kwargs``: ``drop_path_rate``; ``num_heads``: LIT-Ti's heads when they are not the
+    authors' (:func:`attention_heads` of the model that was saved, which its weights do not tell).
 
     Raises:
         CheckpointMismatchError: weights of litvit's earlier dense models, or of no dense model.
@@ -131,11 +124,25 @@ def model_from_state_dict(state: Mapping[str, Tensor], classes: Sequence[str] = 
         meta["CLASSES"] = tuple(classes)
     if palette is not None:
         meta["PALETTE"] = [list(c) for c in palette]
-    model = build_dense(layout, meta, backbone_kwargs=backbone_kwargs)
+    kwargs = dict(backbone_kwargs or {}, **({"num_heads": list(num_heads)} if num_heads else {}))
+    model = build_dense(layout, meta, backbone_kwargs=kwargs)
     problem = mismatch_message(model.state_dict(), state, limit=3)
     if problem:
         raise CheckpointMismatchError(f"the weights do not fit the model built from them: {problem}")
     model.load_state_dict(state)
+    return model
+
+
+def adopt_task_settings(model: DenseRelease, classes: Sequence[str], img_scale: Sequence[int], frozen_stages: int,
+                        norm_eval: bool, palette: Optional[Sequence[Sequence[int]]] = None) -> DenseRelease:
+    """A model built from a checkpoint's weights given the settings of the task that trains or
+    evaluates it: its classes (and palette), the test scale of its pipeline (keep-ratio), the
+    backbone's frozen stages and norm-eval (applied at once)."""
+    model.classes = tuple(classes)
+    model.palette = [list(c) for c in palette] if palette is not None else None
+    model.pipeline = dataclasses.replace(model.pipeline, img_scale=tuple(int(s) for s in img_scale), keep_ratio=True)
+    model.backbone.frozen_stages, model.backbone.norm_eval = frozen_stages, norm_eval
+    model.backbone.train(model.backbone.training)  # freezes the frozen stages
     return model
 
 
@@ -210,19 +217,16 @@ def start_from_checkpoint(path_or_name: str, kind: str, num_classes: int,
         CheckpointMismatchError: not a dense checkpoint, another kind of model, or weights of
             litvit's earlier dense models (one line each).
     """
-    path = _resolve(path_or_name)
+    path = checkpoint_file(path_or_name, "init checkpoint")
     name = os.path.basename(str(path))
     ckpt = read_checkpoint(path)
     if is_release(ckpt):
         model = dense_from_checkpoint(ckpt, name, backbone_kwargs=backbone_kwargs)
     elif isinstance(ckpt, Mapping) and isinstance(ckpt.get("model"), Mapping):
         record = model_record(ckpt)
-        kwargs = dict(backbone_kwargs or {})
-        if record.get("backbone_heads"):
-            kwargs["num_heads"] = list(record["backbone_heads"])
         try:
             model = model_from_state_dict(ckpt["model"], record.get("class_names") or (), record.get("palette"),
-                                          backbone_kwargs=kwargs)
+                                          backbone_kwargs, record.get("backbone_heads"))
         except CheckpointMismatchError as e:
             raise CheckpointMismatchError(f"init-checkpoint {name}: {e}") from None
     else:

@@ -35,7 +35,7 @@ from .models import AnchorGenerator, DenseRelease, MaskRCNN, RetinaNet, Semantic
 from .preprocess import TestPipeline, pipeline_from_config
 
 __all__ = ["load_dense", "build_dense", "release_kind", "is_release", "release_file", "dense_from_checkpoint",
-           "RELEASES", "retina_test_settings", "mask_rcnn_test_settings", "RETINA_ANCHORS", "RPN_ANCHORS", "CODER",
+           "RELEASES", "checkpoint_file", "retina_test_settings", "mask_rcnn_test_settings", "RETINA_ANCHORS", "RPN_ANCHORS", "CODER",
            "RCNN_CODER", "DET_PIPELINE"]
 
 _logger = logging.getLogger(__name__)
@@ -86,6 +86,16 @@ def release_file(name: str, progress: bool = True) -> str:
         sys.stderr.write(f"downloading {url} to {path}\n")  # as torch.hub's download of weights says
         torch.hub.download_url_to_file(url, path, progress=progress)
     return path
+
+
+def checkpoint_file(spec: PathLike, what: str = "checkpoint", progress: bool = True) -> PathLike:
+    """The file of a checkpoint given as a path or as a release's name (:data:`RELEASES`,
+    downloaded once by :func:`release_file`); FileNotFoundError naming ``what`` when neither."""
+    if isinstance(spec, str) and spec in RELEASES and not os.path.exists(spec):
+        return release_file(spec, progress=progress)
+    if not os.path.isfile(spec):
+        raise FileNotFoundError(f"{what} not found: {spec} (a file, or a release: {', '.join(RELEASES)})")
+    return spec
 
 
 def release_kind(state_dict: Mapping[str, Tensor]) -> str:
