@@ -38,8 +38,8 @@ from ..models.official_dense.heads import paste_mask_regions
 from ..models.official_dense.preprocess import TestPipeline, preprocess
 from ..models.detectors import DETECTION_DEFAULTS, DETECTORS, build_detector
 from ..utils import moved_names
-from .records import (RECORD, RUN, RUN_RECORD, config_from_record, delegate_config_fields, record_of,
-                      run_settings, task_from_checkpoint)
+from .records import (RECORD, RUN, RUN_RECORD, config_argument, config_from_record, delegate_config_fields,
+                      record_of, run_settings, task_from_checkpoint)
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -171,13 +171,7 @@ class DetectionTask(Task):
     percent_metrics = ("score",) + tuple(f"{t}_{n}" for t in ("bbox", "segm") for n in COCO_STATS)
 
     def __init__(self, *args, **kwargs):
-        if args and isinstance(args[0], DetectionConfig):
-            if len(args) > 1 or kwargs:
-                raise TypeError("DetectionTask takes a DetectionConfig or the config's fields, not both")
-            cfg = dataclasses.replace(args[0])
-        else:
-            cfg = DetectionConfig(*args, **kwargs)
-        self.cfg = cfg
+        self.cfg = cfg = config_argument(DetectionConfig, "DetectionTask", args, kwargs)
         self.init_message: Optional[str] = None
         self.rebuild_from: Optional[str] = None  # set by from_record: the model comes from its weights
         self.find_unused_parameters = cfg.arch == "mask_rcnn"  # a batch without boxes leaves the mask head idle

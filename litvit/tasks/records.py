@@ -33,7 +33,7 @@ from ..checkpoint import model_record, read_checkpoint
 from ..utils import plain
 
 __all__ = ["RUN", "RECORD", "RUN_RECORD", "TASKS", "run_settings", "record_of", "config_from_record",
-           "delegate_config_fields", "task_class", "task_from_checkpoint"]
+           "config_argument", "delegate_config_fields", "task_class", "task_from_checkpoint"]
 
 RUN = dict(run=True)
 RECORD = dict(record=True)
@@ -83,6 +83,17 @@ def config_from_record(config_cls: Type, record: Mapping[str, Any], path: str = 
         raise ValueError(f"{path}: its record lacks {', '.join(missing)}; it was not written by this task")
     kwargs.update({k: v for k, v in overrides.items() if v is not None})
     return config_cls(**kwargs)
+
+
+def config_argument(config_cls: Type, task: str, args: tuple, kwargs: dict):
+    """A task's config from its constructor's arguments: a ``config_cls`` instance (copied: the
+    task's settings are its own), or that config's fields (positional or by name); TypeError for
+    both at once."""
+    if args and isinstance(args[0], config_cls):
+        if len(args) > 1 or kwargs:
+            raise TypeError(f"{task} takes a {config_cls.__name__} or the config's fields, not both")
+        return dataclasses.replace(args[0])
+    return config_cls(*args, **kwargs)
 
 
 def delegate_config_fields(config_cls: Type):

@@ -37,8 +37,8 @@ from ..models.official_dense.finetune import (adopt_task_settings, attention_hea
                                               model_from_state_dict, start_from_checkpoint)
 from ..models.semantic_fpn import SEGMENTATION_DEFAULTS, convert_head_sync_batchnorm, resize_argmax, semantic_fpn
 from ..utils import moved_names
-from .records import (RECORD, RUN, RUN_RECORD, config_from_record, delegate_config_fields, record_of,
-                      run_settings, task_from_checkpoint)
+from .records import (RECORD, RUN, RUN_RECORD, config_argument, config_from_record, delegate_config_fields,
+                      record_of, run_settings, task_from_checkpoint)
 
 __all__ = ["SegmentationConfig", "SegmentationTask", "ReleaseSegmentationTask", "ImagePixels", "colorize",
            "release_reduce_zero_label"]
@@ -141,13 +141,7 @@ class SegmentationTask(Task):
     percent_metrics = ("score", "mIoU", "mAcc", "aAcc")
 
     def __init__(self, *args, **kwargs):
-        if args and isinstance(args[0], SegmentationConfig):
-            if len(args) > 1 or kwargs:
-                raise TypeError("SegmentationTask takes a SegmentationConfig or the config's fields, not both")
-            cfg = dataclasses.replace(args[0])
-        else:
-            cfg = SegmentationConfig(*args, **kwargs)
-        self.cfg = cfg
+        self.cfg = cfg = config_argument(SegmentationConfig, "SegmentationTask", args, kwargs)
         self.init_message: Optional[str] = None
         self.rebuild_from: Optional[str] = None  # set by from_record: the model comes from its weights
         self._datasets: Optional[Tuple[Any, Optional[SegmentationDataset]]] = None
